@@ -1,0 +1,216 @@
+//! `faultbox-shim`: runs as PID 1 of fresh user, PID, network and mount namespaces
+//! (created by the launcher's clone), finishes their setup, installs the seccomp filter
+//! when asked, hands the listener over, and then becomes the target with `execve`.
+//!
+//! Failures before exec are reported on the status pipe (fd 3) and exit 127.
+
+use std::ffi::{CString, OsString};
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+
+use faultbox_shim::filter;
+use faultbox_shim::handoff::{self, ShimArgs, Stage, Status};
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let args = match ShimArgs::parse(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("faultbox-shim: {e}");
+            eprintln!("faultbox-shim is started by faultbox; it is not meant to be run by hand");
+            std::process::exit(2);
+        }
+    };
+    // SAFETY: fcntl on an fd number; failure (fd not open) is checked.
+    if unsafe { libc::fcntl(handoff::STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        eprintln!(
+            "faultbox-shim: status fd {} is not open",
+            handoff::STATUS_FD
+        );
+        std::process::exit(2);
+    }
+    let status = Reporter(handoff::STATUS_FD);
+
+    if let Err(e) = map_user(args.uid, args.gid) {
+        status.fail(Stage::UserNamespace, e);
+    }
+    if let Err(e) = private_mounts() {
+        status.fail(Stage::Mounts, e);
+    }
+    if let Err(e) = loopback_up() {
+        status.fail(Stage::Loopback, e);
+    }
+
+    let program = handoff::to_cstring(args.program.as_os_str());
+    let argv: Option<Vec<CString>> = args.argv.iter().map(|a| handoff::to_cstring(a)).collect();
+    let (Some(program), Some(argv)) = (program, argv) else {
+        status.fail(Stage::Exec, libc::EINVAL);
+    };
+
+    if !args.notify.is_empty() {
+        let prog = match filter::build(&args.notify) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("faultbox-shim: {e}");
+                status.fail(Stage::Filter, libc::EINVAL);
+            }
+        };
+        // The listener will take the lowest free fd: find it, announce it, then
+        // install. The supervisor fetches it with pidfd_getfd while we block in the
+        // hand-off call, so no syscall a rule might trap runs in between.
+        let next = lowest_free_fd();
+        status.send(&Status::Installing { listener_fd: next });
+        match filter::install(&prog) {
+            Ok(fd) if fd == next => {}
+            Ok(_) => std::process::exit(handoff::EXIT_CANNOT_EXEC),
+            Err(e) => {
+                eprintln!("faultbox-shim: {e}");
+                status.fail(Stage::Filter, e.errno());
+            }
+        }
+        filter::handoff_wait();
+    }
+
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    // SAFETY: program and every argv entry are NUL-terminated C strings that outlive the
+    // call; argv_ptrs is NULL-terminated; environ is the process environment.
+    unsafe {
+        libc::execv(program.as_ptr(), argv_ptrs.as_ptr());
+    }
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let _ = writeln!(
+        std::io::stderr(),
+        "faultbox: cannot execute {}: {}",
+        args.program.display(),
+        std::io::Error::from_raw_os_error(errno)
+    );
+    status.fail(Stage::Exec, errno);
+}
+
+/// Writes status lines on the inherited pipe.
+struct Reporter(RawFd);
+
+impl Reporter {
+    fn send(&self, s: &Status) {
+        let line = s.encode();
+        // SAFETY: line is a valid buffer of line.len() bytes.
+        unsafe {
+            libc::write(self.0, line.as_ptr().cast(), line.len());
+        }
+    }
+
+    fn fail(&self, stage: Stage, errno: i32) -> ! {
+        self.send(&Status::Failed { stage, errno });
+        std::process::exit(handoff::EXIT_CANNOT_EXEC)
+    }
+}
+
+trait Errno {
+    fn errno(&self) -> i32;
+}
+
+impl Errno for filter::FilterError {
+    fn errno(&self) -> i32 {
+        match self {
+            filter::FilterError::Install(e) | filter::FilterError::NoNewPrivs(e) => {
+                e.raw_os_error().unwrap_or(libc::EINVAL)
+            }
+            filter::FilterError::Build(_) => libc::EINVAL,
+        }
+    }
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn write_file(path: &str, content: &str) -> Result<(), i32> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    f.write_all(content.as_bytes())
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Maps the caller's uid and gid to root inside the new user namespace. A process may
+/// write a one-line map of its own ids, which is what lets this work unprivileged.
+fn map_user(uid: u32, gid: u32) -> Result<(), i32> {
+    write_file("/proc/self/setgroups", "deny")?;
+    write_file("/proc/self/uid_map", &format!("0 {uid} 1"))?;
+    write_file("/proc/self/gid_map", &format!("0 {gid} 1"))
+}
+
+/// Keeps mount changes inside the namespace and mounts a /proc that shows the new PID
+/// namespace, so the target sees itself as PID 1 there too.
+fn private_mounts() -> Result<(), i32> {
+    // SAFETY: mount with NULL source/fstype/data and propagation flags only.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: all strings are NUL-terminated literals.
+    let rc = unsafe {
+        libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// Brings `lo` up: a new network namespace has it, but down.
+fn loopback_up() -> Result<(), i32> {
+    // SAFETY: socket() with constant arguments.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: sock was just created and is owned here.
+    let _guard = unsafe { std::fs::File::from_raw_fd(sock) };
+    // SAFETY: ifreq is plain old data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: req is a valid ifreq with a NUL-terminated name.
+    if unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) } != 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req) } != 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// The fd number the kernel will hand out next.
+fn lowest_free_fd() -> i32 {
+    // SAFETY: dup of an open fd; the copy is closed right away.
+    unsafe {
+        let fd = libc::dup(handoff::STATUS_FD);
+        libc::close(fd);
+        fd
+    }
+}
