@@ -1,1 +1,28 @@
-fn main() {}
+//! `faultbox`: the command line. Every subcommand returns its exit code; errors of
+//! Faultbox itself exit 1, and `run` passes the target's code through.
+
+mod cli;
+mod logging;
+mod run;
+
+use clap::Parser;
+
+fn main() {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => run::EXIT_FAULTBOX_ERROR,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match cli.command {
+        cli::Command::Run(args) => run::run(args),
+    };
+    std::process::exit(code);
+}

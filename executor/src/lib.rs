@@ -1,1 +1,14 @@
+//! Everything Faultbox does on a host: launching targets in namespaces under the
+//! seccomp filter, the supervisor that answers their notified syscalls, and the rule
+//! engine that decides each call.
 
+pub mod engine;
+pub mod launch;
+pub mod procfs;
+pub mod session;
+pub mod supervisor;
+
+pub use engine::{Decision, Engine};
+pub use launch::Exit;
+pub use session::{Outcome, Running, SessionConfig, SessionError};
+pub use supervisor::{EventSink, SyscallEvent};

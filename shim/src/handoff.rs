@@ -94,9 +94,6 @@ impl Status {
 /// The shim's command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShimArgs {
-    /// The caller's uid and gid outside, mapped to root inside the user namespace.
-    pub uid: u32,
-    pub gid: u32,
     /// Syscall numbers the filter notifies; empty means no filter at all.
     pub notify: Vec<i32>,
     /// The file to execute.
@@ -108,12 +105,7 @@ pub struct ShimArgs {
 impl ShimArgs {
     /// Arguments after the shim's own argv[0].
     pub fn to_args(&self) -> Vec<OsString> {
-        let mut out: Vec<OsString> = vec![
-            "--uid".into(),
-            self.uid.to_string().into(),
-            "--gid".into(),
-            self.gid.to_string().into(),
-        ];
+        let mut out: Vec<OsString> = Vec::new();
         if !self.notify.is_empty() {
             out.push("--notify".into());
             out.push(
@@ -133,8 +125,6 @@ impl ShimArgs {
 
     /// Parses what [`ShimArgs::to_args`] produced.
     pub fn parse(args: &[OsString]) -> Result<ShimArgs, String> {
-        let mut uid = None;
-        let mut gid = None;
         let mut notify = Vec::new();
         let mut i = 0;
         while i < args.len() {
@@ -145,8 +135,6 @@ impl ShimArgs {
                     .ok_or_else(|| format!("missing value after {}", String::from_utf8_lossy(a)))
             };
             match a {
-                b"--uid" => uid = Some(value()?.parse().map_err(|_| "bad --uid")?),
-                b"--gid" => gid = Some(value()?.parse().map_err(|_| "bad --gid")?),
                 b"--notify" => {
                     notify = value()?
                         .split(',')
@@ -163,8 +151,6 @@ impl ShimArgs {
                         return Err("missing argv[0] after the program".into());
                     }
                     return Ok(ShimArgs {
-                        uid: uid.ok_or("missing --uid")?,
-                        gid: gid.ok_or("missing --gid")?,
                         notify,
                         program: PathBuf::from(program),
                         argv,
@@ -195,8 +181,6 @@ mod tests {
     #[test]
     fn args_round_trip() {
         let a = ShimArgs {
-            uid: 1000,
-            gid: 100,
             notify: vec![1, 257],
             program: "/bin/echo".into(),
             argv: vec!["echo".into(), "--".into(), "x y".into()],

@@ -1,5 +1,5 @@
 //! `faultbox-shim`: runs as PID 1 of fresh user, PID, network and mount namespaces
-//! (created by the launcher's clone), finishes their setup, installs the seccomp filter
+//! (created and uid-mapped by the launcher's clone), finishes their setup, installs the seccomp filter
 //! when asked, hands the listener over, and then becomes the target with `execve`.
 //!
 //! Failures before exec are reported on the status pipe (fd 3) and exit 127.
@@ -31,9 +31,6 @@ fn main() {
     }
     let status = Reporter(handoff::STATUS_FD);
 
-    if let Err(e) = map_user(args.uid, args.gid) {
-        status.fail(Stage::UserNamespace, e);
-    }
     if let Err(e) = private_mounts() {
         status.fail(Stage::Mounts, e);
     }
@@ -125,23 +122,6 @@ fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
-}
-
-fn write_file(path: &str, content: &str) -> Result<(), i32> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-    f.write_all(content.as_bytes())
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-/// Maps the caller's uid and gid to root inside the new user namespace. A process may
-/// write a one-line map of its own ids, which is what lets this work unprivileged.
-fn map_user(uid: u32, gid: u32) -> Result<(), i32> {
-    write_file("/proc/self/setgroups", "deny")?;
-    write_file("/proc/self/uid_map", &format!("0 {uid} 1"))?;
-    write_file("/proc/self/gid_map", &format!("0 {gid} 1"))
 }
 
 /// Keeps mount changes inside the namespace and mounts a /proc that shows the new PID

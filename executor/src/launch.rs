@@ -1,0 +1,431 @@
+//! Starting a target: clone3 into new user, PID, network and mount namespaces, exec
+//! the shim, and take the seccomp listener from it.
+//!
+//! Clones happen on one long-lived thread because `PR_SET_PDEATHSIG` fires when the
+//! *thread* that created the child exits: a pool thread could retire and kill a
+//! healthy target. The child only calls async-signal-safe functions before exec.
+
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use faultbox_shim::handoff::{self, ShimArgs, Stage, Status};
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The `faultbox-shim` binary.
+    pub shim: PathBuf,
+    /// The resolved program to execute.
+    pub program: PathBuf,
+    /// The target's argv, argv[0] included.
+    pub argv: Vec<OsString>,
+    /// The target's complete environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Syscall numbers to notify; empty means no filter.
+    pub notify: Vec<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("invalid argument or environment entry for the target (contains a NUL byte)")]
+    Nul,
+    #[error("creating user, PID, network and mount namespaces: {0} (are unprivileged user namespaces disabled? see /proc/sys/user/max_user_namespaces and kernel.unprivileged_userns_clone)")]
+    Clone(std::io::Error),
+    #[error("{}: {}", .stage.describe(), std::io::Error::from_raw_os_error(*.errno))]
+    Setup { stage: Stage, errno: i32 },
+    #[error("the target exited before its seccomp listener could be taken")]
+    Vanished,
+    #[error(
+        "taking the seccomp listener from the target: {0} (pidfd_getfd needs Linux 5.6 or later)"
+    )]
+    Listener(std::io::Error),
+    #[error("the target did not hand over its seccomp listener within {0:?}")]
+    Timeout(Duration),
+    #[error("launcher: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started target: the shim is blocked in its hand-off call when `listener` is set.
+pub struct Launched {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// The supervisor's copy of the seccomp listener.
+    pub listener: Option<OwnedFd>,
+    /// The listener's fd number inside the target, for logs.
+    pub target_listener_fd: Option<i32>,
+    /// The rest of the status pipe: end-of-file once the target has exec'd.
+    pub status: StatusPipe,
+}
+
+/// The read end of the shim's status pipe.
+pub struct StatusPipe(BufReader<File>);
+
+impl StatusPipe {
+    fn next(&mut self) -> std::io::Result<Option<Status>> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.0.read_line(&mut line)? == 0 {
+                return Ok(None);
+            }
+            if let Some(s) = Status::decode(line.trim_end()) {
+                return Ok(Some(s));
+            }
+        }
+    }
+
+    /// Blocks until the target has exec'd (`Ok`) or reported why it could not.
+    pub fn wait_exec(mut self) -> Result<(), LaunchError> {
+        match self.next()? {
+            None => Ok(()),
+            Some(Status::Failed { stage, errno }) => Err(LaunchError::Setup { stage, errno }),
+            Some(Status::Installing { .. }) => Ok(()),
+        }
+    }
+}
+
+/// Starts the target described by `spec`. Blocking: call it off the async runtime.
+pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let shim_args = ShimArgs {
+        notify: spec.notify.clone(),
+        program: spec.program.clone(),
+        argv: spec.argv.clone(),
+    };
+    let cstr = |s: &std::ffi::OsStr| CString::new(s.as_bytes()).map_err(|_| LaunchError::Nul);
+    let shim = cstr(spec.shim.as_os_str())?;
+    let mut argv = vec![cstr(std::ffi::OsStr::new("faultbox-shim"))?];
+    for a in shim_args.to_args() {
+        argv.push(cstr(&a)?);
+    }
+    let mut envp = Vec::with_capacity(spec.env.len());
+    for (k, v) in &spec.env {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        envp.push(CString::new(kv).map_err(|_| LaunchError::Nul)?);
+    }
+
+    let (read_end, write_end) = pipe()?;
+    let child = Prepared {
+        uid_map: CString::new(format!("0 {uid} 1")).expect("no NUL"),
+        gid_map: CString::new(format!("0 {gid} 1")).expect("no NUL"),
+        shim,
+        argv,
+        envp,
+        status_fd: write_end.as_raw_fd(),
+    };
+    let (pid, pidfd) = clone_on_launcher_thread(child)?;
+    drop(write_end);
+
+    let mut status = StatusPipe(BufReader::new(File::from(read_end)));
+    if spec.notify.is_empty() {
+        return Ok(Launched {
+            pid,
+            pidfd,
+            listener: None,
+            target_listener_fd: None,
+            status,
+        });
+    }
+    let failed = |pidfd: OwnedFd, e: LaunchError| {
+        kill(&pidfd, libc::SIGKILL);
+        reap(&pidfd);
+        Err(e)
+    };
+    match status.next()? {
+        Some(Status::Installing { listener_fd }) => {
+            let fd = match take_listener(pidfd.as_raw_fd(), listener_fd) {
+                Ok(fd) => fd,
+                Err(e) => return failed(pidfd, e),
+            };
+            if let Err(e) = faultbox_shim::notify::set_sync_wakeup(fd.as_raw_fd()) {
+                tracing::debug!(target: "engine", error = %e, "synchronous wake-up not available");
+            }
+            Ok(Launched {
+                pid,
+                pidfd,
+                listener: Some(fd),
+                target_listener_fd: Some(listener_fd),
+                status,
+            })
+        }
+        Some(Status::Failed { stage, errno }) => failed(pidfd, LaunchError::Setup { stage, errno }),
+        None => failed(pidfd, LaunchError::Vanished),
+    }
+}
+
+/// Polls `pidfd_getfd` until the shim has installed its filter. The shim announced the
+/// fd number just before `seccomp()`, so this spins for microseconds at most.
+fn take_listener(pidfd: RawFd, target_fd: i32) -> Result<OwnedFd, LaunchError> {
+    let limit = Duration::from_secs(5);
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(10);
+    loop {
+        // SAFETY: pidfd_getfd with a valid pidfd and flags 0; a non-negative return is a
+        // new fd we own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target_fd, 0) };
+        if fd >= 0 {
+            // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+            if is_listener(owned.as_raw_fd()) {
+                return Ok(owned);
+            }
+        } else {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EBADF) => {}
+                Some(libc::ESRCH) => return Err(LaunchError::Vanished),
+                _ => return Err(LaunchError::Listener(e)),
+            }
+        }
+        if start.elapsed() > limit {
+            return Err(LaunchError::Timeout(limit));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
+fn is_listener(fd: RawFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.as_os_str().as_bytes() == b"anon_inode:seccomp notify")
+        .unwrap_or(false)
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends `sig` to the process behind `pidfd`; a process that is gone is not an error.
+pub fn kill(pidfd: &OwnedFd, sig: i32) {
+    // SAFETY: pidfd_send_signal with a valid pidfd, no siginfo and flags 0.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The shell convention: the code itself, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Collects the exit status if the process has ended; `None` while it runs.
+pub fn try_reap(pidfd: &OwnedFd) -> std::io::Result<Option<Exit>> {
+    wait(pidfd, libc::WEXITED | libc::WNOHANG)
+}
+
+/// Waits for the process to end and collects its status.
+pub fn reap(pidfd: &OwnedFd) -> Option<Exit> {
+    wait(pidfd, libc::WEXITED).ok().flatten()
+}
+
+fn wait(pidfd: &OwnedFd, flags: i32) -> std::io::Result<Option<Exit>> {
+    // SAFETY: siginfo_t is plain old data.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waitid on a pidfd with a valid siginfo buffer.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                flags,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+    // SAFETY: waitid filled info (or left si_pid zero for WNOHANG with no change).
+    let (pid, status, code) = unsafe { (info.si_pid(), info.si_status(), info.si_code) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(if code == libc::CLD_EXITED {
+        Exit::Code(status)
+    } else {
+        Exit::Signal(status)
+    }))
+}
+
+/// Everything the cloned child needs, prepared before the clone so that the child
+/// never allocates.
+struct Prepared {
+    /// `0 <uid> 1`: the caller becomes root inside the user namespace.
+    uid_map: CString,
+    gid_map: CString,
+    shim: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    status_fd: RawFd,
+}
+
+type Request = (Prepared, mpsc::SyncSender<std::io::Result<(i32, OwnedFd)>>);
+
+fn clone_on_launcher_thread(child: Prepared) -> Result<(i32, OwnedFd), LaunchError> {
+    static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let sender = LAUNCHER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("faultbox-launcher".into())
+            .spawn(move || {
+                for (prepared, reply) in rx {
+                    let _ = reply.send(clone_child(&prepared));
+                }
+            })
+            .expect("spawning the launcher thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    sender
+        .lock()
+        .map_err(|_| std::io::Error::other("launcher thread poisoned"))?
+        .send((child, reply_tx))
+        .map_err(|_| std::io::Error::other("launcher thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("launcher thread is gone"))?
+        .map_err(LaunchError::Clone)
+}
+
+fn clone_child(p: &Prepared) -> std::io::Result<(i32, OwnedFd)> {
+    let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: clone_args is plain old data; zero is valid for unused members.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWNS
+        | libc::CLONE_PIDFD) as u64;
+    args.pidfd = &mut pidfd as *mut libc::c_int as u64;
+    args.exit_signal = libc::SIGCHLD as u64;
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
+    // address space with only the calling thread, and runs `child_exec`, which uses
+    // async-signal-safe calls only and never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; we are the child.
+        unsafe { child_exec(p, &argv, &envp) }
+    }
+    // SAFETY: CLONE_PIDFD stored a new pidfd that we own.
+    Ok((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// The child side of the clone: tie our life to the launcher thread, put the status
+/// pipe on its agreed fd, map our ids into the new user namespace, restore default
+/// signal handling, and exec the shim.
+///
+/// The maps must be written before exec: a process whose uid is unmapped loses its
+/// capabilities in the namespace at exec, and could then no longer set up mounts.
+///
+/// # Safety
+/// Must only be called in a freshly cloned child; uses async-signal-safe calls only.
+unsafe fn child_exec(
+    p: &Prepared,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    if p.status_fd == handoff::STATUS_FD {
+        libc::fcntl(p.status_fd, libc::F_SETFD, 0);
+    } else {
+        libc::dup2(p.status_fd, handoff::STATUS_FD);
+    }
+    if write_proc(c"/proc/self/setgroups", c"deny").is_err()
+        || write_proc(c"/proc/self/uid_map", &p.uid_map).is_err()
+        || write_proc(c"/proc/self/gid_map", &p.gid_map).is_err()
+    {
+        let errno = *libc::__errno_location();
+        let mut line = *b"E userns 000\n";
+        line[9] = b'0' + (errno / 100 % 10) as u8;
+        line[10] = b'0' + (errno / 10 % 10) as u8;
+        line[11] = b'0' + (errno % 10) as u8;
+        libc::write(handoff::STATUS_FD, line.as_ptr().cast(), line.len());
+        libc::_exit(handoff::EXIT_CANNOT_EXEC);
+    }
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    for sig in [
+        libc::SIGPIPE,
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+    ] {
+        libc::signal(sig, libc::SIG_DFL);
+    }
+    libc::execve(p.shim.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    let line = b"E exec 2\n";
+    libc::write(handoff::STATUS_FD, line.as_ptr().cast(), line.len());
+    libc::_exit(handoff::EXIT_CANNOT_EXEC)
+}
+
+/// Writes `content` to a /proc file with async-signal-safe calls only.
+///
+/// # Safety
+/// Both arguments are valid NUL-terminated strings.
+unsafe fn write_proc(path: &std::ffi::CStr, content: &std::ffi::CStr) -> Result<(), ()> {
+    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return Err(());
+    }
+    let bytes = content.to_bytes();
+    let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+    libc::close(fd);
+    if n == bytes.len() as isize {
+        Ok(())
+    } else {
+        Err(())
+    }
+}

@@ -1,0 +1,185 @@
+//! Reading what a notified call refers to: path strings in the target's memory, and
+//! fds resolved through `/proc/PID/fd`. Paths are made absolute and lexically
+//! normalised so that globs match what the call will touch.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+
+use faultbox_shim::syscalls::PathArg;
+
+const PATH_MAX: usize = 4096;
+const PAGE: u64 = 4096;
+/// Open `/proc/PID/mem` files kept; beyond this the cache starts over.
+const MEM_CACHE_LIMIT: usize = 1024;
+
+/// Per-supervisor access to target processes, keeping `/proc/PID/mem` open per pid
+/// (reopening it for every read costs several microseconds).
+#[derive(Default)]
+pub struct Procfs {
+    mem: HashMap<i32, File>,
+}
+
+/// The file a call refers to, and whether target memory was read to find it.
+pub struct Resolved {
+    pub path: Option<String>,
+    pub read_memory: bool,
+}
+
+impl Procfs {
+    /// Resolves the file that syscall `args` of thread `pid` names, per `arg`.
+    pub fn resolve(&mut self, pid: i32, arg: PathArg, args: &[u64; 6]) -> Resolved {
+        match arg {
+            PathArg::None => Resolved {
+                path: None,
+                read_memory: false,
+            },
+            PathArg::Fd { fd } => Resolved {
+                path: fd_path(pid, args[fd] as i32),
+                read_memory: false,
+            },
+            PathArg::Path { path } => Resolved {
+                path: self
+                    .read_cstr(pid, args[path])
+                    .and_then(|p| absolute(pid, None, &p)),
+                read_memory: true,
+            },
+            PathArg::At { dirfd, path } => Resolved {
+                path: self
+                    .read_cstr(pid, args[path])
+                    .and_then(|p| absolute(pid, Some(args[dirfd] as i32), &p)),
+                read_memory: true,
+            },
+        }
+    }
+
+    /// Reads a NUL-terminated string at `addr` in `pid`'s memory, page by page so an
+    /// unmapped page after a short string does not fail the read.
+    fn read_cstr(&mut self, pid: i32, addr: u64) -> Option<Vec<u8>> {
+        if addr == 0 {
+            return None;
+        }
+        for attempt in 0..2 {
+            if attempt == 1 {
+                self.mem.remove(&pid);
+            }
+            let file = match self.mem.get(&pid) {
+                Some(f) => f,
+                None => {
+                    if self.mem.len() >= MEM_CACHE_LIMIT {
+                        self.mem.clear();
+                    }
+                    let f = File::open(format!("/proc/{pid}/mem")).ok()?;
+                    self.mem.entry(pid).or_insert(f)
+                }
+            };
+            if let Some(s) = read_cstr_from(file, addr) {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Forgets what is cached about `pid`.
+    pub fn forget(&mut self, pid: i32) {
+        self.mem.remove(&pid);
+    }
+}
+
+fn read_cstr_from(file: &File, addr: u64) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = addr;
+    let mut buf = [0u8; PAGE as usize];
+    while out.len() < PATH_MAX {
+        let chunk = (PAGE - at % PAGE) as usize;
+        let n = file.read_at(&mut buf[..chunk], at).ok()?;
+        if n == 0 {
+            return None;
+        }
+        if let Some(end) = buf[..n].iter().position(|&b| b == 0) {
+            out.extend_from_slice(&buf[..end]);
+            return Some(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+        at += n as u64;
+    }
+    None
+}
+
+/// The path behind fd `fd` of `pid` (`/tmp/x`, `pipe:[123]`, `socket:[456]`).
+pub fn fd_path(pid: i32, fd: i32) -> Option<String> {
+    if fd < 0 {
+        return None;
+    }
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+fn absolute(pid: i32, dirfd: Option<i32>, raw: &[u8]) -> Option<String> {
+    let p = Path::new(std::ffi::OsStr::from_bytes(raw));
+    if p.is_absolute() {
+        return Some(normalize(p));
+    }
+    let base = match dirfd {
+        Some(fd) if fd != libc::AT_FDCWD => fd_path(pid, fd)?,
+        _ => std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    if raw.is_empty() {
+        // AT_EMPTY_PATH: the call acts on dirfd itself.
+        return Some(base);
+    }
+    Some(normalize(&Path::new(&base).join(p)))
+}
+
+/// Removes `.` and resolves `..` without touching the filesystem.
+fn normalize(p: &Path) -> String {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_lexically() {
+        assert_eq!(normalize(Path::new("/a/./b/../c//d")), "/a/c/d");
+        assert_eq!(normalize(Path::new("/../x")), "/x");
+    }
+
+    #[test]
+    fn reads_own_memory_and_fds() {
+        let mut procfs = Procfs::default();
+        let s = std::ffi::CString::new("/data/file.wal").unwrap();
+        let pid = std::process::id() as i32;
+        let args = [libc::AT_FDCWD as u64, s.as_ptr() as u64, 0, 0, 0, 0];
+        let r = procfs.resolve(pid, PathArg::At { dirfd: 0, path: 1 }, &args);
+        assert_eq!(r.path.as_deref(), Some("/data/file.wal"));
+        assert!(r.read_memory);
+        let rel = std::ffi::CString::new("x/../y").unwrap();
+        let args = [rel.as_ptr() as u64, 0, 0, 0, 0, 0];
+        let cwd = std::env::current_dir().unwrap();
+        let r = procfs.resolve(pid, PathArg::Path { path: 0 }, &args);
+        assert_eq!(r.path.unwrap(), cwd.join("y").to_string_lossy());
+        let f = File::open("/proc/self/status").unwrap();
+        use std::os::fd::AsRawFd;
+        let args = [f.as_raw_fd() as u64, 0, 0, 0, 0, 0];
+        let r = procfs.resolve(pid, PathArg::Fd { fd: 0 }, &args);
+        assert_eq!(r.path.unwrap(), format!("/proc/{pid}/status"));
+    }
+}
