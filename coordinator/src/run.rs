@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use faultbox_executor::session::{self, SessionConfig};
-use faultbox_executor::{EventSink, SyscallEvent};
+use faultbox_executor::{Engine, EventSink, SyscallEvent};
 use faultbox_shim::rule::FaultRule;
 use faultbox_shim::syscalls::Arch;
 
@@ -38,6 +38,8 @@ fn plan(args: RunArgs) -> Result<Plan> {
     for text in &args.fs_faults {
         rules.push(FaultRule::parse_fs(text)?);
     }
+    // Compiling the rules checks their globs too, before anything starts.
+    Engine::new(&rules, arch, 0)?;
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     for kv in &args.env {
         let Some((k, v)) = kv.split_once('=') else {

@@ -1,0 +1,206 @@
+//! Helpers for tests that run the real `faultbox` binary on real targets.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn faultbox() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_faultbox"));
+    let shim = bin.with_file_name("faultbox-shim");
+    assert!(
+        shim.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        shim.display()
+    );
+    bin
+}
+
+/// The example target built with the workspace.
+pub fn example_target() -> PathBuf {
+    let t = faultbox().with_file_name("target");
+    assert!(
+        t.is_file(),
+        "{} is missing: build the workspace first",
+        t.display()
+    );
+    t
+}
+
+fn targets_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets")
+}
+
+/// The C probe, compiled once per test binary.
+pub fn probe() -> PathBuf {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("probe");
+            let st = Command::new("gcc")
+                .args(["-O1", "-Wall", "-o"])
+                .arg(&out)
+                .arg(targets_dir().join("probe.c"))
+                .arg("-lpthread")
+                .status()
+                .expect("gcc runs");
+            assert!(st.success(), "compiling probe.c");
+            out
+        })
+        .clone()
+}
+
+pub fn python_probe() -> PathBuf {
+    targets_dir().join("probe.py")
+}
+
+/// A scratch directory under /tmp, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let p = PathBuf::from(format!("/tmp/fbtest-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+
+    pub fn path(&self, rel: &str) -> String {
+        self.0.join(rel).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What one `faultbox run` did.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// Probe report lines: (op, arg, result).
+    pub results: Vec<(String, String, String)>,
+    pub logs: Vec<serde_json::Value>,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// Results of `op` on `arg`, in order.
+    pub fn of(&self, op: &str, arg: &str) -> Vec<&str> {
+        self.results
+            .iter()
+            .filter(|(o, a, _)| o == op && a == arg)
+            .map(|(_, _, r)| r.as_str())
+            .collect()
+    }
+
+    /// The single result of `op` on `arg`.
+    pub fn one(&self, op: &str, arg: &str) -> &str {
+        let r = self.of(op, arg);
+        assert_eq!(
+            r.len(),
+            1,
+            "expected one {op} {arg} in {:#?}\n{}",
+            self.results,
+            self.stderr
+        );
+        r[0]
+    }
+
+    pub fn logs_with(&self, msg: &str) -> Vec<&serde_json::Value> {
+        self.logs.iter().filter(|l| l["msg"] == msg).collect()
+    }
+
+    pub fn target_pid(&self) -> Option<i64> {
+        self.logs_with("target started")
+            .first()
+            .and_then(|l| l["pid"].as_i64())
+    }
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `faultbox run --log-format=json <flags> -- <target>` with a fresh PROBE_OUT.
+pub fn run(flags: &[&str], target: &[&str]) -> Output {
+    let mut cmd = Command::new(faultbox());
+    cmd.arg("run")
+        .arg("--log-format=json")
+        .args(flags)
+        .arg("--")
+        .args(target);
+    run_cmd(cmd)
+}
+
+/// Runs a prepared `faultbox` command, collecting the probe's report and logs, and
+/// checks that the target did not outlive it.
+pub fn run_cmd(mut cmd: Command) -> Output {
+    let out_file = format!(
+        "/dev/shm/faultbox-test-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    let _ = std::fs::remove_file(&out_file);
+    cmd.env("PROBE_OUT", &out_file).stdin(Stdio::null());
+    let start = Instant::now();
+    let out = cmd.output().expect("faultbox runs");
+    let elapsed = start.elapsed();
+    let report = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_file);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let logs = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad json log {l:?}: {e}")))
+        .collect();
+    let results = report
+        .lines()
+        .map(|l| {
+            let mut it = l.splitn(3, ' ');
+            (
+                it.next().unwrap_or("").to_string(),
+                it.next().unwrap_or("").to_string(),
+                it.next().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let output = Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+        results,
+        logs,
+        elapsed,
+    };
+    if let Some(pid) = output.target_pid() {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "target pid {pid} outlived faultbox"
+        );
+    }
+    output
+}
+
+/// Pids of processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(marker) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
