@@ -667,3 +667,107 @@ fn sigterm_to_faultbox_ends_a_target_without_handlers() {
     assert!(start.elapsed() < Duration::from_secs(10));
     assert!(common::processes_with(&marker).is_empty());
 }
+
+#[test]
+fn unprivileged_callers_get_the_same_isolation_and_faults() {
+    if unsafe { libc::geteuid() } != 0 {
+        // Already unprivileged: the other tests cover this case.
+        return;
+    }
+    let d = Scratch::new("unpriv");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let f = d.path("f");
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(common::faultbox())
+        .args(["run", "--log-format=json", "--fault", &format!("write=EIO:100%:{f}"), "--"])
+        .args([p().as_str(), "getpid", "uid", "seccomp", &format!("write:{f}"), "ifaces"]);
+    let out = common::run_cmd(cmd);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.one("getpid", "-"), "1");
+    assert_eq!(out.one("uid", "-"), "0", "nobody is mapped to root inside");
+    assert_eq!(out.one("seccomp", "-"), "2");
+    assert_eq!(out.one("write", &f), "EIO");
+    assert_eq!(out.one("ifaces", "lo"), "UP");
+}
+
+#[test]
+fn json_logs_carry_the_reference_fields() {
+    let d = Scratch::new("json");
+    let f = d.path("f");
+    let out = run(&["--fault", &format!("write=EIO:100%:{f}")], &[&p(), &format!("write:{f}")]);
+    let session = out.logs[0]["session_id"].as_str().unwrap().to_string();
+    assert_eq!(session.len(), 16);
+    for l in &out.logs {
+        for key in ["time", "level", "msg", "component", "session_id"] {
+            assert!(l.get(key).is_some(), "{key} missing in {l}");
+        }
+        assert_eq!(l["session_id"], session.as_str());
+        assert_eq!(l["component"], "engine");
+        assert!(l["time"].as_str().unwrap().ends_with('Z'));
+    }
+    let states: Vec<_> = out.logs.iter().filter_map(|l| l["state"].as_str()).collect();
+    assert_eq!(states, ["starting", "running", "stopped"]);
+    let hit = out.logs_with("syscall intercepted");
+    assert_eq!(hit.len(), 1, "only faulted calls at INFO");
+    assert_eq!(hit[0]["level"], "INFO");
+    assert_eq!(hit[0]["name"], "write");
+    assert_eq!(hit[0]["path"], f.as_str());
+    assert_eq!(hit[0]["decision"], "deny(input/output error)");
+    assert!(hit[0]["pid"].is_i64());
+    let done = out.logs_with("session completed");
+    assert_eq!(done[0]["exit_code"], 0);
+    assert!(done[0]["duration"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn debug_logs_every_intercepted_call() {
+    let d = Scratch::new("debug");
+    let (f, g) = (d.path("f"), d.path("g"));
+    let glob = format!("openat=ENOENT:100%:{f}");
+    let quiet = run(&["--fault", &glob], &[&p(), &format!("create:{g}"), &format!("create:{f}")]);
+    assert_eq!(quiet.logs_with("syscall intercepted").len(), 1);
+    let loud = run(&["--debug", "--fault", &glob], &[&p(), &format!("create:{g}"), &format!("create:{f}")]);
+    let all = loud.logs_with("syscall intercepted");
+    assert!(all.iter().any(|l| l["level"] == "DEBUG" && l["decision"] == "allow" && l["path"] == g.as_str()));
+    assert!(all.iter().any(|l| l["level"] == "INFO" && l["path"] == f.as_str()));
+    let unglobbed = run(&["--debug", "--fault", "openat=ENOENT:100%"], &[&p(), "getpid"]);
+    assert!(unglobbed
+        .logs_with("syscall intercepted")
+        .iter()
+        .any(|l| l["decision"] == "allow (system path)"));
+}
+
+#[test]
+fn console_logs_without_color() {
+    let d = Scratch::new("console");
+    let f = d.path("f");
+    let mut cmd = std::process::Command::new(common::faultbox());
+    cmd.env("NO_COLOR", "1")
+        .args(["run", "--log-format=console", "--fault", &format!("write=EIO:100%:{f}"), "--"])
+        .args([p().as_str(), &format!("write:{f}")]);
+    let out = common::run_cmd(cmd);
+    assert!(!out.stderr.contains('\x1b'), "NO_COLOR honoured: {:?}", out.stderr);
+    let line = out.stderr.lines().find(|l| l.contains("syscall intercepted")).unwrap();
+    let (time, rest) = line.split_at(12);
+    assert!(
+        time.len() == 12 && time.as_bytes()[2] == b':' && time.as_bytes()[5] == b':' && time.as_bytes()[8] == b'.',
+        "HH:MM:SS.mmm: {line}"
+    );
+    assert!(rest.starts_with(" INF [engine] syscall intercepted"), "{line}");
+    assert!(line.contains("decision=deny(input/output error)"), "{line}");
+    let mut cmd = std::process::Command::new(common::faultbox());
+    cmd.env_remove("NO_COLOR").args(["run", "--log-format=console", "--", p().as_str(), "getpid"]);
+    let colored = common::run_cmd(cmd);
+    assert!(colored.stderr.contains("\x1b[32mINF"), "{:?}", colored.stderr);
+}
+
+#[test]
+fn piped_stderr_defaults_to_json() {
+    let mut cmd = std::process::Command::new(common::faultbox());
+    cmd.args(["run", "--", p().as_str(), "getpid"]);
+    let out = common::run_cmd(cmd);
+    assert!(!out.logs.is_empty());
+    assert!(out.stderr.lines().all(|l| l.starts_with('{')), "{}", out.stderr);
+}
