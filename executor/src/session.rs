@@ -102,6 +102,13 @@ pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Runni
         .await
         .expect("launch task panicked")?;
     let pid = launched.pid;
+    tracing::info!(
+        target: "engine",
+        pid,
+        listener_fd = launched.target_listener_fd,
+        state = "running",
+        "target started"
+    );
     let supervisor = match launched.listener {
         Some(listener) => Some(
             supervisor::spawn(
@@ -134,13 +141,6 @@ pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Runni
             other => SessionError::Launch(other),
         });
     }
-    tracing::info!(
-        target: "engine",
-        pid,
-        listener_fd = launched.target_listener_fd,
-        state = "running",
-        "target started"
-    );
     Ok(Running {
         pid,
         supervisor: std::sync::Mutex::new(supervisor),

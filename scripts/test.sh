@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Sets up the machine and runs every test: formatting, lints, unit tests and the
+# integration tests that run real programs under real seccomp filters. Fails if any
+# process, scratch directory or report file of the tests is left behind.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/setup.sh
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+
+echo "== build (the integration tests run the faultbox and faultbox-shim binaries)" >&2
+cargo build -j2 --workspace --all-targets
+
+echo "== clippy" >&2
+cargo clippy -j2 --workspace --all-targets -- -D warnings
+
+echo "== tests" >&2
+cargo test -j2 --workspace
+
+echo "== leak check" >&2
+leaks=0
+if pgrep -f 'target/(debug|release|tmp)/(faultbox|probe|target)( |$)' >/dev/null; then
+    echo "leftover processes:" >&2
+    pgrep -af 'target/(debug|release|tmp)/(faultbox|probe|target)( |$)' >&2
+    leaks=1
+fi
+if compgen -G '/tmp/fbtest-*' >/dev/null || compgen -G '/dev/shm/faultbox-test-*' >/dev/null; then
+    echo "leftover scratch files:" >&2
+    ls -d /tmp/fbtest-* /dev/shm/faultbox-test-* 2>/dev/null >&2 || true
+    leaks=1
+fi
+if ((leaks)); then
+    exit 1
+fi
+echo "no leftovers"
