@@ -100,7 +100,32 @@ impl<S: Subscriber> Layer<S> for LogLayer {
             Format::Json => json_line(meta.level(), component, &self.session_id, fields),
             Format::Console { color } => console_line(meta.level(), component, fields, color),
         };
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let buffered = BATCH.with(|b| match b.borrow_mut().as_mut() {
+            Some(buf) => {
+                buf.extend_from_slice(line.as_bytes());
+                true
+            }
+            None => false,
+        });
+        if !buffered {
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+    }
+}
+
+thread_local! {
+    static BATCH: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's log lines collected, then writes them with one call:
+/// a logger draining a queue writes a batch at a time instead of a line at a time.
+pub fn batched(f: impl FnOnce()) {
+    BATCH.with(|b| *b.borrow_mut() = Some(Vec::with_capacity(64 * 1024)));
+    f();
+    if let Some(buf) = BATCH.with(|b| b.borrow_mut().take()) {
+        if !buf.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&buf);
+        }
     }
 }
 

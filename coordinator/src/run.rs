@@ -1,19 +1,18 @@
 //! `faultbox run`: one binary, in its namespaces, under the given fault rules.
 
 use std::ffi::OsString;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use faultbox_executor::session::{self, SessionConfig};
-use faultbox_executor::{Engine, EventSink, SyscallEvent};
+use faultbox_executor::Engine;
 use faultbox_shim::rule::FaultRule;
 use faultbox_shim::syscalls::Arch;
 
 use crate::cli::RunArgs;
-use crate::logging;
+use crate::{decision_log, logging};
 
 /// Exit code for errors of Faultbox itself (bad arguments, failure to start).
 pub const EXIT_FAULTBOX_ERROR: i32 = 1;
@@ -75,36 +74,6 @@ fn plan(args: RunArgs) -> Result<Plan> {
     })
 }
 
-/// Logs decisions: faults at INFO, every other intercepted call at DEBUG.
-struct LogSink;
-
-impl EventSink for LogSink {
-    fn syscall(&self, ev: SyscallEvent) {
-        let path = ev.path.as_deref();
-        let label = ev.label.as_deref();
-        if ev.decision.is_fault() {
-            tracing::info!(
-                target: "engine",
-                name = &*ev.name,
-                pid = ev.pid,
-                decision = %ev.decision,
-                path,
-                label,
-                "syscall intercepted"
-            );
-        } else {
-            tracing::debug!(
-                target: "engine",
-                name = &*ev.name,
-                pid = ev.pid,
-                decision = %ev.decision,
-                path,
-                "syscall intercepted"
-            );
-        }
-    }
-}
-
 /// Runs the command and returns the process exit code.
 pub fn run(args: RunArgs) -> i32 {
     let plan = match plan(args) {
@@ -130,7 +99,7 @@ pub fn run(args: RunArgs) -> i32 {
             return EXIT_FAULTBOX_ERROR;
         }
     };
-    match runtime.block_on(supervise(plan.config)) {
+    match runtime.block_on(supervise(plan.config, plan.debug)) {
         Ok(code) => code,
         Err(e) => {
             let exec = e
@@ -146,7 +115,7 @@ pub fn run(args: RunArgs) -> i32 {
     }
 }
 
-async fn supervise(config: SessionConfig) -> Result<i32> {
+async fn supervise(config: SessionConfig, debug: bool) -> Result<i32> {
     tracing::info!(
         target: "engine",
         state = "starting",
@@ -164,21 +133,26 @@ async fn supervise(config: SessionConfig) -> Result<i32> {
     ] {
         signals.push(signal(kind).context("installing signal handlers")?);
     }
-    let running = session::start(config, Arc::new(LogSink)).await?;
+    let (sink, logger) = decision_log::start(debug).context("starting the logger thread")?;
+    let running = session::start(config, sink).await?;
     let [int, term, hup, quit] = &mut signals[..] else {
         unreachable!("four signal streams were created")
     };
-    let wait = running.wait();
-    tokio::pin!(wait);
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut wait => break outcome,
-            _ = int.recv() => running.signal(libc::SIGINT),
-            _ = term.recv() => running.signal(libc::SIGTERM),
-            _ = hup.recv() => running.signal(libc::SIGHUP),
-            _ = quit.recv() => running.signal(libc::SIGQUIT),
+    let outcome = {
+        let wait = running.wait();
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                outcome = &mut wait => break outcome,
+                _ = int.recv() => running.signal(libc::SIGINT),
+                _ = term.recv() => running.signal(libc::SIGTERM),
+                _ = hup.recv() => running.signal(libc::SIGHUP),
+                _ = quit.recv() => running.signal(libc::SIGQUIT),
+            }
         }
     };
+    // The supervisor has ended and dropped its sink: wait for the last lines.
+    let _ = tokio::task::spawn_blocking(move || logger.join()).await;
     let code = outcome.exit.code();
     let duration = outcome.duration.as_nanos() as u64;
     if code == 0 {

@@ -681,8 +681,21 @@ fn unprivileged_callers_get_the_same_isolation_and_faults() {
     let mut cmd = std::process::Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(common::faultbox())
-        .args(["run", "--log-format=json", "--fault", &format!("write=EIO:100%:{f}"), "--"])
-        .args([p().as_str(), "getpid", "uid", "seccomp", &format!("write:{f}"), "ifaces"]);
+        .args([
+            "run",
+            "--log-format=json",
+            "--fault",
+            &format!("write=EIO:100%:{f}"),
+            "--",
+        ])
+        .args([
+            p().as_str(),
+            "getpid",
+            "uid",
+            "seccomp",
+            &format!("write:{f}"),
+            "ifaces",
+        ]);
     let out = common::run_cmd(cmd);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.one("getpid", "-"), "1");
@@ -696,7 +709,10 @@ fn unprivileged_callers_get_the_same_isolation_and_faults() {
 fn json_logs_carry_the_reference_fields() {
     let d = Scratch::new("json");
     let f = d.path("f");
-    let out = run(&["--fault", &format!("write=EIO:100%:{f}")], &[&p(), &format!("write:{f}")]);
+    let out = run(
+        &["--fault", &format!("write=EIO:100%:{f}")],
+        &[&p(), &format!("write:{f}")],
+    );
     let session = out.logs[0]["session_id"].as_str().unwrap().to_string();
     assert_eq!(session.len(), 16);
     for l in &out.logs {
@@ -707,7 +723,11 @@ fn json_logs_carry_the_reference_fields() {
         assert_eq!(l["component"], "engine");
         assert!(l["time"].as_str().unwrap().ends_with('Z'));
     }
-    let states: Vec<_> = out.logs.iter().filter_map(|l| l["state"].as_str()).collect();
+    let states: Vec<_> = out
+        .logs
+        .iter()
+        .filter_map(|l| l["state"].as_str())
+        .collect();
     assert_eq!(states, ["starting", "running", "stopped"]);
     let hit = out.logs_with("syscall intercepted");
     assert_eq!(hit.len(), 1, "only faulted calls at INFO");
@@ -726,13 +746,26 @@ fn debug_logs_every_intercepted_call() {
     let d = Scratch::new("debug");
     let (f, g) = (d.path("f"), d.path("g"));
     let glob = format!("openat=ENOENT:100%:{f}");
-    let quiet = run(&["--fault", &glob], &[&p(), &format!("create:{g}"), &format!("create:{f}")]);
+    let quiet = run(
+        &["--fault", &glob],
+        &[&p(), &format!("create:{g}"), &format!("create:{f}")],
+    );
     assert_eq!(quiet.logs_with("syscall intercepted").len(), 1);
-    let loud = run(&["--debug", "--fault", &glob], &[&p(), &format!("create:{g}"), &format!("create:{f}")]);
+    let loud = run(
+        &["--debug", "--fault", &glob],
+        &[&p(), &format!("create:{g}"), &format!("create:{f}")],
+    );
     let all = loud.logs_with("syscall intercepted");
-    assert!(all.iter().any(|l| l["level"] == "DEBUG" && l["decision"] == "allow" && l["path"] == g.as_str()));
-    assert!(all.iter().any(|l| l["level"] == "INFO" && l["path"] == f.as_str()));
-    let unglobbed = run(&["--debug", "--fault", "openat=ENOENT:100%"], &[&p(), "getpid"]);
+    assert!(all
+        .iter()
+        .any(|l| l["level"] == "DEBUG" && l["decision"] == "allow" && l["path"] == g.as_str()));
+    assert!(all
+        .iter()
+        .any(|l| l["level"] == "INFO" && l["path"] == f.as_str()));
+    let unglobbed = run(
+        &["--debug", "--fault", "openat=ENOENT:100%"],
+        &[&p(), "getpid"],
+    );
     assert!(unglobbed
         .logs_with("syscall intercepted")
         .iter()
@@ -745,22 +778,47 @@ fn console_logs_without_color() {
     let f = d.path("f");
     let mut cmd = std::process::Command::new(common::faultbox());
     cmd.env("NO_COLOR", "1")
-        .args(["run", "--log-format=console", "--fault", &format!("write=EIO:100%:{f}"), "--"])
+        .args([
+            "run",
+            "--log-format=console",
+            "--fault",
+            &format!("write=EIO:100%:{f}"),
+            "--",
+        ])
         .args([p().as_str(), &format!("write:{f}")]);
     let out = common::run_cmd(cmd);
-    assert!(!out.stderr.contains('\x1b'), "NO_COLOR honoured: {:?}", out.stderr);
-    let line = out.stderr.lines().find(|l| l.contains("syscall intercepted")).unwrap();
+    assert!(
+        !out.stderr.contains('\x1b'),
+        "NO_COLOR honoured: {:?}",
+        out.stderr
+    );
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("syscall intercepted"))
+        .unwrap();
     let (time, rest) = line.split_at(12);
     assert!(
-        time.len() == 12 && time.as_bytes()[2] == b':' && time.as_bytes()[5] == b':' && time.as_bytes()[8] == b'.',
+        time.len() == 12
+            && time.as_bytes()[2] == b':'
+            && time.as_bytes()[5] == b':'
+            && time.as_bytes()[8] == b'.',
         "HH:MM:SS.mmm: {line}"
     );
-    assert!(rest.starts_with(" INF [engine] syscall intercepted"), "{line}");
+    assert!(
+        rest.starts_with(" INF [engine] syscall intercepted"),
+        "{line}"
+    );
     assert!(line.contains("decision=deny(input/output error)"), "{line}");
     let mut cmd = std::process::Command::new(common::faultbox());
-    cmd.env_remove("NO_COLOR").args(["run", "--log-format=console", "--", p().as_str(), "getpid"]);
+    cmd.env_remove("NO_COLOR")
+        .args(["run", "--log-format=console", "--", p().as_str(), "getpid"]);
     let colored = common::run_cmd(cmd);
-    assert!(colored.stderr.contains("\x1b[32mINF"), "{:?}", colored.stderr);
+    assert!(
+        colored.stderr.contains("\x1b[32mINF"),
+        "{:?}",
+        colored.stderr
+    );
 }
 
 #[test]
@@ -769,5 +827,67 @@ fn piped_stderr_defaults_to_json() {
     cmd.args(["run", "--", p().as_str(), "getpid"]);
     let out = common::run_cmd(cmd);
     assert!(!out.logs.is_empty());
-    assert!(out.stderr.lines().all(|l| l.starts_with('{')), "{}", out.stderr);
+    assert!(
+        out.stderr.lines().all(|l| l.starts_with('{')),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn rules_on_the_shims_own_syscalls_never_trap_the_hand_off() {
+    // The shim blocks in getppid during the hand-off and then calls execve: rules on
+    // both still let the target start, and apply to the target's own calls.
+    let out = run(
+        &[
+            "--fault",
+            "getppid=EPERM:100%",
+            "--fault",
+            "execve=ENOENT:100%",
+        ],
+        &[&p(), "getppid", "fork:getpid"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.one("getppid", "-"),
+        "-1",
+        "the target's own getppid is denied"
+    );
+    let denied: Vec<_> = out
+        .logs_with("syscall intercepted")
+        .iter()
+        .map(|l| l["name"].clone())
+        .collect();
+    assert_eq!(
+        denied,
+        ["getppid"],
+        "the hand-off and the target's exec were not faulted"
+    );
+    let sh = run(
+        &["--fault", "execve=EACCES:100%"],
+        &["/bin/sh", "-c", "/bin/true || echo denied > \"$PROBE_OUT\""],
+    );
+    assert_eq!(sh.code, 0, "{}", sh.stderr);
+    assert_eq!(
+        sh.results[0].0, "denied",
+        "execve by the target itself is faulted"
+    );
+}
+
+#[test]
+fn any_syscall_of_the_architecture_can_be_named() {
+    let out = run(
+        &[
+            "--fault",
+            "getrandom=EAGAIN:100%",
+            "--fault",
+            "uname=EFAULT:100%",
+        ],
+        &[
+            "python3",
+            "-c",
+            "import os,sys\ntry:\n os.getrandom(4)\nexcept OSError as e:\n sys.exit(e.errno)",
+        ],
+    );
+    assert_eq!(out.code, libc::EAGAIN, "{}", out.stderr);
 }
