@@ -145,6 +145,16 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         Some(Status::Installing { listener_fd }) => {
             let fd = match take_listener(pidfd.as_raw_fd(), listener_fd) {
                 Ok(fd) => fd,
+                // The shim died instead of installing its filter: it said why.
+                Err(LaunchError::Vanished) => {
+                    let why = match status.next() {
+                        Ok(Some(Status::Failed { stage, errno })) => {
+                            LaunchError::Setup { stage, errno }
+                        }
+                        _ => LaunchError::Vanished,
+                    };
+                    return failed(pidfd, why);
+                }
                 Err(e) => return failed(pidfd, e),
             };
             if let Err(e) = faultbox_shim::notify::set_sync_wakeup(fd.as_raw_fd()) {
@@ -187,12 +197,26 @@ fn take_listener(pidfd: RawFd, target_fd: i32) -> Result<OwnedFd, LaunchError> {
                 _ => return Err(LaunchError::Listener(e)),
             }
         }
+        if exited(pidfd) {
+            return Err(LaunchError::Vanished);
+        }
         if start.elapsed() > limit {
             return Err(LaunchError::Timeout(limit));
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(5));
     }
+}
+
+/// Whether the process behind `pidfd` has exited (its pidfd polls readable).
+fn exited(pidfd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
 }
 
 fn is_listener(fd: RawFd) -> bool {
