@@ -153,7 +153,13 @@ impl Supervisor {
             match notify::recv(fd, &mut req) {
                 Ok(()) => self.handle(&req),
                 // The caller died between notification and receive: nothing to answer.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                // Once no process is left under the filter, every receive fails so
+                // without blocking; the listener then reports hang-up and we are done.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    if hung_up(fd) {
+                        break;
+                    }
+                }
                 // Woken by stop(), or a stray signal: the loop condition decides.
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => {
@@ -217,6 +223,18 @@ impl Supervisor {
             label: verdict.label,
         });
     }
+}
+
+/// Whether every process using the filter is gone.
+fn hung_up(fd: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    rc == 1 && pfd.revents & libc::POLLIN == 0 && pfd.revents & libc::POLLHUP != 0
 }
 
 /// Answers a notification. A caller that is gone (`ENOENT`) needs no answer.
