@@ -1,1 +1,12 @@
-pub fn placeholder() {}
+//! The Faultbox spec language: a Starlark dialect whose builtins declare services,
+//! faults and assertions. This crate evaluates specs and builds the [`model::Spec`];
+//! everything that touches processes or sockets goes through the executor.
+
+pub mod faults;
+pub mod loader;
+pub mod model;
+pub mod runtime;
+pub mod values;
+
+pub use loader::{load, Loaded, SpecError};
+pub use model::Spec;

@@ -1,0 +1,213 @@
+//! Loading a spec: parse and evaluate its top level (and every file it `load()`s,
+//! relative to the loading file, each at most once), then check the topology and list
+//! its tests. Errors name the spec's file and line.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use starlark::environment::{FrozenModule, Globals, GlobalsBuilder, LibraryExtension, Module};
+use starlark::eval::{Evaluator, FileLoader};
+use starlark::syntax::{AstModule, Dialect};
+
+use crate::model::{Location, Service, Spec, Test};
+use crate::runtime::{self, Runtime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A syntax error, an unknown name, a wrong type, a failed builtin: located.
+    #[error("{0}")]
+    Eval(String),
+    #[error("{at}: {message}")]
+    Topology { at: Location, message: String },
+}
+
+/// The language: Starlark with f-strings and top-level `if`/`for`, plus Faultbox's
+/// builtins.
+pub fn dialect() -> Dialect {
+    Dialect {
+        enable_f_strings: true,
+        ..Dialect::Extended
+    }
+}
+
+pub fn globals() -> Globals {
+    GlobalsBuilder::extended_by(&[
+        LibraryExtension::StructType,
+        LibraryExtension::Print,
+        LibraryExtension::Json,
+        LibraryExtension::Map,
+        LibraryExtension::Filter,
+    ])
+    .with(runtime::topology)
+    .with(runtime::assertions)
+    .build()
+}
+
+/// Formats a Starlark error as `file:line: message`.
+pub fn describe(e: &starlark::Error) -> String {
+    let message = e.kind().to_string();
+    let message = message.trim();
+    match e.span() {
+        Some(span) => {
+            let r = span.resolve();
+            format!("{}:{}: {}", r.file, r.span.begin.line + 1, message)
+        }
+        None => message.to_string(),
+    }
+}
+
+/// A loaded spec: its model and the frozen top-level module, from which tests run.
+pub struct Loaded {
+    pub spec: Spec,
+    pub module: FrozenModule,
+    pub path: PathBuf,
+}
+
+/// Loads `path`.
+pub fn load(path: &Path) -> Result<Loaded, SpecError> {
+    let runtime = Runtime::default();
+    let globals = globals();
+    let loader = Loader {
+        globals: &globals,
+        runtime: &runtime,
+        cache: RefCell::new(HashMap::new()),
+        loading: RefCell::new(Vec::new()),
+    };
+    let module = loader.eval_file(path)?;
+    let declared = runtime.declared.into_inner();
+    let services = start_order(declared.services)?;
+    let mut tests = Vec::new();
+    for name in module.names() {
+        let name = name.as_str();
+        if !name.starts_with("test_") {
+            continue;
+        }
+        let Ok(v) = module.get(name) else { continue };
+        if v.value().get_type() != "function" {
+            continue;
+        }
+        tests.push(Test {
+            name: name.to_string(),
+            function: name.to_string(),
+            declared_at: Location {
+                file: path.display().to_string(),
+                line: 0,
+            },
+        });
+    }
+    tests.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Loaded {
+        spec: Spec { services, tests },
+        module,
+        path: path.to_path_buf(),
+    })
+}
+
+struct Loader<'a> {
+    globals: &'a Globals,
+    runtime: &'a Runtime,
+    cache: RefCell<HashMap<PathBuf, FrozenModule>>,
+    /// Files being evaluated, to refuse cyclic loads.
+    loading: RefCell<Vec<PathBuf>>,
+}
+
+impl Loader<'_> {
+    fn eval_file(&self, path: &Path) -> Result<FrozenModule, SpecError> {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Some(m) = self.cache.borrow().get(&key) {
+            return Ok(m.clone());
+        }
+        if self.loading.borrow().contains(&key) {
+            return Err(SpecError::Eval(format!("{}: load() cycle", path.display())));
+        }
+        let source = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let ast = AstModule::parse(&path.display().to_string(), source, &dialect())
+            .map_err(|e| SpecError::Eval(describe(&e)))?;
+        self.loading.borrow_mut().push(key.clone());
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let child = ChildLoader { parent: self, base };
+        let result = Module::with_temp_heap(|module| {
+            {
+                let mut eval = Evaluator::new(&module);
+                eval.extra = Some(self.runtime);
+                eval.set_loader(&child);
+                eval.eval_module(ast, self.globals)
+                    .map_err(|e| SpecError::Eval(describe(&e)))?;
+            }
+            module
+                .freeze()
+                .map_err(|e| SpecError::Eval(format!("{}: {e:?}", path.display())))
+        });
+        self.loading.borrow_mut().pop();
+        let frozen = result?;
+        self.cache.borrow_mut().insert(key, frozen.clone());
+        Ok(frozen)
+    }
+}
+
+/// Resolves `load()` paths relative to the loading file.
+struct ChildLoader<'a, 'b> {
+    parent: &'a Loader<'b>,
+    base: PathBuf,
+}
+
+impl FileLoader for ChildLoader<'_, '_> {
+    fn load(&self, path: &str) -> starlark::Result<FrozenModule> {
+        self.parent
+            .eval_file(&self.base.join(path))
+            .map_err(|e| starlark::Error::new_other(anyhow::anyhow!("{e}")))
+    }
+}
+
+/// Orders services so that dependencies start first, ties broken by name; refuses
+/// unknown dependencies and cycles, naming where the service was declared.
+fn start_order(services: Vec<Service>) -> Result<Vec<Service>, SpecError> {
+    let names: BTreeSet<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    for s in &services {
+        for d in &s.depends_on {
+            if !names.contains(d.as_str()) {
+                return Err(SpecError::Topology {
+                    at: s.declared_at.clone(),
+                    message: format!("service {:?} depends on unknown service {d:?}", s.name),
+                });
+            }
+            if d == &s.name {
+                return Err(SpecError::Topology {
+                    at: s.declared_at.clone(),
+                    message: format!("service {:?} depends on itself", s.name),
+                });
+            }
+        }
+    }
+    let mut done: Vec<Service> = Vec::new();
+    let mut left: Vec<Service> = services;
+    left.sort_by(|a, b| a.name.cmp(&b.name));
+    while !left.is_empty() {
+        let ready = left.iter().position(|s| {
+            s.depends_on
+                .iter()
+                .all(|d| done.iter().any(|x| &x.name == d))
+        });
+        match ready {
+            Some(i) => done.push(left.remove(i)),
+            None => {
+                let s = &left[0];
+                let cycle: Vec<&str> = left.iter().map(|s| s.name.as_str()).collect();
+                return Err(SpecError::Topology {
+                    at: s.declared_at.clone(),
+                    message: format!("dependency cycle among services {}", cycle.join(", ")),
+                });
+            }
+        }
+    }
+    Ok(done)
+}

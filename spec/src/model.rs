@@ -1,0 +1,105 @@
+//! The topology a spec declares, as plain data: what the executor needs to start
+//! services and what `--dry-run` prints. Built while the spec's top level runs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Where in a spec something was declared.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub protocol: String,
+    pub port: u16,
+    pub spec: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthcheckKind {
+    /// Connect to `host:port`.
+    Tcp,
+    /// GET `host:port/path`; 2xx or 3xx is healthy.
+    Http,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Healthcheck {
+    pub kind: HealthcheckKind,
+    /// As written: `localhost:5432` or `localhost:8080/health`.
+    pub target: String,
+    pub timeout: Duration,
+}
+
+/// A named operation: syscalls, optionally narrowed to a path glob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    pub syscalls: Vec<String>,
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub binary: String,
+    pub args: Vec<String>,
+    /// User-defined variables, in declaration order.
+    pub env: Vec<(String, String)>,
+    pub interfaces: Vec<Interface>,
+    pub depends_on: Vec<String>,
+    pub healthcheck: Option<Healthcheck>,
+    pub ops: BTreeMap<String, Op>,
+    pub declared_at: Location,
+}
+
+impl Service {
+    /// `FAULTBOX_<SVC>_<IFACE>_{ADDR,HOST,PORT}` for every interface.
+    pub fn injected_env(&self) -> Vec<(String, String)> {
+        let key = |s: &str| {
+            s.to_ascii_uppercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        };
+        let mut out = Vec::new();
+        for i in &self.interfaces {
+            let prefix = format!("FAULTBOX_{}_{}", key(&self.name), key(&i.name));
+            out.push((format!("{prefix}_ADDR"), format!("localhost:{}", i.port)));
+            out.push((format!("{prefix}_HOST"), "localhost".to_string()));
+            out.push((format!("{prefix}_PORT"), i.port.to_string()));
+        }
+        out
+    }
+}
+
+/// A test the plan runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Test {
+    /// `test_<name>`.
+    pub name: String,
+    /// The Starlark function to call.
+    pub function: String,
+    pub declared_at: Location,
+}
+
+/// Everything a spec declares.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Spec {
+    /// In start order: dependencies first, ties broken by name.
+    pub services: Vec<Service>,
+    pub tests: Vec<Test>,
+}
+
+impl Spec {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}

@@ -1,0 +1,251 @@
+//! The Starlark value types of the spec language: what `service()`, `interface()`,
+//! `tcp()`/`http()`, `deny()`/`delay()` and `op()` return, and the interface references
+//! and step methods reached through a service's attributes.
+//!
+//! They hold plain data only (no Starlark values inside), so they freeze trivially
+//! and frozen modules can be shared across test threads.
+
+use std::time::Duration;
+
+use allocative::Allocative;
+use starlark::any::ProvidesStaticType;
+use starlark::eval::{Arguments, Evaluator};
+use starlark::starlark_simple_value;
+use starlark::values::{Heap, NoSerialize, StarlarkValue, Value};
+use starlark_derive::{starlark_value, StarlarkPagablePanic};
+
+use crate::model::{Healthcheck, Interface, Op};
+
+/// `interface(name, protocol, port)`.
+#[derive(
+    Debug,
+    Clone,
+    ProvidesStaticType,
+    NoSerialize,
+    Allocative,
+    StarlarkPagablePanic,
+    derive_more::Display,
+)]
+#[display("interface({:?}, {:?}, {})", _0.name, _0.protocol, _0.port)]
+pub struct InterfaceDecl(#[allocative(skip)] pub Interface);
+starlark_simple_value!(InterfaceDecl);
+
+#[starlark_value(type = "interface")]
+impl<'v> StarlarkValue<'v> for InterfaceDecl {}
+
+/// A service declared with `service()`.
+#[derive(
+    Debug,
+    Clone,
+    ProvidesStaticType,
+    NoSerialize,
+    Allocative,
+    StarlarkPagablePanic,
+    derive_more::Display,
+)]
+#[display("service({:?})", name)]
+pub struct ServiceValue {
+    pub name: String,
+    #[allocative(skip)]
+    pub interfaces: Vec<Interface>,
+}
+starlark_simple_value!(ServiceValue);
+
+impl ServiceValue {
+    fn interface(&self, name: &str) -> Option<InterfaceRef> {
+        self.interfaces
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| InterfaceRef {
+                service: self.name.clone(),
+                interface: i.clone(),
+            })
+    }
+}
+
+#[starlark_value(type = "service")]
+impl<'v> StarlarkValue<'v> for ServiceValue {
+    fn get_attr(&self, attribute: &str, heap: Heap<'v>) -> Option<Value<'v>> {
+        if attribute == "name" {
+            return Some(heap.alloc(self.name.as_str()));
+        }
+        if let Some(r) = self.interface(attribute) {
+            return Some(heap.alloc(r));
+        }
+        // A single-interface service exposes its interface's step methods.
+        if let [only] = self.interfaces.as_slice() {
+            let r = InterfaceRef {
+                service: self.name.clone(),
+                interface: only.clone(),
+            };
+            return r.get_attr(attribute, heap);
+        }
+        None
+    }
+
+    fn dir_attr(&self) -> Vec<String> {
+        let mut v = vec!["name".to_string()];
+        v.extend(self.interfaces.iter().map(|i| i.name.clone()));
+        if let [only] = self.interfaces.as_slice() {
+            v.extend(methods(&only.protocol).iter().map(|m| m.to_string()));
+        }
+        v
+    }
+}
+
+/// The step methods a protocol offers.
+pub fn methods(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "http" => &["get", "post", "put", "delete", "patch"],
+        "tcp" => &["send"],
+        _ => &[],
+    }
+}
+
+/// `service.interface`: an address and the protocol's step methods.
+#[derive(
+    Debug,
+    Clone,
+    ProvidesStaticType,
+    NoSerialize,
+    Allocative,
+    StarlarkPagablePanic,
+    derive_more::Display,
+)]
+#[display("{}.{}", service, interface.name)]
+pub struct InterfaceRef {
+    pub service: String,
+    #[allocative(skip)]
+    pub interface: Interface,
+}
+starlark_simple_value!(InterfaceRef);
+
+#[starlark_value(type = "interface_ref")]
+impl<'v> StarlarkValue<'v> for InterfaceRef {
+    fn get_attr(&self, attribute: &str, heap: Heap<'v>) -> Option<Value<'v>> {
+        let port = self.interface.port;
+        Some(match attribute {
+            "addr" | "internal_addr" => heap.alloc(format!("localhost:{port}")),
+            "host" => heap.alloc("localhost"),
+            "port" => heap.alloc(i32::from(port)),
+            "name" => heap.alloc(self.interface.name.as_str()),
+            "protocol" => heap.alloc(self.interface.protocol.as_str()),
+            m if methods(&self.interface.protocol).contains(&m) => heap.alloc(StepMethod {
+                target: self.clone(),
+                method: m.to_string(),
+            }),
+            _ => return None,
+        })
+    }
+
+    fn dir_attr(&self) -> Vec<String> {
+        let mut v: Vec<String> = ["addr", "host", "port", "internal_addr", "name", "protocol"]
+            .map(String::from)
+            .to_vec();
+        v.extend(
+            methods(&self.interface.protocol)
+                .iter()
+                .map(|m| m.to_string()),
+        );
+        v
+    }
+}
+
+/// A bound step method: `api.post`, `db.main.send`.
+#[derive(
+    Debug,
+    Clone,
+    ProvidesStaticType,
+    NoSerialize,
+    Allocative,
+    StarlarkPagablePanic,
+    derive_more::Display,
+)]
+#[display("{}.{}", target, method)]
+pub struct StepMethod {
+    pub target: InterfaceRef,
+    pub method: String,
+}
+starlark_simple_value!(StepMethod);
+
+#[starlark_value(type = "step_method")]
+impl<'v> StarlarkValue<'v> for StepMethod {
+    fn invoke(
+        &self,
+        _me: Value<'v>,
+        args: &Arguments<'v, '_>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        crate::runtime::invoke_step(self, args, eval)
+    }
+}
+
+/// `tcp(addr)` / `http(url)`.
+#[derive(
+    Debug,
+    Clone,
+    ProvidesStaticType,
+    NoSerialize,
+    Allocative,
+    StarlarkPagablePanic,
+    derive_more::Display,
+)]
+#[display("healthcheck({:?})", _0.target)]
+pub struct HealthcheckValue(#[allocative(skip)] pub Healthcheck);
+starlark_simple_value!(HealthcheckValue);
+
+#[starlark_value(type = "healthcheck")]
+impl<'v> StarlarkValue<'v> for HealthcheckValue {}
+
+/// What `deny()` and `delay()` describe.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultAction {
+    Deny(i32),
+    Delay(Duration),
+}
+
+/// `deny(errno, probability=, label=)` / `delay(duration, probability=, label=)`.
+#[derive(
+    Debug,
+    Clone,
+    ProvidesStaticType,
+    NoSerialize,
+    Allocative,
+    StarlarkPagablePanic,
+    derive_more::Display,
+)]
+#[display("{}", describe_fault(self))]
+pub struct FaultValue {
+    #[allocative(skip)]
+    pub action: FaultAction,
+    pub probability: f64,
+    pub label: Option<String>,
+}
+starlark_simple_value!(FaultValue);
+
+fn describe_fault(f: &FaultValue) -> String {
+    match &f.action {
+        FaultAction::Deny(e) => format!("deny({})", faultbox_shim::errno::name(*e).unwrap_or("?")),
+        FaultAction::Delay(d) => format!("delay({})", faultbox_shim::rule::format_duration(*d)),
+    }
+}
+
+#[starlark_value(type = "fault")]
+impl<'v> StarlarkValue<'v> for FaultValue {}
+
+/// `op(syscalls=[...], path=)`.
+#[derive(
+    Debug,
+    Clone,
+    ProvidesStaticType,
+    NoSerialize,
+    Allocative,
+    StarlarkPagablePanic,
+    derive_more::Display,
+)]
+#[display("op({:?})", _0.syscalls)]
+pub struct OpValue(#[allocative(skip)] pub Op);
+starlark_simple_value!(OpValue);
+
+#[starlark_value(type = "op")]
+impl<'v> StarlarkValue<'v> for OpValue {}

@@ -1,0 +1,135 @@
+//! Loading specs: topology, load(), start order and located errors.
+
+use std::path::{Path, PathBuf};
+
+use faultbox_spec::model::HealthcheckKind;
+use faultbox_spec::{load, SpecError};
+
+fn spec(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/specs")
+        .join(name)
+}
+
+/// Writes `source` to a temporary spec file and loads it.
+fn load_src(name: &str, source: &str) -> Result<faultbox_spec::Loaded, SpecError> {
+    let dir = std::env::temp_dir().join(format!("fbspec-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("spec.star");
+    std::fs::write(&path, source).unwrap();
+    let r = load(&path);
+    std::fs::remove_dir_all(&dir).unwrap();
+    r
+}
+
+fn error(name: &str, source: &str) -> String {
+    match load_src(name, source) {
+        Ok(_) => panic!("{name}: loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn topology_loads_in_dependency_order() {
+    let loaded = load(&spec("topology.star")).unwrap();
+    let s = &loaded.spec;
+    let order: Vec<_> = s.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        order,
+        ["cache", "db", "api"],
+        "dependencies first, ties by name"
+    );
+    let api = s.service("api").unwrap();
+    assert_eq!(api.binary, "/usr/local/bin/api");
+    assert_eq!(api.args, ["--port", "8080"]);
+    assert_eq!(
+        api.env,
+        [
+            ("DB_ADDR".into(), "localhost:5432".into()),
+            ("DB_PORT".into(), "5432".into())
+        ]
+    );
+    assert_eq!(api.depends_on, ["db"]);
+    let hc = api.healthcheck.as_ref().unwrap();
+    assert_eq!(hc.kind, HealthcheckKind::Http);
+    assert_eq!(hc.timeout, std::time::Duration::from_secs(3));
+    let db = s.service("db").unwrap();
+    assert_eq!(
+        db.healthcheck.as_ref().unwrap().timeout,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(db.ops["persist"].syscalls, ["write", "fsync"]);
+    assert_eq!(db.ops["persist"].path.as_deref(), Some("/tmp/*.wal"));
+    assert_eq!(db.declared_at.line, 3);
+    assert!(db.declared_at.file.ends_with("topology.star"));
+    assert_eq!(
+        db.injected_env(),
+        [
+            ("FAULTBOX_DB_MAIN_ADDR".into(), "localhost:5432".into()),
+            ("FAULTBOX_DB_MAIN_HOST".into(), "localhost".into()),
+            ("FAULTBOX_DB_MAIN_PORT".into(), "5432".into()),
+        ]
+    );
+    let tests: Vec<_> = s.tests.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(tests, ["test_a", "test_b"]);
+}
+
+#[test]
+fn errors_name_the_file_and_line() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("syntax", "x = (\n", "spec.star:"),
+        ("unknown_builtin", "\n\nservce('a', '/bin/a')\n", "spec.star:3:"),
+        ("unknown_kw", "service('a', '/bin/a', interface('m', 'tcp', 1), colour = 'red')\n", "colour"),
+        ("wrong_type", "service('a', '/bin/a', interface('m', 'tcp', 'x'))\n", "spec.star:1:"),
+        ("bad_port", "service('a', '/bin/a', interface('m', 'tcp', 70000))\n", "70000"),
+        ("errno", "x = 1\nf = deny('EBOGUS')\n", "spec.star:2: unknown errno \"EBOGUS\""),
+        ("syscall", "o = op(syscalls = ['nosuch'])\n", "unknown syscall \"nosuch\""),
+        ("duration", "d = delay('soon')\n", "bad duration"),
+        ("prob", "d = deny('EIO', probability = '150%')\n", "between 0% and 100%"),
+        ("no_source", "service('a', interface('m', 'tcp', 1))\n", "needs exactly one of"),
+        ("image", "service('a', interface('m', 'tcp', 1), image = 'pg:16')\n", "not yet supported"),
+        ("observe", "service('a', '/bin/a', observe = [])\n", "observe= (event sources) is not yet supported"),
+        ("twice", "service('a', '/bin/a')\nservice('a', '/bin/b')\n", "spec.star:2: service \"a\" declared twice"),
+        ("unknown_dep", "service('a', '/bin/a', depends_on = ['zz'])\n", "spec.star:1: service \"a\" depends on unknown service \"zz\""),
+        ("cycle", "a = service('a', '/bin/a', depends_on = ['b'])\nb = service('b', '/bin/b', depends_on = [a])\n", "dependency cycle among services a, b"),
+        ("env_type", "service('a', '/bin/a', env = {'X': 1})\n", "env must map strings to strings"),
+        ("missing_load", "load('nope.star', 'x')\n", "nope.star"),
+    ];
+    for (name, src, expect) in cases {
+        let e = error(name, src);
+        assert!(e.contains(expect), "{name}: expected {expect:?} in {e:?}");
+        assert!(
+            e.contains("spec.star") || e.contains("nope.star"),
+            "{name}: no file in {e:?}"
+        );
+    }
+}
+
+#[test]
+fn loaded_files_run_once() {
+    let dir = std::env::temp_dir().join(format!("fbspec-{}-once", std::process::id()));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(
+        dir.join("sub/lib.star"),
+        "svc = service('one', '/bin/true')\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("sub/mid.star"),
+        "load('lib.star', 'svc')\nx = svc\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("main.star"),
+        "load('sub/lib.star', 'svc')\nload('sub/mid.star', 'x')\n",
+    )
+    .unwrap();
+    let loaded = load(&dir.join("main.star"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let loaded = loaded.unwrap();
+    assert_eq!(
+        loaded.spec.services.len(),
+        1,
+        "lib.star ran once, relative to its loader"
+    );
+}
