@@ -4,6 +4,10 @@
 //! files share the same record. Every builtin checks its arguments and fails with a
 //! message that Starlark places at the calling line.
 
+// service() takes the reference's keyword arguments one by one, and the functions
+// #[starlark_module] generates carry them all.
+#![allow(clippy::too_many_arguments)]
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -91,9 +95,6 @@ fn parse_probability(p: Option<&str>) -> anyhow::Result<f64> {
     }
 }
 
-// service() takes the reference's keyword arguments one by one, so the macro's
-// generated function has as many parameters.
-#[allow(clippy::too_many_arguments)]
 #[starlark_module]
 pub fn topology(builder: &mut GlobalsBuilder) {
     /// `interface(name, protocol, port, spec=)`.
