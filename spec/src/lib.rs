@@ -5,8 +5,12 @@
 pub mod faults;
 pub mod loader;
 pub mod model;
+pub mod run;
 pub mod runtime;
 pub mod values;
+pub mod world;
 
 pub use loader::{load, Loaded, SpecError};
 pub use model::Spec;
+pub use run::{run_test, TestOutcome, Verdict};
+pub use world::World;

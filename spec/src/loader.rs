@@ -46,6 +46,7 @@ pub fn globals() -> Globals {
     ])
     .with(runtime::topology)
     .with(runtime::assertions)
+    .with(runtime::testing)
     .build()
 }
 

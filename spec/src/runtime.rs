@@ -23,10 +23,15 @@ use starlark::values::tuple::UnpackTuple;
 use starlark::values::{Value, ValueLike};
 use starlark_derive::starlark_module;
 
+use faultbox_shim::rule::{Action, FaultRule, TargetKind, Trigger};
+use starlark::collections::SmallMap;
+
 use crate::model::{Healthcheck, HealthcheckKind, Interface, Location, Op, Service};
 use crate::values::{
-    FaultAction, FaultValue, HealthcheckValue, InterfaceDecl, OpValue, ServiceValue, StepMethod,
+    EventValue, FaultAction, FaultValue, HealthcheckValue, InterfaceDecl, OpValue, ResponseValue,
+    ServiceValue, StepMethod,
 };
+use crate::world::{Event, StepCall};
 
 /// Default timeout of `tcp()` and `http()` healthchecks.
 pub const DEFAULT_HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +46,23 @@ pub struct Declarations {
 #[derive(ProvidesStaticType, Default)]
 pub struct Runtime {
     pub declared: RefCell<Declarations>,
+    /// Set while a test body runs: the services and the World they live in.
+    pub test: Option<TestContext>,
+}
+
+/// What a running test needs beyond the Starlark module.
+pub struct TestContext {
+    pub services: Vec<Service>,
+    pub world: std::sync::Arc<dyn crate::world::World + Send + Sync>,
+}
+
+impl Runtime {
+    /// The running test's context, or an error naming `what` outside of tests.
+    pub fn test(&self, what: &str) -> anyhow::Result<&TestContext> {
+        self.test
+            .as_ref()
+            .ok_or_else(|| anyhow!("{what} can only be used inside a test function"))
+    }
 }
 
 impl Runtime {
@@ -399,13 +421,360 @@ pub fn assertions(builder: &mut GlobalsBuilder) {
     }
 }
 
-/// Calls a step method: reserved for the test runtime, which knows the World.
+/// Calls a step method through the World: `http` methods return a response, `tcp`
+/// `send` returns the first reply line.
 pub fn invoke_step<'v>(
     step: &StepMethod,
-    _args: &Arguments<'v, '_>,
-    _eval: &mut Evaluator<'v, '_, '_>,
+    args: &Arguments<'v, '_>,
+    eval: &mut Evaluator<'v, '_, '_>,
 ) -> starlark::Result<Value<'v>> {
-    Err(starlark::Error::new_other(anyhow!(
-        "{step}(): steps can only run inside a test function"
-    )))
+    let heap = eval.heap();
+    args.no_positional_args(heap)?;
+    let rt = Runtime::get(eval).map_err(starlark::Error::new_other)?;
+    let ctx = rt
+        .test(&format!("{step}()"))
+        .map_err(starlark::Error::new_other)?;
+    let mut call = StepCall {
+        service: step.target.service.clone(),
+        interface: step.target.interface.name.clone(),
+        protocol: step.target.interface.protocol.clone(),
+        port: step.target.interface.port,
+        method: step.method.clone(),
+        path: "/".to_string(),
+        body: String::new(),
+        headers: Vec::new(),
+    };
+    let allowed: &[&str] = match call.protocol.as_str() {
+        "tcp" => &["data"],
+        _ => &["path", "body", "headers"],
+    };
+    for (name, value) in args.names_map()?.iter() {
+        let name = name.as_str();
+        if !allowed.contains(&name) {
+            return Err(starlark::Error::new_other(anyhow!(
+                "{step}(): unexpected keyword argument {name:?} (expected {})",
+                allowed.join(", ")
+            )));
+        }
+        let text = |v: Value| {
+            v.unpack_str().map(str::to_string).ok_or_else(|| {
+                starlark::Error::new_other(anyhow!(
+                    "{step}(): {name} must be a string, got {}",
+                    v.get_type()
+                ))
+            })
+        };
+        match name {
+            "path" => call.path = text(*value)?,
+            "body" | "data" => call.body = text(*value)?,
+            "headers" => {
+                let d = DictRef::from_value(*value).ok_or_else(|| {
+                    starlark::Error::new_other(anyhow!(
+                        "{step}(): headers must be a dict of strings"
+                    ))
+                })?;
+                for (k, v) in d.iter() {
+                    call.headers.push((text(k)?, text(v)?));
+                }
+            }
+            _ => {}
+        }
+    }
+    if call.protocol == "tcp" && call.body.is_empty() {
+        return Err(starlark::Error::new_other(anyhow!(
+            "{step}(): data= is required"
+        )));
+    }
+    let result = ctx
+        .world
+        .step(&call)
+        .map_err(|e| starlark::Error::new_other(anyhow!("{step}(): {e}")))?;
+    Ok(match call.protocol.as_str() {
+        "tcp" => heap.alloc(result.body),
+        _ => heap.alloc(ResponseValue(result)),
+    })
+}
+
+/// Turns `fault()` keyword arguments into rules for `service`: a name is one of the
+/// service's ops, else a syscall family or syscall.
+fn rules_for(
+    service: &Service,
+    faults: &SmallMap<String, Value>,
+) -> anyhow::Result<Vec<FaultRule>> {
+    let mut rules = Vec::new();
+    for (name, value) in faults.iter() {
+        let f = value.downcast_ref::<FaultValue>().ok_or_else(|| {
+            anyhow!(
+                "{name}= must be deny(...) or delay(...), got {}",
+                value.get_type()
+            )
+        })?;
+        let (targets, glob) = match service.ops.get(name) {
+            Some(op) => (op.syscalls.clone(), op.path.clone()),
+            None => {
+                crate::faults::check_syscall(name).map_err(|_| {
+                    anyhow!(
+                        "unknown syscall or op {name:?} for service {:?}",
+                        service.name
+                    )
+                })?;
+                (vec![name.clone()], None)
+            }
+        };
+        for target in targets {
+            rules.push(FaultRule {
+                target,
+                kind: TargetKind::Syscall,
+                action: match &f.action {
+                    FaultAction::Deny(e) => Action::Deny(*e),
+                    FaultAction::Delay(d) => Action::Delay(*d),
+                },
+                probability: f.probability,
+                path_glob: glob.clone(),
+                trigger: Trigger::Always,
+                label: f
+                    .label
+                    .clone()
+                    .or_else(|| service.ops.contains_key(name).then(|| name.clone())),
+            });
+        }
+    }
+    if rules.is_empty() {
+        bail!("no faults given (for example write=deny(\"EIO\"))");
+    }
+    Ok(rules)
+}
+
+fn service_of<'a>(ctx: &'a TestContext, v: Value) -> anyhow::Result<&'a Service> {
+    let name = match v.downcast_ref::<ServiceValue>() {
+        Some(s) => s.name.clone(),
+        None => bail!("expected a service, got {}", v.get_type()),
+    };
+    ctx.services
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| anyhow!("unknown service {name:?}"))
+}
+
+/// Installs faults on every service in `targets`, runs `run`, and removes them again
+/// whatever `run` did.
+fn with_faults<'v>(
+    eval: &mut Evaluator<'v, '_, '_>,
+    targets: &[Value<'v>],
+    run: Value<'v>,
+    faults: &SmallMap<String, Value<'v>>,
+    what: &str,
+) -> starlark::Result<Value<'v>> {
+    let rt = Runtime::get(eval).map_err(starlark::Error::new_other)?;
+    let ctx = rt.test(what).map_err(starlark::Error::new_other)?;
+    let world = ctx.world.clone();
+    let mut handles = Vec::new();
+    let mut installed = Ok(());
+    for t in targets {
+        let r = service_of(ctx, *t)
+            .and_then(|svc| Ok((svc, rules_for(svc, faults)?)))
+            .and_then(|(svc, rules)| {
+                world
+                    .fault_start(&svc.name, &rules)
+                    .map_err(|e| anyhow!("{e}"))
+            });
+        match r {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                installed = Err(starlark::Error::new_other(anyhow!("{what}: {e}")));
+                break;
+            }
+        }
+    }
+    let result = installed.and_then(|()| eval.eval_function(run, &[], &[]));
+    for h in handles {
+        let _ = world.fault_remove(h);
+    }
+    result
+}
+
+/// Whether `value` matches `pattern`: `*` at either end matches any prefix/suffix.
+pub fn glob_match(pattern: &str, value: &str) -> bool {
+    match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
+        _ if pattern == "*" => true,
+        (Some(rest), _) if rest.ends_with('*') && rest.len() > 1 => {
+            value.contains(&rest[..rest.len() - 1])
+        }
+        (Some(suffix), _) => value.ends_with(suffix),
+        (None, Some(prefix)) => value.starts_with(prefix),
+        (None, None) => pattern == value,
+    }
+}
+
+fn event_field<'e>(e: &'e Event, key: &str) -> Option<&'e str> {
+    match key {
+        "service" => Some(&e.service),
+        "type" => Some(&e.kind),
+        "event_type" => Some(&e.event_type),
+        other => e.fields.get(other).map(String::as_str),
+    }
+}
+
+/// Events matching keyword filters and an optional `where=` predicate.
+fn matching<'v>(
+    eval: &mut Evaluator<'v, '_, '_>,
+    filters: &SmallMap<String, Value<'v>>,
+    predicate: Option<Value<'v>>,
+    what: &str,
+) -> starlark::Result<Vec<Event>> {
+    let rt = Runtime::get(eval).map_err(starlark::Error::new_other)?;
+    let ctx = rt.test(what).map_err(starlark::Error::new_other)?;
+    let mut wanted = Vec::new();
+    for (k, v) in filters.iter() {
+        let v = v.unpack_str().ok_or_else(|| {
+            starlark::Error::new_other(anyhow!("{what}: filter {k}= must be a string"))
+        })?;
+        wanted.push((k.clone(), v.to_string()));
+    }
+    let events = ctx.world.events();
+    let mut out = Vec::new();
+    for e in events {
+        if !wanted
+            .iter()
+            .all(|(k, v)| event_field(&e, k).is_some_and(|f| glob_match(v, f)))
+        {
+            continue;
+        }
+        if let Some(p) = predicate {
+            let ev = eval.heap().alloc(EventValue(e.clone()));
+            if !eval.eval_function(p, &[ev], &[])?.to_bool() {
+                continue;
+            }
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn describe_filters(filters: &SmallMap<String, Value>, predicate: Option<Value>) -> String {
+    let mut parts: Vec<String> = filters
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.to_repr()))
+        .collect();
+    if predicate.is_some() {
+        parts.push("where=<lambda>".into());
+    }
+    parts.join(", ")
+}
+
+/// How long `assert_eventually` waits for a matching event to be recorded.
+const EVENTUALLY: Duration = Duration::from_secs(2);
+
+#[starlark_module]
+pub fn testing(builder: &mut GlobalsBuilder) {
+    /// `fault(service, run=fn, **syscall_faults)`: faults active only while `run` runs.
+    fn fault<'v>(
+        #[starlark(require = pos)] service: Value<'v>,
+        #[starlark(require = named)] run: Value<'v>,
+        #[starlark(kwargs)] faults: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        with_faults(eval, &[service], run, &faults, "fault()")
+    }
+
+    /// `fault_all([services], run=fn, **syscall_faults)`.
+    fn fault_all<'v>(
+        #[starlark(require = pos)] services: Value<'v>,
+        #[starlark(require = named)] run: Value<'v>,
+        #[starlark(kwargs)] faults: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        let list = ListRef::from_value(services).ok_or_else(|| {
+            starlark::Error::new_other(anyhow!("fault_all(): expected a list of services"))
+        })?;
+        let targets: Vec<Value> = list.iter().collect();
+        with_faults(eval, &targets, run, &faults, "fault_all()")
+    }
+
+    /// `fault_start(service, **syscall_faults)`: faults until `fault_stop(service)`.
+    fn fault_start<'v>(
+        #[starlark(require = pos)] service: Value<'v>,
+        #[starlark(kwargs)] faults: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<NoneType> {
+        let rt = Runtime::get(eval)?;
+        let ctx = rt.test("fault_start()")?;
+        let svc = service_of(ctx, service)?;
+        let rules = rules_for(svc, &faults).map_err(|e| anyhow!("fault_start(): {e}"))?;
+        ctx.world
+            .fault_start(&svc.name, &rules)
+            .map_err(|e| anyhow!("fault_start(): {e}"))?;
+        Ok(NoneType)
+    }
+
+    /// `fault_stop(service)`: removes every fault of `service`.
+    fn fault_stop<'v>(
+        #[starlark(require = pos)] service: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<NoneType> {
+        let rt = Runtime::get(eval)?;
+        let ctx = rt.test("fault_stop()")?;
+        let svc = service_of(ctx, service)?;
+        ctx.world
+            .fault_stop(&svc.name)
+            .map_err(|e| anyhow!("fault_stop(): {e}"))?;
+        Ok(NoneType)
+    }
+
+    /// `events(**filters, where=)`: the matching events, oldest first.
+    fn events<'v>(
+        #[starlark(require = named)] r#where: Option<Value<'v>>,
+        #[starlark(kwargs)] filters: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Vec<EventValue>> {
+        Ok(matching(eval, &filters, r#where, "events()")?
+            .into_iter()
+            .map(EventValue)
+            .collect())
+    }
+
+    /// `assert_eventually(**filters, where=)`: some event matches (waiting briefly for
+    /// events still being recorded).
+    fn assert_eventually<'v>(
+        #[starlark(require = named)] r#where: Option<Value<'v>>,
+        #[starlark(kwargs)] filters: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<NoneType> {
+        let deadline = std::time::Instant::now() + EVENTUALLY;
+        loop {
+            if !matching(eval, &filters, r#where, "assert_eventually()")?.is_empty() {
+                return Ok(NoneType);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(starlark::Error::new_other(crate::faults::AssertionFailed(
+                    format!(
+                        "assert_eventually: no event matched {}",
+                        describe_filters(&filters, r#where)
+                    ),
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `assert_never(**filters, where=)`: no event matches.
+    fn assert_never<'v>(
+        #[starlark(require = named)] r#where: Option<Value<'v>>,
+        #[starlark(kwargs)] filters: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<NoneType> {
+        let found = matching(eval, &filters, r#where, "assert_never()")?;
+        match found.first() {
+            None => Ok(NoneType),
+            Some(e) => Err(starlark::Error::new_other(crate::faults::AssertionFailed(
+                format!(
+                    "assert_never: event #{} ({} {}) matched {}",
+                    e.seq,
+                    e.service,
+                    e.event_type,
+                    describe_filters(&filters, r#where)
+                ),
+            ))),
+        }
+    }
 }

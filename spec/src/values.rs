@@ -249,3 +249,105 @@ starlark_simple_value!(OpValue);
 
 #[starlark_value(type = "op")]
 impl<'v> StarlarkValue<'v> for OpValue {}
+
+/// What an HTTP step returns.
+#[derive(
+    Debug,
+    Clone,
+    ProvidesStaticType,
+    NoSerialize,
+    Allocative,
+    StarlarkPagablePanic,
+    derive_more::Display,
+)]
+#[display("response(status={}, body={:?}, duration_ms={})", _0.status, _0.body, _0.duration_ms)]
+pub struct ResponseValue(#[allocative(skip)] pub crate::world::StepResult);
+starlark_simple_value!(ResponseValue);
+
+#[starlark_value(type = "response")]
+impl<'v> StarlarkValue<'v> for ResponseValue {
+    fn get_attr(&self, attribute: &str, heap: Heap<'v>) -> Option<Value<'v>> {
+        let r = &self.0;
+        Some(match attribute {
+            "status" => heap.alloc(r.status),
+            "body" => heap.alloc(r.body.as_str()),
+            "ok" => Value::new_bool(r.ok),
+            "error" => heap.alloc(r.error.as_str()),
+            "duration_ms" => heap.alloc(r.duration_ms),
+            "data" => decode(&r.body, heap),
+            _ => return None,
+        })
+    }
+
+    fn dir_attr(&self) -> Vec<String> {
+        ["status", "body", "data", "ok", "error", "duration_ms"]
+            .map(String::from)
+            .to_vec()
+    }
+}
+
+/// A body decoded from JSON, or the raw string when it is not JSON.
+fn decode<'v>(body: &str, heap: Heap<'v>) -> Value<'v> {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) => heap.alloc(v),
+        Err(_) => heap.alloc(body),
+    }
+}
+
+/// An event of the trace, as queries and `where=` lambdas see it.
+#[derive(
+    Debug,
+    Clone,
+    ProvidesStaticType,
+    NoSerialize,
+    Allocative,
+    StarlarkPagablePanic,
+    derive_more::Display,
+)]
+#[display("event(#{} {} {})", _0.seq, _0.service, _0.event_type)]
+pub struct EventValue(#[allocative(skip)] pub crate::world::Event);
+starlark_simple_value!(EventValue);
+
+#[starlark_value(type = "event")]
+impl<'v> StarlarkValue<'v> for EventValue {
+    fn get_attr(&self, attribute: &str, heap: Heap<'v>) -> Option<Value<'v>> {
+        let e = &self.0;
+        let fields = || {
+            let map: serde_json::Map<String, serde_json::Value> = e
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            heap.alloc(map)
+        };
+        Some(match attribute {
+            "seq" => heap.alloc(e.seq as i64),
+            "service" => heap.alloc(e.service.as_str()),
+            "type" => heap.alloc(e.kind.as_str()),
+            "event_type" => heap.alloc(e.event_type.as_str()),
+            "fields" => fields(),
+            "data" => match e.fields.get("data") {
+                Some(d) => decode(d, heap),
+                None => fields(),
+            },
+            "first" => Value::new_none(),
+            other => heap.alloc(e.fields.get(other)?.as_str()),
+        })
+    }
+
+    fn dir_attr(&self) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "seq",
+            "service",
+            "type",
+            "event_type",
+            "data",
+            "fields",
+            "first",
+        ]
+        .map(String::from)
+        .to_vec();
+        v.extend(self.0.fields.keys().cloned());
+        v
+    }
+}

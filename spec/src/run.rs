@@ -1,0 +1,106 @@
+//! Running one test body: the frozen test function is called on this thread with a
+//! [`World`] behind the test builtins. The outcome separates failed assertions from
+//! errors (a bad argument, a step that could not run) and keeps the return value.
+
+use std::sync::Arc;
+
+use starlark::environment::Module;
+use starlark::eval::Evaluator;
+use starlark::ErrorKind;
+
+use crate::faults::AssertionFailed;
+use crate::loader::{describe, Loaded};
+use crate::model::Test;
+use crate::runtime::{Runtime, TestContext};
+use crate::world::World;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureType {
+    /// An assertion did not hold (`assert_*`, `fail()`).
+    Assertion,
+    /// The test could not do what it asked (bad arguments, a failed step, ...).
+    Error,
+}
+
+impl FailureType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FailureType::Assertion => "assertion",
+            FailureType::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail {
+        reason: String,
+        failure_type: FailureType,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct TestOutcome {
+    pub verdict: Verdict,
+    /// `repr()` of the test function's return value, when it is not None.
+    pub return_value: Option<String>,
+}
+
+/// Runs `test` of `loaded` against `world`. Blocking; Starlark evaluation is not
+/// `Send`, so call it on the thread that should run the test.
+pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync>) -> TestOutcome {
+    let function = match loaded.module.get(&test.function) {
+        Ok(f) => f,
+        Err(e) => {
+            return TestOutcome {
+                verdict: Verdict::Fail {
+                    reason: format!("{}: {e}", test.function),
+                    failure_type: FailureType::Error,
+                },
+                return_value: None,
+            }
+        }
+    };
+    let runtime = Runtime {
+        test: Some(TestContext {
+            services: loaded.spec.services.clone(),
+            world,
+        }),
+        ..Runtime::default()
+    };
+    Module::with_temp_heap(|module| {
+        // SAFETY: owned_frozen_value adds a reference from this module's frozen heap to
+        // the heap that owns the function, so the value stays alive as long as the
+        // module, which outlives every use below.
+        let f = unsafe { function.owned_frozen_value(module.frozen_heap()) }.to_value();
+        let mut eval = Evaluator::new(&module);
+        eval.extra = Some(&runtime);
+        match eval.eval_function(f, &[], &[]) {
+            Ok(v) => TestOutcome {
+                verdict: Verdict::Pass,
+                return_value: (!v.is_none()).then(|| v.to_repr()),
+            },
+            Err(e) => TestOutcome {
+                verdict: Verdict::Fail {
+                    failure_type: classify(&e),
+                    reason: describe(&e),
+                },
+                return_value: None,
+            },
+        }
+    })
+}
+
+fn classify(e: &starlark::Error) -> FailureType {
+    match e.kind() {
+        ErrorKind::Fail(_) => FailureType::Assertion,
+        ErrorKind::Native(a) | ErrorKind::Other(a) | ErrorKind::Value(a)
+            if a.chain()
+                .any(|c| c.downcast_ref::<AssertionFailed>().is_some()) =>
+        {
+            FailureType::Assertion
+        }
+        _ => FailureType::Error,
+    }
+}

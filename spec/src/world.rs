@@ -1,0 +1,66 @@
+//! The boundary between the spec language and everything with effects. A test body
+//! reaches services, faults and the event log only through [`World`]; the executor
+//! implements it on real processes, and unit tests implement it in memory.
+
+use std::collections::BTreeMap;
+
+use faultbox_shim::rule::FaultRule;
+
+/// One step call: `api.post(path=..., body=...)`, `db.main.send(data=...)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepCall {
+    pub service: String,
+    pub interface: String,
+    pub protocol: String,
+    pub port: u16,
+    pub method: String,
+    pub path: String,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// An HTTP-style result; `tcp` steps fill `body` with the reply line.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct StepResult {
+    pub status: i64,
+    pub body: String,
+    pub ok: bool,
+    pub error: String,
+    pub duration_ms: i64,
+}
+
+/// One event of the trace.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    pub seq: u64,
+    /// Nanoseconds since the test started.
+    pub timestamp_ns: u64,
+    pub service: String,
+    /// `syscall`, `lifecycle`, `step`.
+    pub kind: String,
+    /// Dotted: `syscall.write`, `lifecycle.started`, `step.post`.
+    pub event_type: String,
+    pub partition_key: String,
+    pub fields: BTreeMap<String, String>,
+    pub vector_clock: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct WorldError(pub String);
+
+/// What a test body can do to the system under test.
+pub trait World {
+    /// Runs one step against a service's interface.
+    fn step(&self, call: &StepCall) -> Result<StepResult, WorldError>;
+    /// Adds `rules` to `service`'s active faults and returns a handle to remove them.
+    /// Fails if the service's filter does not cover a rule's syscalls: a declared
+    /// fault is never silently inert.
+    fn fault_start(&self, service: &str, rules: &[FaultRule]) -> Result<u64, WorldError>;
+    /// Removes the faults added under `handle`.
+    fn fault_remove(&self, handle: u64) -> Result<(), WorldError>;
+    /// Removes every fault of `service`.
+    fn fault_stop(&self, service: &str) -> Result<(), WorldError>;
+    /// The events recorded so far, in sequence order.
+    fn events(&self) -> Vec<Event>;
+}

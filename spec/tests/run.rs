@@ -1,0 +1,190 @@
+//! Test bodies against an in-memory World: steps, faults, events and assertions.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use faultbox_shim::rule::{Action, FaultRule};
+use faultbox_spec::run::FailureType;
+use faultbox_spec::world::{Event, StepCall, StepResult, World, WorldError};
+use faultbox_spec::{load, run_test, Verdict};
+
+#[derive(Default)]
+struct FakeWorld {
+    log: Mutex<Vec<String>>,
+    next: Mutex<u64>,
+}
+
+impl World for FakeWorld {
+    fn step(&self, call: &StepCall) -> Result<StepResult, WorldError> {
+        self.log.lock().unwrap().push(format!(
+            "step {} {} {} {:?}",
+            call.service, call.method, call.path, call.headers
+        ));
+        Ok(match call.protocol.as_str() {
+            "tcp" => StepResult {
+                body: if call.body == "PING" {
+                    "PONG".into()
+                } else {
+                    String::new()
+                },
+                ok: true,
+                ..Default::default()
+            },
+            _ => StepResult {
+                status: 200,
+                body: format!("{{\"echo\": \"{}\"}}", call.path),
+                ok: true,
+                duration_ms: 3,
+                ..Default::default()
+            },
+        })
+    }
+    fn fault_start(&self, service: &str, rules: &[FaultRule]) -> Result<u64, WorldError> {
+        if rules.iter().any(|r| r.target == "mkdir") {
+            return Err(WorldError("fsync filter does not cover mkdir".into()));
+        }
+        let mut n = self.next.lock().unwrap();
+        *n += 1;
+        let desc: Vec<String> = rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}{}",
+                    r,
+                    r.label
+                        .as_deref()
+                        .map(|l| format!("[{l}]"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("start#{n} {service} {}", desc.join(" ")));
+        Ok(*n)
+    }
+    fn fault_remove(&self, handle: u64) -> Result<(), WorldError> {
+        self.log.lock().unwrap().push(format!("remove#{handle}"));
+        Ok(())
+    }
+    fn fault_stop(&self, service: &str) -> Result<(), WorldError> {
+        self.log.lock().unwrap().push(format!("stop {service}"));
+        Ok(())
+    }
+    fn events(&self) -> Vec<Event> {
+        let mut e = Event {
+            seq: 7,
+            service: "db".into(),
+            kind: "syscall".into(),
+            event_type: "syscall.write".into(),
+            ..Default::default()
+        };
+        e.fields.insert("syscall".into(), "write".into());
+        e.fields.insert("path".into(), "/tmp/db.wal".into());
+        e.fields
+            .insert("decision".into(), "deny(input/output error)".into());
+        vec![e]
+    }
+}
+
+fn run(name: &str) -> (faultbox_spec::TestOutcome, Vec<String>) {
+    let loaded =
+        load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs/tests.star")).unwrap();
+    let test = loaded
+        .spec
+        .tests
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap()
+        .clone();
+    let world = Arc::new(FakeWorld::default());
+    let out = run_test(&loaded, &test, world.clone());
+    let log = world.log.lock().unwrap().clone();
+    (out, log)
+}
+
+fn reason(o: &faultbox_spec::TestOutcome) -> (String, FailureType) {
+    match &o.verdict {
+        Verdict::Fail {
+            reason,
+            failure_type,
+        } => (reason.clone(), failure_type.clone()),
+        Verdict::Pass => panic!("passed"),
+    }
+}
+
+#[test]
+fn steps_reach_the_world_and_return_responses() {
+    let (out, log) = run("test_steps");
+    assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
+    assert_eq!(log[0], "step api post /orders [(\"X\", \"1\")]");
+    assert_eq!(log[1], "step db send / []");
+}
+
+#[test]
+fn scoped_faults_resolve_ops_and_are_removed() {
+    let (out, log) = run("test_fault_scoped");
+    assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
+    assert_eq!(
+        log[0],
+        "start#1 db write=EIO:100%:/tmp/*.wal[wal] fsync=EIO:100%:/tmp/*.wal[wal] connect=delay:200ms:50%"
+    );
+    assert_eq!(log[1], "step api get /x []");
+    assert_eq!(log[2], "remove#1");
+}
+
+#[test]
+fn faults_are_removed_when_the_callback_fails() {
+    let (out, log) = run("test_fault_removed_on_error");
+    let (why, kind) = reason(&out);
+    assert!(why.contains("boom"), "{why}");
+    assert_eq!(kind, FailureType::Assertion);
+    assert_eq!(log.last().unwrap(), "remove#1");
+}
+
+#[test]
+fn imperative_faults() {
+    let (out, log) = run("test_imperative");
+    assert_eq!(out.verdict, Verdict::Pass);
+    assert_eq!(log, ["start#1 db fsync=ENOSPC:100%", "stop db"]);
+}
+
+#[test]
+fn event_queries_and_temporal_assertions() {
+    let (out, _) = run("test_events");
+    assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
+    assert_eq!(out.return_value.as_deref(), Some("{\"writes\": 1}"));
+}
+
+#[test]
+fn failures_are_classified_and_located() {
+    let (out, _) = run("test_assert_fails");
+    let (why, kind) = reason(&out);
+    assert_eq!(kind, FailureType::Assertion);
+    assert!(why.contains("tests.star:43: assert_eq: 2 != 3"), "{why}");
+    let (why, kind) = reason(&run("test_never_fails").0);
+    assert_eq!(kind, FailureType::Assertion);
+    assert!(
+        why.contains("assert_never: event #7 (db syscall.write) matched syscall=\"write\""),
+        "{why}"
+    );
+    let (why, kind) = reason(&run("test_bad_fault_kwarg").0);
+    assert_eq!(kind, FailureType::Error);
+    assert!(
+        why.contains("unknown syscall or op \"nosuch\" for service \"db\""),
+        "{why}"
+    );
+    let (why, _) = reason(&run("test_uncovered").0);
+    assert!(why.contains("does not cover mkdir"), "{why}");
+}
+
+#[test]
+fn rules_carry_the_action() {
+    let r = FaultRule::parse("fsync=ENOSPC:100%").unwrap();
+    assert_eq!(r.action, Action::Deny(libc_enospc()));
+}
+
+fn libc_enospc() -> i32 {
+    faultbox_shim::errno::from_name("ENOSPC").unwrap()
+}
