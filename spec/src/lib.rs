@@ -2,6 +2,7 @@
 //! faults and assertions. This crate evaluates specs and builds the [`model::Spec`];
 //! everything that touches processes or sockets goes through the executor.
 
+pub mod analysis;
 pub mod faults;
 pub mod loader;
 pub mod model;

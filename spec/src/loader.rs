@@ -3,7 +3,7 @@
 //! its tests. Errors name the spec's file and line.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use starlark::environment::{FrozenModule, Globals, GlobalsBuilder, LibraryExtension, Module};
@@ -79,8 +79,10 @@ pub fn load(path: &Path) -> Result<Loaded, SpecError> {
         runtime: &runtime,
         cache: RefCell::new(HashMap::new()),
         loading: RefCell::new(Vec::new()),
+        faultable: RefCell::new(BTreeMap::new()),
     };
     let module = loader.eval_file(path)?;
+    let faultable = loader.faultable.into_inner();
     let declared = runtime.declared.into_inner();
     let services = start_order(declared.services)?;
     let mut tests = Vec::new();
@@ -104,7 +106,11 @@ pub fn load(path: &Path) -> Result<Loaded, SpecError> {
     }
     tests.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Loaded {
-        spec: Spec { services, tests },
+        spec: Spec {
+            services,
+            tests,
+            faultable,
+        },
         module,
         path: path.to_path_buf(),
     })
@@ -116,6 +122,7 @@ struct Loader<'a> {
     cache: RefCell<HashMap<PathBuf, FrozenModule>>,
     /// Files being evaluated, to refuse cyclic loads.
     loading: RefCell<Vec<PathBuf>>,
+    faultable: RefCell<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Loader<'_> {
@@ -133,6 +140,7 @@ impl Loader<'_> {
         })?;
         let ast = AstModule::parse(&path.display().to_string(), source, &dialect())
             .map_err(|e| SpecError::Eval(describe(&e)))?;
+        let sites = crate::analysis::sites(&ast);
         self.loading.borrow_mut().push(key.clone());
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let child = ChildLoader { parent: self, base };
@@ -150,6 +158,7 @@ impl Loader<'_> {
         });
         self.loading.borrow_mut().pop();
         let frozen = result?;
+        crate::analysis::resolve(&sites, &frozen, &mut self.faultable.borrow_mut());
         self.cache.borrow_mut().insert(key, frozen.clone());
         Ok(frozen)
     }

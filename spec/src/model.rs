@@ -96,10 +96,35 @@ pub struct Spec {
     /// In start order: dependencies first, ties broken by name.
     pub services: Vec<Service>,
     pub tests: Vec<Test>,
+    /// Syscall and op names each service may be faulted or traced on, from every
+    /// `fault*`/`trace*` call in the spec; key `*` for calls whose target is dynamic.
+    pub faultable: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl Spec {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The syscall names (families and aliases included) `service`'s filter must
+    /// cover: its faultable names with ops replaced by their syscalls. Empty means the
+    /// service runs without a filter.
+    pub fn filter_syscalls(&self, service: &str) -> Vec<String> {
+        let Some(svc) = self.service(service) else {
+            return Vec::new();
+        };
+        let mut out = std::collections::BTreeSet::new();
+        for key in [service, crate::analysis::ANY_SERVICE] {
+            for name in self.faultable.get(key).into_iter().flatten() {
+                match svc.ops.get(name) {
+                    Some(op) => out.extend(op.syscalls.iter().cloned()),
+                    None if crate::faults::check_syscall(name).is_ok() => {
+                        out.insert(name.clone());
+                    }
+                    None => {}
+                }
+            }
+        }
+        out.into_iter().collect()
     }
 }

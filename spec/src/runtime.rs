@@ -593,6 +593,27 @@ fn with_faults<'v>(
     result
 }
 
+fn start_trace(
+    eval: &Evaluator,
+    service: Value,
+    syscalls: Value,
+    what: &str,
+) -> anyhow::Result<u64> {
+    let rt = Runtime::get(eval)?;
+    let ctx = rt.test(what)?;
+    let svc = service_of(ctx, service)?;
+    let names = string_list(syscalls, &format!("{what} syscalls="))?;
+    if names.is_empty() {
+        bail!("{what}: syscalls= must name at least one syscall");
+    }
+    for n in &names {
+        crate::faults::check_syscall(n).map_err(|e| anyhow!("{what}: {e}"))?;
+    }
+    ctx.world
+        .trace_start(&svc.name, &names)
+        .map_err(|e| anyhow!("{what}: {e}"))
+}
+
 /// Whether `value` matches `pattern`: `*` at either end matches any prefix/suffix.
 pub fn glob_match(pattern: &str, value: &str) -> bool {
     match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
@@ -718,6 +739,47 @@ pub fn testing(builder: &mut GlobalsBuilder) {
         ctx.world
             .fault_stop(&svc.name)
             .map_err(|e| anyhow!("fault_stop(): {e}"))?;
+        Ok(NoneType)
+    }
+
+    /// `trace(service, syscalls=[...], run=fn)`: records those calls while `run` runs.
+    fn trace<'v>(
+        #[starlark(require = pos)] service: Value<'v>,
+        #[starlark(require = named)] syscalls: Value<'v>,
+        #[starlark(require = named)] run: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        let handle =
+            start_trace(eval, service, syscalls, "trace()").map_err(starlark::Error::new_other)?;
+        let world = Runtime::get(eval)
+            .and_then(|rt| Ok(rt.test("trace()")?.world.clone()))
+            .map_err(starlark::Error::new_other)?;
+        let result = eval.eval_function(run, &[], &[]);
+        let _ = world.fault_remove(handle);
+        result
+    }
+
+    /// `trace_start(service, syscalls=[...])`: records those calls until `trace_stop`.
+    fn trace_start<'v>(
+        #[starlark(require = pos)] service: Value<'v>,
+        #[starlark(require = named)] syscalls: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<NoneType> {
+        start_trace(eval, service, syscalls, "trace_start()")?;
+        Ok(NoneType)
+    }
+
+    /// `trace_stop(service)`.
+    fn trace_stop<'v>(
+        #[starlark(require = pos)] service: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<NoneType> {
+        let rt = Runtime::get(eval)?;
+        let ctx = rt.test("trace_stop()")?;
+        let svc = service_of(ctx, service)?;
+        ctx.world
+            .trace_stop(&svc.name)
+            .map_err(|e| anyhow!("trace_stop(): {e}"))?;
         Ok(NoneType)
     }
 

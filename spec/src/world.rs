@@ -57,8 +57,13 @@ pub trait World {
     /// Fails if the service's filter does not cover a rule's syscalls: a declared
     /// fault is never silently inert.
     fn fault_start(&self, service: &str, rules: &[FaultRule]) -> Result<u64, WorldError>;
-    /// Removes the faults added under `handle`.
+    /// Records `service`'s calls of `syscalls` as events without faulting them, until
+    /// the returned handle is removed. Fails if the filter does not cover them.
+    fn trace_start(&self, service: &str, syscalls: &[String]) -> Result<u64, WorldError>;
+    /// Removes the faults or trace added under `handle`.
     fn fault_remove(&self, handle: u64) -> Result<(), WorldError>;
+    /// Ends every trace of `service`.
+    fn trace_stop(&self, service: &str) -> Result<(), WorldError>;
     /// Removes every fault of `service`.
     fn fault_stop(&self, service: &str) -> Result<(), WorldError>;
     /// The events recorded so far, in sequence order.

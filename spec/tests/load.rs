@@ -133,3 +133,29 @@ fn loaded_files_run_once() {
         "lib.star ran once, relative to its loader"
     );
 }
+
+#[test]
+fn filters_cover_what_the_spec_can_fault() {
+    let loaded = load(&spec("tests.star")).unwrap();
+    let s = &loaded.spec;
+    // db: persist (write, fsync), connect, write, fsync, nosuch (ignored), mkdir.
+    assert_eq!(
+        s.filter_syscalls("db"),
+        ["connect", "fsync", "mkdir", "openat", "write"]
+    );
+    assert!(
+        s.filter_syscalls("api").is_empty(),
+        "nothing faults api: no filter"
+    );
+    let dynamic = load_src(
+        "dyn",
+        "a = service('a', '/bin/a')\nb = service('b', '/bin/b')\ndef f(svc):\n    fault(svc, openat = deny('EIO'), run = lambda: None)\ndef test_t():\n    trace(b, syscalls = ['fsync'], run = lambda: None)\n",
+    )
+    .unwrap();
+    assert_eq!(
+        dynamic.spec.filter_syscalls("a"),
+        ["openat"],
+        "unresolved targets may be any service"
+    );
+    assert_eq!(dynamic.spec.filter_syscalls("b"), ["fsync", "openat"]);
+}

@@ -64,6 +64,22 @@ impl World for FakeWorld {
             .push(format!("start#{n} {service} {}", desc.join(" ")));
         Ok(*n)
     }
+    fn trace_start(&self, service: &str, syscalls: &[String]) -> Result<u64, WorldError> {
+        let mut n = self.next.lock().unwrap();
+        *n += 1;
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("trace#{n} {service} {syscalls:?}"));
+        Ok(*n)
+    }
+    fn trace_stop(&self, service: &str) -> Result<(), WorldError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("trace_stop {service}"));
+        Ok(())
+    }
     fn fault_remove(&self, handle: u64) -> Result<(), WorldError> {
         self.log.lock().unwrap().push(format!("remove#{handle}"));
         Ok(())
@@ -177,6 +193,21 @@ fn failures_are_classified_and_located() {
     );
     let (why, _) = reason(&run("test_uncovered").0);
     assert!(why.contains("does not cover mkdir"), "{why}");
+}
+
+#[test]
+fn traces_are_scoped() {
+    let (out, log) = run("test_trace");
+    assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
+    assert_eq!(
+        log,
+        [
+            "trace#1 db [\"write\", \"fsync\"]",
+            "remove#1",
+            "trace#2 db [\"openat\"]",
+            "trace_stop db"
+        ]
+    );
 }
 
 #[test]
