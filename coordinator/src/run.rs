@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use faultbox_executor::session::{self, SessionConfig};
-use faultbox_executor::Engine;
 use faultbox_shim::rule::FaultRule;
 use faultbox_shim::syscalls::Arch;
 
@@ -22,6 +21,8 @@ pub const EXIT_CANNOT_EXECUTE: i32 = 127;
 /// A validated `run` invocation: everything checked before anything starts.
 struct Plan {
     config: SessionConfig,
+    seed: u64,
+    rules: usize,
     format: logging::Format,
     debug: bool,
 }
@@ -37,8 +38,6 @@ fn plan(args: RunArgs) -> Result<Plan> {
     for text in &args.fs_faults {
         rules.push(FaultRule::parse_fs(text)?);
     }
-    // Compiling the rules checks their globs too, before anything starts.
-    Engine::new(&rules, arch, 0)?;
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     for kv in &args.env {
         let Some((k, v)) = kv.split_once('=') else {
@@ -60,15 +59,12 @@ fn plan(args: RunArgs) -> Result<Plan> {
             .unwrap_or(0);
         t ^ (u64::from(std::process::id()) << 32)
     });
+    // Compiling the rules checks their globs too, before anything starts.
+    let config = SessionConfig::for_rules(program, args.command.clone(), env, shim, &rules, seed)?;
     Ok(Plan {
-        config: SessionConfig {
-            program,
-            argv: args.command.clone(),
-            env,
-            rules,
-            seed,
-            shim,
-        },
+        config,
+        seed,
+        rules: rules.len(),
         format: logging::Format::choose(args.log_format.as_deref()),
         debug: args.debug,
     })
@@ -83,10 +79,7 @@ pub fn run(args: RunArgs) -> i32 {
             return EXIT_FAULTBOX_ERROR;
         }
     };
-    let session_id = format!(
-        "{:016x}",
-        plan.config.seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15
-    );
+    let session_id = format!("{:016x}", plan.seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15);
     logging::init(plan.format, plan.debug, session_id);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -99,7 +92,7 @@ pub fn run(args: RunArgs) -> i32 {
             return EXIT_FAULTBOX_ERROR;
         }
     };
-    match runtime.block_on(supervise(plan.config, plan.debug)) {
+    match runtime.block_on(supervise(plan.config, plan.seed, plan.rules, plan.debug)) {
         Ok(code) => code,
         Err(e) => {
             let exec = e
@@ -115,13 +108,13 @@ pub fn run(args: RunArgs) -> i32 {
     }
 }
 
-async fn supervise(config: SessionConfig, debug: bool) -> Result<i32> {
+async fn supervise(config: SessionConfig, seed: u64, rules: usize, debug: bool) -> Result<i32> {
     tracing::info!(
         target: "engine",
         state = "starting",
         name = %config.program.display(),
-        seed = config.seed,
-        rules = config.rules.len(),
+        seed,
+        rules,
         "session starting"
     );
     let mut signals = Vec::new();

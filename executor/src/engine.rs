@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use globset::{GlobBuilder, GlobMatcher};
@@ -75,7 +75,9 @@ pub enum EngineError {
     },
 }
 
-struct Compiled {
+/// A rule ready to match: compiled once, so its call counter survives when other
+/// rules are added to or removed from a running target.
+pub struct Compiled {
     index: usize,
     action: Action,
     probability: f64,
@@ -101,60 +103,114 @@ pub struct Verdict {
     pub label: Option<Arc<str>>,
 }
 
+/// Compiles `rule` (the `index`th of its set) for `arch`: its glob and the syscalls
+/// it covers.
+pub fn compile(
+    rule: &FaultRule,
+    index: usize,
+    arch: Arch,
+) -> Result<(Arc<Compiled>, Vec<syscalls::Syscall>), EngineError> {
+    let glob = match &rule.path_glob {
+        None => None,
+        Some(g) => Some(
+            GlobBuilder::new(g)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| EngineError::Glob {
+                    rule: rule.to_string(),
+                    glob: g.clone(),
+                    why: e.kind().to_string(),
+                })?
+                .compile_matcher(),
+        ),
+    };
+    let compiled = Arc::new(Compiled {
+        index,
+        action: rule.action.clone(),
+        probability: rule.probability,
+        glob,
+        trigger: rule.trigger,
+        label: rule.label.as_deref().map(Arc::from),
+        seen: AtomicU64::new(0),
+    });
+    Ok((compiled, rule.syscalls(arch)?))
+}
+
+/// A shared source of probability rolls, kept across engine rebuilds so a seed
+/// decides a whole run.
+pub type Rolls = Arc<Mutex<Pcg64>>;
+
+/// A roll source seeded with `seed`.
+pub fn rolls(seed: u64) -> Rolls {
+    Arc::new(Mutex::new(Pcg64::seed_from_u64(seed)))
+}
+
+/// The engine a supervisor consults, replaceable while the target runs (faults come
+/// and go during a test; the filter stays as it was at launch).
+#[derive(Clone)]
+pub struct EngineSlot(Arc<RwLock<Arc<Engine>>>);
+
+impl EngineSlot {
+    pub fn new(engine: Engine) -> EngineSlot {
+        EngineSlot(Arc::new(RwLock::new(Arc::new(engine))))
+    }
+
+    /// The current engine.
+    pub fn load(&self) -> Arc<Engine> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the engine; calls already being decided finish with the old one.
+    pub fn store(&self, engine: Engine) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
+    }
+}
+
 /// All rules of a target, indexed by syscall number.
 pub struct Engine {
     chains: Vec<Option<Chain>>,
-    rng: Mutex<Pcg64>,
+    rng: Rolls,
 }
 
 impl Engine {
     /// Compiles `rules` for `arch`, seeding the probability rolls with `seed`.
     pub fn new(rules: &[FaultRule], arch: Arch, seed: u64) -> Result<Engine, EngineError> {
-        let mut chains: Vec<Option<Chain>> = Vec::new();
+        let mut compiled = Vec::new();
         for (index, rule) in rules.iter().enumerate() {
-            let glob = match &rule.path_glob {
-                None => None,
-                Some(g) => Some(
-                    GlobBuilder::new(g)
-                        .literal_separator(true)
-                        .backslash_escape(true)
-                        .build()
-                        .map_err(|e| EngineError::Glob {
-                            rule: rule.to_string(),
-                            glob: g.clone(),
-                            why: e.kind().to_string(),
-                        })?
-                        .compile_matcher(),
-                ),
-            };
-            let compiled = Arc::new(Compiled {
-                index,
-                action: rule.action.clone(),
-                probability: rule.probability,
-                glob,
-                trigger: rule.trigger,
-                label: rule.label.as_deref().map(Arc::from),
-                seen: AtomicU64::new(0),
-            });
-            for sc in rule.syscalls(arch)? {
-                let nr = sc.nr as usize;
-                if chains.len() <= nr {
-                    chains.resize_with(nr + 1, || None);
-                }
-                chains[nr]
-                    .get_or_insert_with(|| Chain {
-                        path_arg: syscalls::path_arg(&sc.name),
-                        name: Arc::from(sc.name.as_str()),
-                        rules: Vec::new(),
-                    })
-                    .rules
-                    .push(compiled.clone());
+            compiled.push(compile(rule, index, arch)?);
+        }
+        Ok(Engine::assemble(&compiled, &[], rolls(seed)))
+    }
+
+    /// Builds chains from compiled rules, in order, plus empty chains for `observed`
+    /// syscalls, whose calls are reported but never faulted.
+    pub fn assemble(
+        rules: &[(Arc<Compiled>, Vec<syscalls::Syscall>)],
+        observed: &[syscalls::Syscall],
+        rng: Rolls,
+    ) -> Engine {
+        fn slot<'a>(chains: &'a mut Vec<Option<Chain>>, sc: &syscalls::Syscall) -> &'a mut Chain {
+            let nr = sc.nr as usize;
+            if chains.len() <= nr {
+                chains.resize_with(nr + 1, || None);
+            }
+            chains[nr].get_or_insert_with(|| Chain {
+                path_arg: syscalls::path_arg(&sc.name),
+                name: Arc::from(sc.name.as_str()),
+                rules: Vec::new(),
+            })
+        }
+        let mut chains: Vec<Option<Chain>> = Vec::new();
+        for (compiled, scs) in rules {
+            for sc in scs {
+                slot(&mut chains, sc).rules.push(compiled.clone());
             }
         }
-        Ok(Engine {
-            chains,
-            rng: Mutex::new(Pcg64::seed_from_u64(seed)),
-        })
+        for sc in observed {
+            slot(&mut chains, sc);
+        }
+        Engine { chains, rng }
     }
 
     /// The syscall numbers the filter must notify, sorted.

@@ -30,6 +30,12 @@ pub struct LaunchSpec {
     pub env: Vec<(OsString, OsString)>,
     /// Syscall numbers to notify; empty means no filter.
     pub notify: Vec<i32>,
+    /// Join this network namespace instead of creating one (the services of a test
+    /// share one); its loopback must already be up.
+    pub netns: Option<RawFd>,
+    /// Where the target's stdout and stderr go; inherited when `None`.
+    pub stdout: Option<RawFd>,
+    pub stderr: Option<RawFd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +103,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let shim_args = ShimArgs {
         notify: spec.notify.clone(),
+        shared_net: spec.netns.is_some(),
         program: spec.program.clone(),
         argv: spec.argv.clone(),
     };
@@ -122,6 +129,9 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         argv,
         envp,
         status_fd: write_end.as_raw_fd(),
+        netns: spec.netns,
+        stdout: spec.stdout,
+        stderr: spec.stderr,
     };
     let (pid, pidfd) = clone_on_launcher_thread(child)?;
     drop(write_end);
@@ -319,6 +329,9 @@ struct Prepared {
     argv: Vec<CString>,
     envp: Vec<CString>,
     status_fd: RawFd,
+    netns: Option<RawFd>,
+    stdout: Option<RawFd>,
+    stderr: Option<RawFd>,
 }
 
 type Request = (Prepared, mpsc::SyncSender<std::io::Result<(i32, OwnedFd)>>);
@@ -330,8 +343,11 @@ fn clone_on_launcher_thread(child: Prepared) -> Result<(i32, OwnedFd), LaunchErr
         std::thread::Builder::new()
             .name("faultbox-launcher".into())
             .spawn(move || {
+                // The thread's own network namespace, to return to after cloning a
+                // child into a test's namespace.
+                let home = File::open("/proc/thread-self/ns/net").ok();
                 for (prepared, reply) in rx {
-                    let _ = reply.send(clone_child(&prepared));
+                    let _ = reply.send(clone_in_netns(&prepared, home.as_ref()));
                 }
             })
             .expect("spawning the launcher thread");
@@ -349,6 +365,31 @@ fn clone_on_launcher_thread(child: Prepared) -> Result<(i32, OwnedFd), LaunchErr
         .map_err(LaunchError::Clone)
 }
 
+/// Clones the child inside `p.netns` when given: the launcher thread enters that
+/// namespace for the clone (a child starts in its parent thread's namespace) and
+/// returns home after.
+fn clone_in_netns(p: &Prepared, home: Option<&File>) -> std::io::Result<(i32, OwnedFd)> {
+    let Some(netns) = p.netns else {
+        return clone_child(p);
+    };
+    let home = home
+        .ok_or_else(|| std::io::Error::other("launcher cannot return to its network namespace"))?;
+    // SAFETY: setns on valid fds, affecting this thread only.
+    if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let result = clone_child(p);
+    // SAFETY: as above.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        // A launcher stuck in a test's namespace would put later targets there.
+        panic!(
+            "launcher could not return to its network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    result
+}
+
 fn clone_child(p: &Prepared) -> std::io::Result<(i32, OwnedFd)> {
     let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
@@ -357,11 +398,14 @@ fn clone_child(p: &Prepared) -> std::io::Result<(i32, OwnedFd)> {
     let mut pidfd: libc::c_int = -1;
     // SAFETY: clone_args is plain old data; zero is valid for unused members.
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-    args.flags = (libc::CLONE_NEWUSER
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWNS
-        | libc::CLONE_PIDFD) as u64;
+    let net = if p.netns.is_some() {
+        0
+    } else {
+        libc::CLONE_NEWNET
+    };
+    args.flags =
+        (libc::CLONE_NEWUSER | libc::CLONE_NEWPID | net | libc::CLONE_NEWNS | libc::CLONE_PIDFD)
+            as u64;
     args.pidfd = &mut pidfd as *mut libc::c_int as u64;
     args.exit_signal = libc::SIGCHLD as u64;
     // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
@@ -400,6 +444,12 @@ unsafe fn child_exec(
     envp: &[*const libc::c_char],
 ) -> ! {
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    if let Some(fd) = p.stdout {
+        libc::dup2(fd, 1);
+    }
+    if let Some(fd) = p.stderr {
+        libc::dup2(fd, 2);
+    }
     if p.status_fd == handoff::STATUS_FD {
         libc::fcntl(p.status_fd, libc::F_SETFD, 0);
     } else {

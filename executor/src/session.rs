@@ -2,7 +2,7 @@
 //! when rules name syscalls), supervise it, and report how it ended.
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -15,21 +15,53 @@ use faultbox_shim::handoff::Stage;
 use faultbox_shim::rule::FaultRule;
 use faultbox_shim::syscalls::{self, Arch};
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, EngineSlot};
 use crate::launch::{self, Exit, LaunchError, LaunchSpec};
 use crate::supervisor::{self, EventSink};
 
-/// What to run and which faults to inject.
-#[derive(Debug, Clone)]
+/// What to run, what its filter covers, and the rules that decide its calls.
+#[derive(Clone)]
 pub struct SessionConfig {
     pub program: PathBuf,
     /// The target's argv, argv[0] included.
     pub argv: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
-    pub rules: Vec<FaultRule>,
-    /// Seeds every probability roll of this session.
-    pub seed: u64,
     pub shim: PathBuf,
+    /// Decides every notified call; may be replaced while the target runs.
+    pub engine: EngineSlot,
+    /// Syscall numbers the filter notifies, fixed at launch; empty means no filter.
+    pub notify: Vec<i32>,
+    /// Join this network namespace (with loopback up) instead of a new one.
+    pub netns: Option<RawFd>,
+    /// Where the target's stdout and stderr go; inherited when `None`.
+    pub stdout: Option<RawFd>,
+    pub stderr: Option<RawFd>,
+}
+
+impl SessionConfig {
+    /// A target in namespaces of its own, whose filter covers exactly `rules`.
+    pub fn for_rules(
+        program: PathBuf,
+        argv: Vec<OsString>,
+        env: Vec<(OsString, OsString)>,
+        shim: PathBuf,
+        rules: &[FaultRule],
+        seed: u64,
+    ) -> Result<SessionConfig, EngineError> {
+        let engine = Engine::new(rules, Arch::native(), seed)?;
+        let notify = engine.syscalls();
+        Ok(SessionConfig {
+            program,
+            argv,
+            env,
+            shim,
+            engine: EngineSlot::new(engine),
+            notify,
+            netns: None,
+            stdout: None,
+            stderr: None,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +108,8 @@ pub struct Outcome {
 /// Starts the target. Returns once it has exec'd.
 pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Running, SessionError> {
     let arch = Arch::native();
-    let engine = Arc::new(Engine::new(&cfg.rules, arch, cfg.seed)?);
-    let notify = engine.syscalls();
+    let engine = cfg.engine.clone();
+    let notify = cfg.notify.clone();
     if !notify.is_empty() {
         let names: Vec<String> = notify
             .iter()
@@ -96,6 +128,9 @@ pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Runni
         argv: cfg.argv.clone(),
         env: cfg.env.clone(),
         notify,
+        netns: cfg.netns,
+        stdout: cfg.stdout,
+        stderr: cfg.stderr,
     };
     let started = Instant::now();
     let launched = tokio::task::spawn_blocking(move || launch::launch(&spec))

@@ -18,7 +18,7 @@ use faultbox_shim::filter::{HANDOFF_COOKIE, HANDOFF_SYSCALL};
 use faultbox_shim::notify;
 use faultbox_shim::syscalls::{self, Arch};
 
-use crate::engine::{Decision, Engine};
+use crate::engine::{Decision, EngineSlot};
 use crate::procfs::Procfs;
 
 /// One intercepted call and what was decided.
@@ -101,7 +101,7 @@ fn install_wake_handler() {
 /// Runs the loop for `listener` until [`SupervisorHandle::stop`].
 pub fn spawn(
     listener: OwnedFd,
-    engine: Arc<Engine>,
+    engine: EngineSlot,
     runtime: tokio::runtime::Handle,
     sink: Arc<dyn EventSink>,
     shim_pid: i32,
@@ -134,7 +134,7 @@ pub fn spawn(
 
 struct Supervisor {
     listener: Arc<OwnedFd>,
-    engine: Arc<Engine>,
+    engine: EngineSlot,
     runtime: tokio::runtime::Handle,
     sink: Arc<dyn EventSink>,
     procfs: Procfs,
@@ -191,7 +191,8 @@ impl Supervisor {
                 return;
             }
         }
-        let Some(chain) = self.engine.chain(nr) else {
+        let engine = self.engine.load();
+        let Some(chain) = engine.chain(nr) else {
             answer(fd, req.id, &Decision::Allow);
             return;
         };
@@ -202,7 +203,7 @@ impl Supervisor {
             self.procfs.forget(pid);
             return;
         }
-        let verdict = self.engine.decide(chain, resolved.path.as_deref());
+        let verdict = engine.decide(chain, resolved.path.as_deref());
         match verdict.decision {
             Decision::Delay(d) => {
                 let listener = self.listener.clone();

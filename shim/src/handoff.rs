@@ -96,6 +96,8 @@ impl Status {
 pub struct ShimArgs {
     /// Syscall numbers the filter notifies; empty means no filter at all.
     pub notify: Vec<i32>,
+    /// The network namespace is shared and already set up (tests): leave `lo` alone.
+    pub shared_net: bool,
     /// The file to execute.
     pub program: PathBuf,
     /// The target's full argv, argv[0] included.
@@ -106,6 +108,9 @@ impl ShimArgs {
     /// Arguments after the shim's own argv[0].
     pub fn to_args(&self) -> Vec<OsString> {
         let mut out: Vec<OsString> = Vec::new();
+        if self.shared_net {
+            out.push("--shared-net".into());
+        }
         if !self.notify.is_empty() {
             out.push("--notify".into());
             out.push(
@@ -126,6 +131,7 @@ impl ShimArgs {
     /// Parses what [`ShimArgs::to_args`] produced.
     pub fn parse(args: &[OsString]) -> Result<ShimArgs, String> {
         let mut notify = Vec::new();
+        let mut shared_net = false;
         let mut i = 0;
         while i < args.len() {
             let a = args[i].as_bytes();
@@ -135,6 +141,11 @@ impl ShimArgs {
                     .ok_or_else(|| format!("missing value after {}", String::from_utf8_lossy(a)))
             };
             match a {
+                b"--shared-net" => {
+                    shared_net = true;
+                    i += 1;
+                    continue;
+                }
                 b"--notify" => {
                     notify = value()?
                         .split(',')
@@ -152,6 +163,7 @@ impl ShimArgs {
                     }
                     return Ok(ShimArgs {
                         notify,
+                        shared_net,
                         program: PathBuf::from(program),
                         argv,
                     });
@@ -182,6 +194,7 @@ mod tests {
     fn args_round_trip() {
         let a = ShimArgs {
             notify: vec![1, 257],
+            shared_net: true,
             program: "/bin/echo".into(),
             argv: vec!["echo".into(), "--".into(), "x y".into()],
         };

@@ -34,8 +34,10 @@ fn main() {
     if let Err(e) = private_mounts() {
         status.fail(Stage::Mounts, e);
     }
-    if let Err(e) = loopback_up() {
-        status.fail(Stage::Loopback, e);
+    if !args.shared_net {
+        if let Err(e) = loopback_up() {
+            status.fail(Stage::Loopback, e);
+        }
     }
 
     let program = handoff::to_cstring(args.program.as_os_str());
