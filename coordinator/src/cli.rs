@@ -20,6 +20,51 @@ pub struct Cli {
 pub enum Command {
     /// Launch a binary in isolated namespaces with optional syscall fault injection.
     Run(RunArgs),
+    /// Run the tests of a Starlark spec against real services.
+    Test(TestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// The spec file.
+    #[arg(value_name = "FILE")]
+    pub spec: std::path::PathBuf,
+
+    /// Run only this test (`happy_path` or `test_happy_path`).
+    #[arg(long = "test", value_name = "NAME")]
+    pub test: Option<String>,
+
+    /// Run each test N times with seeds 0..N-1, stopping a test at its first failure.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub runs: u64,
+
+    /// Use this seed (replays a run's fault decisions).
+    #[arg(long, value_name = "N", conflicts_with = "runs")]
+    pub seed: Option<u64>,
+
+    /// Which results to print: all, or only failures.
+    #[arg(long, value_name = "WHICH", default_value = "all", value_parser = ["all", "fail"])]
+    pub show: String,
+
+    /// Print results as JSON on stdout (human output stays on stderr).
+    #[arg(long, value_name = "FORMAT", value_parser = ["json"])]
+    pub format: Option<String>,
+
+    /// Also write the JSON results to this file.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+
+    /// Load and check the spec and show the test plan without starting anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Log format; when omitted, console on a terminal and json otherwise.
+    #[arg(long = "log-format", value_name = "FORMAT", value_parser = ["console", "json"])]
+    pub log_format: Option<String>,
+
+    /// Debug logging: every intercepted syscall, service lifecycle, return values.
+    #[arg(long)]
+    pub debug: bool,
 }
 
 #[derive(Args, Debug)]

@@ -37,11 +37,11 @@ struct LogLayer {
     session_id: String,
 }
 
-/// Installs the global logger.
-pub fn init(format: Format, debug: bool, session_id: String) {
+/// Installs the global logger, showing events up to `max`.
+pub fn init(format: Format, max: Level, session_id: String) {
     let layer = LogLayer {
         format,
-        max: if debug { Level::DEBUG } else { Level::INFO },
+        max,
         session_id,
     };
     let _ = tracing::subscriber::set_global_default(Registry::default().with(layer));

@@ -4,7 +4,9 @@
 mod cli;
 mod decision_log;
 mod logging;
+mod report;
 mod run;
+mod test_cmd;
 
 use clap::Parser;
 
@@ -24,6 +26,7 @@ fn main() {
     };
     let code = match cli.command {
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Test(args) => test_cmd::run(args),
     };
     std::process::exit(code);
 }

@@ -80,7 +80,12 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
     let session_id = format!("{:016x}", plan.seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15);
-    logging::init(plan.format, plan.debug, session_id);
+    let level = if plan.debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    logging::init(plan.format, level, session_id);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

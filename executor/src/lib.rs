@@ -3,10 +3,15 @@
 //! engine that decides each call.
 
 pub mod engine;
+pub mod eventlog;
 pub mod launch;
 pub mod procfs;
+pub mod sandbox;
 pub mod session;
+pub mod steps;
 pub mod supervisor;
+pub mod testrun;
+pub mod testworld;
 
 pub use engine::{Decision, Engine};
 pub use launch::Exit;

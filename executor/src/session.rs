@@ -96,6 +96,8 @@ pub struct Running {
     started: Instant,
     /// A terminating signal whose default action Faultbox carried out (see [`Running::signal`]).
     emulated: AtomicI32,
+    /// The exit status, once collected.
+    exit: std::sync::Mutex<Option<Exit>>,
 }
 
 /// How a session ended.
@@ -186,6 +188,7 @@ pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Runni
             .map_err(|e| SessionError::Supervisor(std::io::Error::other(e.to_string())))?,
         started,
         emulated: AtomicI32::new(0),
+        exit: std::sync::Mutex::new(None),
     })
 }
 
@@ -219,19 +222,37 @@ impl Running {
         launch::kill(self.pidfd.get_ref(), libc::SIGKILL);
     }
 
+    /// The exit status if the target has ended, without waiting.
+    pub fn poll_exit(&self) -> Option<Exit> {
+        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if exit.is_none() {
+            *exit = launch::try_reap(self.pidfd.get_ref()).ok().flatten();
+            if exit.is_some() {
+                self.reaped.store(true, Ordering::SeqCst);
+            }
+        }
+        *exit
+    }
+
     /// Waits for the target to end. Its namespace dies with it, and the supervisor
     /// thread ends once no process under the filter is left.
     pub async fn wait(&self) -> Outcome {
-        let exit = loop {
-            match self.pidfd.readable().await {
-                Ok(mut guard) => match launch::try_reap(self.pidfd.get_ref()) {
-                    Ok(Some(exit)) => break exit,
-                    Ok(None) => guard.clear_ready(),
-                    Err(_) => break Exit::Code(1),
-                },
-                Err(_) => break launch::reap(self.pidfd.get_ref()).unwrap_or(Exit::Code(1)),
+        let cached = *self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        let exit = if let Some(e) = cached {
+            e
+        } else {
+            loop {
+                match self.pidfd.readable().await {
+                    Ok(mut guard) => match launch::try_reap(self.pidfd.get_ref()) {
+                        Ok(Some(exit)) => break exit,
+                        Ok(None) => guard.clear_ready(),
+                        Err(_) => break Exit::Code(1),
+                    },
+                    Err(_) => break launch::reap(self.pidfd.get_ref()).unwrap_or(Exit::Code(1)),
+                }
             }
         };
+        *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(exit);
         self.reaped.store(true, Ordering::SeqCst);
         let duration = self.started.elapsed();
         let sup = self.supervisor.lock().ok().and_then(|mut s| s.take());

@@ -7,6 +7,7 @@
 pub mod errno;
 pub mod filter;
 pub mod handoff;
+pub mod net;
 pub mod notify;
 pub mod rule;
 pub mod syscalls;

@@ -6,7 +6,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io::Write;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 
 use faultbox_shim::filter;
 use faultbox_shim::handoff::{self, ShimArgs, Stage, Status};
@@ -35,7 +35,7 @@ fn main() {
         status.fail(Stage::Mounts, e);
     }
     if !args.shared_net {
-        if let Err(e) = loopback_up() {
+        if let Err(e) = faultbox_shim::net::loopback_up() {
             status.fail(Stage::Loopback, e);
         }
     }
@@ -153,35 +153,6 @@ fn private_mounts() -> Result<(), i32> {
         )
     };
     if rc != 0 {
-        return Err(last_errno());
-    }
-    Ok(())
-}
-
-/// Brings `lo` up: a new network namespace has it, but down.
-fn loopback_up() -> Result<(), i32> {
-    // SAFETY: socket() with constant arguments.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: sock was just created and is owned here.
-    let _guard = unsafe { std::fs::File::from_raw_fd(sock) };
-    // SAFETY: ifreq is plain old data.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: req is a valid ifreq with a NUL-terminated name.
-    if unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) } != 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    unsafe {
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    }
-    // SAFETY: as above.
-    if unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req) } != 0 {
         return Err(last_errno());
     }
     Ok(())

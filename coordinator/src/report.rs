@@ -1,0 +1,137 @@
+//! Reports of `faultbox test`: the human summary on stderr and the JSON document of
+//! the reference (`tests[]` with name, result, reason, failure_type, seed,
+//! duration_ms, replay_command, return_value, faults, syscall_summary, diagnostics,
+//! events).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use faultbox_executor::testrun::TestReport;
+use faultbox_spec::Verdict;
+
+/// The command that replays one run.
+pub fn replay_command(spec: &str, test: &str, seed: u64) -> String {
+    let short = test.strip_prefix("test_").unwrap_or(test);
+    format!("faultbox test {spec} --test {short} --seed {seed}")
+}
+
+/// Per service: calls intercepted, how many were faulted, and per syscall.
+fn syscall_summary(r: &TestReport) -> Value {
+    let mut per: BTreeMap<&str, (u64, u64, BTreeMap<&str, u64>)> = BTreeMap::new();
+    for e in r.events.iter().filter(|e| e.kind == "syscall") {
+        let entry = per.entry(e.service.as_str()).or_default();
+        entry.0 += 1;
+        let d = e.fields.get("decision").map(String::as_str).unwrap_or("");
+        if d.starts_with("deny") || d.starts_with("delay") {
+            entry.1 += 1;
+        }
+        *entry
+            .2
+            .entry(e.fields.get("syscall").map(String::as_str).unwrap_or("?"))
+            .or_default() += 1;
+    }
+    Value::Object(
+        per.into_iter()
+            .map(|(s, (total, faulted, breakdown))| {
+                (
+                    s.to_string(),
+                    json!({"total": total, "faulted": faulted, "breakdown": breakdown}),
+                )
+            })
+            .collect(),
+    )
+}
+
+pub fn test_json(spec: &str, r: &TestReport) -> Value {
+    let (result, reason, failure_type) = match &r.verdict {
+        Verdict::Pass => ("pass", Value::Null, Value::Null),
+        Verdict::Fail {
+            reason,
+            failure_type,
+        } => ("fail", json!(reason), json!(failure_type.as_str())),
+    };
+    let faults: Vec<Value> = r
+        .faults
+        .iter()
+        .map(|f| {
+            json!({"service": f.service, "syscall": f.syscall, "action": f.action,
+                   "errno": f.errno, "delay": f.delay, "label": f.label, "hits": f.hits})
+        })
+        .collect();
+    let events: Vec<Value> = r
+        .events
+        .iter()
+        .map(|e| {
+            json!({"seq": e.seq, "timestamp_ns": e.timestamp_ns, "service": e.service,
+                   "type": e.kind, "event_type": e.event_type, "partition_key": e.partition_key,
+                   "fields": e.fields, "vector_clock": e.vector_clock})
+        })
+        .collect();
+    json!({
+        "name": r.name,
+        "result": result,
+        "reason": reason,
+        "failure_type": failure_type,
+        "seed": r.seed,
+        "duration_ms": r.duration.as_millis() as u64,
+        "replay_command": replay_command(spec, &r.name, r.seed),
+        "return_value": r.return_value,
+        "faults": faults,
+        "syscall_summary": syscall_summary(r),
+        "diagnostics": [],
+        "events": events,
+    })
+}
+
+/// The human block for one run.
+pub fn human(spec: &str, r: &TestReport, debug: bool) -> String {
+    let mut s = String::new();
+    let ms = r.duration.as_millis();
+    match &r.verdict {
+        Verdict::Pass => {
+            let _ = writeln!(s, "--- PASS: {} ({ms}ms, seed={}) ---", r.name, r.seed);
+        }
+        Verdict::Fail { reason, .. } => {
+            let _ = writeln!(s, "--- FAIL: {} ({ms}ms, seed={}) ---", r.name, r.seed);
+            let _ = writeln!(s, "    reason: {reason}");
+            let _ = writeln!(s, "    replay: {}", replay_command(spec, &r.name, r.seed));
+        }
+    }
+    for f in &r.faults {
+        let what = match (&f.errno, &f.delay) {
+            (Some(e), _) => format!("deny({e})"),
+            (_, Some(d)) => format!("delay({d})"),
+            _ => f.action.clone(),
+        };
+        let label = f
+            .label
+            .as_deref()
+            .map(|l| format!(" [{l}]"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "    fault {} {}={what}{label}: fired {} times",
+            f.service, f.syscall, f.hits
+        );
+    }
+    let mut decisions: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    for e in r.events.iter().filter(|e| e.kind == "syscall") {
+        let d = e.fields.get("decision").cloned().unwrap_or_default();
+        if d == "allow" || d == "allow (system path)" {
+            continue;
+        }
+        let sc = e.fields.get("syscall").cloned().unwrap_or_default();
+        *decisions.entry((e.service.clone(), sc, d)).or_default() += 1;
+    }
+    for ((svc, sc, d), n) in decisions {
+        let _ = writeln!(s, "    {svc} {sc} {d} ×{n}");
+    }
+    if debug {
+        if let Some(v) = &r.return_value {
+            let _ = writeln!(s, "    return: {v}");
+        }
+    }
+    s
+}

@@ -1,0 +1,139 @@
+//! `faultbox test`: load a spec, run its tests (each in a sandbox of its own) and
+//! report. Exit codes: 0 all passed, 1 Faultbox error (bad spec, bad flags), 2 a test
+//! failed.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use faultbox_executor::session;
+use faultbox_executor::testrun::{self, TestOptions};
+use faultbox_spec::{Loaded, Verdict};
+
+use crate::cli::TestArgs;
+use crate::{logging, report};
+
+pub const EXIT_FAILED: i32 = 2;
+const EXIT_ERROR: i32 = 1;
+
+fn error(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("faultbox: error: {msg}");
+    EXIT_ERROR
+}
+
+pub fn run(args: TestArgs) -> i32 {
+    let loaded = match faultbox_spec::load(&args.spec) {
+        Ok(l) => l,
+        Err(e) => return error(e),
+    };
+    let spec_arg = args.spec.display().to_string();
+    let mut tests = loaded.spec.tests.clone();
+    if let Some(want) = &args.test {
+        let full = if want.starts_with("test_") {
+            want.clone()
+        } else {
+            format!("test_{want}")
+        };
+        tests.retain(|t| t.name == full);
+        if tests.is_empty() {
+            let names: Vec<&str> = loaded.spec.tests.iter().map(|t| t.name.as_str()).collect();
+            return error(format!(
+                "--test {want}: no such test in {spec_arg} (tests: {})",
+                names.join(", ")
+            ));
+        }
+    }
+    if args.dry_run {
+        return dry_run(&loaded, &tests, &spec_arg);
+    }
+    let level = if args.debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::WARN
+    };
+    logging::init(
+        logging::Format::choose(args.log_format.as_deref()),
+        level,
+        format!("{:016x}", std::process::id()),
+    );
+    let shim = match session::find_shim() {
+        Ok(s) => s,
+        Err(e) => return error(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return error(format!("starting the runtime: {e}")),
+    };
+    let loaded = Arc::new(loaded);
+    let seeds: Vec<u64> = match args.seed {
+        Some(s) => vec![s],
+        None => (0..args.runs).collect(),
+    };
+    let mut results = Vec::new();
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for test in &tests {
+        for &seed in &seeds {
+            let opts = TestOptions {
+                seed,
+                shim: shim.clone(),
+                runtime: runtime.handle().clone(),
+            };
+            let r = testrun::run_test(loaded.clone(), test.clone(), opts);
+            let failed_now = r.verdict != Verdict::Pass;
+            if failed_now || args.show == "all" {
+                eprint!("{}", report::human(&spec_arg, &r, args.debug));
+            }
+            results.push(report::test_json(&spec_arg, &r));
+            if failed_now {
+                failed += 1;
+                break;
+            }
+            passed += 1;
+        }
+    }
+    eprintln!("{passed} passed, {failed} failed");
+    let doc = json!({
+        "spec": spec_arg,
+        "tests": results,
+        "summary": {"passed": passed, "failed": failed},
+    });
+    if args.format.as_deref() == Some("json") {
+        println!("{doc}");
+    }
+    if let Some(path) = &args.output {
+        if let Err(e) = std::fs::write(path, format!("{doc}\n")) {
+            return error(format!("--output {}: {e}", path.display()));
+        }
+    }
+    if failed > 0 {
+        EXIT_FAILED
+    } else {
+        0
+    }
+}
+
+fn dry_run(loaded: &Loaded, tests: &[faultbox_spec::model::Test], spec: &str) -> i32 {
+    println!("Dry-run: loaded {spec}");
+    println!("Services: {}", loaded.spec.services.len());
+    for s in &loaded.spec.services {
+        let filter = loaded.spec.filter_syscalls(&s.name);
+        let filter = if filter.is_empty() {
+            "none".to_string()
+        } else {
+            filter.join(", ")
+        };
+        let deps = if s.depends_on.is_empty() {
+            String::new()
+        } else {
+            format!(" after {}", s.depends_on.join(", "))
+        };
+        println!("  {} ({}){deps}; filter: {filter}", s.name, s.binary);
+    }
+    let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
+    println!("Tests: {}", names.join(", "));
+    0
+}

@@ -1,0 +1,163 @@
+//! Step clients: what `api.post(...)` and `db.main.send(...)` do on the wire. They
+//! run on the test's thread, which lives in the test's network namespace, so every
+//! socket they open reaches the services inside it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use faultbox_spec::world::StepResult;
+
+/// How long one step may take before it fails.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One HTTP/1.1 request to `127.0.0.1:port`. Transport failures come back as a
+/// result with `ok == false` and the error, as the spec language describes.
+pub fn http(
+    rt: &tokio::runtime::Handle,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(String, String)],
+) -> StepResult {
+    let start = Instant::now();
+    let result = http_inner(rt, port, method, path, body, headers);
+    let duration_ms = start.elapsed().as_millis() as i64;
+    match result {
+        Ok((status, body)) => StepResult {
+            status: i64::from(status),
+            body: body.trim().to_string(),
+            ok: true,
+            error: String::new(),
+            duration_ms,
+        },
+        Err(e) => StepResult {
+            status: 0,
+            body: String::new(),
+            ok: false,
+            error: e,
+            duration_ms,
+        },
+    }
+}
+
+fn http_inner(
+    rt: &tokio::runtime::Handle,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(String, String)],
+) -> Result<(u16, String), String> {
+    // Connected here, on the test's thread, so the socket is in the test's namespace.
+    let stream =
+        TcpStream::connect_timeout(&local(port), STEP_TIMEOUT).map_err(|e| e.to_string())?;
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let method = hyper::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        })
+        .header("host", format!("localhost:{port}"))
+        .header("connection", "close");
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+        let exchange = async {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            let driver = tokio::spawn(conn);
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            driver.abort();
+            Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        tokio::time::timeout(STEP_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("no response within {STEP_TIMEOUT:?}"))?
+    })
+}
+
+/// Sends `data` and a newline to `127.0.0.1:port` and returns the first reply line.
+pub fn tcp_send(port: u16, data: &str) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&local(port), STEP_TIMEOUT).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(STEP_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("{data}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Whether `127.0.0.1:port` accepts a connection.
+pub fn tcp_ready(port: u16) -> bool {
+    TcpStream::connect_timeout(&local(port), Duration::from_millis(200)).is_ok()
+}
+
+/// Whether `GET path` on `127.0.0.1:port` answers 2xx or 3xx.
+pub fn http_ready(rt: &tokio::runtime::Handle, port: u16, path: &str) -> bool {
+    let r = http(rt, port, "GET", path, "", &[]);
+    r.ok && (200..400).contains(&r.status)
+}
+
+/// Splits a healthcheck target, `localhost:8080/health` or `127.0.0.1:5432`, into its
+/// port and path.
+pub fn parse_target(target: &str) -> Option<(u16, String)> {
+    let rest = target.strip_prefix("http://").unwrap_or(target);
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let (_, port) = hostport.rsplit_once(':')?;
+    Some((port.parse().ok()?, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            parse_target("localhost:8080/health"),
+            Some((8080, "/health".into()))
+        );
+        assert_eq!(parse_target("localhost:5432"), Some((5432, "/".into())));
+        assert_eq!(
+            parse_target("http://127.0.0.1:80/a/b"),
+            Some((80, "/a/b".into()))
+        );
+        assert_eq!(parse_target("localhost"), None);
+    }
+}

@@ -1,0 +1,264 @@
+//! One test, end to end: a sandbox, the services started in dependency order and
+//! waited for, the test body, and everything stopped again, whatever happened.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faultbox_spec::model::{HealthcheckKind, Service, Test};
+use faultbox_spec::run::FailureType;
+use faultbox_spec::world::Event;
+use faultbox_spec::{Loaded, Verdict};
+
+use crate::sandbox::Sandbox;
+use crate::steps;
+use crate::testworld::{FaultReport, ServiceState, TestWorld};
+
+/// How long a service gets between SIGTERM and SIGKILL when a test ends.
+pub const STOP_GRACE: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct TestOptions {
+    pub seed: u64,
+    pub shim: PathBuf,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Where a test's time went, for the overhead benchmark.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub sandbox: Duration,
+    /// Launching every service (namespaces, filter, exec).
+    pub launch: Duration,
+    /// From the last launch to the last healthcheck passing.
+    pub ready: Duration,
+    pub body: Duration,
+    pub stop: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct TestReport {
+    pub name: String,
+    pub seed: u64,
+    pub verdict: Verdict,
+    pub return_value: Option<String>,
+    pub duration: Duration,
+    pub events: Vec<Event>,
+    pub faults: Vec<FaultReport>,
+    pub timings: Timings,
+}
+
+/// Runs `test` on a thread of its own (its network namespace is per thread) and
+/// returns its report.
+pub fn run_test(loaded: Arc<Loaded>, test: Test, opts: TestOptions) -> TestReport {
+    let name = test.name.clone();
+    let seed = opts.seed;
+    std::thread::Builder::new()
+        .name(format!("faultbox-{name}"))
+        .spawn(move || run_here(&loaded, &test, &opts))
+        .and_then(|t| {
+            t.join()
+                .map_err(|_| std::io::Error::other("the test thread panicked"))
+        })
+        .unwrap_or_else(|e| TestReport {
+            name,
+            seed,
+            verdict: Verdict::Fail {
+                reason: e.to_string(),
+                failure_type: FailureType::Error,
+            },
+            return_value: None,
+            duration: Duration::ZERO,
+            events: Vec::new(),
+            faults: Vec::new(),
+            timings: Timings::default(),
+        })
+}
+
+fn fail(reason: String) -> Verdict {
+    Verdict::Fail {
+        reason,
+        failure_type: FailureType::Error,
+    }
+}
+
+fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
+    let start = Instant::now();
+    let mut timings = Timings::default();
+    let world = Arc::new(TestWorld::new(opts.runtime.clone(), opts.seed));
+    let report = |verdict, return_value, timings: Timings, world: &TestWorld| TestReport {
+        name: test.name.clone(),
+        seed: opts.seed,
+        verdict,
+        return_value,
+        duration: start.elapsed(),
+        events: world.log().events(),
+        faults: world.fault_reports(),
+        timings,
+    };
+    let sandbox = match Sandbox::enter() {
+        Ok(s) => s,
+        Err(e) => return report(fail(e.to_string()), None, timings, &world),
+    };
+    timings.sandbox = start.elapsed();
+    let logs = match tempdir(&test.name) {
+        Ok(d) => d,
+        Err(e) => {
+            return report(
+                fail(format!("creating the test's scratch directory: {e}")),
+                None,
+                timings,
+                &world,
+            )
+        }
+    };
+    let spec_dir = loaded.path.parent().map(PathBuf::from).unwrap_or_default();
+
+    let mut verdict = Verdict::Pass;
+    let mut return_value = None;
+    let launch_start = Instant::now();
+    let mut started = Vec::new();
+    for svc in &loaded.spec.services {
+        let t = Instant::now();
+        match world.start_service(
+            &loaded.spec,
+            svc,
+            &spec_dir,
+            &opts.shim,
+            sandbox.netns(),
+            &logs.0,
+        ) {
+            Ok(state) => started.push(state),
+            Err(e) => {
+                verdict = fail(e);
+                break;
+            }
+        }
+        timings.launch += t.elapsed();
+        let t = Instant::now();
+        if let Err(e) = wait_ready(
+            started.last().expect("just started"),
+            &opts.runtime,
+            &logs.0,
+        ) {
+            verdict = fail(e);
+            break;
+        }
+        timings.ready += t.elapsed();
+        world.log().record(
+            &svc.name,
+            "lifecycle",
+            "lifecycle.ready".into(),
+            svc.name.clone(),
+            Default::default(),
+        );
+    }
+    let _ = launch_start;
+    if verdict == Verdict::Pass {
+        let t = Instant::now();
+        let outcome = faultbox_spec::run_test(loaded, test, world.clone());
+        timings.body = t.elapsed();
+        verdict = outcome.verdict;
+        return_value = outcome.return_value;
+    }
+    let t = Instant::now();
+    world.stop_all(STOP_GRACE);
+    timings.stop = t.elapsed();
+    drop(sandbox);
+    report(verdict, return_value, timings, &world)
+}
+
+/// Polls the service's healthcheck until it passes, it times out, or the service
+/// exits. Starts at 100 µs between polls and backs off to 5 ms, so a ready service is
+/// seen within a millisecond or two.
+fn wait_ready(
+    state: &ServiceState,
+    rt: &tokio::runtime::Handle,
+    logs: &std::path::Path,
+) -> Result<(), String> {
+    let svc: &Service = &state.decl;
+    let Some(hc) = &svc.healthcheck else {
+        return match state.running.poll_exit() {
+            Some(exit) => Err(crashed(svc, exit.code(), logs)),
+            None => Ok(()),
+        };
+    };
+    let (port, path) = steps::parse_target(&hc.target).ok_or_else(|| {
+        format!(
+            "service {:?}: healthcheck target {:?} has no port",
+            svc.name, hc.target
+        )
+    })?;
+    let deadline = Instant::now() + hc.timeout;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if let Some(exit) = state.running.poll_exit() {
+            return Err(crashed(svc, exit.code(), logs));
+        }
+        let ready = match hc.kind {
+            HealthcheckKind::Tcp => steps::tcp_ready(port),
+            HealthcheckKind::Http => steps::http_ready(rt, port, &path),
+        };
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let kind = match hc.kind {
+                HealthcheckKind::Tcp => "tcp",
+                HealthcheckKind::Http => "http",
+            };
+            return Err(format!(
+                "service {:?}: healthcheck {kind}({:?}) did not pass within {:?} (declared at {}){}",
+                svc.name,
+                hc.target,
+                hc.timeout,
+                svc.declared_at,
+                tail(logs, &svc.name)
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
+fn crashed(svc: &Service, code: i32, logs: &std::path::Path) -> String {
+    format!(
+        "service {:?} exited with code {code} during startup (declared at {}){}",
+        svc.name,
+        svc.declared_at,
+        tail(logs, &svc.name)
+    )
+}
+
+/// The last lines of a service's stderr, for failure messages.
+fn tail(logs: &std::path::Path, service: &str) -> String {
+    let text = std::fs::read_to_string(logs.join(format!("{service}.stderr"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut lines = lines;
+    lines.reverse();
+    format!("; stderr: {}", lines.join(" | "))
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(test: &str) -> std::io::Result<TempDir> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "faultbox-{}-{}-{test}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(TempDir(dir))
+}

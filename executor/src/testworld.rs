@@ -1,0 +1,519 @@
+//! The [`World`] a test body runs against: real services in the test's sandbox,
+//! faults installed into their supervisors' engines, and the event log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use faultbox_shim::rule::{Action, FaultRule};
+use faultbox_shim::syscalls::{self, Arch, Syscall};
+use faultbox_spec::model::{Service, Spec};
+use faultbox_spec::world::{Event, StepCall, StepResult, World, WorldError};
+
+use crate::engine::{self, Compiled, Engine, EngineSlot, Rolls};
+use crate::eventlog::{EventLog, DRIVER};
+use crate::session::{self, Running, SessionConfig};
+use crate::steps;
+use crate::supervisor::{EventSink, SyscallEvent};
+
+/// A fault installed during a test, and how often it fired.
+#[derive(Clone, Debug)]
+pub struct FaultReport {
+    pub service: String,
+    pub syscall: String,
+    /// `deny` or `delay`.
+    pub action: String,
+    pub errno: Option<String>,
+    pub delay: Option<String>,
+    pub label: Option<String>,
+    pub hits: u64,
+}
+
+/// A running service of the test.
+pub struct ServiceState {
+    pub decl: Service,
+    pub running: Running,
+    slot: EngineSlot,
+    rolls: Rolls,
+    /// The syscalls its filter notifies.
+    covered: Vec<Syscall>,
+}
+
+enum Installed {
+    Faults {
+        service: String,
+        rules: Vec<(Arc<Compiled>, Vec<Syscall>)>,
+    },
+    Trace {
+        service: String,
+    },
+}
+
+/// State shared with the services' event sinks.
+struct Shared {
+    log: Arc<EventLog>,
+    /// Fires per compiled rule id.
+    hits: Mutex<HashMap<usize, u64>>,
+}
+
+pub struct TestWorld {
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Handle,
+    seed: u64,
+    services: Mutex<BTreeMap<String, Arc<ServiceState>>>,
+    /// In start order, for stopping newest first.
+    started: Mutex<Vec<Arc<ServiceState>>>,
+    installed: Mutex<BTreeMap<u64, Installed>>,
+    next: AtomicU64,
+    /// Every fault ever installed: (rule id, report without hits).
+    reports: Mutex<Vec<(usize, FaultReport)>>,
+}
+
+/// Records a service's intercepted calls in the event log.
+struct ServiceSink {
+    service: String,
+    shared: Arc<Shared>,
+}
+
+impl EventSink for ServiceSink {
+    fn syscall(&self, ev: SyscallEvent) {
+        let mut fields = BTreeMap::new();
+        fields.insert("syscall".to_string(), ev.name.to_string());
+        fields.insert("pid".to_string(), ev.pid.to_string());
+        fields.insert("decision".to_string(), ev.decision.to_string());
+        if let Some(p) = &ev.path {
+            fields.insert("path".to_string(), p.clone());
+        }
+        if let Some(l) = &ev.label {
+            fields.insert("label".to_string(), l.to_string());
+        }
+        if let Some(id) = ev.rule {
+            *self
+                .shared
+                .hits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id)
+                .or_default() += 1;
+        }
+        let key = ev.path.clone().unwrap_or_else(|| self.service.clone());
+        self.shared.log.record(
+            &self.service,
+            "syscall",
+            format!("syscall.{}", ev.name),
+            key,
+            fields,
+        );
+    }
+}
+
+impl TestWorld {
+    pub fn new(rt: tokio::runtime::Handle, seed: u64) -> TestWorld {
+        TestWorld {
+            shared: Arc::new(Shared {
+                log: Arc::new(EventLog::default()),
+                hits: Mutex::new(HashMap::new()),
+            }),
+            rt,
+            seed,
+            services: Mutex::new(BTreeMap::new()),
+            started: Mutex::new(Vec::new()),
+            installed: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(1),
+            reports: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.shared.log
+    }
+
+    /// Starts `svc` in `netns`, its filter covering what `spec` can fault on it, its
+    /// output in `logs`. Does not wait for its healthcheck.
+    pub fn start_service(
+        &self,
+        spec: &Spec,
+        svc: &Service,
+        spec_dir: &Path,
+        shim: &Path,
+        netns: i32,
+        logs: &Path,
+    ) -> Result<Arc<ServiceState>, String> {
+        let arch = Arch::native();
+        let mut covered: Vec<Syscall> = Vec::new();
+        for name in spec.filter_syscalls(&svc.name) {
+            for sc in syscalls::expand(&name, arch).unwrap_or_default() {
+                if !covered.iter().any(|c| c.nr == sc.nr) {
+                    covered.push(sc);
+                }
+            }
+        }
+        let notify: Vec<i32> = covered.iter().map(|s| s.nr).collect();
+        let rolls = engine::rolls(self.seed ^ name_hash(&svc.name));
+        let slot = EngineSlot::new(Engine::assemble(&[], &covered, rolls.clone()));
+
+        let binary = if svc.binary.contains('/') && !svc.binary.starts_with('/') {
+            spec_dir.join(&svc.binary).to_string_lossy().into_owned()
+        } else {
+            svc.binary.clone()
+        };
+        let program = session::resolve_program(&binary)
+            .map_err(|e| format!("service {:?}: {e}", svc.name))?;
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let mut set = |k: &str, v: &str| {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.into(), v.into()));
+        };
+        for other in &spec.services {
+            for (k, v) in other.injected_env() {
+                set(&k, &v);
+            }
+        }
+        for (k, v) in &svc.env {
+            set(k, v);
+        }
+        let mut argv: Vec<OsString> = vec![svc.binary.clone().into()];
+        argv.extend(svc.args.iter().map(OsString::from));
+        let open = |ext: &str| -> Result<OwnedFd, String> {
+            std::fs::File::create(logs.join(format!("{}.{ext}", svc.name)))
+                .map(OwnedFd::from)
+                .map_err(|e| format!("service {:?}: creating its {ext} log: {e}", svc.name))
+        };
+        let (stdout, stderr) = (open("stdout")?, open("stderr")?);
+        let config = SessionConfig {
+            program,
+            argv,
+            env,
+            shim: shim.to_path_buf(),
+            engine: slot.clone(),
+            notify,
+            netns: Some(netns),
+            stdout: Some(stdout.as_raw_fd()),
+            stderr: Some(stderr.as_raw_fd()),
+        };
+        let sink = Arc::new(ServiceSink {
+            service: svc.name.clone(),
+            shared: self.shared.clone(),
+        });
+        let running = self
+            .rt
+            .block_on(session::start(config, sink))
+            .map_err(|e| format!("service {:?}: {e}", svc.name))?;
+        drop((stdout, stderr));
+        let mut fields = BTreeMap::new();
+        fields.insert("pid".to_string(), running.pid.to_string());
+        self.log().record(
+            &svc.name,
+            "lifecycle",
+            "lifecycle.started".into(),
+            svc.name.clone(),
+            fields,
+        );
+        let state = Arc::new(ServiceState {
+            decl: svc.clone(),
+            running,
+            slot,
+            rolls,
+            covered,
+        });
+        self.services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(svc.name.clone(), state.clone());
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(state.clone());
+        Ok(state)
+    }
+
+    fn service(&self, name: &str) -> Result<Arc<ServiceState>, WorldError> {
+        self.services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| WorldError(format!("service {name:?} is not running")))
+    }
+
+    /// Rebuilds `service`'s engine from the faults installed on it, in order.
+    fn rebuild(&self, service: &str) -> Result<(), WorldError> {
+        let state = self.service(service)?;
+        let installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+        let rules: Vec<(Arc<Compiled>, Vec<Syscall>)> = installed
+            .values()
+            .filter_map(|i| match i {
+                Installed::Faults { service: s, rules } if s == service => Some(rules.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        state.slot.store(Engine::assemble(
+            &rules,
+            &state.covered,
+            state.rolls.clone(),
+        ));
+        Ok(())
+    }
+
+    fn uncovered(state: &ServiceState, wanted: &[Syscall], what: &str) -> Result<(), WorldError> {
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|w| !state.covered.iter().any(|c| c.nr == w.nr))
+            .map(|w| w.name.as_str())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let covered: Vec<&str> = state.covered.iter().map(|c| c.name.as_str()).collect();
+        Err(WorldError(format!(
+            "{what} on {:?} cannot take effect: its seccomp filter does not cover {} (it covers [{}]). \
+             Filters are computed from the spec's fault() and trace() calls; name {:?} directly \
+             as their first argument so the call can be found",
+            state.decl.name,
+            missing.join(", "),
+            covered.join(", "),
+            state.decl.name
+        )))
+    }
+
+    /// Stops every service, newest first: SIGTERM, then SIGKILL after `grace`.
+    pub fn stop_all(&self, grace: std::time::Duration) {
+        let services: Vec<Arc<ServiceState>> = {
+            let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+            self.services
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            std::mem::take(&mut *started)
+        };
+        for s in services.iter().rev() {
+            if s.running.poll_exit().is_none() {
+                s.running.signal(libc::SIGTERM);
+            }
+        }
+        let deadline = std::time::Instant::now() + grace;
+        for s in services.iter().rev() {
+            while s.running.poll_exit().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if s.running.poll_exit().is_none() {
+                s.running.kill();
+            }
+            let outcome = self.rt.block_on(s.running.wait());
+            let mut fields = BTreeMap::new();
+            fields.insert("exit_code".to_string(), outcome.exit.code().to_string());
+            self.log().record(
+                &s.decl.name,
+                "lifecycle",
+                "lifecycle.stopped".into(),
+                s.decl.name.clone(),
+                fields,
+            );
+        }
+    }
+
+    /// The faults installed during the test, with how often each fired.
+    pub fn fault_reports(&self) -> Vec<FaultReport> {
+        let hits = self.shared.hits.lock().unwrap_or_else(|p| p.into_inner());
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, r)| FaultReport {
+                hits: hits.get(id).copied().unwrap_or(0),
+                ..r.clone()
+            })
+            .collect()
+    }
+}
+
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl World for TestWorld {
+    fn step(&self, call: &StepCall) -> Result<StepResult, WorldError> {
+        let mut fields = BTreeMap::new();
+        fields.insert("service".to_string(), call.service.clone());
+        fields.insert("interface".to_string(), call.interface.clone());
+        fields.insert("method".to_string(), call.method.clone());
+        if call.protocol == "http" {
+            fields.insert("path".to_string(), call.path.clone());
+        }
+        let kind = format!("step.{}", call.method);
+        self.log().record(
+            DRIVER,
+            "step",
+            kind.clone(),
+            call.service.clone(),
+            fields.clone(),
+        );
+        self.log().merge(&call.service, DRIVER);
+        let result = match call.protocol.as_str() {
+            "http" => steps::http(
+                &self.rt,
+                call.port,
+                &call.method,
+                &call.path,
+                &call.body,
+                &call.headers,
+            ),
+            "tcp" => {
+                let start = std::time::Instant::now();
+                match steps::tcp_send(call.port, &call.body) {
+                    Ok(line) => StepResult {
+                        body: line,
+                        ok: true,
+                        duration_ms: start.elapsed().as_millis() as i64,
+                        ..StepResult::default()
+                    },
+                    Err(e) => StepResult {
+                        error: e,
+                        duration_ms: start.elapsed().as_millis() as i64,
+                        ..StepResult::default()
+                    },
+                }
+            }
+            other => {
+                return Err(WorldError(format!(
+                    "protocol {other:?} has no step client yet"
+                )))
+            }
+        };
+        self.log().merge(DRIVER, &call.service);
+        fields.insert("ok".to_string(), result.ok.to_string());
+        fields.insert("status".to_string(), result.status.to_string());
+        fields.insert("duration_ms".to_string(), result.duration_ms.to_string());
+        if !result.ok {
+            fields.insert("error".to_string(), result.error.clone());
+        }
+        self.log().record(
+            DRIVER,
+            "step",
+            format!("{kind}.reply"),
+            call.service.clone(),
+            fields,
+        );
+        Ok(result)
+    }
+
+    fn fault_start(&self, service: &str, rules: &[FaultRule]) -> Result<u64, WorldError> {
+        let state = self.service(service)?;
+        let mut compiled = Vec::new();
+        let mut reports = Vec::new();
+        for rule in rules {
+            let id = self.next.fetch_add(1, Ordering::SeqCst) as usize;
+            let (c, scs) =
+                engine::compile(rule, id, Arch::native()).map_err(|e| WorldError(e.to_string()))?;
+            Self::uncovered(
+                &state,
+                &scs,
+                &format!("fault {}={}", rule.target, describe_action(&rule.action)),
+            )?;
+            reports.push((
+                id,
+                FaultReport {
+                    service: service.to_string(),
+                    syscall: rule.target.clone(),
+                    action: match rule.action {
+                        Action::Deny(_) => "deny".into(),
+                        Action::Delay(_) => "delay".into(),
+                    },
+                    errno: match rule.action {
+                        Action::Deny(e) => faultbox_shim::errno::name(e).map(str::to_string),
+                        Action::Delay(_) => None,
+                    },
+                    delay: match rule.action {
+                        Action::Delay(d) => Some(faultbox_shim::rule::format_duration(d)),
+                        Action::Deny(_) => None,
+                    },
+                    label: rule.label.clone(),
+                    hits: 0,
+                },
+            ));
+            compiled.push((c, scs));
+        }
+        let handle = self.next.fetch_add(1, Ordering::SeqCst);
+        self.installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                handle,
+                Installed::Faults {
+                    service: service.to_string(),
+                    rules: compiled,
+                },
+            );
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(reports);
+        self.rebuild(service)?;
+        Ok(handle)
+    }
+
+    fn trace_start(&self, service: &str, names: &[String]) -> Result<u64, WorldError> {
+        let state = self.service(service)?;
+        let mut wanted = Vec::new();
+        for n in names {
+            wanted.extend(syscalls::expand(n, Arch::native()).unwrap_or_default());
+        }
+        Self::uncovered(&state, &wanted, "trace")?;
+        let handle = self.next.fetch_add(1, Ordering::SeqCst);
+        self.installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                handle,
+                Installed::Trace {
+                    service: service.to_string(),
+                },
+            );
+        Ok(handle)
+    }
+
+    fn fault_remove(&self, handle: u64) -> Result<(), WorldError> {
+        let removed = self
+            .installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&handle);
+        match removed {
+            Some(Installed::Faults { service, .. }) => self.rebuild(&service),
+            _ => Ok(()),
+        }
+    }
+
+    fn fault_stop(&self, service: &str) -> Result<(), WorldError> {
+        self.installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, i| !matches!(i, Installed::Faults { service: s, .. } if s == service));
+        self.rebuild(service)
+    }
+
+    fn trace_stop(&self, service: &str) -> Result<(), WorldError> {
+        self.installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, i| !matches!(i, Installed::Trace { service: s } if s == service));
+        Ok(())
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.log().events()
+    }
+}
+
+fn describe_action(a: &Action) -> String {
+    match a {
+        Action::Deny(e) => format!("deny({})", faultbox_shim::errno::name(*e).unwrap_or("?")),
+        Action::Delay(d) => format!("delay({})", faultbox_shim::rule::format_duration(*d)),
+    }
+}
