@@ -643,6 +643,17 @@ fn matching<'v>(
     predicate: Option<Value<'v>>,
     what: &str,
 ) -> starlark::Result<Vec<Event>> {
+    matching_after(eval, filters, predicate, None, what)
+}
+
+/// Like [`matching`]; `first` is what a predicate sees as `e.first`.
+fn matching_after<'v>(
+    eval: &mut Evaluator<'v, '_, '_>,
+    filters: &SmallMap<String, Value<'v>>,
+    predicate: Option<Value<'v>>,
+    first: Option<&Event>,
+    what: &str,
+) -> starlark::Result<Vec<Event>> {
     let rt = Runtime::get(eval).map_err(starlark::Error::new_other)?;
     let ctx = rt.test(what).map_err(starlark::Error::new_other)?;
     let mut wanted = Vec::new();
@@ -662,7 +673,9 @@ fn matching<'v>(
             continue;
         }
         if let Some(p) = predicate {
-            let ev = eval.heap().alloc(EventValue(e.clone()));
+            let ev = eval
+                .heap()
+                .alloc(EventValue(e.clone(), first.cloned().map(Box::new)));
             if !eval.eval_function(p, &[ev], &[])?.to_bool() {
                 continue;
             }
@@ -681,6 +694,30 @@ fn describe_filters(filters: &SmallMap<String, Value>, predicate: Option<Value>)
         parts.push("where=<lambda>".into());
     }
     parts.join(", ")
+}
+
+/// A dict of filters or a predicate, as `assert_before` takes them.
+fn selector<'v>(
+    v: Value<'v>,
+    what: &str,
+) -> starlark::Result<(SmallMap<String, Value<'v>>, Option<Value<'v>>)> {
+    if let Some(d) = DictRef::from_value(v) {
+        let mut filters = SmallMap::new();
+        for (k, val) in d.iter() {
+            let k = k.unpack_str().ok_or_else(|| {
+                starlark::Error::new_other(anyhow!("assert_before(): {what}= keys must be strings"))
+            })?;
+            filters.insert(k.to_string(), val);
+        }
+        return Ok((filters, None));
+    }
+    if v.get_type() == "function" || v.get_type() == "native_function" {
+        return Ok((SmallMap::new(), Some(v)));
+    }
+    Err(starlark::Error::new_other(anyhow!(
+        "assert_before(): {what}= must be a dict of filters or a function, got {}",
+        v.get_type()
+    )))
 }
 
 /// How long `assert_eventually` waits for a matching event to be recorded.
@@ -791,7 +828,7 @@ pub fn testing(builder: &mut GlobalsBuilder) {
     ) -> starlark::Result<Vec<EventValue>> {
         Ok(matching(eval, &filters, r#where, "events()")?
             .into_iter()
-            .map(EventValue)
+            .map(|e| EventValue(e, None))
             .collect())
     }
 
@@ -816,6 +853,45 @@ pub fn testing(builder: &mut GlobalsBuilder) {
                 )));
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `assert_before(first=, then=)`: the first event matching `first` comes before
+    /// the first event matching `then`. Each is a dict of filters or a predicate; a
+    /// `then` predicate sees the matched first event as `e.first`.
+    fn assert_before<'v>(
+        #[starlark(require = named)] first: Value<'v>,
+        #[starlark(require = named)] then: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<NoneType> {
+        let (f_filters, f_pred) = selector(first, "first")?;
+        let (t_filters, t_pred) = selector(then, "then")?;
+        let fail = |m: String| starlark::Error::new_other(crate::faults::AssertionFailed(m));
+        let Some(a) = matching(eval, &f_filters, f_pred, "assert_before()")?
+            .into_iter()
+            .next()
+        else {
+            return Err(fail(format!(
+                "assert_before: no event matched first={}",
+                describe_filters(&f_filters, f_pred)
+            )));
+        };
+        let Some(b) = matching_after(eval, &t_filters, t_pred, Some(&a), "assert_before()")?
+            .into_iter()
+            .next()
+        else {
+            return Err(fail(format!(
+                "assert_before: no event matched then={}",
+                describe_filters(&t_filters, t_pred)
+            )));
+        };
+        if a.seq < b.seq {
+            Ok(NoneType)
+        } else {
+            Err(fail(format!(
+                "assert_before: first matched event #{} ({} {}), but then matched the earlier event #{} ({} {})",
+                a.seq, a.service, a.event_type, b.seq, b.service, b.event_type
+            )))
         }
     }
 

@@ -305,7 +305,12 @@ fn decode<'v>(body: &str, heap: Heap<'v>) -> Value<'v> {
     derive_more::Display,
 )]
 #[display("event(#{} {} {})", _0.seq, _0.service, _0.event_type)]
-pub struct EventValue(#[allocative(skip)] pub crate::world::Event);
+pub struct EventValue(
+    #[allocative(skip)] pub crate::world::Event,
+    /// In `assert_before(then=)`: the event `first=` matched.
+    #[allocative(skip)]
+    pub Option<Box<crate::world::Event>>,
+);
 starlark_simple_value!(EventValue);
 
 #[starlark_value(type = "event")]
@@ -330,8 +335,16 @@ impl<'v> StarlarkValue<'v> for EventValue {
                 Some(d) => decode(d, heap),
                 None => fields(),
             },
-            "first" => Value::new_none(),
-            other => heap.alloc(e.fields.get(other)?.as_str()),
+            "first" => match &self.1 {
+                Some(f) => heap.alloc(EventValue((**f).clone(), None)),
+                None => Value::new_none(),
+            },
+            // Events of different kinds carry different fields: a field an event lacks
+            // reads as None, so one predicate can scan a mixed trace.
+            other => match e.fields.get(other) {
+                Some(v) => heap.alloc(v.as_str()),
+                None => Value::new_none(),
+            },
         })
     }
 

@@ -89,6 +89,13 @@ impl World for FakeWorld {
         Ok(())
     }
     fn events(&self) -> Vec<Event> {
+        let step = Event {
+            seq: 9,
+            service: "test".into(),
+            kind: "step".into(),
+            event_type: "step.get".into(),
+            ..Default::default()
+        };
         let mut e = Event {
             seq: 7,
             service: "db".into(),
@@ -100,6 +107,9 @@ impl World for FakeWorld {
         e.fields.insert("path".into(), "/tmp/db.wal".into());
         e.fields
             .insert("decision".into(), "deny(input/output error)".into());
+        if self.log.lock().unwrap().iter().any(|l| l == "with-step") {
+            return vec![e, step];
+        }
         vec![e]
     }
 }
@@ -208,6 +218,35 @@ fn traces_are_scoped() {
             "trace_stop db"
         ]
     );
+}
+
+#[test]
+fn assert_before_orders_events_and_sees_first() {
+    let loaded =
+        load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs/tests.star")).unwrap();
+    for (name, pass) in [("test_before", true), ("test_before_fails", false)] {
+        let test = loaded
+            .spec
+            .tests
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap()
+            .clone();
+        let world = Arc::new(FakeWorld::default());
+        world.log.lock().unwrap().push("with-step".into());
+        let out = run_test(&loaded, &test, world);
+        assert_eq!(out.verdict == Verdict::Pass, pass, "{name}: {out:?}");
+        if !pass {
+            let (why, kind) = reason(&out);
+            assert_eq!(kind, FailureType::Assertion);
+            assert!(
+                why.contains(
+                    "first matched event #9 (test step.get), but then matched the earlier event #7"
+                ),
+                "{why}"
+            );
+        }
+    }
 }
 
 #[test]
