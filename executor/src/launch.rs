@@ -36,6 +36,8 @@ pub struct LaunchSpec {
     /// Where the target's stdout and stderr go; inherited when `None`.
     pub stdout: Option<RawFd>,
     pub stderr: Option<RawFd>,
+    /// The target's working directory; inherited when `None`.
+    pub cwd: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         netns: spec.netns,
         stdout: spec.stdout,
         stderr: spec.stderr,
+        cwd: match &spec.cwd {
+            Some(d) => Some(cstr(d.as_os_str())?),
+            None => None,
+        },
     };
     let (pid, pidfd) = clone_on_launcher_thread(child)?;
     drop(write_end);
@@ -332,6 +338,7 @@ struct Prepared {
     netns: Option<RawFd>,
     stdout: Option<RawFd>,
     stderr: Option<RawFd>,
+    cwd: Option<CString>,
 }
 
 type Request = (Prepared, mpsc::SyncSender<std::io::Result<(i32, OwnedFd)>>);
@@ -444,6 +451,13 @@ unsafe fn child_exec(
     envp: &[*const libc::c_char],
 ) -> ! {
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    if let Some(dir) = &p.cwd {
+        if libc::chdir(dir.as_ptr()) != 0 {
+            let line = b"E exec 2\n";
+            libc::write(p.status_fd, line.as_ptr().cast(), line.len());
+            libc::_exit(handoff::EXIT_CANNOT_EXEC);
+        }
+    }
     if let Some(fd) = p.stdout {
         libc::dup2(fd, 1);
     }

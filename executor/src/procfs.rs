@@ -82,6 +82,28 @@ impl Procfs {
         None
     }
 
+    /// The port of the IPv4 or IPv6 socket address `len` bytes at `addr` in `pid`'s
+    /// memory (a `connect` destination).
+    pub fn sockaddr_port(&mut self, pid: i32, addr: u64, len: u64) -> Option<u16> {
+        if addr == 0 || len < 4 {
+            return None;
+        }
+        let file = match self.mem.get(&pid) {
+            Some(f) => f,
+            None => {
+                let f = File::open(format!("/proc/{pid}/mem")).ok()?;
+                self.mem.entry(pid).or_insert(f)
+            }
+        };
+        let mut buf = [0u8; 4];
+        file.read_exact_at(&mut buf, addr).ok()?;
+        let family = u16::from_ne_bytes([buf[0], buf[1]]);
+        if i32::from(family) != libc::AF_INET && i32::from(family) != libc::AF_INET6 {
+            return None;
+        }
+        Some(u16::from_be_bytes([buf[2], buf[3]]))
+    }
+
     /// Forgets what is cached about `pid`.
     pub fn forget(&mut self, pid: i32) {
         self.mem.remove(&pid);

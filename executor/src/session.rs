@@ -36,6 +36,8 @@ pub struct SessionConfig {
     /// Where the target's stdout and stderr go; inherited when `None`.
     pub stdout: Option<RawFd>,
     pub stderr: Option<RawFd>,
+    /// The target's working directory; inherited when `None`.
+    pub cwd: Option<PathBuf>,
 }
 
 impl SessionConfig {
@@ -60,6 +62,7 @@ impl SessionConfig {
             netns: None,
             stdout: None,
             stderr: None,
+            cwd: None,
         })
     }
 }
@@ -133,6 +136,7 @@ pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Runni
         netns: cfg.netns,
         stdout: cfg.stdout,
         stderr: cfg.stderr,
+        cwd: cfg.cwd.clone(),
     };
     let started = Instant::now();
     let launched = tokio::task::spawn_blocking(move || launch::launch(&spec))

@@ -32,6 +32,8 @@ pub struct SyscallEvent {
     /// Index of the rule that fired.
     pub rule: Option<usize>,
     pub label: Option<Arc<str>>,
+    /// For `connect`: the destination port, when it is an IP address.
+    pub peer_port: Option<u16>,
 }
 
 /// Where decisions go: logs for `faultbox run`, the event log for tests.
@@ -197,9 +199,15 @@ impl Supervisor {
             return;
         };
         let resolved = self.procfs.resolve(pid, chain.path_arg, &req.data.args);
+        let peer_port = if &*chain.name == "connect" {
+            self.procfs
+                .sockaddr_port(pid, req.data.args[1], req.data.args[2])
+        } else {
+            None
+        };
         // The path came from memory of a thread that may have died meanwhile, its pid
         // reused: only act on it if the notification is still pending.
-        if resolved.read_memory && !notify::id_valid(fd, req.id) {
+        if (resolved.read_memory || peer_port.is_some()) && !notify::id_valid(fd, req.id) {
             self.procfs.forget(pid);
             return;
         }
@@ -222,6 +230,7 @@ impl Supervisor {
             decision: verdict.decision,
             rule: verdict.rule,
             label: verdict.label,
+            peer_port,
         });
     }
 }

@@ -55,6 +55,8 @@ enum Installed {
 /// State shared with the services' event sinks.
 struct Shared {
     log: Arc<EventLog>,
+    /// Which service listens on which port, to follow `connect` between services.
+    ports: Mutex<HashMap<u16, String>>,
     /// Fires per compiled rule id.
     hits: Mutex<HashMap<usize, u64>>,
 }
@@ -99,6 +101,21 @@ impl EventSink for ServiceSink {
                 .entry(id)
                 .or_default() += 1;
         }
+        // A connect to another service brings that service's history into ours.
+        if let Some(port) = ev.peer_port {
+            fields.insert("port".to_string(), port.to_string());
+            let peer = self
+                .shared
+                .ports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&port)
+                .cloned();
+            if let Some(peer) = peer.filter(|p| *p != self.service) {
+                fields.insert("peer".to_string(), peer.clone());
+                self.shared.log.merge(&self.service, &peer);
+            }
+        }
         let key = ev.path.clone().unwrap_or_else(|| self.service.clone());
         self.shared.log.record(
             &self.service,
@@ -115,6 +132,7 @@ impl TestWorld {
         TestWorld {
             shared: Arc::new(Shared {
                 log: Arc::new(EventLog::default()),
+                ports: Mutex::new(HashMap::new()),
                 hits: Mutex::new(HashMap::new()),
             }),
             rt,
@@ -142,6 +160,14 @@ impl TestWorld {
         netns: i32,
         logs: &Path,
     ) -> Result<Arc<ServiceState>, String> {
+        {
+            let mut ports = self.shared.ports.lock().unwrap_or_else(|p| p.into_inner());
+            for other in &spec.services {
+                for i in &other.interfaces {
+                    ports.insert(i.port, other.name.clone());
+                }
+            }
+        }
         let arch = Arch::native();
         let mut covered: Vec<Syscall> = Vec::new();
         for name in spec.filter_syscalls(&svc.name) {
@@ -155,6 +181,7 @@ impl TestWorld {
         let rolls = engine::rolls(self.seed ^ name_hash(&svc.name));
         let slot = EngineSlot::new(Engine::assemble(&[], &covered, rolls.clone()));
 
+        let spec_dir = &std::path::absolute(spec_dir).unwrap_or_else(|_| spec_dir.to_path_buf());
         let binary = if svc.binary.contains('/') && !svc.binary.starts_with('/') {
             spec_dir.join(&svc.binary).to_string_lossy().into_owned()
         } else {
@@ -193,6 +220,8 @@ impl TestWorld {
             netns: Some(netns),
             stdout: Some(stdout.as_raw_fd()),
             stderr: Some(stderr.as_raw_fd()),
+            // Relative paths in a service's arguments mean what they mean for its binary.
+            cwd: Some(spec_dir.to_path_buf()),
         };
         let sink = Arc::new(ServiceSink {
             service: svc.name.clone(),

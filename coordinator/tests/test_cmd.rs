@@ -1,0 +1,344 @@
+//! `faultbox test` against real services: the example spec (Rust services), Python
+//! and shell services, JSON output, seeds, and every kind of bad spec.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn faultbox() -> PathBuf {
+    common::faultbox()
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// These tests check for leftover processes by name, so they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn test_cmd(args: &[&str]) -> Out {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = Command::new(faultbox())
+        .current_dir(root())
+        .arg("test")
+        .args(args)
+        .output()
+        .expect("faultbox runs");
+    let o = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_no_services_left();
+    o
+}
+
+/// No service process of ours survives a run.
+fn assert_no_services_left() {
+    for marker in [
+        "debug/inventory",
+        "debug/orders",
+        "echo_svc.py",
+        "http.server 8000",
+        "fbtest-never",
+    ] {
+        assert!(
+            common::processes_with(marker).is_empty(),
+            "{marker} still running"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("faultbox-{}-", std::process::id())))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn json(out: &Out) -> serde_json::Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+fn spec_file(name: &str, source: &str) -> (PathBuf, impl Drop) {
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("fbtest-spec-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("spec.star");
+    std::fs::write(&path, source).unwrap();
+    (path, Rm(dir))
+}
+
+#[test]
+fn the_example_spec_passes() {
+    let out = test_cmd(&["examples/faultbox.star", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc = json(&out);
+    let tests = doc["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 9);
+    assert!(
+        tests.iter().all(|t| t["result"] == "pass"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("--- PASS: test_happy_path ("),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("WAL fsyncs: 1"),
+        "print() goes to stderr"
+    );
+    assert!(out.stderr.contains("9 passed, 0 failed"));
+    let happy = tests
+        .iter()
+        .find(|t| t["name"] == "test_happy_path")
+        .unwrap();
+    for key in [
+        "name",
+        "result",
+        "reason",
+        "failure_type",
+        "seed",
+        "duration_ms",
+        "replay_command",
+        "faults",
+        "syscall_summary",
+        "diagnostics",
+        "events",
+    ] {
+        assert!(happy.get(key).is_some(), "{key} missing");
+    }
+    let events = happy["events"].as_array().unwrap();
+    let fsync = events
+        .iter()
+        .find(|e| e["event_type"] == "syscall.fsync" && e["service"] == "inventory")
+        .expect("the WAL fsync is in the trace");
+    assert_eq!(fsync["fields"]["decision"], "allow");
+    // The step merged the driver into orders; orders' connect to inventory merged
+    // inventory's history into orders.
+    let connect = events
+        .iter()
+        .find(|e| {
+            e["event_type"] == "syscall.connect"
+                && e["service"] == "orders"
+                && e["fields"]["port"] == "5432"
+        })
+        .expect("orders' connect to inventory is in the trace");
+    assert_eq!(connect["fields"]["peer"], "inventory");
+    assert_eq!(connect["fields"]["port"], "5432");
+    assert!(
+        connect["vector_clock"]["test"].as_u64().unwrap() >= 1,
+        "{connect}"
+    );
+    assert!(
+        connect["vector_clock"]["inventory"].as_u64().unwrap() >= 2,
+        "{connect}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let down = tests
+        .iter()
+        .find(|t| t["name"] == "test_matrix_x" || t["name"] == "test_inventory_down")
+        .unwrap();
+    assert_eq!(down["faults"][0]["errno"], "ECONNREFUSED");
+    assert!(down["faults"][0]["hits"].as_u64().unwrap() >= 1);
+    assert!(
+        down["syscall_summary"]["orders"]["faulted"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+#[test]
+fn python_and_shell_services() {
+    let out = test_cmd(&["coordinator/tests/specs/python.star", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let _ = std::fs::remove_file("/tmp/fbtest-echo.log");
+}
+
+#[test]
+fn the_same_seed_makes_the_same_decisions() {
+    let run = |seed: &str| {
+        let out = test_cmd(&[
+            "coordinator/tests/specs/python.star",
+            "--test",
+            "flaky",
+            "--seed",
+            seed,
+            "--format",
+            "json",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        json(&out)["tests"][0]["return_value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a = run("7");
+    assert_eq!(a, run("7"));
+    assert!(
+        a.contains("ERR 5") && a.contains("ECHO"),
+        "50% denies some: {a}"
+    );
+    assert_ne!(a, run("8"));
+    let _ = std::fs::remove_file("/tmp/fbtest-echo.log");
+}
+
+#[test]
+fn failures_report_reason_and_a_replay_that_works() {
+    let (spec, _rm) = spec_file(
+        "fail",
+        "svc = service('svc', 'python3', interface('main', 'tcp', 7300), args = ['-c', 'import socket,time\\ns=socket.socket();s.bind((\"127.0.0.1\",7300));s.listen();time.sleep(60)'], healthcheck = tcp('localhost:7300'))\n\ndef test_ok():\n    pass\n\ndef test_bad():\n    assert_eq(1, 2, 'numbers')\n",
+    );
+    let spec = spec.to_str().unwrap();
+    let out = test_cmd(&[spec, "--runs", "3", "--format", "json"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let doc = json(&out);
+    let runs: Vec<(String, u64)> = doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["seed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("test_bad".into(), 0),
+            ("test_ok".into(), 0),
+            ("test_ok".into(), 1),
+            ("test_ok".into(), 2)
+        ],
+        "a test stops at its first failure"
+    );
+    let bad = &doc["tests"][0];
+    assert_eq!(bad["failure_type"], "assertion");
+    assert!(
+        bad["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("spec.star:7: assert_eq: numbers: 1 != 2"),
+        "{bad}"
+    );
+    let replay = bad["replay_command"].as_str().unwrap();
+    assert!(out.stderr.contains(&format!("replay: {replay}")));
+    let args: Vec<&str> = replay.split_whitespace().skip(2).collect();
+    let again = test_cmd(&args);
+    assert_eq!(again.code, 2);
+    assert!(
+        again.stderr.contains("--- FAIL: test_bad (") && again.stderr.contains("seed=0"),
+        "{}",
+        again.stderr
+    );
+    let only_fail = test_cmd(&[spec, "--show", "fail"]);
+    assert!(!only_fail.stderr.contains("PASS"), "{}", only_fail.stderr);
+}
+
+#[test]
+fn fixed_ports_do_not_collide_with_the_host() {
+    // Something on the host holds the port the service wants: the test's own
+    // network namespace does not see it.
+    let holder = std::net::TcpListener::bind("127.0.0.1:5432");
+    let out = test_cmd(&["examples/faultbox.star", "--test", "tcp_protocol"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    drop(holder);
+}
+
+#[test]
+fn dry_run_starts_nothing() {
+    let out = test_cmd(&["examples/faultbox.star", "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("Services: 2"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "inventory (../target/debug/inventory); filter: fsync, openat, sendto, write"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("Tests: test_disk_full_then_recovers, "),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn bad_specs_are_refused_with_file_and_line() {
+    let cases: &[(&str, &str, i32, &str)] = &[
+        ("syntax", "x = (\n", 1, "spec.star:2: Parse error"),
+        ("builtin", "\nservce('a', '/bin/true')\n", 1, "spec.star:2:"),
+        ("keyword", "service('a', '/bin/true', colour = 'red')\n", 1, "colour"),
+        ("type", "service('a', '/bin/true', interface('m', 'tcp', 'x'))\n", 1, "spec.star:1:"),
+        ("cycle", "a = service('a', '/bin/true', depends_on = ['b'])\nb = service('b', '/bin/true', depends_on = [a])\n", 1, "dependency cycle"),
+        (
+            "missing_binary",
+            "service('a', '/nonexistent/fbtest-never', interface('m', 'tcp', 7400))\ndef test_t():\n    pass\n",
+            2,
+            "service \"a\": target \"/nonexistent/fbtest-never\" not found",
+        ),
+        (
+            "never_healthy",
+            "service('a', 'sleep', interface('m', 'tcp', 7400), args = ['60'], healthcheck = tcp('localhost:7400', timeout = '300ms'))\ndef test_t():\n    pass\n",
+            2,
+            "service \"a\": healthcheck tcp(\"localhost:7400\") did not pass within 300ms (declared at ",
+        ),
+        (
+            "crash",
+            "service('a', 'sh', interface('m', 'tcp', 7400), args = ['-c', 'echo fbtest-never boom >&2; exit 3'], healthcheck = tcp('localhost:7400'))\ndef test_t():\n    pass\n",
+            2,
+            "service \"a\" exited with code 3 during startup (declared at ",
+        ),
+        (
+            "uncovered",
+            "a = service('a', 'sleep', interface('m', 'tcp', 7400), args = ['60'])\nhidden = {'mkdir': deny('EIO')}\ndef test_t():\n    fault(a, fsync = deny('EIO'), run = lambda: None)\n    fault_start(a, **hidden)\n",
+            2,
+            "cannot take effect: its seccomp filter does not cover mkdir",
+        ),
+        (
+            "bad_kwarg",
+            "a = service('a', 'sleep', interface('m', 'tcp', 7400), args = ['60'])\ndef test_t():\n    fault(a, nosuchcall = deny('EIO'), run = lambda: None)\n",
+            2,
+            "spec.star:3:",
+        ),
+    ];
+    for (name, src, code, expect) in cases {
+        let (spec, _rm) = spec_file(name, src);
+        let out = test_cmd(&[spec.to_str().unwrap()]);
+        assert_eq!(out.code, *code, "{name}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(expect),
+            "{name}: expected {expect:?} in {}",
+            out.stderr
+        );
+    }
+    let out = test_cmd(&["examples/faultbox.star", "--test", "nope"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("--test nope: no such test"),
+        "{}",
+        out.stderr
+    );
+}
