@@ -320,8 +320,8 @@ fn bad_specs_are_refused_with_file_and_line() {
         (
             "bad_kwarg",
             "a = service('a', 'sleep', interface('m', 'tcp', 7400), args = ['60'])\ndef test_t():\n    fault(a, nosuchcall = deny('EIO'), run = lambda: None)\n",
-            2,
-            "spec.star:3:",
+            1,
+            "spec.star:3: unknown syscall or op \"nosuchcall\"",
         ),
     ];
     for (name, src, code, expect) in cases {

@@ -25,23 +25,50 @@ const NOT_SYSCALLS: &[&str] = &["run", "syscalls"];
 pub struct Site {
     targets: Vec<Option<String>>,
     names: Vec<String>,
+    /// Where the call is, `file:line`, for errors.
+    at: String,
 }
 
-/// Collects the call sites of one parsed file.
-pub fn sites(ast: &AstModule) -> Vec<Site> {
-    let mut out = Vec::new();
-    ast.statement().visit_expr(|e| walk(e, &mut out));
+/// A literal that can be checked before anything runs, and where it is.
+#[derive(Debug)]
+pub enum Literal {
+    Errno { name: String, at: String },
+}
+
+/// Collects the call sites and checkable literals of one parsed file.
+pub fn sites(ast: &AstModule) -> (Vec<Site>, Vec<Literal>) {
+    let mut out = (Vec::new(), Vec::new());
+    ast.statement().visit_expr(|e| walk(ast, e, &mut out));
     out
 }
 
-fn walk(e: &AstExpr, out: &mut Vec<Site>) {
+fn at(ast: &AstModule, e: &AstExpr) -> String {
+    let r = ast.file_span(e.span).resolve();
+    format!("{}:{}", r.file, r.span.begin.line + 1)
+}
+
+fn walk(ast: &AstModule, e: &AstExpr, out: &mut (Vec<Site>, Vec<Literal>)) {
+    use starlark::syntax::ast::AstLiteral;
     if let ExprP::Call(callee, args) = &e.node {
         if let ExprP::Identifier(id) = &callee.node {
             let name = id.node.ident.as_str();
+            if name == "deny" {
+                if let Some(ArgumentP::Positional(x)) = args.args.first().map(|a| &a.node) {
+                    if let ExprP::Literal(AstLiteral::String(s)) = &x.node {
+                        out.1.push(Literal::Errno {
+                            name: s.node.clone(),
+                            at: at(ast, e),
+                        });
+                    }
+                }
+            }
             let is_fault = FAULT_CALLS.contains(&name);
             let is_trace = TRACE_CALLS.contains(&name);
             if is_fault || is_trace {
-                let mut site = Site::default();
+                let mut site = Site {
+                    at: at(ast, e),
+                    ..Site::default()
+                };
                 for (i, a) in args.args.iter().enumerate() {
                     match &a.node {
                         ArgumentP::Positional(x) if i == 0 => site.targets = targets(x),
@@ -57,11 +84,75 @@ fn walk(e: &AstExpr, out: &mut Vec<Site>) {
                         _ => {}
                     }
                 }
-                out.push(site);
+                out.0.push(site);
             }
         }
     }
-    e.visit_expr(|c| walk(c, out));
+    e.visit_expr(|c| walk(ast, c, out));
+}
+
+/// Checks what can be checked before anything runs: errno literals, and that every
+/// keyword of a `fault*` call names a syscall, family or op (of the named services, or
+/// of any service when the target is dynamic). Returns `file:line: message`.
+pub fn check(
+    sites: &[Site],
+    literals: &[Literal],
+    module: &FrozenModule,
+    ops: &BTreeMap<String, BTreeSet<String>>,
+) -> Result<(), String> {
+    for l in literals {
+        let Literal::Errno { name, at } = l;
+        if faultbox_shim::errno::from_name(name).is_none() {
+            return Err(format!(
+                "{at}: unknown errno {name:?} (expected a name such as EIO, ENOENT, ECONNREFUSED)"
+            ));
+        }
+    }
+    for site in sites {
+        let services = resolved(site, module);
+        for name in &site.names {
+            if crate::faults::check_syscall(name).is_ok() {
+                continue;
+            }
+            let known_op = services.iter().any(|s| {
+                if s == ANY_SERVICE {
+                    ops.values().any(|o| o.contains(name))
+                } else {
+                    ops.get(s).is_some_and(|o| o.contains(name))
+                }
+            });
+            if !known_op {
+                return Err(format!(
+                    "{}: unknown syscall or op {name:?} (not a syscall of {} nor an op of {})",
+                    site.at,
+                    faultbox_shim::syscalls::Arch::native().name(),
+                    services.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resolved(site: &Site, module: &FrozenModule) -> Vec<String> {
+    let mut services: Vec<String> = site
+        .targets
+        .iter()
+        .map(|t| {
+            t.as_ref()
+                .and_then(|ident| module.get(ident).ok())
+                .and_then(|v| {
+                    v.value()
+                        .downcast_ref::<ServiceValue>()
+                        .map(|s| s.name.clone())
+                })
+                .unwrap_or_else(|| ANY_SERVICE.to_string())
+        })
+        .collect();
+    if services.is_empty() {
+        services.push(ANY_SERVICE.to_string());
+    }
+    services
 }
 
 fn targets(x: &AstExpr) -> Vec<Option<String>> {

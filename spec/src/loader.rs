@@ -140,7 +140,7 @@ impl Loader<'_> {
         })?;
         let ast = AstModule::parse(&path.display().to_string(), source, &dialect())
             .map_err(|e| SpecError::Eval(describe(&e)))?;
-        let sites = crate::analysis::sites(&ast);
+        let (sites, literals) = crate::analysis::sites(&ast);
         self.loading.borrow_mut().push(key.clone());
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let child = ChildLoader { parent: self, base };
@@ -158,6 +158,15 @@ impl Loader<'_> {
         });
         self.loading.borrow_mut().pop();
         let frozen = result?;
+        let ops: BTreeMap<String, BTreeSet<String>> = self
+            .runtime
+            .declared
+            .borrow()
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.ops.keys().cloned().collect()))
+            .collect();
+        crate::analysis::check(&sites, &literals, &frozen, &ops).map_err(SpecError::Eval)?;
         crate::analysis::resolve(&sites, &frozen, &mut self.faultable.borrow_mut());
         self.cache.borrow_mut().insert(key, frozen.clone());
         Ok(frozen)

@@ -94,6 +94,16 @@ fn errors_name_the_file_and_line() {
         ("cycle", "a = service('a', '/bin/a', depends_on = ['b'])\nb = service('b', '/bin/b', depends_on = [a])\n", "dependency cycle among services a, b"),
         ("env_type", "service('a', '/bin/a', env = {'X': 1})\n", "env must map strings to strings"),
         ("missing_load", "load('nope.star', 'x')\n", "nope.star"),
+        (
+            "errno_in_body",
+            "a = service('a', '/bin/a')\ndef test_t():\n    fault(a, write = deny('EWHAT'), run = lambda: None)\n",
+            "spec.star:3: unknown errno \"EWHAT\"",
+        ),
+        (
+            "syscall_in_body",
+            "a = service('a', '/bin/a', ops = {'persist': op(syscalls = ['fsync'])})\ndef test_t():\n    fault(a, persist = deny('EIO'), run = lambda: None)\n    fault_start(a, wirte = deny('EIO'))\n",
+            "spec.star:4: unknown syscall or op \"wirte\"",
+        ),
     ];
     for (name, src, expect) in cases {
         let e = error(name, src);
