@@ -82,7 +82,18 @@ pub fn test_json(spec: &str, r: &TestReport) -> Value {
         "syscall_summary": syscall_summary(r),
         "diagnostics": [],
         "events": events,
+        "timings_ms": {
+            "sandbox": ms(r.timings.sandbox),
+            "launch": ms(r.timings.launch),
+            "ready": ms(r.timings.ready),
+            "body": ms(r.timings.body),
+            "stop": ms(r.timings.stop),
+        },
     })
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// The human block for one run.
