@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the machine, builds Faultbox and runs the demo: the example target under
-# `faultbox run`, first untouched, then with faults injected.
+# `faultbox run`, first untouched, then with faults injected; then the example spec's
+# tests against the inventory and orders services with `faultbox test` (as root).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,3 +23,5 @@ step "$fb" run --log-format=console --fault "openat=ENOENT:100%:/tmp/faultbox*" 
 step "$fb" run --log-format=console --fault "openat=ENOENT:100%:/data/*" "$demo_target"
 step "$fb" run --log-format=console --fault "write=delay:500ms:100%:/tmp/faultbox*" "$demo_target"
 step "$fb" run --log-format=console --fs-fault "sync=EIO:100%" "$demo_target"
+
+step "$fb" test examples/faultbox.star
