@@ -21,7 +21,7 @@ trap 'rm -rf "$tmp"' EXIT
 target/release/faultbox test examples/faultbox.star --test tcp_protocol --runs "$runs" --format json \
     >"$tmp/fb.json" 2>"$tmp/fb.err" || { cat "$tmp/fb.err" >&2; exit 1; }
 
-python3 - "$tmp/fb.json" "$runs" <<'PY'
+BENCH_TMP=$tmp python3 - "$tmp/fb.json" "$runs" <<'PY'
 import json, os, signal, socket, statistics, subprocess, sys, time
 
 doc = json.load(open(sys.argv[1]))
@@ -31,7 +31,7 @@ assert len(fb) == runs, "every run should pass"
 
 def native_once():
     """Start inventory then orders as faultbox does, wait for their ports, stop both."""
-    env = dict(os.environ, PORT="5432", WAL_PATH="/tmp/faultbox-example-inventory.wal")
+    env = dict(os.environ, PORT="5432", TMPDIR=os.environ.get("BENCH_TMP", "/tmp"))
     t0 = time.perf_counter()
     procs = []
     for binary, port, extra in [("inventory", 5432, {}), ("orders", 8080, {"INVENTORY_ADDR": "localhost:5432"})]:

@@ -21,14 +21,16 @@ cargo test -j2 --workspace
 
 echo "== leak check" >&2
 leaks=0
-if pgrep -f 'target/(debug|release|tmp)/(faultbox|probe|target)( |$)' >/dev/null; then
+ours='target/(debug|release|tmp)/(faultbox|probe|target|inventory|orders)( |$)|echo_svc\.py|http\.server 8000'
+if pgrep -f "$ours" >/dev/null; then
     echo "leftover processes:" >&2
-    pgrep -af 'target/(debug|release|tmp)/(faultbox|probe|target)( |$)' >&2
+    pgrep -af "$ours" >&2
     leaks=1
 fi
-if compgen -G '/tmp/fbtest-*' >/dev/null || compgen -G '/dev/shm/faultbox-test-*' >/dev/null; then
+if compgen -G '/tmp/fbtest-*' >/dev/null || compgen -G '/dev/shm/faultbox-test-*' >/dev/null \
+    || compgen -G '/tmp/faultbox-[0-9]*' >/dev/null || compgen -G '/tmp/fbspec-*' >/dev/null; then
     echo "leftover scratch files:" >&2
-    ls -d /tmp/fbtest-* /dev/shm/faultbox-test-* 2>/dev/null >&2 || true
+    ls -d /tmp/fbtest-* /dev/shm/faultbox-test-* /tmp/faultbox-[0-9]* /tmp/fbspec-* 2>/dev/null >&2 || true
     leaks=1
 fi
 if ((leaks)); then

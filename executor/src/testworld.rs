@@ -199,6 +199,9 @@ impl TestWorld {
                 set(&k, &v);
             }
         }
+        // A temporary directory per test, removed with it: what services put under
+        // $TMPDIR does not outlive the test.
+        set("TMPDIR", &logs.to_string_lossy());
         for (k, v) in &svc.env {
             set(k, v);
         }

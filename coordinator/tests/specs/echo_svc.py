@@ -6,7 +6,7 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", 7000))
 s.listen(16)
-log = os.environ["ECHO_LOG"]
+log = os.path.join(os.environ["TMPDIR"], "echo.log")
 while True:
     c, _ = s.accept()
     line = c.makefile().readline().strip()

@@ -5,7 +5,7 @@
 //! Protocol (one request line, one reply line):
 //! `PING` → `PONG`; `STOCK sku` → `<n>`; `RESERVE sku qty` → `OK <remaining>`,
 //! `ERR insufficient` or `ERR wal: <error>`.
-//! Environment: `PORT` (5432), `WAL_PATH` (/tmp/inventory.wal).
+//! Environment: `PORT` (5432), `WAL_PATH` (`$TMPDIR/inventory.wal`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -68,7 +68,12 @@ fn handle(stream: TcpStream, store: Arc<Mutex<Store>>) -> std::io::Result<()> {
 
 fn main() {
     let port = std::env::var("PORT").unwrap_or_else(|_| "5432".into());
-    let wal_path = std::env::var("WAL_PATH").unwrap_or_else(|_| "/tmp/inventory.wal".into());
+    let wal_path = std::env::var("WAL_PATH").unwrap_or_else(|_| {
+        std::env::temp_dir()
+            .join("inventory.wal")
+            .to_string_lossy()
+            .into_owned()
+    });
     let store = Arc::new(Mutex::new(Store {
         stock: HashMap::from([("widget".to_string(), 100), ("gadget".to_string(), 5)]),
         wal_path,
