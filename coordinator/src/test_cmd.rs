@@ -46,6 +46,22 @@ pub fn run(args: TestArgs) -> i32 {
     if args.dry_run {
         return dry_run(&loaded, &tests, &spec_arg);
     }
+    // A binary that does not exist is a mistake in the spec, not a failing test.
+    let spec_dir = args
+        .spec
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    for svc in &loaded.spec.services {
+        let binary = if svc.binary.contains('/') && !svc.binary.starts_with('/') {
+            spec_dir.join(&svc.binary).to_string_lossy().into_owned()
+        } else {
+            svc.binary.clone()
+        };
+        if let Err(e) = session::resolve_program(&binary) {
+            return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
+        }
+    }
     let level = if args.debug {
         tracing::Level::DEBUG
     } else {

@@ -89,9 +89,23 @@ fn spec_file(name: &str, source: &str) -> (PathBuf, impl Drop) {
 
 #[test]
 fn the_example_spec_passes() {
-    let out = test_cmd(&["examples/faultbox.star", "--format", "json"]);
+    let written = std::env::temp_dir().join(format!("fbtest-output-{}.json", std::process::id()));
+    let out = test_cmd(&[
+        "examples/faultbox.star",
+        "--format",
+        "json",
+        "--output",
+        written.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let doc = json(&out);
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
+    std::fs::remove_file(&written).unwrap();
+    assert_eq!(
+        file["summary"], doc["summary"],
+        "--output holds the same document"
+    );
     let tests = doc["tests"].as_array().unwrap();
     assert_eq!(tests.len(), 9);
     assert!(
@@ -207,7 +221,7 @@ fn the_same_seed_makes_the_same_decisions() {
 fn failures_report_reason_and_a_replay_that_works() {
     let (spec, _rm) = spec_file(
         "fail",
-        "svc = service('svc', 'python3', interface('main', 'tcp', 7300), args = ['-c', 'import socket,time\\ns=socket.socket();s.bind((\"127.0.0.1\",7300));s.listen();time.sleep(60)'], healthcheck = tcp('localhost:7300'))\n\ndef test_ok():\n    pass\n\ndef test_bad():\n    assert_eq(1, 2, 'numbers')\n",
+        "svc = service('svc', 'python3', interface('main', 'tcp', 7300), args = ['-c', 'import socket,time\\ns=socket.socket();s.bind((\"127.0.0.1\",7300));s.listen();time.sleep(60)'], healthcheck = tcp('localhost:7300'))\n\ndef test_ok():\n    pass\n\ndef test_bad():\n    assert_eq(1, 2, 'numbers')\n\ndef test_zfail():\n    fail('deliberately', svc.main.port)\n",
     );
     let spec = spec.to_str().unwrap();
     let out = test_cmd(&[spec, "--runs", "3", "--format", "json"]);
@@ -230,9 +244,19 @@ fn failures_report_reason_and_a_replay_that_works() {
             ("test_bad".into(), 0),
             ("test_ok".into(), 0),
             ("test_ok".into(), 1),
-            ("test_ok".into(), 2)
+            ("test_ok".into(), 2),
+            ("test_zfail".into(), 0)
         ],
         "a test stops at its first failure"
+    );
+    let zfail = &doc["tests"][4];
+    assert_eq!(zfail["failure_type"], "assertion");
+    assert!(
+        zfail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deliberately 7300"),
+        "{zfail}"
     );
     let bad = &doc["tests"][0];
     assert_eq!(bad["failure_type"], "assertion");
@@ -296,9 +320,9 @@ fn bad_specs_are_refused_with_file_and_line() {
         ("cycle", "a = service('a', '/bin/true', depends_on = ['b'])\nb = service('b', '/bin/true', depends_on = [a])\n", 1, "dependency cycle"),
         (
             "missing_binary",
-            "service('a', '/nonexistent/fbtest-never', interface('m', 'tcp', 7400))\ndef test_t():\n    pass\n",
-            2,
-            "service \"a\": target \"/nonexistent/fbtest-never\" not found",
+            "\nservice('a', '/nonexistent/fbtest-never', interface('m', 'tcp', 7400))\ndef test_t():\n    pass\n",
+            1,
+            "spec.star:2: service \"a\": target \"/nonexistent/fbtest-never\" not found",
         ),
         (
             "never_healthy",
