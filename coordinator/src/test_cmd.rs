@@ -53,12 +53,7 @@ pub fn run(args: TestArgs) -> i32 {
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
     for svc in &loaded.spec.services {
-        let binary = if svc.binary.contains('/') && !svc.binary.starts_with('/') {
-            spec_dir.join(&svc.binary).to_string_lossy().into_owned()
-        } else {
-            svc.binary.clone()
-        };
-        if let Err(e) = session::resolve_program(&binary) {
+        if let Err(e) = session::resolve_program(&svc.binary_in(&spec_dir)) {
             return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
         }
     }

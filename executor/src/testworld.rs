@@ -182,11 +182,7 @@ impl TestWorld {
         let slot = EngineSlot::new(Engine::assemble(&[], &covered, rolls.clone()));
 
         let spec_dir = &std::path::absolute(spec_dir).unwrap_or_else(|_| spec_dir.to_path_buf());
-        let binary = if svc.binary.contains('/') && !svc.binary.starts_with('/') {
-            spec_dir.join(&svc.binary).to_string_lossy().into_owned()
-        } else {
-            svc.binary.clone()
-        };
+        let binary = svc.binary_in(spec_dir);
         let program = session::resolve_program(&binary)
             .map_err(|e| format!("service {:?}: {e}", svc.name))?;
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();

@@ -185,24 +185,7 @@ pub fn resolve(
     into: &mut BTreeMap<String, BTreeSet<String>>,
 ) {
     for site in sites {
-        let mut services: Vec<String> = site
-            .targets
-            .iter()
-            .map(|t| {
-                t.as_ref()
-                    .and_then(|ident| module.get(ident).ok())
-                    .and_then(|v| {
-                        v.value()
-                            .downcast_ref::<ServiceValue>()
-                            .map(|s| s.name.clone())
-                    })
-                    .unwrap_or_else(|| ANY_SERVICE.to_string())
-            })
-            .collect();
-        if services.is_empty() {
-            services.push(ANY_SERVICE.to_string());
-        }
-        for s in services {
+        for s in resolved(site, module) {
             into.entry(s)
                 .or_default()
                 .extend(site.names.iter().cloned());

@@ -63,6 +63,16 @@ pub struct Service {
 }
 
 impl Service {
+    /// The binary to execute: a relative path with a `/` is relative to the spec's
+    /// directory; a bare name is left for a `PATH` lookup.
+    pub fn binary_in(&self, spec_dir: &std::path::Path) -> String {
+        if self.binary.contains('/') && !self.binary.starts_with('/') {
+            spec_dir.join(&self.binary).to_string_lossy().into_owned()
+        } else {
+            self.binary.clone()
+        }
+    }
+
     /// `FAULTBOX_<SVC>_<IFACE>_{ADDR,HOST,PORT}` for every interface.
     pub fn injected_env(&self) -> Vec<(String, String)> {
         let key = |s: &str| {
