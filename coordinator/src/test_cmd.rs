@@ -67,6 +67,9 @@ pub fn run(args: TestArgs) -> i32 {
         level,
         format!("{:016x}", std::process::id()),
     );
+    if let Err(e) = faultbox_executor::sandbox::Sandbox::probe() {
+        return error(e);
+    }
     let shim = match session::find_shim() {
         Ok(s) => s,
         Err(e) => return error(e),

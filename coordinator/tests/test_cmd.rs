@@ -367,3 +367,22 @@ fn bad_specs_are_refused_with_file_and_line() {
         out.stderr
     );
 }
+
+#[test]
+fn unprivileged_callers_get_one_clear_error() {
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(faultbox())
+        .current_dir(root())
+        .args(["test", "examples/faultbox.star"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("faultbox test needs root"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}

@@ -34,6 +34,17 @@ impl Sandbox {
         Ok(Sandbox { netns })
     }
 
+    /// Checks, on a throwaway thread, that sandboxes can be created here.
+    pub fn probe() -> Result<(), SandboxError> {
+        std::thread::spawn(|| Sandbox::enter().map(drop))
+            .join()
+            .unwrap_or_else(|_| {
+                Err(SandboxError::Open(std::io::Error::other(
+                    "probe thread panicked",
+                )))
+            })
+    }
+
     /// The namespace, for launching services into it.
     pub fn netns(&self) -> RawFd {
         self.netns.as_raw_fd()
