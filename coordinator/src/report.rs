@@ -64,7 +64,10 @@ pub fn test_json(spec: &str, r: &TestReport) -> Value {
         .events
         .iter()
         .map(|e| {
-            json!({"seq": e.seq, "timestamp_ns": e.timestamp_ns, "service": e.service,
+            let at = r.started_at + std::time::Duration::from_nanos(e.timestamp_ns);
+            let timestamp = chrono::DateTime::<chrono::Utc>::from(at)
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+            json!({"seq": e.seq, "timestamp": timestamp, "service": e.service,
                    "type": e.kind, "event_type": e.event_type, "partition_key": e.partition_key,
                    "fields": e.fields, "vector_clock": e.vector_clock})
         })

@@ -87,6 +87,7 @@ pub fn run(args: TestArgs) -> i32 {
         Some(s) => vec![s],
         None => (0..args.runs).collect(),
     };
+    let suite_start = std::time::Instant::now();
     let mut results = Vec::new();
     let (mut passed, mut failed) = (0u64, 0u64);
     for test in &tests {
@@ -111,9 +112,12 @@ pub fn run(args: TestArgs) -> i32 {
     }
     eprintln!("{passed} passed, {failed} failed");
     let doc = json!({
-        "spec": spec_arg,
+        "version": 1,
+        "star_file": spec_arg,
+        "duration_ms": suite_start.elapsed().as_millis() as u64,
+        "pass": passed,
+        "fail": failed,
         "tests": results,
-        "summary": {"passed": passed, "failed": failed},
     });
     if args.format.as_deref() == Some("json") {
         println!("{doc}");

@@ -168,6 +168,10 @@ fn the_example_spec_passes() {
         connect["vector_clock"]["inventory"].as_u64().unwrap() >= 2,
         "{connect}"
     );
+    assert!(events.iter().any(|e| e["event_type"] == "step_send.orders"));
+    assert!(events
+        .iter()
+        .all(|e| e["timestamp"].as_str().unwrap().ends_with('Z')));
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
     let down = tests

@@ -40,6 +40,8 @@ pub struct Timings {
 pub struct TestReport {
     pub name: String,
     pub seed: u64,
+    /// Wall-clock time the test started; event timestamps count from it.
+    pub started_at: std::time::SystemTime,
     pub verdict: Verdict,
     pub return_value: Option<String>,
     pub duration: Duration,
@@ -63,6 +65,7 @@ pub fn run_test(loaded: Arc<Loaded>, test: Test, opts: TestOptions) -> TestRepor
         .unwrap_or_else(|e| TestReport {
             name,
             seed,
+            started_at: std::time::SystemTime::now(),
             verdict: Verdict::Fail {
                 reason: e.to_string(),
                 failure_type: FailureType::Error,
@@ -82,13 +85,22 @@ fn fail(reason: String) -> Verdict {
     }
 }
 
+fn start_failed(reason: String) -> Verdict {
+    Verdict::Fail {
+        reason,
+        failure_type: FailureType::ServiceStart,
+    }
+}
+
 fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
     let start = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let mut timings = Timings::default();
     let world = Arc::new(TestWorld::new(opts.runtime.clone(), opts.seed));
     let report = |verdict, return_value, timings: Timings, world: &TestWorld| TestReport {
         name: test.name.clone(),
         seed: opts.seed,
+        started_at,
         verdict,
         return_value,
         duration: start.elapsed(),
@@ -130,7 +142,7 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
         ) {
             Ok(state) => started.push(state),
             Err(e) => {
-                verdict = fail(e);
+                verdict = start_failed(e);
                 break;
             }
         }

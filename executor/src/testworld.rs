@@ -308,6 +308,22 @@ impl TestWorld {
         )))
     }
 
+    /// Records that the test driver changed a service's faults.
+    fn fault_event(&self, what: &str, service: &str, rules: String) {
+        let mut fields = BTreeMap::new();
+        fields.insert("service".to_string(), service.to_string());
+        if !rules.is_empty() {
+            fields.insert("rules".to_string(), rules);
+        }
+        self.log().record(
+            DRIVER,
+            "fault",
+            what.to_string(),
+            service.to_string(),
+            fields,
+        );
+    }
+
     /// Stops every service, newest first: SIGTERM, then SIGKILL after `grace`.
     pub fn stop_all(&self, grace: std::time::Duration) {
         let services: Vec<Arc<ServiceState>> = {
@@ -374,11 +390,10 @@ impl World for TestWorld {
         if call.protocol == "http" {
             fields.insert("path".to_string(), call.path.clone());
         }
-        let kind = format!("step.{}", call.method);
         self.log().record(
             DRIVER,
-            "step",
-            kind.clone(),
+            "step_send",
+            format!("step_send.{}", call.service),
             call.service.clone(),
             fields.clone(),
         );
@@ -423,8 +438,8 @@ impl World for TestWorld {
         }
         self.log().record(
             DRIVER,
-            "step",
-            format!("{kind}.reply"),
+            "step_recv",
+            format!("step_recv.{}", call.service),
             call.service.clone(),
             fields,
         );
@@ -478,11 +493,13 @@ impl World for TestWorld {
                     rules: compiled,
                 },
             );
+        let text: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
         self.reports
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(reports);
         self.rebuild(service)?;
+        self.fault_event("fault_applied", service, text.join(" "));
         Ok(handle)
     }
 
@@ -513,7 +530,11 @@ impl World for TestWorld {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&handle);
         match removed {
-            Some(Installed::Faults { service, .. }) => self.rebuild(&service),
+            Some(Installed::Faults { service, .. }) => {
+                self.rebuild(&service)?;
+                self.fault_event("fault_removed", &service, String::new());
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -523,7 +544,9 @@ impl World for TestWorld {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, i| !matches!(i, Installed::Faults { service: s, .. } if s == service));
-        self.rebuild(service)
+        self.rebuild(service)?;
+        self.fault_event("fault_removed", service, String::new());
+        Ok(())
     }
 
     fn trace_stop(&self, service: &str) -> Result<(), WorldError> {

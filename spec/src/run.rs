@@ -20,6 +20,8 @@ pub enum FailureType {
     Assertion,
     /// The test could not do what it asked (bad arguments, a failed step, ...).
     Error,
+    /// A service did not start: it exited, or its healthcheck never passed.
+    ServiceStart,
 }
 
 impl FailureType {
@@ -27,6 +29,7 @@ impl FailureType {
         match self {
             FailureType::Assertion => "assertion",
             FailureType::Error => "error",
+            FailureType::ServiceStart => "service_start",
         }
     }
 }
