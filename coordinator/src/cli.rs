@@ -22,6 +22,13 @@ pub enum Command {
     Run(RunArgs),
     /// Run the tests of a Starlark spec against real services.
     Test(TestArgs),
+    /// Compare two normalized traces (exit 0 identical, 2 different).
+    Diff {
+        #[arg(value_name = "A")]
+        a: std::path::PathBuf,
+        #[arg(value_name = "B")]
+        b: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +60,14 @@ pub struct TestArgs {
     /// Also write the JSON results to this file.
     #[arg(long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+
+    /// Write a ShiViz trace (events with vector clocks) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub shiviz: Option<std::path::PathBuf>,
+
+    /// Write the normalized trace (for `faultbox diff`) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub normalize: Option<std::path::PathBuf>,
 
     /// Load and check the spec and show the test plan without starting anything.
     #[arg(long)]

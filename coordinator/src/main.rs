@@ -3,9 +3,13 @@
 
 mod cli;
 mod decision_log;
+mod diagnostics;
+mod diff;
 mod logging;
+mod normalize;
 mod report;
 mod run;
+mod shiviz;
 mod test_cmd;
 
 use clap::Parser;
@@ -27,6 +31,7 @@ fn main() {
     let code = match cli.command {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Test(args) => test_cmd::run(args),
+        cli::Command::Diff { a, b } => diff::run(&a, &b),
     };
     std::process::exit(code);
 }

@@ -83,7 +83,7 @@ pub fn test_json(spec: &str, r: &TestReport) -> Value {
         "return_value": r.return_value,
         "faults": faults,
         "syscall_summary": syscall_summary(r),
-        "diagnostics": [],
+        "diagnostics": crate::diagnostics::diagnose(r).iter().map(|d| d.to_json()).collect::<Vec<_>>(),
         "events": events,
         "timings_ms": {
             "sandbox": ms(r.timings.sandbox),
@@ -141,6 +141,9 @@ pub fn human(spec: &str, r: &TestReport, debug: bool) -> String {
     }
     for ((svc, sc, d), n) in decisions {
         let _ = writeln!(s, "    {svc} {sc} {d} ×{n}");
+    }
+    for d in crate::diagnostics::diagnose(r) {
+        let _ = writeln!(s, "    {}: {} ({})", d.code, d.message, d.suggestion);
     }
     if debug {
         if let Some(v) = &r.return_value {

@@ -89,6 +89,7 @@ pub fn run(args: TestArgs) -> i32 {
     };
     let suite_start = std::time::Instant::now();
     let mut results = Vec::new();
+    let mut reports = Vec::new();
     let (mut passed, mut failed) = (0u64, 0u64);
     for test in &tests {
         for &seed in &seeds {
@@ -103,6 +104,7 @@ pub fn run(args: TestArgs) -> i32 {
                 eprint!("{}", report::human(&spec_arg, &r, args.debug));
             }
             results.push(report::test_json(&spec_arg, &r));
+            reports.push(r);
             if failed_now {
                 failed += 1;
                 break;
@@ -121,6 +123,21 @@ pub fn run(args: TestArgs) -> i32 {
     });
     if args.format.as_deref() == Some("json") {
         println!("{doc}");
+    }
+    let files = [
+        (&args.shiviz, "--shiviz", crate::shiviz::shiviz(&reports)),
+        (
+            &args.normalize,
+            "--normalize",
+            crate::normalize::normalize(&reports),
+        ),
+    ];
+    for (path, flag, text) in files {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::write(path, text) {
+                return error(format!("{flag} {}: {e}", path.display()));
+            }
+        }
     }
     if let Some(path) = &args.output {
         if let Err(e) = std::fs::write(path, format!("{doc}\n")) {

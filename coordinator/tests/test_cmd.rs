@@ -390,3 +390,144 @@ fn unprivileged_callers_get_one_clear_error() {
     assert!(stderr.contains("faultbox test needs root"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+fn diagnostics(doc: &serde_json::Value, test: &str) -> Vec<String> {
+    doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == test)
+        .unwrap_or_else(|| panic!("{test} not in {doc}"))["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert!(
+                d["message"].is_string() && d["suggestion"].is_string(),
+                "{d}"
+            );
+            d["code"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn diagnostics_explain_what_the_trace_shows() {
+    let out = test_cmd(&["coordinator/tests/specs/diag.star", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc = json(&out);
+    assert_eq!(
+        diagnostics(&doc, "test_swallowed"),
+        ["FAULT_FIRED_BUT_SUCCESS"]
+    );
+    assert_eq!(diagnostics(&doc, "test_not_fired"), ["FAULT_NOT_FIRED"]);
+    assert_eq!(diagnostics(&doc, "test_crashes"), ["SERVICE_CRASHED"]);
+    assert_eq!(
+        diagnostics(&doc, "test_checks_nothing"),
+        ["TEST_NO_ASSERTIONS"]
+    );
+    assert!(
+        out.stderr
+            .contains("FAULT_FIRED_BUT_SUCCESS: app write was denied"),
+        "{}",
+        out.stderr
+    );
+    for (name, src, code) in [
+        (
+            "hc",
+            "service('a', 'sleep', interface('m', 'tcp', 7400), args = ['60'], healthcheck = tcp('localhost:7400', timeout = '200ms'))\ndef test_t():\n    pass\n",
+            "HEALTHCHECK_TIMEOUT",
+        ),
+        (
+            "exit",
+            "service('a', 'sh', interface('m', 'tcp', 7400), args = ['-c', 'exit 4'], healthcheck = tcp('localhost:7400'))\ndef test_t():\n    pass\n",
+            "SERVICE_CRASHED",
+        ),
+    ] {
+        let (spec, _rm) = spec_file(name, src);
+        let out = test_cmd(&[spec.to_str().unwrap(), "--format", "json"]);
+        assert_eq!(out.code, 2);
+        let doc = json(&out);
+        assert_eq!(diagnostics(&doc, "test_t"), [code]);
+        assert_eq!(doc["tests"][0]["failure_type"], "service_start");
+    }
+}
+
+#[test]
+fn the_same_seed_reproduces_the_normalized_trace() {
+    let dir = std::env::temp_dir().join(format!("fbtest-norm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b, s) = (dir.join("a.norm"), dir.join("b.norm"), dir.join("t.shiviz"));
+    for (path, extra) in [(&a, Some(&s)), (&b, None)] {
+        let mut args = vec![
+            "examples/faultbox.star",
+            "--seed",
+            "3",
+            "--normalize",
+            path.to_str().unwrap(),
+        ];
+        if let Some(s) = extra {
+            args.extend(["--shiviz", s.to_str().unwrap()]);
+        }
+        assert_eq!(test_cmd(&args).code, 0);
+    }
+    let norm = std::fs::read_to_string(&a).unwrap();
+    assert_eq!(norm, std::fs::read_to_string(&b).unwrap(), "byte for byte");
+    assert!(
+        norm.starts_with(
+            "# faultbox normalized trace v1\ntest test_disk_full_then_recovers seed=3 pass\n"
+        ),
+        "{norm}"
+    );
+    assert!(
+        !norm.contains("pid=") && !norm.contains("duration_ms=") && !norm.contains("socket:[1"),
+        "volatile values left in"
+    );
+    assert!(norm.contains("$TMPDIR/inventory.wal"));
+
+    let diff = |x: &Path, y: &Path| {
+        let o = Command::new(faultbox())
+            .arg("diff")
+            .arg(x)
+            .arg(y)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    assert_eq!(
+        diff(&a, &b),
+        (Some(0), "traces are identical\n".to_string())
+    );
+    std::fs::write(
+        &b,
+        norm.replace("decision=deny(no space left on device)", "decision=allow"),
+    )
+    .unwrap();
+    let (code, text) = diff(&a, &b);
+    assert_eq!(code, Some(2));
+    assert!(
+        text.contains("-    syscall.fsync decision=deny(no space left on device)")
+            && text.contains("+    syscall.fsync decision=allow"),
+        "{text}"
+    );
+    assert_eq!(diff(&a, &dir.join("missing")).0, Some(1));
+
+    let shiviz = std::fs::read_to_string(&s).unwrap();
+    let mut lines = shiviz.lines();
+    assert_eq!(lines.next(), Some(r"(?<host>\S+) (?<clock>\{.*\})"));
+    assert_eq!(lines.next(), Some("=== (?<trace>.*) ==="));
+    assert_eq!(lines.next(), Some(""));
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("=== test_disk_full_then_recovers seed=3 ==="));
+    let (host, clock) = lines.next().unwrap().split_once(' ').unwrap();
+    assert_eq!(host, "inventory");
+    let clock: serde_json::Value = serde_json::from_str(clock).unwrap();
+    assert_eq!(clock["inventory"], 1);
+    assert_eq!(lines.next(), Some("lifecycle.started"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -48,6 +48,20 @@ pub struct TestReport {
     pub events: Vec<Event>,
     pub faults: Vec<FaultReport>,
     pub timings: Timings,
+    /// Assertions the test body evaluated.
+    pub assertions: u64,
+    /// Services that exited on their own during the test: (name, exit code).
+    pub crashed: Vec<(String, i32)>,
+    /// Why the services did not all start, if they did not.
+    pub startup: Option<Startup>,
+}
+
+/// How a service failed to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Startup {
+    Exited { service: String, code: i32 },
+    HealthcheckTimeout { service: String },
+    Other { service: String },
 }
 
 /// Runs `test` on a thread of its own (its network namespace is per thread) and
@@ -75,6 +89,9 @@ pub fn run_test(loaded: Arc<Loaded>, test: Test, opts: TestOptions) -> TestRepor
             events: Vec::new(),
             faults: Vec::new(),
             timings: Timings::default(),
+            assertions: 0,
+            crashed: Vec::new(),
+            startup: None,
         })
 }
 
@@ -94,41 +111,44 @@ fn start_failed(reason: String) -> Verdict {
 
 fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
     let start = Instant::now();
-    let started_at = std::time::SystemTime::now();
-    let mut timings = Timings::default();
     let world = Arc::new(TestWorld::new(opts.runtime.clone(), opts.seed));
-    let report = |verdict, return_value, timings: Timings, world: &TestWorld| TestReport {
+    let mut r = TestReport {
         name: test.name.clone(),
         seed: opts.seed,
-        started_at,
-        verdict,
-        return_value,
-        duration: start.elapsed(),
-        events: world.log().events(),
-        faults: world.fault_reports(),
-        timings,
+        started_at: std::time::SystemTime::now(),
+        verdict: Verdict::Pass,
+        return_value: None,
+        duration: Duration::ZERO,
+        events: Vec::new(),
+        faults: Vec::new(),
+        timings: Timings::default(),
+        assertions: 0,
+        crashed: Vec::new(),
+        startup: None,
+    };
+    let finish = |mut r: TestReport, world: &TestWorld| {
+        r.duration = start.elapsed();
+        r.events = world.log().events();
+        r.faults = world.fault_reports();
+        r
     };
     let sandbox = match Sandbox::enter() {
         Ok(s) => s,
-        Err(e) => return report(fail(e.to_string()), None, timings, &world),
+        Err(e) => {
+            r.verdict = fail(e.to_string());
+            return finish(r, &world);
+        }
     };
-    timings.sandbox = start.elapsed();
+    r.timings.sandbox = start.elapsed();
     let logs = match tempdir(&test.name) {
         Ok(d) => d,
         Err(e) => {
-            return report(
-                fail(format!("creating the test's scratch directory: {e}")),
-                None,
-                timings,
-                &world,
-            )
+            r.verdict = fail(format!("creating the test's scratch directory: {e}"));
+            return finish(r, &world);
         }
     };
     let spec_dir = loaded.path.parent().map(PathBuf::from).unwrap_or_default();
 
-    let mut verdict = Verdict::Pass;
-    let mut return_value = None;
-    let launch_start = Instant::now();
     let mut started = Vec::new();
     for svc in &loaded.spec.services {
         let t = Instant::now();
@@ -142,21 +162,25 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
         ) {
             Ok(state) => started.push(state),
             Err(e) => {
-                verdict = start_failed(e);
+                r.startup = Some(Startup::Other {
+                    service: svc.name.clone(),
+                });
+                r.verdict = start_failed(e);
                 break;
             }
         }
-        timings.launch += t.elapsed();
+        r.timings.launch += t.elapsed();
         let t = Instant::now();
-        if let Err(e) = wait_ready(
+        if let Err((e, why)) = wait_ready(
             started.last().expect("just started"),
             &opts.runtime,
             &logs.0,
         ) {
-            verdict = fail(e);
+            r.startup = Some(why);
+            r.verdict = start_failed(e);
             break;
         }
-        timings.ready += t.elapsed();
+        r.timings.ready += t.elapsed();
         world.log().record(
             &svc.name,
             "lifecycle",
@@ -165,19 +189,27 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
             Default::default(),
         );
     }
-    let _ = launch_start;
-    if verdict == Verdict::Pass {
+    if r.verdict == Verdict::Pass {
         let t = Instant::now();
         let outcome = faultbox_spec::run_test(loaded, test, world.clone());
-        timings.body = t.elapsed();
-        verdict = outcome.verdict;
-        return_value = outcome.return_value;
+        r.timings.body = t.elapsed();
+        r.verdict = outcome.verdict;
+        r.return_value = outcome.return_value;
+        r.assertions = outcome.assertions;
+        r.crashed = started
+            .iter()
+            .filter_map(|s| {
+                s.running
+                    .poll_exit()
+                    .map(|e| (s.decl.name.clone(), e.code()))
+            })
+            .collect();
     }
     let t = Instant::now();
     world.stop_all(STOP_GRACE);
-    timings.stop = t.elapsed();
+    r.timings.stop = t.elapsed();
     drop(sandbox);
-    report(verdict, return_value, timings, &world)
+    finish(r, &world)
 }
 
 /// Polls the service's healthcheck until it passes, it times out, or the service
@@ -187,25 +219,39 @@ fn wait_ready(
     state: &ServiceState,
     rt: &tokio::runtime::Handle,
     logs: &std::path::Path,
-) -> Result<(), String> {
+) -> Result<(), (String, Startup)> {
     let svc: &Service = &state.decl;
+    let exited = |code: i32| {
+        (
+            crashed(svc, code, logs),
+            Startup::Exited {
+                service: svc.name.clone(),
+                code,
+            },
+        )
+    };
     let Some(hc) = &svc.healthcheck else {
         return match state.running.poll_exit() {
-            Some(exit) => Err(crashed(svc, exit.code(), logs)),
+            Some(exit) => Err(exited(exit.code())),
             None => Ok(()),
         };
     };
     let (port, path) = steps::parse_target(&hc.target).ok_or_else(|| {
-        format!(
-            "service {:?}: healthcheck target {:?} has no port",
-            svc.name, hc.target
+        (
+            format!(
+                "service {:?}: healthcheck target {:?} has no port",
+                svc.name, hc.target
+            ),
+            Startup::Other {
+                service: svc.name.clone(),
+            },
         )
     })?;
     let deadline = Instant::now() + hc.timeout;
     let mut pause = Duration::from_micros(100);
     loop {
         if let Some(exit) = state.running.poll_exit() {
-            return Err(crashed(svc, exit.code(), logs));
+            return Err(exited(exit.code()));
         }
         let ready = match hc.kind {
             HealthcheckKind::Tcp => steps::tcp_ready(port),
@@ -219,13 +265,18 @@ fn wait_ready(
                 HealthcheckKind::Tcp => "tcp",
                 HealthcheckKind::Http => "http",
             };
-            return Err(format!(
-                "service {:?}: healthcheck {kind}({:?}) did not pass within {:?} (declared at {}){}",
-                svc.name,
-                hc.target,
-                hc.timeout,
-                svc.declared_at,
-                tail(logs, &svc.name)
+            return Err((
+                format!(
+                    "service {:?}: healthcheck {kind}({:?}) did not pass within {:?} (declared at {}){}",
+                    svc.name,
+                    hc.target,
+                    hc.timeout,
+                    svc.declared_at,
+                    tail(logs, &svc.name)
+                ),
+                Startup::HealthcheckTimeout {
+                    service: svc.name.clone(),
+                },
             ));
         }
         std::thread::sleep(pause);

@@ -48,6 +48,8 @@ pub struct TestOutcome {
     pub verdict: Verdict,
     /// `repr()` of the test function's return value, when it is not None.
     pub return_value: Option<String>,
+    /// How many assertions the test evaluated.
+    pub assertions: u64,
 }
 
 /// Runs `test` of `loaded` against `world`. Blocking; Starlark evaluation is not
@@ -62,6 +64,7 @@ pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync
                     failure_type: FailureType::Error,
                 },
                 return_value: None,
+                assertions: 0,
             }
         }
     };
@@ -79,10 +82,13 @@ pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync
         let f = unsafe { function.owned_frozen_value(module.frozen_heap()) }.to_value();
         let mut eval = Evaluator::new(&module);
         eval.extra = Some(&runtime);
-        match eval.eval_function(f, &[], &[]) {
+        let result = eval.eval_function(f, &[], &[]);
+        let assertions = runtime.assertions.get();
+        match result {
             Ok(v) => TestOutcome {
                 verdict: Verdict::Pass,
                 return_value: (!v.is_none()).then(|| v.to_repr()),
+                assertions,
             },
             Err(e) => TestOutcome {
                 verdict: Verdict::Fail {
@@ -90,6 +96,7 @@ pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync
                     reason: describe(&e),
                 },
                 return_value: None,
+                assertions,
             },
         }
     })

@@ -46,6 +46,9 @@ pub struct Declarations {
 #[derive(ProvidesStaticType, Default)]
 pub struct Runtime {
     pub declared: RefCell<Declarations>,
+    /// Assertions evaluated so far (passing or not), for the TEST_NO_ASSERTIONS
+    /// diagnostic.
+    pub assertions: std::cell::Cell<u64>,
     /// Set while a test body runs: the services and the World they live in.
     pub test: Option<TestContext>,
 }
@@ -62,6 +65,13 @@ impl Runtime {
         self.test
             .as_ref()
             .ok_or_else(|| anyhow!("{what} can only be used inside a test function"))
+    }
+}
+
+/// Counts one assertion of the running evaluation.
+fn counted(eval: &Evaluator) {
+    if let Ok(rt) = Runtime::get(eval) {
+        rt.assertions.set(rt.assertions.get() + 1);
     }
 }
 
@@ -385,11 +395,31 @@ pub fn topology(builder: &mut GlobalsBuilder) {
 
 #[starlark_module]
 pub fn assertions(builder: &mut GlobalsBuilder) {
+    /// `fail(*args)`: fails the test with the arguments as the reason.
+    fn fail<'v>(
+        #[starlark(args)] args: UnpackTuple<Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<NoneType> {
+        counted(eval);
+        let text: Vec<String> = args
+            .items
+            .iter()
+            .map(|v| {
+                v.unpack_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_repr())
+            })
+            .collect();
+        Err(crate::faults::AssertionFailed(format!("fail: {}", text.join(" "))).into())
+    }
+
     /// `assert_true(cond, msg=)`.
     fn assert_true<'v>(
         #[starlark(require = pos)] cond: Value<'v>,
         #[starlark(require = pos)] msg: Option<&str>,
+        eval: &mut Evaluator<'v, '_, '_>,
     ) -> anyhow::Result<NoneType> {
+        counted(eval);
         if cond.to_bool() {
             Ok(NoneType)
         } else {
@@ -407,7 +437,9 @@ pub fn assertions(builder: &mut GlobalsBuilder) {
         #[starlark(require = pos)] a: Value<'v>,
         #[starlark(require = pos)] b: Value<'v>,
         #[starlark(require = pos)] msg: Option<&str>,
+        eval: &mut Evaluator<'v, '_, '_>,
     ) -> anyhow::Result<NoneType> {
+        counted(eval);
         if a.equals(b).map_err(|e| anyhow!("{e}"))? {
             Ok(NoneType)
         } else {
@@ -839,6 +871,7 @@ pub fn testing(builder: &mut GlobalsBuilder) {
         #[starlark(kwargs)] filters: SmallMap<String, Value<'v>>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<NoneType> {
+        counted(eval);
         let deadline = std::time::Instant::now() + EVENTUALLY;
         loop {
             if !matching(eval, &filters, r#where, "assert_eventually()")?.is_empty() {
@@ -864,6 +897,7 @@ pub fn testing(builder: &mut GlobalsBuilder) {
         #[starlark(require = named)] then: Value<'v>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<NoneType> {
+        counted(eval);
         let (f_filters, f_pred) = selector(first, "first")?;
         let (t_filters, t_pred) = selector(then, "then")?;
         let fail = |m: String| starlark::Error::new_other(crate::faults::AssertionFailed(m));
@@ -901,6 +935,7 @@ pub fn testing(builder: &mut GlobalsBuilder) {
         #[starlark(kwargs)] filters: SmallMap<String, Value<'v>>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<NoneType> {
+        counted(eval);
         let found = matching(eval, &filters, r#where, "assert_never()")?;
         match found.first() {
             None => Ok(NoneType),

@@ -1,0 +1,101 @@
+//! The normalized trace: a stable text form of each test's events, for comparing runs
+//! (`--normalize FILE`, then `faultbox diff`). Services appear in name order; within a
+//! service, its lifecycle and the test driver's actions on it come first and its
+//! syscalls after, each in order (the two are recorded by different threads, so how
+//! they interleave is not part of the system's behaviour). What changes from run to
+//! run without the system behaving differently is left out: sequence numbers,
+//! timestamps, vector clocks, pids, durations, socket and pipe inodes, and the per-test
+//! scratch directory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use faultbox_executor::testrun::TestReport;
+use faultbox_spec::Verdict;
+
+/// Fields whose values differ between identical runs.
+const VOLATILE: &[&str] = &["pid", "duration_ms"];
+
+pub fn normalize(reports: &[TestReport]) -> String {
+    let mut out = String::from("# faultbox normalized trace v1\n");
+    for r in reports {
+        let result = match &r.verdict {
+            Verdict::Pass => "pass".to_string(),
+            Verdict::Fail { reason, .. } => format!("fail: {}", stable(reason)),
+        };
+        let _ = writeln!(out, "test {} seed={} {result}", r.name, r.seed);
+        let mut per: BTreeMap<(&str, bool), Vec<String>> = BTreeMap::new();
+        for e in &r.events {
+            let mut line = e.event_type.clone();
+            for (k, v) in &e.fields {
+                if !VOLATILE.contains(&k.as_str()) {
+                    let _ = write!(line, " {k}={}", stable(v));
+                }
+            }
+            per.entry((&e.service, e.kind == "syscall"))
+                .or_default()
+                .push(line);
+        }
+        for ((service, syscalls), lines) in per {
+            let what = if syscalls {
+                "syscalls"
+            } else {
+                "lifecycle and steps"
+            };
+            let _ = writeln!(out, "  service {service}: {what}");
+            for l in lines {
+                let _ = writeln!(out, "    {l}");
+            }
+        }
+    }
+    out
+}
+
+/// Replaces volatile parts of a value: `socket:[123]` → `socket:[*]`, the scratch
+/// directory `/tmp/faultbox-<pid>-<n>-<test>` → `$TMPDIR`.
+fn stable(v: &str) -> String {
+    let mut s = v.to_string();
+    for kind in ["socket:[", "pipe:[", "anon_inode:["] {
+        if let Some(i) = s.find(kind) {
+            if let Some(end) = s[i..].find(']') {
+                let inner = &s[i + kind.len()..i + end];
+                if inner.bytes().all(|b| b.is_ascii_digit()) {
+                    s.replace_range(i + kind.len()..i + end, "*");
+                }
+            }
+        }
+    }
+    let tmp = std::env::temp_dir()
+        .to_string_lossy()
+        .trim_end_matches('/')
+        .to_string();
+    let prefix = format!("{tmp}/faultbox-");
+    while let Some(i) = s.find(&prefix) {
+        let rest = &s[i + prefix.len()..];
+        let end = rest
+            .find('/')
+            .map(|e| i + prefix.len() + e)
+            .unwrap_or(s.len());
+        s.replace_range(i..end, "$TMPDIR");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volatile_parts_are_replaced() {
+        assert_eq!(stable("socket:[62873]"), "socket:[*]");
+        assert_eq!(stable("anon_inode:[eventfd]"), "anon_inode:[eventfd]");
+        let tmp = std::env::temp_dir()
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
+        assert_eq!(
+            stable(&format!("{tmp}/faultbox-123-4-test_x/inventory.wal")),
+            "$TMPDIR/inventory.wal"
+        );
+    }
+}
