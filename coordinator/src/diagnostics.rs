@@ -69,7 +69,7 @@ pub fn diagnose(r: &TestReport) -> Vec<Diagnostic> {
     if r.verdict == Verdict::Pass {
         out.extend(fired_but_success(r));
     }
-    if r.assertions == 0 && r.startup.is_none() && r.verdict == Verdict::Pass {
+    if r.assertions == 0 && !r.probe && r.startup.is_none() && r.verdict == Verdict::Pass {
         out.push(Diagnostic {
             code: "TEST_NO_ASSERTIONS",
             message: format!("{} checked nothing", r.name),

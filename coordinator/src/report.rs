@@ -152,3 +152,82 @@ pub fn human(spec: &str, r: &TestReport, debug: bool) -> String {
     }
     s
 }
+
+/// The matrices' results: the terminal table and the JSON section.
+pub fn matrices(spec: &faultbox_spec::Spec, reports: &[TestReport]) -> (String, Option<Value>) {
+    if spec.matrices.is_empty() {
+        return (String::new(), None);
+    }
+    let mut text = String::new();
+    let mut cells_json = Vec::new();
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let (mut all_scenarios, mut all_faults) = (Vec::new(), Vec::new());
+    for m in &spec.matrices {
+        all_scenarios.extend(m.scenarios.iter().cloned());
+        all_faults.extend(m.faults.iter().cloned());
+        let total = m.cells.iter().filter(|c| c.2.is_some()).count();
+        let _ = writeln!(
+            text,
+            "Fault Matrix: {} scenarios × {} faults = {total} cells",
+            m.scenarios.len(),
+            m.faults.len()
+        );
+        let width = m
+            .scenarios
+            .iter()
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(8)
+            .max(8)
+            + 2;
+        let col = m.faults.iter().map(|f| f.len()).max().unwrap_or(8).max(14) + 2;
+        let _ = write!(text, "{:width$}", "");
+        for f in &m.faults {
+            let _ = write!(text, "│ {f:col$}");
+        }
+        text.push('\n');
+        let _ = writeln!(text, "{}", "─".repeat(width + (col + 2) * m.faults.len()));
+        let (mut ok, mut run) = (0, 0);
+        for s in &m.scenarios {
+            let _ = write!(text, "{s:width$}");
+            for f in &m.faults {
+                let cell = m.cells.iter().find(|c| &c.0 == s && &c.1 == f);
+                let shown = match cell.and_then(|c| c.2.as_ref()) {
+                    None => {
+                        cells_json.push(json!({"scenario": s, "fault": f, "result": "excluded"}));
+                        "— (excluded)".to_string()
+                    }
+                    Some(test) => match reports.iter().rev().find(|r| &r.name == test) {
+                        None => "—".to_string(),
+                        Some(r) => {
+                            run += 1;
+                            let ms = r.duration.as_millis();
+                            let result = if r.verdict == Verdict::Pass {
+                                ok += 1;
+                                passed += 1;
+                                "pass"
+                            } else {
+                                failed += 1;
+                                "fail"
+                            };
+                            cells_json.push(json!({"scenario": s, "fault": f, "test": test,
+                                                   "result": result, "duration_ms": ms as u64}));
+                            format!("{} ({ms}ms)", result.to_uppercase())
+                        }
+                    },
+                };
+                let _ = write!(text, "│ {shown:col$}");
+            }
+            text.push('\n');
+        }
+        let _ = writeln!(text, "Result: {ok}/{run} passed");
+    }
+    let section = json!({
+        "scenarios": all_scenarios,
+        "faults": all_faults,
+        "cells": cells_json,
+        "passed": passed,
+        "failed": failed,
+    });
+    (text, Some(section))
+}

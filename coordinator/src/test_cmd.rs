@@ -112,8 +112,10 @@ pub fn run(args: TestArgs) -> i32 {
             passed += 1;
         }
     }
+    let (matrix_text, matrix_json) = report::matrices(&loaded.spec, &reports);
+    eprint!("{matrix_text}");
     eprintln!("{passed} passed, {failed} failed");
-    let doc = json!({
+    let mut doc = json!({
         "version": 1,
         "star_file": spec_arg,
         "duration_ms": suite_start.elapsed().as_millis() as u64,
@@ -121,6 +123,9 @@ pub fn run(args: TestArgs) -> i32 {
         "fail": failed,
         "tests": results,
     });
+    if let Some(m) = matrix_json {
+        doc["matrix"] = m;
+    }
     if args.format.as_deref() == Some("json") {
         println!("{doc}");
     }
@@ -170,5 +175,13 @@ fn dry_run(loaded: &Loaded, tests: &[faultbox_spec::model::Test], spec: &str) ->
     }
     let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
     println!("Tests: {}", names.join(", "));
+    for m in &loaded.spec.matrices {
+        let cells = m.cells.iter().filter(|c| c.2.is_some()).count();
+        println!(
+            "Fault matrix: {cells} cells ({} scenarios × {} faults)",
+            m.scenarios.len(),
+            m.faults.len()
+        );
+    }
     0
 }

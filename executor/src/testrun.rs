@@ -54,6 +54,10 @@ pub struct TestReport {
     pub crashed: Vec<(String, i32)>,
     /// Why the services did not all start, if they did not.
     pub startup: Option<Startup>,
+    /// The test is a probe without an oracle (see `Test::probe`).
+    pub probe: bool,
+    /// For matrix cells: (scenario, fault assumption).
+    pub cell: Option<(String, String)>,
 }
 
 /// How a service failed to start.
@@ -92,6 +96,8 @@ pub fn run_test(loaded: Arc<Loaded>, test: Test, opts: TestOptions) -> TestRepor
             assertions: 0,
             crashed: Vec::new(),
             startup: None,
+            probe: false,
+            cell: None,
         })
 }
 
@@ -125,6 +131,8 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
         assertions: 0,
         crashed: Vec::new(),
         startup: None,
+        probe: test.probe,
+        cell: test.cell.clone(),
     };
     let finish = |mut r: TestReport, world: &TestWorld| {
         r.duration = start.elapsed();

@@ -15,10 +15,18 @@ use crate::values::ServiceValue;
 /// A service, or every service when a call's target cannot be resolved statically.
 pub const ANY_SERVICE: &str = "*";
 
-const FAULT_CALLS: &[&str] = &["fault", "fault_start", "fault_all"];
+const FAULT_CALLS: &[&str] = &["fault", "fault_start", "fault_all", "fault_assumption"];
 const TRACE_CALLS: &[&str] = &["trace", "trace_start"];
 /// Keywords of those calls that are not syscalls.
-const NOT_SYSCALLS: &[&str] = &["run", "syscalls"];
+const NOT_SYSCALLS: &[&str] = &[
+    "run",
+    "syscalls",
+    "target",
+    "rules",
+    "monitors",
+    "faults",
+    "description",
+];
 
 /// A call site: the identifiers naming its target services, and what it intercepts.
 #[derive(Debug, Default)]
@@ -71,7 +79,14 @@ fn walk(ast: &AstModule, e: &AstExpr, out: &mut (Vec<Site>, Vec<Literal>)) {
                 };
                 for (i, a) in args.args.iter().enumerate() {
                     match &a.node {
-                        ArgumentP::Positional(x) if i == 0 => site.targets = targets(x),
+                        ArgumentP::Positional(x) if i == 0 && name != "fault_assumption" => {
+                            site.targets = targets(x)
+                        }
+                        ArgumentP::Named(k, x)
+                            if name == "fault_assumption" && k.node == "target" =>
+                        {
+                            site.targets = targets(x)
+                        }
                         ArgumentP::Named(k, v) if is_trace && k.node == "syscalls" => {
                             site.names.extend(string_list(v));
                         }

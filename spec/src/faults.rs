@@ -14,3 +14,8 @@ pub fn check_syscall(name: &str) -> anyhow::Result<()> {
         .map(|_| ())
         .ok_or_else(|| anyhow!("unknown syscall {name:?} on {}", Arch::native().name()))
 }
+
+/// A monitor's callback raised an assertion: the test fails as a monitor violation.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MonitorViolation(pub String);

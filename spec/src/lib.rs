@@ -3,6 +3,7 @@
 //! everything that touches processes or sockets goes through the executor.
 
 pub mod analysis;
+pub mod compose;
 pub mod faults;
 pub mod loader;
 pub mod model;

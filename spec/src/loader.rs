@@ -47,6 +47,7 @@ pub fn globals() -> Globals {
     .with(runtime::topology)
     .with(runtime::assertions)
     .with(runtime::testing)
+    .with(crate::compose::composition)
     .build()
 }
 
@@ -98,22 +99,99 @@ pub fn load(path: &Path) -> Result<Loaded, SpecError> {
         tests.push(Test {
             name: name.to_string(),
             function: name.to_string(),
+            registered: None,
+            cell: None,
+            probe: false,
             declared_at: Location {
                 file: path.display().to_string(),
                 line: 0,
             },
         });
     }
+    let matrices = registered(&module, path, &mut tests)?;
     tests.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(w) = tests.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(SpecError::Eval(format!(
+            "{}: test {:?} is defined twice (a def test_* and a scenario() or fault_scenario() of the same name?)",
+            path.display(),
+            w[0].name
+        )));
+    }
     Ok(Loaded {
         spec: Spec {
             services,
             tests,
             faultable,
+            matrices,
         },
         module,
         path: path.to_path_buf(),
     })
+}
+
+/// Reads the tests and matrices registered by composition builtins in `module`.
+fn registered(
+    module: &FrozenModule,
+    path: &Path,
+    tests: &mut Vec<Test>,
+) -> Result<Vec<crate::model::Matrix>, SpecError> {
+    use crate::compose::{field, items, kind, text, KIND_MATRIX, REGISTRY};
+    let mut matrices = Vec::new();
+    let Ok((list, _)) = module.get_any_visibility(REGISTRY) else {
+        return Ok(matrices);
+    };
+    let entries: Vec<starlark::values::Value> =
+        starlark::values::list::ListRef::from_value(list.value())
+            .map(|l| l.content().to_vec())
+            .unwrap_or_default();
+    for (i, e) in entries.into_iter().enumerate() {
+        if kind(e) == Some(KIND_MATRIX) {
+            let strings = |name: &str| -> Vec<String> {
+                items(e, name)
+                    .iter()
+                    .filter_map(|v| v.unpack_str().map(str::to_string))
+                    .collect()
+            };
+            let cells = items(e, "cells")
+                .iter()
+                .filter_map(|c| {
+                    starlark::values::tuple::TupleRef::from_value(*c).map(|t| t.content().to_vec())
+                })
+                .map(|t| {
+                    (
+                        t[0].unpack_str().unwrap_or("").to_string(),
+                        t[1].unpack_str().unwrap_or("").to_string(),
+                        t[2].unpack_str().map(str::to_string),
+                    )
+                })
+                .collect();
+            matrices.push(crate::model::Matrix {
+                scenarios: strings("scenarios"),
+                faults: strings("faults"),
+                cells,
+            });
+            continue;
+        }
+        let name = text(e, "name").unwrap_or("").to_string();
+        let cell = match (text(e, "cell_scenario"), text(e, "cell_fault")) {
+            (Some(s), Some(f)) if !s.is_empty() => Some((s.to_string(), f.to_string())),
+            _ => None,
+        };
+        let probe = kind(e) == Some(crate::compose::KIND_SCENARIO)
+            || field(e, "expect").is_none_or(|x| x.is_none());
+        tests.push(Test {
+            name,
+            function: String::new(),
+            registered: Some(i),
+            cell,
+            probe,
+            declared_at: Location {
+                file: path.display().to_string(),
+                line: 0,
+            },
+        });
+    }
+    Ok(matrices)
 }
 
 struct Loader<'a> {

@@ -95,9 +95,26 @@ impl Service {
 pub struct Test {
     /// `test_<name>`.
     pub name: String,
-    /// The Starlark function to call.
+    /// The Starlark function to call (for `def test_*`).
     pub function: String,
+    /// For tests registered by `scenario()`, `fault_scenario()` or `fault_matrix()`:
+    /// the entry in the module's registry.
+    pub registered: Option<usize>,
+    /// For matrix cells: (scenario, fault assumption).
+    pub cell: Option<(String, String)>,
+    /// A probe without an oracle (a `scenario()`, or a fault scenario without
+    /// `expect=`): it is not meant to assert anything.
+    pub probe: bool,
     pub declared_at: Location,
+}
+
+/// A `fault_matrix()`: its axes and cells, for the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Matrix {
+    pub scenarios: Vec<String>,
+    pub faults: Vec<String>,
+    /// (scenario, fault, test name), the name `None` for excluded cells.
+    pub cells: Vec<(String, String, Option<String>)>,
 }
 
 /// Everything a spec declares.
@@ -109,6 +126,7 @@ pub struct Spec {
     /// Syscall and op names each service may be faulted or traced on, from every
     /// `fault*`/`trace*` call in the spec; key `*` for calls whose target is dynamic.
     pub faultable: BTreeMap<String, std::collections::BTreeSet<String>>,
+    pub matrices: Vec<Matrix>,
 }
 
 impl Spec {

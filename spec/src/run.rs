@@ -8,7 +8,7 @@ use starlark::environment::Module;
 use starlark::eval::Evaluator;
 use starlark::ErrorKind;
 
-use crate::faults::AssertionFailed;
+use crate::faults::{AssertionFailed, MonitorViolation};
 use crate::loader::{describe, Loaded};
 use crate::model::Test;
 use crate::runtime::{Runtime, TestContext};
@@ -22,6 +22,8 @@ pub enum FailureType {
     Error,
     /// A service did not start: it exited, or its healthcheck never passed.
     ServiceStart,
+    /// A monitor's callback raised an assertion on an event.
+    MonitorViolation,
 }
 
 impl FailureType {
@@ -30,6 +32,7 @@ impl FailureType {
             FailureType::Assertion => "assertion",
             FailureType::Error => "error",
             FailureType::ServiceStart => "service_start",
+            FailureType::MonitorViolation => "monitor_violation",
         }
     }
 }
@@ -55,7 +58,14 @@ pub struct TestOutcome {
 /// Runs `test` of `loaded` against `world`. Blocking; Starlark evaluation is not
 /// `Send`, so call it on the thread that should run the test.
 pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync>) -> TestOutcome {
-    let function = match loaded.module.get(&test.function) {
+    let function = match test.registered {
+        Some(_) => loaded
+            .module
+            .get_any_visibility(crate::compose::REGISTRY)
+            .map(|(v, _)| v),
+        None => loaded.module.get(&test.function),
+    };
+    let function = match function {
         Ok(f) => f,
         Err(e) => {
             return TestOutcome {
@@ -82,7 +92,16 @@ pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync
         let f = unsafe { function.owned_frozen_value(module.frozen_heap()) }.to_value();
         let mut eval = Evaluator::new(&module);
         eval.extra = Some(&runtime);
-        let result = eval.eval_function(f, &[], &[]);
+        let result = match test.registered {
+            Some(i) => {
+                let entry = starlark::values::list::ListRef::from_value(f)
+                    .and_then(|l| l.content().get(i).copied())
+                    .expect("registered tests point into the registry");
+                crate::compose::run_registered(&mut eval, entry)
+            }
+            None => eval.eval_function(f, &[], &[]),
+        }
+        .and_then(|v| crate::compose::drain(&mut eval).map(|()| v));
         let assertions = runtime.assertions.get();
         match result {
             Ok(v) => TestOutcome {
@@ -102,13 +121,27 @@ pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync
     })
 }
 
+/// Whether `e` is a failed assertion (as opposed to an error).
+pub fn is_assertion(e: &starlark::Error) -> bool {
+    classify(e) == FailureType::Assertion
+}
+
 fn classify(e: &starlark::Error) -> FailureType {
+    let has = |a: &anyhow::Error, monitor: bool| {
+        a.chain().any(|c| {
+            if monitor {
+                c.downcast_ref::<MonitorViolation>().is_some()
+            } else {
+                c.downcast_ref::<AssertionFailed>().is_some()
+            }
+        })
+    };
     match e.kind() {
         ErrorKind::Fail(_) => FailureType::Assertion,
-        ErrorKind::Native(a) | ErrorKind::Other(a) | ErrorKind::Value(a)
-            if a.chain()
-                .any(|c| c.downcast_ref::<AssertionFailed>().is_some()) =>
-        {
+        ErrorKind::Native(a) | ErrorKind::Other(a) | ErrorKind::Value(a) if has(a, true) => {
+            FailureType::MonitorViolation
+        }
+        ErrorKind::Native(a) | ErrorKind::Other(a) | ErrorKind::Value(a) if has(a, false) => {
             FailureType::Assertion
         }
         _ => FailureType::Error,

@@ -49,6 +49,8 @@ pub struct Runtime {
     /// Assertions evaluated so far (passing or not), for the TEST_NO_ASSERTIONS
     /// diagnostic.
     pub assertions: std::cell::Cell<u64>,
+    /// The last event delivered to monitors.
+    pub monitored: std::cell::Cell<u64>,
     /// Set while a test body runs: the services and the World they live in.
     pub test: Option<TestContext>,
 }
@@ -76,6 +78,21 @@ fn counted(eval: &Evaluator) {
 }
 
 impl Runtime {
+    /// Whether `service` declares an op called `name` (while loading or testing).
+    pub fn has_op(&self, service: &str, name: &str) -> bool {
+        if let Some(t) = &self.test {
+            return t
+                .services
+                .iter()
+                .any(|s| s.name == service && s.ops.contains_key(name));
+        }
+        self.declared
+            .borrow()
+            .services
+            .iter()
+            .any(|s| s.name == service && s.ops.contains_key(name))
+    }
+
     pub fn get<'a>(eval: &Evaluator<'_, 'a, '_>) -> anyhow::Result<&'a Runtime> {
         eval.extra
             .and_then(|e| e.downcast_ref::<Runtime>())
@@ -521,6 +538,8 @@ pub fn invoke_step<'v>(
         .world
         .step(&call)
         .map_err(|e| starlark::Error::new_other(anyhow!("{step}(): {e}")))?;
+    crate::compose::drain(eval)?;
+    let heap = eval.heap();
     Ok(match call.protocol.as_str() {
         "tcp" => heap.alloc(result.body),
         _ => heap.alloc(ResponseValue(result)),
@@ -529,7 +548,7 @@ pub fn invoke_step<'v>(
 
 /// Turns `fault()` keyword arguments into rules for `service`: a name is one of the
 /// service's ops, else a syscall family or syscall.
-fn rules_for(
+pub(crate) fn rules_for(
     service: &Service,
     faults: &SmallMap<String, Value>,
 ) -> anyhow::Result<Vec<FaultRule>> {
@@ -577,7 +596,7 @@ fn rules_for(
     Ok(rules)
 }
 
-fn service_of<'a>(ctx: &'a TestContext, v: Value) -> anyhow::Result<&'a Service> {
+pub(crate) fn service_of<'a>(ctx: &'a TestContext, v: Value) -> anyhow::Result<&'a Service> {
     let name = match v.downcast_ref::<ServiceValue>() {
         Some(s) => s.name.clone(),
         None => bail!("expected a service, got {}", v.get_type()),
@@ -602,7 +621,18 @@ fn with_faults<'v>(
     let world = ctx.world.clone();
     let mut handles = Vec::new();
     let mut installed = Ok(());
+    let mut assumptions = Vec::new();
     for t in targets {
+        if crate::compose::kind(*t) == Some(crate::compose::KIND_ASSUMPTION) {
+            if !faults.is_empty() {
+                installed = Err(starlark::Error::new_other(anyhow!(
+                    "{what}: give faults either in the assumption or as keywords, not both"
+                )));
+                break;
+            }
+            assumptions.push(*t);
+            continue;
+        }
         let r = service_of(ctx, *t)
             .and_then(|svc| Ok((svc, rules_for(svc, faults)?)))
             .and_then(|(svc, rules)| {
@@ -618,7 +648,15 @@ fn with_faults<'v>(
             }
         }
     }
-    let result = installed.and_then(|()| eval.eval_function(run, &[], &[]));
+    if installed.is_ok() && !assumptions.is_empty() {
+        match crate::compose::apply(eval, &assumptions) {
+            Ok(h) => handles.extend(h),
+            Err(e) => installed = Err(e),
+        }
+    }
+    let result = installed
+        .and_then(|()| eval.eval_function(run, &[], &[]))
+        .and_then(|v| crate::compose::drain(eval).map(|()| v));
     for h in handles {
         let _ = world.fault_remove(h);
     }

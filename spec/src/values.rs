@@ -231,7 +231,19 @@ fn describe_fault(f: &FaultValue) -> String {
 }
 
 #[starlark_value(type = "fault")]
-impl<'v> StarlarkValue<'v> for FaultValue {}
+impl<'v> StarlarkValue<'v> for FaultValue {
+    /// Hashable, so that fault assumptions holding these can key `overrides=`.
+    fn write_hash(
+        &self,
+        hasher: &mut starlark::collections::StarlarkHasher,
+    ) -> starlark::Result<()> {
+        use std::hash::Hash;
+        describe_fault(self).hash(hasher);
+        self.probability.to_bits().hash(hasher);
+        self.label.hash(hasher);
+        Ok(())
+    }
+}
 
 /// `op(syscalls=[...], path=)`.
 #[derive(
