@@ -47,13 +47,8 @@ pub fn run(args: TestArgs) -> i32 {
         return dry_run(&loaded, &tests, &spec_arg);
     }
     // A binary that does not exist is a mistake in the spec, not a failing test.
-    let spec_dir = args
-        .spec
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
     for svc in &loaded.spec.services {
-        if let Err(e) = session::resolve_program(&svc.binary_in(&spec_dir)) {
+        if let Err(e) = session::resolve_program(&svc.binary_path()) {
             return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
         }
     }

@@ -531,3 +531,156 @@ fn the_same_seed_reproduces_the_normalized_trace() {
     assert_eq!(lines.next(), Some("lifecycle.started"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn composition_runs_scenarios_assumptions_and_the_matrix() {
+    let out = test_cmd(&["examples/composition.star", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc = json(&out);
+    let names: Vec<&str> = doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "test_order_flow",
+        "test_stock_check",
+        "test_order_inventory_down",
+        "test_matrix_order_flow_inventory_down",
+        "test_matrix_order_flow_disk_full",
+        "test_matrix_order_flow_slow_disk",
+        "test_matrix_stock_check_inventory_down",
+        "test_matrix_stock_check_slow_disk",
+        "test_inline_monitor",
+        "test_composed_assumption",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert!(
+        !names.contains(&"test_matrix_stock_check_disk_full"),
+        "excluded cell ran"
+    );
+    let flow = doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "test_order_flow")
+        .unwrap();
+    assert!(
+        flow["return_value"]
+            .as_str()
+            .unwrap()
+            .starts_with("response(status=200"),
+        "{flow}"
+    );
+    assert!(
+        diagnostics(&doc, "test_order_flow").is_empty(),
+        "a probe is not meant to assert"
+    );
+    let m = &doc["matrix"];
+    assert_eq!(
+        m["scenarios"],
+        serde_json::json!(["order_flow", "stock_check"])
+    );
+    assert_eq!(
+        m["faults"],
+        serde_json::json!(["inventory_down", "disk_full", "slow_disk"])
+    );
+    assert_eq!(
+        (m["passed"].as_u64(), m["failed"].as_u64()),
+        (Some(5), Some(0))
+    );
+    assert_eq!(m["cells"].as_array().unwrap().len(), 6);
+    assert!(
+        out.stderr
+            .contains("Fault Matrix: 2 scenarios × 3 faults = 5 cells"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("— (excluded)") && out.stderr.contains("Result: 5/5 passed"));
+    // The composed assumption installed both children's faults.
+    let cascade = doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "test_composed_assumption")
+        .unwrap();
+    let kinds: Vec<&str> = cascade["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["syscall"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["connect", "fsync"]);
+}
+
+#[test]
+fn monitors_fail_tests_as_violations_naming_the_event() {
+    let src = "load('LOAD', 'orders', 'inventory', 'place')\n\
+def flow():\n    return place()\n\
+def syncs(e):\n    assert_true(False, 'WAL synced')\n\
+watch = monitor(syncs, service = 'inventory', syscall = 'fsync')\n\
+slow = fault_assumption('slow', target = inventory, fsync = delay('1ms'), monitors = [watch])\n\
+fault_scenario('watched', scenario = flow, faults = slow, expect = lambda r: fail('expect must not run'))\n\
+def test_bad_callback():\n    monitor(lambda e: e['no_such_key'], service = 'inventory', syscall = 'fsync')\n    place()\n";
+    let load = root().join("examples/faultbox.star");
+    let (spec, _rm) = spec_file("monitor", &src.replace("LOAD", load.to_str().unwrap()));
+    let out = test_cmd(&[spec.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let doc = json(&out);
+    let find = |n: &str| {
+        doc["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    let watched = find("test_watched");
+    assert_eq!(watched["failure_type"], "monitor_violation", "{watched}");
+    let reason = watched["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("monitor violation at event #")
+            && reason.contains("(inventory syscall.fsync)")
+            && reason.contains("WAL synced"),
+        "{reason}"
+    );
+    let bad = find("test_bad_callback");
+    assert_eq!(bad["failure_type"], "error", "{bad}");
+    assert!(
+        bad["reason"]
+            .as_str()
+            .unwrap()
+            .contains("monitor callback failed at event #"),
+        "{bad}"
+    );
+}
+
+#[test]
+fn bad_composition_is_refused_at_load() {
+    let head = "a = service('a', 'sleep', interface('m', 'tcp', 7400), args = ['60'])\ndef s1():\n    pass\ndef s2():\n    pass\nf1 = fault_assumption('f1', target = a, fsync = deny('EIO'))\nf2 = fault_assumption('f2', target = a, write = deny('EIO'))\n";
+    let cases = [
+        ("override", "fault_matrix(scenarios = [s1], faults = [f1], overrides = {(s2, f1): lambda r: None})\n", "overrides= names the pair (s2, f1) that is not in scenarios= × faults="),
+        ("exclude", "fault_matrix(scenarios = [s1], faults = [f1], exclude = [(s1, f2)])\n", "exclude= names the pair (s1, f2) that is not in scenarios= × faults="),
+        ("kwarg", "fault_assumption('f3', target = a, nosuch = deny('EIO'))\n", "unknown syscall or op \"nosuch\""),
+        ("rules", "fault_assumption('f4', target = a, rules = [])\n", "rules= are protocol-level and need an interface as target="),
+        ("lambda", "scenario(lambda: None)\n", "needs a named function"),
+        ("dup", "scenario(s1)\ndef test_s1():\n    pass\n", "test \"test_s1\" is defined twice"),
+    ];
+    for (name, tail, expect) in cases {
+        let (spec, _rm) = spec_file(name, &format!("{head}{tail}"));
+        let out = test_cmd(&[spec.to_str().unwrap(), "--dry-run"]);
+        assert_eq!(out.code, 1, "{name}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(expect),
+            "{name}: expected {expect:?} in {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("spec.star"), "{name}: {}", out.stderr);
+    }
+}

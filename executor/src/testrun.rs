@@ -155,19 +155,11 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
             return finish(r, &world);
         }
     };
-    let spec_dir = loaded.path.parent().map(PathBuf::from).unwrap_or_default();
 
     let mut started = Vec::new();
     for svc in &loaded.spec.services {
         let t = Instant::now();
-        match world.start_service(
-            &loaded.spec,
-            svc,
-            &spec_dir,
-            &opts.shim,
-            sandbox.netns(),
-            &logs.0,
-        ) {
+        match world.start_service(&loaded.spec, svc, &opts.shim, sandbox.netns(), &logs.0) {
             Ok(state) => started.push(state),
             Err(e) => {
                 r.startup = Some(Startup::Other {

@@ -155,7 +155,6 @@ impl TestWorld {
         &self,
         spec: &Spec,
         svc: &Service,
-        spec_dir: &Path,
         shim: &Path,
         netns: i32,
         logs: &Path,
@@ -180,9 +179,7 @@ impl TestWorld {
         let notify: Vec<i32> = covered.iter().map(|s| s.nr).collect();
         let rolls = engine::rolls(self.seed ^ name_hash(&svc.name));
         let slot = EngineSlot::new(Engine::assemble(&[], &covered, rolls.clone()));
-
-        let spec_dir = &std::path::absolute(spec_dir).unwrap_or_else(|_| spec_dir.to_path_buf());
-        let binary = svc.binary_in(spec_dir);
+        let binary = svc.binary_path();
         let program = session::resolve_program(&binary)
             .map_err(|e| format!("service {:?}: {e}", svc.name))?;
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
@@ -220,7 +217,7 @@ impl TestWorld {
             stdout: Some(stdout.as_raw_fd()),
             stderr: Some(stderr.as_raw_fd()),
             // Relative paths in a service's arguments mean what they mean for its binary.
-            cwd: Some(spec_dir.to_path_buf()),
+            cwd: Some(svc.home()),
         };
         let sink = Arc::new(ServiceSink {
             service: svc.name.clone(),

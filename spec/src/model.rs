@@ -63,11 +63,25 @@ pub struct Service {
 }
 
 impl Service {
-    /// The binary to execute: a relative path with a `/` is relative to the spec's
-    /// directory; a bare name is left for a `PATH` lookup.
-    pub fn binary_in(&self, spec_dir: &std::path::Path) -> String {
+    /// The directory of the file that declared the service: its relative binary path
+    /// and its working directory are taken from there, also when another file
+    /// `load()`s the declaration.
+    pub fn home(&self) -> std::path::PathBuf {
+        let dir = std::path::Path::new(&self.declared_at.file)
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        std::path::absolute(&dir).unwrap_or(dir)
+    }
+
+    /// The binary to execute: a relative path with a `/` is relative to the declaring
+    /// file's directory; a bare name is left for a `PATH` lookup.
+    pub fn binary_path(&self) -> String {
         if self.binary.contains('/') && !self.binary.starts_with('/') {
-            spec_dir.join(&self.binary).to_string_lossy().into_owned()
+            self.home()
+                .join(&self.binary)
+                .to_string_lossy()
+                .into_owned()
         } else {
             self.binary.clone()
         }
