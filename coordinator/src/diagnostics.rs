@@ -51,7 +51,12 @@ pub fn diagnose(r: &TestReport) -> Vec<Diagnostic> {
             (_, Some(d)) => format!("delay({d})"),
             _ => f.action.clone(),
         };
-        if f.hits == 0 {
+        // A partition blocks both directions; one of them going unused is expected.
+        let partition = f
+            .label
+            .as_deref()
+            .is_some_and(|l| l.starts_with("partition "));
+        if f.hits == 0 && !partition {
             let hint = if matches!(f.syscall.as_str(), "write" | "read") {
                 " Network services often use send/recv (the sendto/recvfrom families) on sockets, not write/read."
             } else {
@@ -79,8 +84,8 @@ pub fn diagnose(r: &TestReport) -> Vec<Diagnostic> {
     out
 }
 
-/// A deny fault fired and a later step still got a 2xx answer from the service that
-/// was hit: the error may have been swallowed.
+/// A deny fault fired and the service's next answer to a step was still a 2xx: the
+/// error may have been swallowed.
 fn fired_but_success(r: &TestReport) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -96,12 +101,16 @@ fn fired_but_success(r: &TestReport) -> Vec<Diagnostic> {
         if !seen.insert(e.service.clone()) {
             continue;
         }
-        let later_ok = r.events.iter().find(|s| {
-            s.seq > e.seq
-                && s.kind == "step_recv"
-                && s.fields.get("service") == Some(&e.service)
-                && s.fields.get("status").is_some_and(|st| st.starts_with('2'))
-        });
+        // The service's next answer: the reply to the request the denial happened in.
+        let later_ok = r
+            .events
+            .iter()
+            .find(|s| {
+                s.seq > e.seq
+                    && s.kind == "step_recv"
+                    && s.fields.get("service") == Some(&e.service)
+            })
+            .filter(|s| s.fields.get("status").is_some_and(|st| st.starts_with('2')));
         if let Some(ok) = later_ok {
             out.push(Diagnostic {
                 code: "FAULT_FIRED_BUT_SUCCESS",

@@ -370,6 +370,22 @@ fn connect_is_refused_or_delayed() {
 }
 
 #[test]
+fn connect_globs_match_the_destination_address() {
+    let out = run(
+        &["--fault", "connect=ETIMEDOUT:100%:*:9"],
+        &[&p(), "connect:9", "connect:10"],
+    );
+    assert_eq!(out.one("connect", "9"), "ETIMEDOUT");
+    assert_eq!(
+        out.one("connect", "10"),
+        "ECONNREFUSED",
+        "other ports are not faulted"
+    );
+    let hit = out.logs_with("syscall intercepted");
+    assert_eq!(hit[0]["path"], "127.0.0.1:9");
+}
+
+#[test]
 fn exit_codes_pass_through() {
     assert_eq!(run(&[], &[&p(), "exit:42"]).code, 42);
     assert_eq!(

@@ -107,7 +107,7 @@ fn the_example_spec_passes() {
         "--output holds the same document"
     );
     let tests = doc["tests"].as_array().unwrap();
-    assert_eq!(tests.len(), 9);
+    assert_eq!(tests.len(), 10);
     assert!(
         tests.iter().all(|t| t["result"] == "pass"),
         "{}",
@@ -122,7 +122,7 @@ fn the_example_spec_passes() {
         out.stderr.contains("WAL fsyncs: 1"),
         "print() goes to stderr"
     );
-    assert!(out.stderr.contains("9 passed, 0 failed"));
+    assert!(out.stderr.contains("10 passed, 0 failed"));
     let happy = tests
         .iter()
         .find(|t| t["name"] == "test_happy_path")
@@ -302,7 +302,7 @@ fn dry_run_starts_nothing() {
     assert!(out.stdout.contains("Services: 2"), "{}", out.stdout);
     assert!(
         out.stdout.contains(
-            "inventory (../target/debug/inventory); filter: fsync, openat, sendto, write"
+            "inventory (../target/debug/inventory); filter: connect, fsync, openat, sendto, write"
         ),
         "{}",
         out.stdout

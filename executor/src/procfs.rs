@@ -46,6 +46,10 @@ impl Procfs {
                     .and_then(|p| absolute(pid, None, &p)),
                 read_memory: true,
             },
+            PathArg::SockAddr { addr, len } => Resolved {
+                path: self.sockaddr(pid, args[addr], args[len]),
+                read_memory: true,
+            },
             PathArg::At { dirfd, path } => Resolved {
                 path: self
                     .read_cstr(pid, args[path])
@@ -82,10 +86,11 @@ impl Procfs {
         None
     }
 
-    /// The port of the IPv4 or IPv6 socket address `len` bytes at `addr` in `pid`'s
-    /// memory (a `connect` destination).
-    pub fn sockaddr_port(&mut self, pid: i32, addr: u64, len: u64) -> Option<u16> {
-        if addr == 0 || len < 4 {
+    /// The socket address of `len` bytes at `addr` in `pid`'s memory, as text:
+    /// `127.0.0.1:5432`, `[::1]:80`, a Unix socket's path, or `@name` for an abstract
+    /// one.
+    fn sockaddr(&mut self, pid: i32, addr: u64, len: u64) -> Option<String> {
+        if addr == 0 || len < 2 {
             return None;
         }
         let file = match self.mem.get(&pid) {
@@ -95,19 +100,55 @@ impl Procfs {
                 self.mem.entry(pid).or_insert(f)
             }
         };
-        let mut buf = [0u8; 4];
-        file.read_exact_at(&mut buf, addr).ok()?;
-        let family = u16::from_ne_bytes([buf[0], buf[1]]);
-        if i32::from(family) != libc::AF_INET && i32::from(family) != libc::AF_INET6 {
-            return None;
-        }
-        Some(u16::from_be_bytes([buf[2], buf[3]]))
+        let mut buf = [0u8; 128];
+        let len = (len as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..len], addr).ok()?;
+        sockaddr_text(&buf[..len])
     }
 
     /// Forgets what is cached about `pid`.
     pub fn forget(&mut self, pid: i32) {
         self.mem.remove(&pid);
     }
+}
+
+/// Formats a raw `sockaddr`.
+fn sockaddr_text(b: &[u8]) -> Option<String> {
+    let family = i32::from(u16::from_ne_bytes([b[0], b[1]]));
+    let port = |b: &[u8]| u16::from_be_bytes([b[2], b[3]]);
+    match family {
+        libc::AF_INET if b.len() >= 8 => {
+            Some(format!("{}.{}.{}.{}:{}", b[4], b[5], b[6], b[7], port(b)))
+        }
+        libc::AF_INET6 if b.len() >= 24 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&b[8..24]);
+            Some(format!(
+                "[{}]:{}",
+                std::net::Ipv6Addr::from(octets),
+                port(b)
+            ))
+        }
+        libc::AF_UNIX => {
+            let path = &b[2..];
+            if path.first() == Some(&0) {
+                let name = &path[1..];
+                return Some(format!("@{}", String::from_utf8_lossy(name)));
+            }
+            let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
+            Some(String::from_utf8_lossy(&path[..end]).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// The port of a socket address formatted by [`sockaddr_text`].
+pub fn port_of(addr: &str) -> Option<u16> {
+    let (host, port) = addr.rsplit_once(':')?;
+    if host.is_empty() || addr.starts_with('/') || addr.starts_with('@') {
+        return None;
+    }
+    port.parse().ok()
 }
 
 fn read_cstr_from(file: &File, addr: u64) -> Option<Vec<u8>> {
@@ -177,6 +218,21 @@ fn normalize(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_addresses() {
+        let mut v4 = vec![0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&5432u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(sockaddr_text(&v4).unwrap(), "127.0.0.1:5432");
+        assert_eq!(port_of("127.0.0.1:5432"), Some(5432));
+        let mut un = vec![0u8; 30];
+        un[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+        un[2..14].copy_from_slice(b"/run/x.sock\0");
+        assert_eq!(sockaddr_text(&un).unwrap(), "/run/x.sock");
+        assert_eq!(port_of("/run/x.sock"), None);
+    }
 
     #[test]
     fn normalizes_lexically() {

@@ -199,15 +199,15 @@ impl Supervisor {
             return;
         };
         let resolved = self.procfs.resolve(pid, chain.path_arg, &req.data.args);
-        let peer_port = if &*chain.name == "connect" {
-            self.procfs
-                .sockaddr_port(pid, req.data.args[1], req.data.args[2])
-        } else {
-            None
+        let peer_port = match chain.path_arg {
+            faultbox_shim::syscalls::PathArg::SockAddr { .. } => {
+                resolved.path.as_deref().and_then(crate::procfs::port_of)
+            }
+            _ => None,
         };
         // The path came from memory of a thread that may have died meanwhile, its pid
         // reused: only act on it if the notification is still pending.
-        if (resolved.read_memory || peer_port.is_some()) && !notify::id_valid(fd, req.id) {
+        if resolved.read_memory && !notify::id_valid(fd, req.id) {
             self.procfs.forget(pid);
             return;
         }

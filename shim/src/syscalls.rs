@@ -153,6 +153,9 @@ pub enum PathArg {
     At { dirfd: usize, path: usize },
     /// A file descriptor in argument `fd`, resolved through `/proc/PID/fd`.
     Fd { fd: usize },
+    /// A socket address in argument `addr` of `len` bytes: the destination of a
+    /// `connect`, as `127.0.0.1:5432`, `[::1]:80` or a Unix socket's path.
+    SockAddr { addr: usize, len: usize },
 }
 
 /// Which argument of `name` identifies its file, if any.
@@ -170,13 +173,14 @@ pub fn path_arg(name: &str) -> PathArg {
         | "lsetxattr" | "getxattr" | "lgetxattr" | "listxattr" | "llistxattr" | "removexattr"
         | "lremovexattr" => PathArg::Path { path: 0 },
         "symlink" => PathArg::Path { path: 1 },
+        "connect" => PathArg::SockAddr { addr: 1, len: 2 },
         "read" | "write" | "readv" | "writev" | "pread64" | "pwrite64" | "preadv" | "pwritev"
         | "preadv2" | "pwritev2" | "fsync" | "fdatasync" | "close" | "fstat" | "ftruncate"
         | "fallocate" | "lseek" | "getdents" | "getdents64" | "fchmod" | "fchown" | "fchdir"
         | "flock" | "fcntl" | "ioctl" | "sync_file_range" | "fadvise64" | "syncfs" | "fstatfs"
         | "fgetxattr" | "fsetxattr" | "flistxattr" | "fremovexattr" | "sendto" | "sendmsg"
-        | "recvfrom" | "recvmsg" | "connect" | "bind" | "listen" | "accept" | "accept4"
-        | "shutdown" | "getsockname" | "getpeername" | "setsockopt" | "getsockopt" | "sendfile"
+        | "recvfrom" | "recvmsg" | "bind" | "listen" | "accept" | "accept4" | "shutdown"
+        | "getsockname" | "getpeername" | "setsockopt" | "getsockopt" | "sendfile"
         | "copy_file_range" | "splice" | "sendmmsg" | "recvmmsg" => PathArg::Fd { fd: 0 },
         _ => PathArg::None,
     }

@@ -70,6 +70,20 @@ fn walk(ast: &AstModule, e: &AstExpr, out: &mut (Vec<Site>, Vec<Literal>)) {
                     }
                 }
             }
+            if name == "partition" {
+                // Both services' filters must cover connect.
+                let mut site = Site {
+                    at: at(ast, e),
+                    names: vec!["connect".to_string()],
+                    ..Site::default()
+                };
+                for a in args.args.iter().take(2) {
+                    if let ArgumentP::Positional(x) = &a.node {
+                        site.targets.extend(targets(x));
+                    }
+                }
+                out.0.push(site);
+            }
             let is_fault = FAULT_CALLS.contains(&name);
             let is_trace = TRACE_CALLS.contains(&name);
             if is_fault || is_trace {

@@ -684,6 +684,10 @@ fn start_trace(
         .map_err(|e| anyhow!("{what}: {e}"))
 }
 
+fn libc_econnrefused() -> i32 {
+    faultbox_shim::errno::from_name("ECONNREFUSED").expect("ECONNREFUSED exists")
+}
+
 /// Whether `value` matches `pattern`: `*` at either end matches any prefix/suffix.
 pub fn glob_match(pattern: &str, value: &str) -> bool {
     match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
@@ -817,6 +821,64 @@ pub fn testing(builder: &mut GlobalsBuilder) {
         })?;
         let targets: Vec<Value> = list.iter().collect();
         with_faults(eval, &targets, run, &faults, "fault_all()")
+    }
+
+    /// `partition(a, b, run=fn)`: while `run` runs, connections between the two
+    /// services are refused in both directions; all other connections work.
+    fn partition<'v>(
+        #[starlark(require = pos)] a: Value<'v>,
+        #[starlark(require = pos)] b: Value<'v>,
+        #[starlark(require = named)] run: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        let rt = Runtime::get(eval).map_err(starlark::Error::new_other)?;
+        let ctx = rt.test("partition()").map_err(starlark::Error::new_other)?;
+        let world = ctx.world.clone();
+        let (sa, sb) = match (service_of(ctx, a), service_of(ctx, b)) {
+            (Ok(x), Ok(y)) => (x.clone(), y.clone()),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(starlark::Error::new_other(anyhow!("partition(): {e}")))
+            }
+        };
+        if sa.name == sb.name {
+            return Err(starlark::Error::new_other(anyhow!(
+                "partition(): a service cannot be partitioned from itself"
+            )));
+        }
+        let mut handles = Vec::new();
+        let mut installed = Ok(());
+        for (from, to) in [(&sa, &sb), (&sb, &sa)] {
+            let rules: Vec<FaultRule> = to
+                .interfaces
+                .iter()
+                .map(|i| FaultRule {
+                    target: "connect".into(),
+                    kind: TargetKind::Syscall,
+                    action: Action::Deny(libc_econnrefused()),
+                    probability: 100.0,
+                    path_glob: Some(format!("*:{}", i.port)),
+                    trigger: Trigger::Always,
+                    label: Some(format!("partition {}|{}", sa.name, sb.name)),
+                })
+                .collect();
+            if rules.is_empty() {
+                continue;
+            }
+            match world.fault_start(&from.name, &rules) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    installed = Err(starlark::Error::new_other(anyhow!("partition(): {e}")));
+                    break;
+                }
+            }
+        }
+        let result = installed
+            .and_then(|()| eval.eval_function(run, &[], &[]))
+            .and_then(|v| crate::compose::drain(eval).map(|()| v));
+        for h in handles {
+            let _ = world.fault_remove(h);
+        }
+        result
     }
 
     /// `fault_start(service, **syscall_faults)`: faults until `fault_stop(service)`.
