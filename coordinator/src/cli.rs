@@ -22,6 +22,27 @@ pub enum Command {
     Run(RunArgs),
     /// Run the tests of a Starlark spec against real services.
     Test(TestArgs),
+    /// Generate failure scenarios from a spec's scenario() registrations.
+    Generate {
+        /// The spec file.
+        #[arg(value_name = "FILE")]
+        spec: std::path::PathBuf,
+        /// Write everything to this one file (default: <scenario>.faults.star each).
+        #[arg(long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        /// Only this scenario.
+        #[arg(long, value_name = "NAME")]
+        scenario: Option<String>,
+        /// Only faults of this dependency.
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+        /// network, disk or all.
+        #[arg(long, value_name = "CAT", default_value = "all")]
+        category: String,
+        /// List the mutations without writing files.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Compare two normalized traces (exit 0 identical, 2 different).
     Diff {
         #[arg(value_name = "A")]

@@ -5,6 +5,7 @@ mod cli;
 mod decision_log;
 mod diagnostics;
 mod diff;
+mod generate;
 mod logging;
 mod normalize;
 mod report;
@@ -32,6 +33,23 @@ fn main() {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Test(args) => test_cmd::run(args),
         cli::Command::Diff { a, b } => diff::run(&a, &b),
+        cli::Command::Generate {
+            spec,
+            output,
+            scenario,
+            service,
+            category,
+            dry_run,
+        } => generate::run(
+            &spec,
+            output.as_deref(),
+            generate::Options {
+                scenario,
+                service,
+                category,
+            },
+            dry_run,
+        ),
     };
     std::process::exit(code);
 }

@@ -684,3 +684,147 @@ fn bad_composition_is_refused_at_load() {
         assert!(out.stderr.contains("spec.star"), "{name}: {}", out.stderr);
     }
 }
+
+/// A copy of the example specs in a scratch directory, with binaries by absolute path.
+fn example_copy(name: &str) -> (PathBuf, impl Drop) {
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("fbtest-gen-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["faultbox.star", "composition.star", "common.star"] {
+        let mut text = std::fs::read_to_string(root().join("examples").join(f)).unwrap();
+        if f == "common.star" {
+            let bin = root().join("target/debug/");
+            text = text.replace(
+                "BIN = \"../target/debug/\"",
+                &format!("BIN = {:?}", bin.to_str().unwrap()),
+            );
+        }
+        std::fs::write(dir.join(f), text).unwrap();
+    }
+    (dir.clone(), Rm(dir))
+}
+
+fn generate(args: &[&str]) -> Out {
+    let out = Command::new(faultbox())
+        .current_dir(root())
+        .arg("generate")
+        .args(args)
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn generated_specs_run() {
+    let (dir, _rm) = example_copy("default");
+    let spec = dir.join("composition.star");
+    let out = generate(&[spec.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let per = dir.join("order_flow.faults.star");
+    let text = std::fs::read_to_string(&per).unwrap();
+    assert!(dir.join("stock_check.faults.star").is_file());
+    assert!(
+        text.contains("load(\"composition.star\", \"order_flow\")"),
+        "{text}"
+    );
+    assert!(
+        text.contains("load(\"faultbox.star\", \"inventory\", \"orders\")"),
+        "{text}"
+    );
+    for name in [
+        "inventory_down",
+        "inventory_slow",
+        "inventory_reset",
+        "inventory_disk_eio",
+        "inventory_disk_full",
+        "inventory_slow_fsync",
+    ] {
+        assert!(
+            text.contains(&format!("{name} = fault_assumption({name:?},")),
+            "{name} in {text}"
+        );
+    }
+    assert!(text.contains("def test_partition_orders_inventory_order_flow():"));
+    let run = test_cmd(&[per.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let doc = json(&run);
+    assert_eq!(doc["pass"], 7, "6 matrix cells and a partition");
+    assert_eq!(doc["matrix"]["passed"], 6);
+
+    let single = dir.join("all.star");
+    let out = generate(&[
+        spec.to_str().unwrap(),
+        "--output",
+        single.to_str().unwrap(),
+        "--category",
+        "network",
+        "--scenario",
+        "stock_check",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = std::fs::read_to_string(&single).unwrap();
+    assert!(
+        text.contains("inventory_reset")
+            && !text.contains("disk_eio")
+            && !text.contains("order_flow"),
+        "{text}"
+    );
+}
+
+#[test]
+fn generate_lists_and_refuses() {
+    let spec = "examples/composition.star";
+    let out = generate(&[
+        spec,
+        "--dry-run",
+        "--service",
+        "inventory",
+        "--category",
+        "disk",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "order_flow: inventory_disk_full (disk) target=inventory write=deny(\"ENOSPC\")"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("2 scenarios × 3 faults"),
+        "{}",
+        out.stdout
+    );
+    for (args, expect) in [
+        (
+            vec![spec, "--scenario", "nope"],
+            "--scenario nope: no scenario() of that name",
+        ),
+        (
+            vec![spec, "--service", "orders"],
+            "--service orders: no service depends on it",
+        ),
+        (
+            vec![spec, "--category", "cpu"],
+            "--category cpu: expected network, disk or all",
+        ),
+        (
+            vec!["examples/faultbox.star"],
+            "no scenario() registrations",
+        ),
+    ] {
+        let out = generate(&args);
+        assert_eq!(out.code, 1, "{args:?}");
+        assert!(out.stderr.contains(expect), "{args:?}: {}", out.stderr);
+    }
+}

@@ -108,7 +108,7 @@ pub fn load(path: &Path) -> Result<Loaded, SpecError> {
             },
         });
     }
-    let matrices = registered(&module, path, &mut tests)?;
+    let (matrices, scenarios) = registered(&module, path, &mut tests)?;
     tests.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(w) = tests.windows(2).find(|w| w[0].name == w[1].name) {
         return Err(SpecError::Eval(format!(
@@ -123,22 +123,29 @@ pub fn load(path: &Path) -> Result<Loaded, SpecError> {
             tests,
             faultable,
             matrices,
+            scenarios,
         },
         module,
         path: path.to_path_buf(),
     })
 }
 
-/// Reads the tests and matrices registered by composition builtins in `module`.
+type Registered = (Vec<crate::model::Matrix>, Vec<crate::model::ScenarioDecl>);
+
+/// Reads the tests, matrices and scenarios registered by composition builtins in
+/// `module`.
 fn registered(
     module: &FrozenModule,
     path: &Path,
     tests: &mut Vec<Test>,
-) -> Result<Vec<crate::model::Matrix>, SpecError> {
-    use crate::compose::{field, items, kind, text, KIND_MATRIX, REGISTRY};
+) -> Result<Registered, SpecError> {
+    use crate::compose::{
+        field, function_name, items, kind, text, KIND_MATRIX, KIND_SCENARIO, REGISTRY,
+    };
     let mut matrices = Vec::new();
+    let mut scenarios = Vec::new();
     let Ok((list, _)) = module.get_any_visibility(REGISTRY) else {
-        return Ok(matrices);
+        return Ok((matrices, scenarios));
     };
     let entries: Vec<starlark::values::Value> =
         starlark::values::list::ListRef::from_value(list.value())
@@ -172,6 +179,18 @@ fn registered(
             });
             continue;
         }
+        if kind(e) == Some(KIND_SCENARIO) {
+            if let Some(f) = field(e, "scenario") {
+                let name = function_name(f);
+                // A function's repr is `<file>.<name>`.
+                let repr = f.to_str();
+                let file = repr
+                    .strip_suffix(&format!(".{name}"))
+                    .unwrap_or("")
+                    .to_string();
+                scenarios.push(crate::model::ScenarioDecl { name, file });
+            }
+        }
         let name = text(e, "name").unwrap_or("").to_string();
         let cell = match (text(e, "cell_scenario"), text(e, "cell_fault")) {
             (Some(s), Some(f)) if !s.is_empty() => Some((s.to_string(), f.to_string())),
@@ -191,7 +210,7 @@ fn registered(
             },
         });
     }
-    Ok(matrices)
+    Ok((matrices, scenarios))
 }
 
 struct Loader<'a> {

@@ -122,6 +122,15 @@ pub struct Test {
     pub declared_at: Location,
 }
 
+/// A function registered with `scenario()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScenarioDecl {
+    /// The function's name.
+    pub name: String,
+    /// The file that defines it.
+    pub file: String,
+}
+
 /// A `fault_matrix()`: its axes and cells, for the report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Matrix {
@@ -141,6 +150,8 @@ pub struct Spec {
     /// `fault*`/`trace*` call in the spec; key `*` for calls whose target is dynamic.
     pub faultable: BTreeMap<String, std::collections::BTreeSet<String>>,
     pub matrices: Vec<Matrix>,
+    /// `scenario()` registrations of the spec file, in order.
+    pub scenarios: Vec<ScenarioDecl>,
 }
 
 impl Spec {
