@@ -22,6 +22,33 @@ pub enum Command {
     Run(RunArgs),
     /// Run the tests of a Starlark spec against real services.
     Test(TestArgs),
+    /// Write a starter spec, editor stubs or Claude Code commands.
+    Init {
+        /// The binary to write a spec for.
+        #[arg(value_name = "BINARY")]
+        binary: Option<String>,
+        /// Service name.
+        #[arg(long, default_value = "myapp")]
+        name: String,
+        /// Port number.
+        #[arg(long, default_value_t = 8080)]
+        port: u32,
+        /// Protocol: http or tcp.
+        #[arg(long, default_value = "http")]
+        protocol: String,
+        /// Write to this file instead of printing.
+        #[arg(long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        /// Generate the spec from a docker-compose file.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "docker-compose.yml")]
+        from_compose: Option<std::path::PathBuf>,
+        /// Write typing stubs for editors (typings/, .vscode/).
+        #[arg(long)]
+        vscode: bool,
+        /// Write Claude Code slash commands (.claude/commands/) and .mcp.json.
+        #[arg(long)]
+        claude: bool,
+    },
     /// Generate failure scenarios from a spec's scenario() registrations.
     Generate {
         /// The spec file.

@@ -6,6 +6,7 @@ mod decision_log;
 mod diagnostics;
 mod diff;
 mod generate;
+mod init;
 mod logging;
 mod normalize;
 mod report;
@@ -33,6 +34,34 @@ fn main() {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Test(args) => test_cmd::run(args),
         cli::Command::Diff { a, b } => diff::run(&a, &b),
+        cli::Command::Init {
+            binary,
+            name,
+            port,
+            protocol,
+            output,
+            from_compose,
+            vscode,
+            claude,
+        } => {
+            let here = std::path::Path::new(".");
+            match (binary, from_compose, vscode, claude) {
+                (_, _, true, _) => init::vscode(here),
+                (_, _, _, true) => init::claude(here),
+                (None, Some(file), _, _) => init::from_compose(&file, output.as_deref()),
+                (Some(b), None, _, _) => {
+                    init::for_binary(&b, &name, port, &protocol, output.as_deref())
+                }
+                (Some(_), Some(_), _, _) => {
+                    eprintln!("faultbox: error: give a binary or --from-compose, not both");
+                    1
+                }
+                (None, None, _, _) => {
+                    eprintln!("faultbox: error: faultbox init needs a binary, --from-compose, --vscode or --claude");
+                    1
+                }
+            }
+        }
         cli::Command::Generate {
             spec,
             output,

@@ -828,3 +828,161 @@ fn generate_lists_and_refuses() {
         assert!(out.stderr.contains(expect), "{args:?}: {}", out.stderr);
     }
 }
+
+fn init(dir: &Path, args: &[&str]) -> Out {
+    let out = Command::new(faultbox())
+        .current_dir(dir)
+        .arg("init")
+        .args(args)
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn init_writes_specs_that_run() {
+    let (dir, _rm) = spec_file("init", "");
+    let dir = dir.parent().unwrap().to_path_buf();
+    let inventory = root().join("target/debug/inventory");
+    let orders = root().join("target/debug/orders");
+    let tcp = dir.join("tcp.star");
+    let out = init(
+        &dir,
+        &[
+            "--name",
+            "inventory",
+            "--port",
+            "5432",
+            "--protocol",
+            "tcp",
+            "--output",
+            tcp.to_str().unwrap(),
+            inventory.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = test_cmd(&[tcp.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(
+        run.code,
+        0,
+        "{}\n{}",
+        run.stderr,
+        std::fs::read_to_string(&tcp).unwrap()
+    );
+    assert_eq!(json(&run)["pass"], 3);
+    let http = init(&dir, &["--name", "orders", orders.to_str().unwrap()]);
+    assert_eq!(http.code, 0);
+    assert!(
+        http.stdout
+            .contains("healthcheck = http(\"localhost:8080/health\")"),
+        "{}",
+        http.stdout
+    );
+    let spec = dir.join("http.star");
+    std::fs::write(&spec, &http.stdout).unwrap();
+    let run = test_cmd(&[spec.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for (args, expect) in [
+        (
+            vec!["--protocol", "udp", "x"],
+            "--protocol udp: expected http or tcp",
+        ),
+        (vec!["--port", "70000", "x"], "--port 70000"),
+        (
+            vec![],
+            "needs a binary, --from-compose, --vscode or --claude",
+        ),
+    ] {
+        let out = init(&dir, &args);
+        assert_eq!(out.code, 1, "{args:?}");
+        assert!(out.stderr.contains(expect), "{args:?}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn init_from_compose() {
+    let (dir, _rm) = spec_file("compose", "");
+    let dir = dir.parent().unwrap().to_path_buf();
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        "services:\n  api:\n    build: ./api\n    ports: [\"8080:8080\"]\n    depends_on: [db, cache]\n    environment:\n      DB_URL: postgres://db/app\n  db:\n    image: postgres:16-alpine\n    environment: [\"POSTGRES_PASSWORD=test\"]\n  cache:\n    image: redis:7\n    ports:\n      - \"6379\"\n",
+    )
+    .unwrap();
+    let out = init(&dir, &["--from-compose"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let spec = &out.stdout;
+    let (cache, db, api) = (
+        spec.find("cache = service(").unwrap(),
+        spec.find("db = service(").unwrap(),
+        spec.find("api = service(").unwrap(),
+    );
+    assert!(cache < api && db < api, "dependencies first: {spec}");
+    assert!(
+        spec.contains("interface(\"main\", \"postgres\", 5432)")
+            && spec.contains("image = \"postgres:16-alpine\""),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("interface(\"main\", \"redis\", 6379)")
+            && spec.contains("healthcheck = tcp(\"localhost:6379\")"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("build = \"./api\"") && spec.contains("depends_on = [db, cache]"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("\"POSTGRES_PASSWORD\": \"test\"")
+            && spec.contains("healthcheck = http(\"localhost:8080/\")"),
+        "{spec}"
+    );
+    assert!(spec.contains("scenario(happy_path)"), "{spec}");
+    // It loads as far as containers go: they are not supported yet.
+    let file = dir.join("from-compose.star");
+    std::fs::write(&file, spec).unwrap();
+    let dry = test_cmd(&[file.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(dry.code, 1);
+    assert!(
+        dry.stderr
+            .contains("container services (image=, build=) are not yet supported"),
+        "{}",
+        dry.stderr
+    );
+    std::fs::write(dir.join("bad.yml"), "services:\n  a: [1, 2\n").unwrap();
+    let bad = init(&dir, &["--from-compose", "bad.yml"]);
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr.contains("bad.yml:") && bad.stderr.contains("not valid YAML"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn init_vscode_and_claude() {
+    let (dir, _rm) = spec_file("editors", "");
+    let dir = dir.parent().unwrap().to_path_buf();
+    assert_eq!(init(&dir, &["--vscode"]).code, 0);
+    let stubs = std::fs::read_to_string(dir.join("typings/faultbox.pyi")).unwrap();
+    for name in faultbox_spec::loader::builtin_names() {
+        assert!(
+            stubs.contains(&format!("def {name}(")),
+            "no stub for {name}"
+        );
+    }
+    assert!(dir.join(".vscode/settings.json").is_file());
+    assert_eq!(init(&dir, &["--claude"]).code, 0);
+    for f in ["fault-test.md", "fault-generate.md", "fault-diagnose.md"] {
+        assert!(dir.join(".claude/commands").join(f).is_file(), "{f}");
+    }
+    let mcp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(".mcp.json")).unwrap()).unwrap();
+    assert_eq!(mcp["mcpServers"]["faultbox"]["args"][0], "mcp");
+    let again = init(&dir, &["--claude"]);
+    assert_eq!(again.code, 1, "existing files are not overwritten");
+    assert!(again.stderr.contains("exists; not overwriting it"));
+}

@@ -51,6 +51,19 @@ pub fn globals() -> Globals {
     .build()
 }
 
+/// The names of Faultbox's own builtins (not Starlark's standard ones).
+pub fn builtin_names() -> Vec<String> {
+    let g = GlobalsBuilder::new()
+        .with(runtime::topology)
+        .with(runtime::assertions)
+        .with(runtime::testing)
+        .with(crate::compose::composition)
+        .build();
+    let mut names: Vec<String> = g.names().map(|n| n.as_str().to_string()).collect();
+    names.sort();
+    names
+}
+
 /// Formats a Starlark error as `file:line: message`.
 pub fn describe(e: &starlark::Error) -> String {
     let message = e.kind().to_string();
