@@ -117,6 +117,11 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILE")]
     pub normalize: Option<std::path::PathBuf>,
 
+    /// Delay faults advance a virtual clock instead of sleeping; nanosleep returns at
+    /// once and clock_gettime syscalls read the virtual clock.
+    #[arg(long)]
+    pub virtual_time: bool,
+
     /// Load and check the spec and show the test plan without starting anything.
     #[arg(long)]
     pub dry_run: bool,

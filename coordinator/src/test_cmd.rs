@@ -92,6 +92,7 @@ pub fn run(args: TestArgs) -> i32 {
                 seed,
                 shim: shim.clone(),
                 runtime: runtime.handle().clone(),
+                virtual_time: args.virtual_time,
             };
             let r = testrun::run_test(loaded.clone(), test.clone(), opts);
             let failed_now = r.verdict != Verdict::Pass;

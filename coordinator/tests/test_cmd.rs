@@ -986,3 +986,39 @@ fn init_vscode_and_claude() {
     assert_eq!(again.code, 1, "existing files are not overwritten");
     assert!(again.stderr.contains("exists; not overwriting it"));
 }
+
+#[test]
+fn virtual_time_makes_sleeps_and_delays_instant() {
+    let start = std::time::Instant::now();
+    let out = test_cmd(&[
+        "coordinator/tests/specs/vtime.star",
+        "--virtual-time",
+        "--format",
+        "json",
+    ]);
+    let elapsed = start.elapsed();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Without virtual time: 2 × 3 s startup sleeps, a 10 s sleep and a 2 s delay.
+    assert!(
+        elapsed < std::time::Duration::from_secs(4),
+        "took {elapsed:?}"
+    );
+    let doc = json(&out);
+    for t in doc["tests"].as_array().unwrap() {
+        assert!(t["duration_ms"].as_u64().unwrap() < 1500, "{}", t["name"]);
+    }
+    let delayed = doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "test_delays_are_instant")
+        .unwrap();
+    assert_eq!(delayed["faults"][0]["hits"], 1);
+    let events = delayed["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["label"] == "virtual time"),
+        "time calls are in the trace"
+    );
+}

@@ -12,6 +12,7 @@ pub mod steps;
 pub mod supervisor;
 pub mod testrun;
 pub mod testworld;
+pub mod vclock;
 
 pub use engine::{Decision, Engine};
 pub use launch::Exit;

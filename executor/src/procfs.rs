@@ -106,6 +106,28 @@ impl Procfs {
         sockaddr_text(&buf[..len])
     }
 
+    /// Reads `N` bytes at `addr` in `pid`'s memory.
+    pub fn read_array<const N: usize>(&mut self, pid: i32, addr: u64) -> Option<[u8; N]> {
+        let file = match self.mem.get(&pid) {
+            Some(f) => f,
+            None => {
+                let f = File::open(format!("/proc/{pid}/mem")).ok()?;
+                self.mem.entry(pid).or_insert(f)
+            }
+        };
+        let mut buf = [0u8; N];
+        file.read_exact_at(&mut buf, addr).ok()?;
+        Some(buf)
+    }
+
+    /// Writes `bytes` at `addr` in `pid`'s memory (rare: virtual time answers).
+    pub fn write(&mut self, pid: i32, addr: u64, bytes: &[u8]) -> bool {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{pid}/mem"));
+        file.and_then(|f| f.write_all_at(bytes, addr)).is_ok()
+    }
+
     /// Forgets what is cached about `pid`.
     pub fn forget(&mut self, pid: i32) {
         self.mem.remove(&pid);

@@ -38,6 +38,8 @@ pub struct SessionConfig {
     pub stderr: Option<RawFd>,
     /// The target's working directory; inherited when `None`.
     pub cwd: Option<PathBuf>,
+    /// Under virtual time, the clock its time syscalls and delays use.
+    pub vclock: Option<Arc<crate::vclock::VirtualClock>>,
 }
 
 impl SessionConfig {
@@ -63,6 +65,7 @@ impl SessionConfig {
             stdout: None,
             stderr: None,
             cwd: None,
+            vclock: None,
         })
     }
 }
@@ -158,6 +161,7 @@ pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Runni
                 tokio::runtime::Handle::current(),
                 sink,
                 pid,
+                cfg.vclock.clone(),
             )
             .map_err(SessionError::Supervisor)?,
         ),

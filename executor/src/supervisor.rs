@@ -20,6 +20,7 @@ use faultbox_shim::syscalls::{self, Arch};
 
 use crate::engine::{Decision, EngineSlot};
 use crate::procfs::Procfs;
+use crate::vclock::{self, VirtualClock};
 
 /// One intercepted call and what was decided.
 #[derive(Debug, Clone)]
@@ -107,6 +108,7 @@ pub fn spawn(
     runtime: tokio::runtime::Handle,
     sink: Arc<dyn EventSink>,
     shim_pid: i32,
+    vclock: Option<Arc<VirtualClock>>,
 ) -> std::io::Result<SupervisorHandle> {
     install_wake_handler();
     let stop = Arc::new(AtomicBool::new(false));
@@ -124,6 +126,11 @@ pub fn spawn(
             .filter_map(|n| syscalls::number(n, Arch::native()))
             .collect(),
         stop: stop.clone(),
+        vclock,
+        time_nrs: crate::vclock::SYSCALLS
+            .iter()
+            .map(|n| syscalls::number(n, Arch::native()).unwrap_or(-1))
+            .collect(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("faultbox-supervisor-{shim_pid}"))
@@ -145,6 +152,10 @@ struct Supervisor {
     shim_exec_seen: bool,
     execve_nrs: Vec<i32>,
     stop: Arc<AtomicBool>,
+    /// Set under `--virtual-time`.
+    vclock: Option<Arc<VirtualClock>>,
+    /// nanosleep, clock_nanosleep, clock_gettime (-1 where the arch lacks one).
+    time_nrs: Vec<i32>,
 }
 
 impl Supervisor {
@@ -193,6 +204,12 @@ impl Supervisor {
                 return;
             }
         }
+        if let Some(clock) = self.vclock.clone() {
+            if let Some(i) = self.time_nrs.iter().position(|&t| t == nr) {
+                self.virtual_time(&clock, i, pid, req);
+                return;
+            }
+        }
         let engine = self.engine.load();
         let Some(chain) = engine.chain(nr) else {
             answer(fd, req.id, &Decision::Allow);
@@ -213,6 +230,12 @@ impl Supervisor {
         }
         let verdict = engine.decide(chain, resolved.path.as_deref());
         match verdict.decision {
+            Decision::Delay(d) if self.vclock.is_some() => {
+                if let Some(c) = &self.vclock {
+                    c.advance(d);
+                }
+                answer(fd, req.id, &Decision::Allow);
+            }
             Decision::Delay(d) => {
                 let listener = self.listener.clone();
                 let id = req.id;
@@ -231,6 +254,77 @@ impl Supervisor {
             rule: verdict.rule,
             label: verdict.label,
             peer_port,
+        });
+    }
+}
+
+impl Supervisor {
+    /// Answers `nanosleep` (which = 0), `clock_nanosleep` (1) or `clock_gettime` (2)
+    /// from the virtual clock, and reports the call.
+    fn virtual_time(&mut self, clock: &VirtualClock, which: usize, pid: i32, req: &notify::Notif) {
+        let fd = self.listener.as_raw_fd();
+        let args = req.data.args;
+        let read_ts = |procfs: &mut Procfs, addr: u64| {
+            procfs.read_array::<16>(pid, addr).map(|b| libc::timespec {
+                tv_sec: i64::from_ne_bytes(b[..8].try_into().expect("8 bytes")) as libc::time_t,
+                tv_nsec: i64::from_ne_bytes(b[8..].try_into().expect("8 bytes")) as libc::c_long,
+            })
+        };
+        let (name, result) = match which {
+            0 => (
+                "nanosleep",
+                read_ts(&mut self.procfs, args[0]).map(|t| vclock::duration(&t)),
+            ),
+            1 => {
+                let wait = read_ts(&mut self.procfs, args[2]).map(|t| {
+                    if args[1] as i32 & libc::TIMER_ABSTIME != 0 {
+                        // The deadline was almost surely computed from the vDSO's real
+                        // clock, so the wait it means is measured against real time.
+                        let now = vclock::real_now(args[0] as libc::clockid_t);
+                        vclock::duration(&t).saturating_sub(now.unwrap_or_default())
+                    } else {
+                        vclock::duration(&t)
+                    }
+                });
+                ("clock_nanosleep", wait)
+            }
+            _ => {
+                let now = clock.now(args[0] as libc::clockid_t);
+                let written = now.is_some_and(|ts| {
+                    let mut bytes = [0u8; 16];
+                    bytes[..8].copy_from_slice(&(ts.tv_sec as i64).to_ne_bytes());
+                    bytes[8..].copy_from_slice(&(ts.tv_nsec as i64).to_ne_bytes());
+                    self.procfs.write(pid, args[1], &bytes)
+                });
+                (
+                    "clock_gettime",
+                    written.then_some(std::time::Duration::ZERO),
+                )
+            }
+        };
+        if !notify::id_valid(fd, req.id) {
+            return;
+        }
+        match result {
+            Some(d) => {
+                clock.advance(d);
+                if let Err(e) = notify::respond_value(fd, req.id, 0) {
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        tracing::warn!(target: "engine", error = %e, "answering a virtual-time call");
+                    }
+                }
+            }
+            // Bad pointers and the like: let the kernel give its own answer.
+            None => answer(fd, req.id, &Decision::Allow),
+        }
+        self.sink.syscall(SyscallEvent {
+            pid,
+            name: Arc::from(name),
+            path: None,
+            decision: Decision::Allow,
+            rule: None,
+            label: Some(Arc::from("virtual time")),
+            peer_port: None,
         });
     }
 }

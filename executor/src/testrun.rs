@@ -22,6 +22,8 @@ pub struct TestOptions {
     pub seed: u64,
     pub shim: PathBuf,
     pub runtime: tokio::runtime::Handle,
+    /// Delays and time syscalls use a virtual clock instead of sleeping.
+    pub virtual_time: bool,
 }
 
 /// Where a test's time went, for the overhead benchmark.
@@ -117,7 +119,11 @@ fn start_failed(reason: String) -> Verdict {
 
 fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
     let start = Instant::now();
-    let world = Arc::new(TestWorld::new(opts.runtime.clone(), opts.seed));
+    let world = Arc::new(TestWorld::new(
+        opts.runtime.clone(),
+        opts.seed,
+        opts.virtual_time,
+    ));
     let mut r = TestReport {
         name: test.name.clone(),
         seed: opts.seed,

@@ -72,6 +72,8 @@ pub struct TestWorld {
     next: AtomicU64,
     /// Every fault ever installed: (rule id, report without hits).
     reports: Mutex<Vec<(usize, FaultReport)>>,
+    /// Set under `--virtual-time`: shared by every service of the test.
+    vclock: Option<Arc<crate::vclock::VirtualClock>>,
 }
 
 /// Records a service's intercepted calls in the event log.
@@ -128,7 +130,7 @@ impl EventSink for ServiceSink {
 }
 
 impl TestWorld {
-    pub fn new(rt: tokio::runtime::Handle, seed: u64) -> TestWorld {
+    pub fn new(rt: tokio::runtime::Handle, seed: u64, virtual_time: bool) -> TestWorld {
         TestWorld {
             shared: Arc::new(Shared {
                 log: Arc::new(EventLog::default()),
@@ -142,6 +144,7 @@ impl TestWorld {
             installed: Mutex::new(BTreeMap::new()),
             next: AtomicU64::new(1),
             reports: Mutex::new(Vec::new()),
+            vclock: virtual_time.then(|| Arc::new(crate::vclock::VirtualClock::default())),
         }
     }
 
@@ -173,6 +176,15 @@ impl TestWorld {
             for sc in syscalls::expand(&name, arch).unwrap_or_default() {
                 if !covered.iter().any(|c| c.nr == sc.nr) {
                     covered.push(sc);
+                }
+            }
+        }
+        if self.vclock.is_some() {
+            for name in crate::vclock::SYSCALLS {
+                for sc in syscalls::expand(name, arch).unwrap_or_default() {
+                    if !covered.iter().any(|c| c.nr == sc.nr) {
+                        covered.push(sc);
+                    }
                 }
             }
         }
@@ -218,6 +230,7 @@ impl TestWorld {
             stderr: Some(stderr.as_raw_fd()),
             // Relative paths in a service's arguments mean what they mean for its binary.
             cwd: Some(svc.home()),
+            vclock: self.vclock.clone(),
         };
         let sink = Arc::new(ServiceSink {
             service: svc.name.clone(),

@@ -73,6 +73,19 @@ pub fn respond_error(fd: RawFd, id: u64, errno: i32) -> io::Result<()> {
     )
 }
 
+/// Completes the call without running it, as if it had returned `val`.
+pub fn respond_value(fd: RawFd, id: u64, val: i64) -> io::Result<()> {
+    send(
+        fd,
+        &libc::seccomp_notif_resp {
+            id,
+            val,
+            error: 0,
+            flags: 0,
+        },
+    )
+}
+
 /// Whether notification `id` is still pending: checked after reading the target's
 /// memory, because the pid behind it could have died and been reused meanwhile.
 pub fn id_valid(fd: RawFd, id: u64) -> bool {
