@@ -292,8 +292,8 @@ impl Supervisor {
                 let now = clock.now(args[0] as libc::clockid_t);
                 let written = now.is_some_and(|ts| {
                     let mut bytes = [0u8; 16];
-                    bytes[..8].copy_from_slice(&(ts.tv_sec as i64).to_ne_bytes());
-                    bytes[8..].copy_from_slice(&(ts.tv_nsec as i64).to_ne_bytes());
+                    bytes[..8].copy_from_slice(&ts.tv_sec.to_ne_bytes());
+                    bytes[8..].copy_from_slice(&ts.tv_nsec.to_ne_bytes());
                     self.procfs.write(pid, args[1], &bytes)
                 });
                 (
