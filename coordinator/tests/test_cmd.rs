@@ -1022,3 +1022,29 @@ fn virtual_time_makes_sleeps_and_delays_instant() {
         "time calls are in the trace"
     );
 }
+
+#[test]
+fn fault_scenario_timeouts_cut_steps_off() {
+    let src = "load('LOAD', 'inventory', 'place')\n\
+def two_orders():\n    first = place()\n    return [first, place()]\n\
+slow = fault_assumption('slow', target = inventory, fsync = delay('1s'))\n\
+fault_scenario('too_slow', scenario = two_orders, faults = slow, timeout = '300ms')\n";
+    let load = root().join("examples/faultbox.star");
+    let (spec, _rm) = spec_file("timeout", &src.replace("LOAD", load.to_str().unwrap()));
+    let start = std::time::Instant::now();
+    let out = test_cmd(&[spec.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let t = &json(&out)["tests"][0];
+    assert_eq!(t["failure_type"], "timeout", "{t}");
+    assert!(
+        t["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ran past its timeout of 300ms"),
+        "{t}"
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_millis(2500),
+        "the first step was cut off at the deadline"
+    );
+}

@@ -12,9 +12,6 @@ use hyper_util::rt::TokioIo;
 
 use faultbox_spec::world::StepResult;
 
-/// How long one step may take before it fails.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -28,9 +25,10 @@ pub fn http(
     path: &str,
     body: &str,
     headers: &[(String, String)],
+    timeout: Duration,
 ) -> StepResult {
     let start = Instant::now();
-    let result = http_inner(rt, port, method, path, body, headers);
+    let result = http_inner(rt, port, method, path, body, headers, timeout);
     let duration_ms = start.elapsed().as_millis() as i64;
     match result {
         Ok((status, body)) => StepResult {
@@ -57,10 +55,10 @@ fn http_inner(
     path: &str,
     body: &str,
     headers: &[(String, String)],
+    timeout: Duration,
 ) -> Result<(u16, String), String> {
     // Connected here, on the test's thread, so the socket is in the test's namespace.
-    let stream =
-        TcpStream::connect_timeout(&local(port), STEP_TIMEOUT).map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect_timeout(&local(port), timeout).map_err(|e| e.to_string())?;
     stream.set_nonblocking(true).map_err(|e| e.to_string())?;
     let method = hyper::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|e| e.to_string())?;
@@ -97,18 +95,18 @@ fn http_inner(
             driver.abort();
             Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
         };
-        tokio::time::timeout(STEP_TIMEOUT, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| format!("no response within {STEP_TIMEOUT:?}"))?
+            .map_err(|_| format!("no response within {timeout:?}"))?
     })
 }
 
 /// Sends `data` and a newline to `127.0.0.1:port` and returns the first reply line.
-pub fn tcp_send(port: u16, data: &str) -> Result<String, String> {
+pub fn tcp_send(port: u16, data: &str, timeout: Duration) -> Result<String, String> {
     let mut stream =
-        TcpStream::connect_timeout(&local(port), STEP_TIMEOUT).map_err(|e| e.to_string())?;
+        TcpStream::connect_timeout(&local(port), timeout).map_err(|e| e.to_string())?;
     stream
-        .set_read_timeout(Some(STEP_TIMEOUT))
+        .set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     stream
         .write_all(format!("{data}\n").as_bytes())
@@ -127,7 +125,7 @@ pub fn tcp_ready(port: u16) -> bool {
 
 /// Whether `GET path` on `127.0.0.1:port` answers 2xx or 3xx.
 pub fn http_ready(rt: &tokio::runtime::Handle, port: u16, path: &str) -> bool {
-    let r = http(rt, port, "GET", path, "", &[]);
+    let r = http(rt, port, "GET", path, "", &[], Duration::from_secs(1));
     r.ok && (200..400).contains(&r.status)
 }
 

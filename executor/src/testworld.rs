@@ -416,10 +416,11 @@ impl World for TestWorld {
                 &call.path,
                 &call.body,
                 &call.headers,
+                call.timeout,
             ),
             "tcp" => {
                 let start = std::time::Instant::now();
-                match steps::tcp_send(call.port, &call.body) {
+                match steps::tcp_send(call.port, &call.body, call.timeout) {
                     Ok(line) => StepResult {
                         body: line,
                         ok: true,

@@ -723,6 +723,13 @@ pub fn run_registered<'v>(
         .and_then(|rt| Ok(rt.test("a fault scenario")?.world.clone()))
         .map_err(starlark::Error::new_other)?;
     activate(eval, &items(entry, "monitors"));
+    let limit = text(entry, "timeout")
+        .and_then(|t| faultbox_shim::rule::parse_duration(t).ok())
+        .unwrap_or(std::time::Duration::from_secs(30));
+    if let Ok(rt) = Runtime::get(eval) {
+        rt.deadline
+            .set(Some((std::time::Instant::now() + limit, limit)));
+    }
     let handles = apply(eval, &items(entry, "faults"));
     let result = handles
         .as_ref()
@@ -743,5 +750,8 @@ pub fn run_registered<'v>(
         let _ = world.fault_remove(h);
     }
     clear(eval);
+    if let Ok(rt) = Runtime::get(eval) {
+        rt.deadline.set(None);
+    }
     result
 }

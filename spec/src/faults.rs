@@ -19,3 +19,8 @@ pub fn check_syscall(name: &str) -> anyhow::Result<()> {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct MonitorViolation(pub String);
+
+/// A fault scenario ran past its `timeout=`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TimedOut(pub String);

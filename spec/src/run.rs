@@ -24,6 +24,8 @@ pub enum FailureType {
     ServiceStart,
     /// A monitor's callback raised an assertion on an event.
     MonitorViolation,
+    /// A fault scenario ran past its `timeout=`.
+    Timeout,
 }
 
 impl FailureType {
@@ -33,6 +35,7 @@ impl FailureType {
             FailureType::Error => "error",
             FailureType::ServiceStart => "service_start",
             FailureType::MonitorViolation => "monitor_violation",
+            FailureType::Timeout => "timeout",
         }
     }
 }
@@ -136,8 +139,15 @@ fn classify(e: &starlark::Error) -> FailureType {
             }
         })
     };
+    let timed_out = |a: &anyhow::Error| {
+        a.chain()
+            .any(|c| c.downcast_ref::<crate::faults::TimedOut>().is_some())
+    };
     match e.kind() {
         ErrorKind::Fail(_) => FailureType::Assertion,
+        ErrorKind::Native(a) | ErrorKind::Other(a) | ErrorKind::Value(a) if timed_out(a) => {
+            FailureType::Timeout
+        }
         ErrorKind::Native(a) | ErrorKind::Other(a) | ErrorKind::Value(a) if has(a, true) => {
             FailureType::MonitorViolation
         }

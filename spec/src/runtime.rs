@@ -33,6 +33,9 @@ use crate::values::{
 };
 use crate::world::{Event, StepCall};
 
+/// How long one step may take at most.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Default timeout of `tcp()` and `http()` healthchecks.
 pub const DEFAULT_HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -51,6 +54,8 @@ pub struct Runtime {
     pub assertions: std::cell::Cell<u64>,
     /// The last event delivered to monitors.
     pub monitored: std::cell::Cell<u64>,
+    /// When the running fault scenario's `timeout=` expires.
+    pub deadline: std::cell::Cell<Option<(std::time::Instant, Duration)>>,
     /// Set while a test body runs: the services and the World they live in.
     pub test: Option<TestContext>,
 }
@@ -492,7 +497,20 @@ pub fn invoke_step<'v>(
         path: "/".to_string(),
         body: String::new(),
         headers: Vec::new(),
+        timeout: STEP_TIMEOUT,
     };
+    if let Some((deadline, limit)) = rt.deadline.get() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(starlark::Error::new_other(crate::faults::TimedOut(
+                format!(
+                    "{step}(): the scenario ran past its timeout of {}",
+                    faultbox_shim::rule::format_duration(limit)
+                ),
+            )));
+        }
+        call.timeout = call.timeout.min(left);
+    }
     let allowed: &[&str] = match call.protocol.as_str() {
         "tcp" => &["data"],
         _ => &["path", "body", "headers"],

@@ -17,6 +17,8 @@ pub struct StepCall {
     pub path: String,
     pub body: String,
     pub headers: Vec<(String, String)>,
+    /// How long the step may take: 30 s, or less when a scenario's `timeout=` is near.
+    pub timeout: std::time::Duration,
 }
 
 /// An HTTP-style result; `tcp` steps fill `body` with the reply line.
