@@ -28,19 +28,24 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn test_cmd(args: &[&str]) -> Out {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let o = faultbox_in(&root(), "test", args);
+    assert_no_services_left();
+    o
+}
+
+/// Runs `faultbox <sub> <args>` in `dir`.
+fn faultbox_in(dir: &Path, sub: &str, args: &[&str]) -> Out {
     let out = Command::new(faultbox())
-        .current_dir(root())
-        .arg("test")
+        .current_dir(dir)
+        .arg(sub)
         .args(args)
         .output()
         .expect("faultbox runs");
-    let o = Out {
+    Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert_no_services_left();
-    o
+    }
 }
 
 /// No service process of ours survives a run.
@@ -711,17 +716,7 @@ fn example_copy(name: &str) -> (PathBuf, impl Drop) {
 }
 
 fn generate(args: &[&str]) -> Out {
-    let out = Command::new(faultbox())
-        .current_dir(root())
-        .arg("generate")
-        .args(args)
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    faultbox_in(&root(), "generate", args)
 }
 
 #[test]
@@ -830,17 +825,7 @@ fn generate_lists_and_refuses() {
 }
 
 fn init(dir: &Path, args: &[&str]) -> Out {
-    let out = Command::new(faultbox())
-        .current_dir(dir)
-        .arg("init")
-        .args(args)
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    faultbox_in(dir, "init", args)
 }
 
 #[test]

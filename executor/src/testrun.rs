@@ -62,6 +62,28 @@ pub struct TestReport {
     pub cell: Option<(String, String)>,
 }
 
+impl TestReport {
+    /// A report of `name` with nothing recorded yet.
+    pub fn empty(name: String, seed: u64, verdict: Verdict) -> TestReport {
+        TestReport {
+            name,
+            seed,
+            started_at: std::time::SystemTime::now(),
+            verdict,
+            return_value: None,
+            duration: Duration::ZERO,
+            events: Vec::new(),
+            faults: Vec::new(),
+            timings: Timings::default(),
+            assertions: 0,
+            crashed: Vec::new(),
+            startup: None,
+            probe: false,
+            cell: None,
+        }
+    }
+}
+
 /// How a service failed to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Startup {
@@ -82,24 +104,15 @@ pub fn run_test(loaded: Arc<Loaded>, test: Test, opts: TestOptions) -> TestRepor
             t.join()
                 .map_err(|_| std::io::Error::other("the test thread panicked"))
         })
-        .unwrap_or_else(|e| TestReport {
-            name,
-            seed,
-            started_at: std::time::SystemTime::now(),
-            verdict: Verdict::Fail {
-                reason: e.to_string(),
-                failure_type: FailureType::Error,
-            },
-            return_value: None,
-            duration: Duration::ZERO,
-            events: Vec::new(),
-            faults: Vec::new(),
-            timings: Timings::default(),
-            assertions: 0,
-            crashed: Vec::new(),
-            startup: None,
-            probe: false,
-            cell: None,
+        .unwrap_or_else(|e| {
+            TestReport::empty(
+                name,
+                seed,
+                Verdict::Fail {
+                    reason: e.to_string(),
+                    failure_type: FailureType::Error,
+                },
+            )
         })
 }
 
@@ -125,20 +138,9 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
         opts.virtual_time,
     ));
     let mut r = TestReport {
-        name: test.name.clone(),
-        seed: opts.seed,
-        started_at: std::time::SystemTime::now(),
-        verdict: Verdict::Pass,
-        return_value: None,
-        duration: Duration::ZERO,
-        events: Vec::new(),
-        faults: Vec::new(),
-        timings: Timings::default(),
-        assertions: 0,
-        crashed: Vec::new(),
-        startup: None,
         probe: test.probe,
         cell: test.cell.clone(),
+        ..TestReport::empty(test.name.clone(), opts.seed, Verdict::Pass)
     };
     let finish = |mut r: TestReport, world: &TestWorld| {
         r.duration = start.elapsed();
