@@ -89,9 +89,14 @@ pub struct TestArgs {
     #[arg(long = "test", value_name = "NAME")]
     pub test: Option<String>,
 
-    /// Run each test N times with seeds 0..N-1, stopping a test at its first failure.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub runs: u64,
+    /// Run each test N times with seeds 0..N-1, stopping a test at its first failure
+    /// (default 1; 100 with --explore=sample).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub runs: Option<u64>,
+
+    /// Explore the orderings parallel() controls: all of them (K! runs) or a sample.
+    #[arg(long, value_name = "MODE", value_parser = ["all", "sample"])]
+    pub explore: Option<String>,
 
     /// Use this seed (replays a run's fault decisions).
     #[arg(long, value_name = "N", conflicts_with = "runs")]

@@ -85,6 +85,11 @@ pub fn test_json(spec: &str, r: &TestReport) -> Value {
         "syscall_summary": syscall_summary(r),
         "diagnostics": crate::diagnostics::diagnose(r).iter().map(|d| d.to_json()).collect::<Vec<_>>(),
         "events": events,
+        "interleaving": match r.order {
+            Some(faultbox_executor::scheduler::Order::Nth(n)) if r.explored.is_some() => json!(n),
+            _ => Value::Null,
+        },
+        "held_calls": r.explored,
         "timings_ms": {
             "sandbox": ms(r.timings.sandbox),
             "launch": ms(r.timings.launch),
@@ -103,12 +108,30 @@ fn ms(d: std::time::Duration) -> f64 {
 pub fn human(spec: &str, r: &TestReport, debug: bool) -> String {
     let mut s = String::new();
     let ms = r.duration.as_millis();
+    let ordering = match (r.order, r.explored) {
+        (Some(faultbox_executor::scheduler::Order::Nth(n)), Some(k)) => {
+            format!(
+                ", ordering {}/{}",
+                n + 1,
+                faultbox_executor::scheduler::factorial(k)
+            )
+        }
+        _ => String::new(),
+    };
     match &r.verdict {
         Verdict::Pass => {
-            let _ = writeln!(s, "--- PASS: {} ({ms}ms, seed={}) ---", r.name, r.seed);
+            let _ = writeln!(
+                s,
+                "--- PASS: {} ({ms}ms, seed={}{ordering}) ---",
+                r.name, r.seed
+            );
         }
         Verdict::Fail { reason, .. } => {
-            let _ = writeln!(s, "--- FAIL: {} ({ms}ms, seed={}) ---", r.name, r.seed);
+            let _ = writeln!(
+                s,
+                "--- FAIL: {} ({ms}ms, seed={}{ordering}) ---",
+                r.name, r.seed
+            );
             let _ = writeln!(s, "    reason: {reason}");
             let _ = writeln!(s, "    replay: {}", replay_command(spec, &r.name, r.seed));
         }

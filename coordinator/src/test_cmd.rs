@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use faultbox_executor::scheduler::Order;
 use faultbox_executor::session;
 use faultbox_executor::testrun::{self, TestOptions};
 use faultbox_spec::{Loaded, Verdict};
@@ -14,6 +15,8 @@ use crate::cli::TestArgs;
 use crate::{logging, report};
 
 pub const EXIT_FAILED: i32 = 2;
+/// The most calls --explore=all orders exhaustively (8! = 40320 runs).
+const MAX_EXPLORE: usize = 8;
 const EXIT_ERROR: i32 = 1;
 
 fn error(msg: impl std::fmt::Display) -> i32 {
@@ -78,23 +81,65 @@ pub fn run(args: TestArgs) -> i32 {
         Err(e) => return error(format!("starting the runtime: {e}")),
     };
     let loaded = Arc::new(loaded);
+    let runs = args
+        .runs
+        .unwrap_or(if args.explore.as_deref() == Some("sample") {
+            100
+        } else {
+            1
+        });
     let seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],
-        None => (0..args.runs).collect(),
+        None => (0..runs).collect(),
     };
     let suite_start = std::time::Instant::now();
     let mut results = Vec::new();
     let mut reports = Vec::new();
     let (mut passed, mut failed) = (0u64, 0u64);
+    let run_one = |test: &faultbox_spec::model::Test, seed: u64, order: Order| {
+        let opts = TestOptions {
+            seed,
+            shim: shim.clone(),
+            runtime: runtime.handle().clone(),
+            virtual_time: args.virtual_time,
+            order,
+        };
+        testrun::run_test(loaded.clone(), test.clone(), opts)
+    };
     for test in &tests {
-        for &seed in &seeds {
-            let opts = TestOptions {
-                seed,
-                shim: shim.clone(),
-                runtime: runtime.handle().clone(),
-                virtual_time: args.virtual_time,
-            };
-            let r = testrun::run_test(loaded.clone(), test.clone(), opts);
+        // The runs of this test: every seed, or under --explore=all every ordering.
+        let mut plan: Vec<(u64, Order)> = seeds.iter().map(|&s| (s, Order::Seeded(s))).collect();
+        if args.explore.as_deref() == Some("all") {
+            plan = vec![(args.seed.unwrap_or(0), Order::Nth(0))];
+        }
+        let mut i = 0;
+        while i < plan.len() {
+            let (seed, order) = plan[i];
+            let r = run_one(test, seed, order);
+            if args.explore.is_some()
+                && i == 0
+                && r.explored.is_none()
+                && r.verdict == Verdict::Pass
+            {
+                return error(format!(
+                    "--explore: {} does not call parallel(), so there is nothing to explore",
+                    test.name
+                ));
+            }
+            if args.explore.as_deref() == Some("all") && i == 0 {
+                if let Some(k) = r.explored {
+                    if k > MAX_EXPLORE {
+                        return error(format!(
+                            "--explore=all: {} holds {k} calls at its first ordering decision, {} orderings; use --explore=sample",
+                            test.name,
+                            faultbox_executor::scheduler::factorial(k)
+                        ));
+                    }
+                    let total = faultbox_executor::scheduler::factorial(k);
+                    let first_seed = plan[0].0;
+                    plan.extend((1..total).map(|n| (first_seed, Order::Nth(n))));
+                }
+            }
             let failed_now = r.verdict != Verdict::Pass;
             if failed_now || args.show == "all" {
                 eprint!("{}", report::human(&spec_arg, &r, args.debug));
@@ -106,6 +151,7 @@ pub fn run(args: TestArgs) -> i32 {
                 break;
             }
             passed += 1;
+            i += 1;
         }
     }
     let (matrix_text, matrix_json) = report::matrices(&loaded.spec, &reports);

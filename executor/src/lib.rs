@@ -7,6 +7,7 @@ pub mod eventlog;
 pub mod launch;
 pub mod procfs;
 pub mod sandbox;
+pub mod scheduler;
 pub mod session;
 pub mod steps;
 pub mod supervisor;

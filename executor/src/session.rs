@@ -40,6 +40,8 @@ pub struct SessionConfig {
     pub cwd: Option<PathBuf>,
     /// Under virtual time, the clock its time syscalls and delays use.
     pub vclock: Option<Arc<crate::vclock::VirtualClock>>,
+    /// In tests: withholds answers while `parallel()` orders calls.
+    pub holder: Option<Arc<dyn supervisor::Holder>>,
 }
 
 impl SessionConfig {
@@ -66,6 +68,7 @@ impl SessionConfig {
             stderr: None,
             cwd: None,
             vclock: None,
+            holder: None,
         })
     }
 }
@@ -162,6 +165,7 @@ pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Runni
                 sink,
                 pid,
                 cfg.vclock.clone(),
+                cfg.holder.clone(),
             )
             .map_err(SessionError::Supervisor)?,
         ),

@@ -57,9 +57,36 @@ fn http_inner(
     headers: &[(String, String)],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    // Connected here, on the test's thread, so the socket is in the test's namespace.
+    let stream = http_connect(port, timeout)?;
+    rt.block_on(http_exchange(
+        stream,
+        port,
+        method.to_string(),
+        path.to_string(),
+        body.to_string(),
+        headers.to_vec(),
+        timeout,
+    ))
+}
+
+/// Connects for an HTTP step. Call it on the test's thread, so that the socket is in
+/// the test's network namespace; the exchange may then run anywhere.
+pub fn http_connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
     let stream = TcpStream::connect_timeout(&local(port), timeout).map_err(|e| e.to_string())?;
     stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+/// Sends one request on a connected stream and reads the answer.
+pub async fn http_exchange(
+    stream: TcpStream,
+    port: u16,
+    method: String,
+    path: String,
+    body: String,
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let method = hyper::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|e| e.to_string())?;
     let mut req = hyper::Request::builder()
@@ -75,9 +102,9 @@ fn http_inner(
         req = req.header(k.as_str(), v.as_str());
     }
     let req = req
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    rt.block_on(async move {
+    {
         let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
         let exchange = async {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -98,7 +125,7 @@ fn http_inner(
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| format!("no response within {timeout:?}"))?
-    })
+    }
 }
 
 /// Sends `data` and a newline to `127.0.0.1:port` and returns the first reply line.

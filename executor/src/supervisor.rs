@@ -42,6 +42,41 @@ pub trait EventSink: Send + Sync + 'static {
     fn syscall(&self, event: SyscallEvent);
 }
 
+/// A decided call whose answer is withheld, so that the order in which calls of
+/// concurrent branches proceed can be chosen (see `parallel()`).
+pub struct HeldCall {
+    listener: Arc<OwnedFd>,
+    id: u64,
+    runtime: tokio::runtime::Handle,
+    sink: Arc<dyn EventSink>,
+    pub event: SyscallEvent,
+}
+
+impl HeldCall {
+    /// Lets the call proceed with its decision, and reports it now.
+    pub fn release(self) {
+        let fd = self.listener.as_raw_fd();
+        match self.event.decision {
+            Decision::Delay(d) => {
+                let listener = self.listener.clone();
+                let id = self.id;
+                self.runtime.spawn(async move {
+                    tokio::time::sleep(d).await;
+                    answer(listener.as_raw_fd(), id, &Decision::Allow);
+                });
+            }
+            ref other => answer(fd, self.id, other),
+        }
+        self.sink.syscall(self.event);
+    }
+}
+
+/// Takes decided calls while their order is being controlled.
+pub trait Holder: Send + Sync + 'static {
+    /// Keeps `call` to release later, or gives it back to be answered now.
+    fn hold(&self, call: Box<HeldCall>) -> Result<(), Box<HeldCall>>;
+}
+
 /// The running loop of one target.
 pub struct SupervisorHandle {
     thread: Option<std::thread::JoinHandle<()>>,
@@ -109,6 +144,7 @@ pub fn spawn(
     sink: Arc<dyn EventSink>,
     shim_pid: i32,
     vclock: Option<Arc<VirtualClock>>,
+    holder: Option<Arc<dyn Holder>>,
 ) -> std::io::Result<SupervisorHandle> {
     install_wake_handler();
     let stop = Arc::new(AtomicBool::new(false));
@@ -127,6 +163,7 @@ pub fn spawn(
             .collect(),
         stop: stop.clone(),
         vclock,
+        holder,
         time_nrs: crate::vclock::SYSCALLS
             .iter()
             .map(|n| syscalls::number(n, Arch::native()).unwrap_or(-1))
@@ -154,6 +191,8 @@ struct Supervisor {
     stop: Arc<AtomicBool>,
     /// Set under `--virtual-time`.
     vclock: Option<Arc<VirtualClock>>,
+    /// Set in tests: may withhold answers while `parallel()` orders calls.
+    holder: Option<Arc<dyn Holder>>,
     /// nanosleep, clock_nanosleep, clock_gettime (-1 where the arch lacks one).
     time_nrs: Vec<i32>,
 }
@@ -229,6 +268,28 @@ impl Supervisor {
             return;
         }
         let verdict = engine.decide(chain, resolved.path.as_deref());
+        let event = SyscallEvent {
+            pid,
+            name: chain.name.clone(),
+            path: resolved.path,
+            decision: verdict.decision.clone(),
+            rule: verdict.rule,
+            label: verdict.label,
+            peer_port,
+        };
+        let event = match &self.holder {
+            Some(h) => match h.hold(Box::new(HeldCall {
+                listener: self.listener.clone(),
+                id: req.id,
+                runtime: self.runtime.clone(),
+                sink: self.sink.clone(),
+                event,
+            })) {
+                Ok(()) => return,
+                Err(call) => call.event,
+            },
+            None => event,
+        };
         match verdict.decision {
             Decision::Delay(d) if self.vclock.is_some() => {
                 if let Some(c) = &self.vclock {
@@ -246,15 +307,7 @@ impl Supervisor {
             }
             ref other => answer(fd, req.id, other),
         }
-        self.sink.syscall(SyscallEvent {
-            pid,
-            name: chain.name.clone(),
-            path: resolved.path,
-            decision: verdict.decision,
-            rule: verdict.rule,
-            label: verdict.label,
-            peer_port,
-        });
+        self.sink.syscall(event);
     }
 }
 

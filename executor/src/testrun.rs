@@ -24,6 +24,8 @@ pub struct TestOptions {
     pub runtime: tokio::runtime::Handle,
     /// Delays and time syscalls use a virtual clock instead of sleeping.
     pub virtual_time: bool,
+    /// How `parallel()` orders the services' calls.
+    pub order: crate::scheduler::Order,
 }
 
 /// Where a test's time went, for the overhead benchmark.
@@ -60,6 +62,11 @@ pub struct TestReport {
     pub probe: bool,
     /// For matrix cells: (scenario, fault assumption).
     pub cell: Option<(String, String)>,
+    /// If the test ran `parallel()`: how many calls its first ordering decision
+    /// covered (an exhaustive exploration runs all their orderings).
+    pub explored: Option<usize>,
+    /// Which ordering this run used.
+    pub order: Option<crate::scheduler::Order>,
 }
 
 impl TestReport {
@@ -80,6 +87,8 @@ impl TestReport {
             startup: None,
             probe: false,
             cell: None,
+            explored: None,
+            order: None,
         }
     }
 }
@@ -136,6 +145,7 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
         opts.runtime.clone(),
         opts.seed,
         opts.virtual_time,
+        opts.order,
     ));
     let mut r = TestReport {
         probe: test.probe,
@@ -143,6 +153,8 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
         ..TestReport::empty(test.name.clone(), opts.seed, Verdict::Pass)
     };
     let finish = |mut r: TestReport, world: &TestWorld| {
+        r.explored = world.explored();
+        r.order = Some(opts.order);
         r.duration = start.elapsed();
         r.events = world.log().events();
         r.faults = world.fault_reports();

@@ -15,6 +15,7 @@ use faultbox_spec::world::{Event, StepCall, StepResult, World, WorldError};
 
 use crate::engine::{self, Compiled, Engine, EngineSlot, Rolls};
 use crate::eventlog::{EventLog, DRIVER};
+use crate::scheduler::{Order, Scheduler};
 use crate::session::{self, Running, SessionConfig};
 use crate::steps;
 use crate::supervisor::{EventSink, SyscallEvent};
@@ -74,6 +75,27 @@ pub struct TestWorld {
     reports: Mutex<Vec<(usize, FaultReport)>>,
     /// Set under `--virtual-time`: shared by every service of the test.
     vclock: Option<Arc<crate::vclock::VirtualClock>>,
+    /// Orders the services' calls inside `parallel()`.
+    scheduler: Arc<Scheduler>,
+    /// How the first batch of held calls is ordered.
+    order: Order,
+    /// Steps started inside `parallel()` and not yet collected.
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// The size of the first batch of held calls of the test's first `parallel()`:
+    /// an exhaustive exploration runs its every ordering.
+    explored: Mutex<Option<usize>>,
+    /// Set until the first batch of the test's first parallel() has been seen.
+    first_batch: std::sync::atomic::AtomicBool,
+}
+
+/// A step started inside `parallel()`.
+enum Pending {
+    Running {
+        call: StepCall,
+        started: std::time::Instant,
+        task: tokio::task::JoinHandle<Result<(u16, String), String>>,
+    },
+    Done(StepResult),
 }
 
 /// Records a service's intercepted calls in the event log.
@@ -130,7 +152,12 @@ impl EventSink for ServiceSink {
 }
 
 impl TestWorld {
-    pub fn new(rt: tokio::runtime::Handle, seed: u64, virtual_time: bool) -> TestWorld {
+    pub fn new(
+        rt: tokio::runtime::Handle,
+        seed: u64,
+        virtual_time: bool,
+        order: Order,
+    ) -> TestWorld {
         TestWorld {
             shared: Arc::new(Shared {
                 log: Arc::new(EventLog::default()),
@@ -145,6 +172,11 @@ impl TestWorld {
             next: AtomicU64::new(1),
             reports: Mutex::new(Vec::new()),
             vclock: virtual_time.then(|| Arc::new(crate::vclock::VirtualClock::default())),
+            scheduler: Arc::new(Scheduler::default()),
+            order,
+            pending: Mutex::new(HashMap::new()),
+            explored: Mutex::new(None),
+            first_batch: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -231,6 +263,7 @@ impl TestWorld {
             // Relative paths in a service's arguments mean what they mean for its binary.
             cwd: Some(svc.home()),
             vclock: self.vclock.clone(),
+            holder: Some(self.scheduler.holder(&svc.name)),
         };
         let sink = Arc::new(ServiceSink {
             service: svc.name.clone(),
@@ -318,6 +351,62 @@ impl TestWorld {
         )))
     }
 
+    /// The size of the first batch of calls `parallel()` ordered, if it ran.
+    pub fn explored(&self) -> Option<usize> {
+        *self.explored.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a step being sent, and merges the driver's clock into the target's.
+    fn step_sent(&self, call: &StepCall) -> BTreeMap<String, String> {
+        let mut fields = BTreeMap::new();
+        fields.insert("service".to_string(), call.service.clone());
+        fields.insert("interface".to_string(), call.interface.clone());
+        fields.insert("method".to_string(), call.method.clone());
+        if call.protocol == "http" {
+            fields.insert("path".to_string(), call.path.clone());
+        }
+        self.log().record(
+            DRIVER,
+            "step_send",
+            format!("step_send.{}", call.service),
+            call.service.clone(),
+            fields.clone(),
+        );
+        self.log().merge(&call.service, DRIVER);
+        fields
+    }
+
+    /// Records a step's answer, and merges the target's clock into the driver's.
+    fn step_received(
+        &self,
+        call: &StepCall,
+        mut fields: BTreeMap<String, String>,
+        result: &StepResult,
+    ) {
+        self.log().merge(DRIVER, &call.service);
+        fields.insert("ok".to_string(), result.ok.to_string());
+        fields.insert("status".to_string(), result.status.to_string());
+        fields.insert("duration_ms".to_string(), result.duration_ms.to_string());
+        if !result.ok {
+            fields.insert("error".to_string(), result.error.clone());
+        }
+        self.log().record(
+            DRIVER,
+            "step_recv",
+            format!("step_recv.{}", call.service),
+            call.service.clone(),
+            fields,
+        );
+    }
+
+    fn pending_running(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|p| matches!(p, Pending::Running { task, .. } if !task.is_finished()))
+    }
+
     /// Records that the test driver changed a service's faults.
     fn fault_event(&self, what: &str, service: &str, rules: String) {
         let mut fields = BTreeMap::new();
@@ -393,21 +482,7 @@ fn name_hash(name: &str) -> u64 {
 
 impl World for TestWorld {
     fn step(&self, call: &StepCall) -> Result<StepResult, WorldError> {
-        let mut fields = BTreeMap::new();
-        fields.insert("service".to_string(), call.service.clone());
-        fields.insert("interface".to_string(), call.interface.clone());
-        fields.insert("method".to_string(), call.method.clone());
-        if call.protocol == "http" {
-            fields.insert("path".to_string(), call.path.clone());
-        }
-        self.log().record(
-            DRIVER,
-            "step_send",
-            format!("step_send.{}", call.service),
-            call.service.clone(),
-            fields.clone(),
-        );
-        self.log().merge(&call.service, DRIVER);
+        let fields = self.step_sent(call);
         let result = match call.protocol.as_str() {
             "http" => steps::http(
                 &self.rt,
@@ -440,21 +515,156 @@ impl World for TestWorld {
                 )))
             }
         };
-        self.log().merge(DRIVER, &call.service);
-        fields.insert("ok".to_string(), result.ok.to_string());
-        fields.insert("status".to_string(), result.status.to_string());
-        fields.insert("duration_ms".to_string(), result.duration_ms.to_string());
-        if !result.ok {
-            fields.insert("error".to_string(), result.error.clone());
-        }
-        self.log().record(
-            DRIVER,
-            "step_recv",
-            format!("step_recv.{}", call.service),
-            call.service.clone(),
-            fields,
-        );
+        self.step_received(call, fields, &result);
         Ok(result)
+    }
+
+    fn step_start(&self, call: &StepCall) -> Result<u64, WorldError> {
+        let handle = self.next.fetch_add(1, Ordering::SeqCst);
+        let pending = if call.protocol == "http" {
+            self.step_sent(call);
+            let started = std::time::Instant::now();
+            // Connected here, on the test's thread, inside the sandbox; the exchange runs
+            // on the runtime while the other branches start theirs.
+            let task = match steps::http_connect(call.port, call.timeout) {
+                Ok(stream) => self.rt.spawn(steps::http_exchange(
+                    stream,
+                    call.port,
+                    call.method.clone(),
+                    call.path.clone(),
+                    call.body.clone(),
+                    call.headers.clone(),
+                    call.timeout,
+                )),
+                Err(e) => self.rt.spawn(async move { Err(e) }),
+            };
+            Pending::Running {
+                call: call.clone(),
+                started,
+                task,
+            }
+        } else {
+            Pending::Done(self.step(call)?)
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handle, pending);
+        Ok(handle)
+    }
+
+    fn step_finish(&self, handle: u64) -> Result<StepResult, WorldError> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&handle)
+            .ok_or_else(|| WorldError(format!("no pending step {handle}")))?;
+        match pending {
+            Pending::Done(r) => Ok(r),
+            Pending::Running {
+                call,
+                started,
+                task,
+            } => {
+                let outcome = self
+                    .rt
+                    .block_on(task)
+                    .unwrap_or_else(|e| Err(format!("the step's task failed: {e}")));
+                let duration_ms = started.elapsed().as_millis() as i64;
+                let result = match outcome {
+                    Ok((status, body)) => StepResult {
+                        status: i64::from(status),
+                        body: body.trim().to_string(),
+                        ok: true,
+                        error: String::new(),
+                        duration_ms,
+                    },
+                    Err(e) => StepResult {
+                        error: e,
+                        duration_ms,
+                        ..StepResult::default()
+                    },
+                };
+                let mut fields = BTreeMap::new();
+                fields.insert("service".to_string(), call.service.clone());
+                fields.insert("method".to_string(), call.method.clone());
+                fields.insert("path".to_string(), call.path.clone());
+                self.step_received(&call, fields, &result);
+                Ok(result)
+            }
+        }
+    }
+
+    fn parallel_begin(&self) -> Result<(), WorldError> {
+        // The test's first parallel() decides what an exploration orders; until its
+        // first batch is seen, it ordered nothing.
+        let mut explored = self.explored.lock().unwrap_or_else(|p| p.into_inner());
+        if explored.is_none() {
+            *explored = Some(0);
+            self.first_batch.store(true, Ordering::SeqCst);
+        }
+        drop(explored);
+        self.scheduler.begin();
+        Ok(())
+    }
+
+    fn parallel_release(&self) -> Result<(), WorldError> {
+        const IDLE: std::time::Duration = std::time::Duration::from_millis(20);
+        const FOLLOW: std::time::Duration = std::time::Duration::from_millis(200);
+        let limit = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut first = true;
+        loop {
+            let mut held = self.scheduler.quiesce_with_callers(IDLE, limit);
+            if held.is_empty() {
+                if !self.pending_running() || std::time::Instant::now() >= limit {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                continue;
+            }
+            let callers: HashMap<u64, i32> = held.iter().map(|h| (h.0, h.2 .1)).collect();
+            let ids: Vec<u64> = if first {
+                // Arrival order can vary between runs; the permutation applies to a
+                // stable order, so that a seed or an index means the same calls.
+                held.sort_by(|a, b| a.2.cmp(&b.2));
+                if self.first_batch.swap(false, Ordering::SeqCst) {
+                    *self.explored.lock().unwrap_or_else(|p| p.into_inner()) = Some(held.len());
+                }
+                crate::scheduler::permutation(held.len(), self.order)
+                    .into_iter()
+                    .map(|i| held[i].0)
+                    .collect()
+            } else {
+                held.iter().map(|h| h.0).collect()
+            };
+            first = false;
+            for id in ids {
+                self.scheduler.release(id);
+                // Let the released call's consequences arrive before the next one: the
+                // same thread's next call, then quiet.
+                if let Some(pid) = callers.get(&id) {
+                    self.scheduler.wait_for_caller(*pid, FOLLOW);
+                }
+                self.scheduler.quiesce(IDLE, limit);
+            }
+        }
+        self.first_batch.store(false, Ordering::SeqCst);
+        self.scheduler.end();
+        if std::time::Instant::now() >= limit {
+            return Err(WorldError(
+                "parallel(): the branches did not finish within 60s".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn parallel_open(&self) {
+        self.scheduler.end();
+    }
+
+    fn nondet(&self, services: &[String]) {
+        self.scheduler.nondet(services);
     }
 
     fn fault_start(&self, service: &str, rules: &[FaultRule]) -> Result<u64, WorldError> {

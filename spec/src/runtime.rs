@@ -54,6 +54,8 @@ pub struct Runtime {
     pub assertions: std::cell::Cell<u64>,
     /// The last event delivered to monitors.
     pub monitored: std::cell::Cell<u64>,
+    /// Set while `parallel()` evaluates its branches: HTTP steps start without waiting.
+    pub parallel: std::cell::Cell<bool>,
     /// When the running fault scenario's `timeout=` expires.
     pub deadline: std::cell::Cell<Option<(std::time::Instant, Duration)>>,
     /// Set while a test body runs: the services and the World they live in.
@@ -552,6 +554,15 @@ pub fn invoke_step<'v>(
             "{step}(): data= is required"
         )));
     }
+    if rt.parallel.get() && call.protocol == "http" {
+        let handle = ctx
+            .world
+            .step_start(&call)
+            .map_err(|e| starlark::Error::new_other(anyhow!("{step}(): {e}")))?;
+        return Ok(eval
+            .heap()
+            .alloc(crate::values::LazyResponse::new(handle, ctx.world.clone())));
+    }
     let result = ctx
         .world
         .step(&call)
@@ -839,6 +850,83 @@ pub fn testing(builder: &mut GlobalsBuilder) {
         })?;
         let targets: Vec<Value> = list.iter().collect();
         with_faults(eval, &targets, run, &faults, "fault_all()")
+    }
+
+    /// `parallel(fn, ...)`: runs the branches concurrently and returns their results
+    /// in argument order. Their HTTP steps are all sent before any is answered, and the
+    /// services' intercepted calls are released in an order chosen by the seed (or by
+    /// `--explore`). A branch that reads a response before returning makes the rest
+    /// run as they come.
+    fn parallel<'v>(
+        #[starlark(args)] branches: UnpackTuple<Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Vec<Value<'v>>> {
+        let rt = Runtime::get(eval).map_err(starlark::Error::new_other)?;
+        let world = rt
+            .test("parallel()")
+            .map_err(starlark::Error::new_other)?
+            .world
+            .clone();
+        if branches.items.is_empty() {
+            return Err(starlark::Error::new_other(anyhow!(
+                "parallel(): give at least one function"
+            )));
+        }
+        world
+            .parallel_begin()
+            .map_err(|e| starlark::Error::new_other(anyhow!("parallel(): {e}")))?;
+        rt.parallel.set(true);
+        let mut results = Vec::new();
+        let mut failed = None;
+        for b in &branches.items {
+            match eval.eval_function(*b, &[], &[]) {
+                Ok(v) => results.push(v),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let rt = Runtime::get(eval).map_err(starlark::Error::new_other)?;
+        rt.parallel.set(false);
+        if let Some(e) = failed {
+            world.parallel_open();
+            return Err(e);
+        }
+        world
+            .parallel_release()
+            .map_err(|e| starlark::Error::new_other(anyhow!("parallel(): {e}")))?;
+        let heap = eval.heap();
+        let resolved: Vec<Value> = results
+            .into_iter()
+            .map(|v| match v.downcast_ref::<crate::values::LazyResponse>() {
+                Some(l) => heap.alloc(ResponseValue(l.force().unwrap_or_else(|e| {
+                    crate::world::StepResult {
+                        error: e,
+                        ..Default::default()
+                    }
+                }))),
+                None => v,
+            })
+            .collect();
+        crate::compose::drain(eval)?;
+        Ok(resolved)
+    }
+
+    /// `nondet(service, ...)`: excludes services from ordering control in
+    /// `parallel()`; their calls proceed as they come.
+    fn nondet<'v>(
+        #[starlark(args)] services: UnpackTuple<Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<NoneType> {
+        let rt = Runtime::get(eval)?;
+        let ctx = rt.test("nondet()")?;
+        let mut names = Vec::new();
+        for s in &services.items {
+            names.push(service_of(ctx, *s)?.name.clone());
+        }
+        ctx.world.nondet(&names);
+        Ok(NoneType)
     }
 
     /// `partition(a, b, run=fn)`: while `run` runs, connections between the two

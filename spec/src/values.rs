@@ -376,3 +376,60 @@ impl<'v> StarlarkValue<'v> for EventValue {
         v
     }
 }
+
+/// The answer of a step started inside `parallel()`: resolved when `parallel()`
+/// returns, or earlier if the branch reads it (which then lets all held calls go).
+#[derive(
+    ProvidesStaticType, NoSerialize, Allocative, StarlarkPagablePanic, derive_more::Display,
+)]
+#[display("response(pending)")]
+pub struct LazyResponse {
+    handle: u64,
+    #[allocative(skip)]
+    world: std::sync::Arc<dyn crate::world::World + Send + Sync>,
+    #[allocative(skip)]
+    result: std::sync::OnceLock<Result<crate::world::StepResult, String>>,
+}
+starlark_simple_value!(LazyResponse);
+
+impl std::fmt::Debug for LazyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LazyResponse({})", self.handle)
+    }
+}
+
+impl LazyResponse {
+    pub fn new(handle: u64, world: std::sync::Arc<dyn crate::world::World + Send + Sync>) -> Self {
+        LazyResponse {
+            handle,
+            world,
+            result: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Waits for the answer.
+    pub fn force(&self) -> Result<crate::world::StepResult, String> {
+        self.result
+            .get_or_init(|| {
+                self.world.parallel_open();
+                self.world
+                    .step_finish(self.handle)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+}
+
+#[starlark_value(type = "response")]
+impl<'v> StarlarkValue<'v> for LazyResponse {
+    fn get_attr(&self, attribute: &str, heap: Heap<'v>) -> Option<Value<'v>> {
+        let r = match self.force() {
+            Ok(r) => r,
+            Err(e) => crate::world::StepResult {
+                error: e,
+                ..Default::default()
+            },
+        };
+        ResponseValue(r).get_attr(attribute, heap)
+    }
+}

@@ -70,4 +70,26 @@ pub trait World {
     fn fault_stop(&self, service: &str) -> Result<(), WorldError>;
     /// The events recorded so far, in sequence order.
     fn events(&self) -> Vec<Event>;
+
+    /// Starts an HTTP step without waiting for its answer (inside `parallel()`).
+    fn step_start(&self, _call: &StepCall) -> Result<u64, WorldError> {
+        Err(WorldError("this world runs steps one at a time".into()))
+    }
+    /// Waits for a step started with `step_start`.
+    fn step_finish(&self, _handle: u64) -> Result<StepResult, WorldError> {
+        Err(WorldError("no such step".into()))
+    }
+    /// Starts holding the services' calls so their order can be chosen.
+    fn parallel_begin(&self) -> Result<(), WorldError> {
+        Ok(())
+    }
+    /// Releases held calls in the chosen order until every started step has its
+    /// answer, then stops holding.
+    fn parallel_release(&self) -> Result<(), WorldError> {
+        Ok(())
+    }
+    /// Stops holding and releases everything at once.
+    fn parallel_open(&self) {}
+    /// Excludes services from ordering control for the rest of the test.
+    fn nondet(&self, _services: &[String]) {}
 }
