@@ -28,9 +28,17 @@ pub fn http(
     timeout: Duration,
 ) -> StepResult {
     let start = Instant::now();
-    let result = http_inner(rt, port, method, path, body, headers, timeout);
+    http_result(
+        http_inner(rt, port, method, path, body, headers, timeout),
+        start,
+    )
+}
+
+/// The result of an HTTP exchange started at `start`: transport failures become
+/// `ok == false` with the error.
+pub fn http_result(outcome: Result<(u16, String), String>, start: Instant) -> StepResult {
     let duration_ms = start.elapsed().as_millis() as i64;
-    match result {
+    match outcome {
         Ok((status, body)) => StepResult {
             status: i64::from(status),
             body: body.trim().to_string(),
@@ -38,12 +46,30 @@ pub fn http(
             error: String::new(),
             duration_ms,
         },
-        Err(e) => StepResult {
-            status: 0,
-            body: String::new(),
-            ok: false,
-            error: e,
+        Err(error) => StepResult {
+            error,
             duration_ms,
+            ..StepResult::default()
+        },
+    }
+}
+
+/// A `tcp` step: the reply line as the body, or `ok == false` with the error.
+pub fn tcp(port: u16, data: &str, timeout: Duration) -> StepResult {
+    let start = Instant::now();
+    let outcome = tcp_send(port, data, timeout);
+    let duration_ms = start.elapsed().as_millis() as i64;
+    match outcome {
+        Ok(body) => StepResult {
+            body,
+            ok: true,
+            duration_ms,
+            ..StepResult::default()
+        },
+        Err(error) => StepResult {
+            error,
+            duration_ms,
+            ..StepResult::default()
         },
     }
 }

@@ -92,6 +92,8 @@ pub struct TestWorld {
 enum Pending {
     Running {
         call: StepCall,
+        /// The fields of its `step_send` event, for its `step_recv`.
+        fields: BTreeMap<String, String>,
         started: std::time::Instant,
         task: tokio::task::JoinHandle<Result<(u16, String), String>>,
     },
@@ -493,22 +495,7 @@ impl World for TestWorld {
                 &call.headers,
                 call.timeout,
             ),
-            "tcp" => {
-                let start = std::time::Instant::now();
-                match steps::tcp_send(call.port, &call.body, call.timeout) {
-                    Ok(line) => StepResult {
-                        body: line,
-                        ok: true,
-                        duration_ms: start.elapsed().as_millis() as i64,
-                        ..StepResult::default()
-                    },
-                    Err(e) => StepResult {
-                        error: e,
-                        duration_ms: start.elapsed().as_millis() as i64,
-                        ..StepResult::default()
-                    },
-                }
-            }
+            "tcp" => steps::tcp(call.port, &call.body, call.timeout),
             other => {
                 return Err(WorldError(format!(
                     "protocol {other:?} has no step client yet"
@@ -522,7 +509,7 @@ impl World for TestWorld {
     fn step_start(&self, call: &StepCall) -> Result<u64, WorldError> {
         let handle = self.next.fetch_add(1, Ordering::SeqCst);
         let pending = if call.protocol == "http" {
-            self.step_sent(call);
+            let fields = self.step_sent(call);
             let started = std::time::Instant::now();
             // Connected here, on the test's thread, inside the sandbox; the exchange runs
             // on the runtime while the other branches start theirs.
@@ -540,6 +527,7 @@ impl World for TestWorld {
             };
             Pending::Running {
                 call: call.clone(),
+                fields,
                 started,
                 task,
             }
@@ -564,6 +552,7 @@ impl World for TestWorld {
             Pending::Done(r) => Ok(r),
             Pending::Running {
                 call,
+                fields,
                 started,
                 task,
             } => {
@@ -571,25 +560,7 @@ impl World for TestWorld {
                     .rt
                     .block_on(task)
                     .unwrap_or_else(|e| Err(format!("the step's task failed: {e}")));
-                let duration_ms = started.elapsed().as_millis() as i64;
-                let result = match outcome {
-                    Ok((status, body)) => StepResult {
-                        status: i64::from(status),
-                        body: body.trim().to_string(),
-                        ok: true,
-                        error: String::new(),
-                        duration_ms,
-                    },
-                    Err(e) => StepResult {
-                        error: e,
-                        duration_ms,
-                        ..StepResult::default()
-                    },
-                };
-                let mut fields = BTreeMap::new();
-                fields.insert("service".to_string(), call.service.clone());
-                fields.insert("method".to_string(), call.method.clone());
-                fields.insert("path".to_string(), call.path.clone());
+                let result = steps::http_result(outcome, started);
                 self.step_received(&call, fields, &result);
                 Ok(result)
             }
