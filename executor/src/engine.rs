@@ -17,7 +17,9 @@ use faultbox_shim::rule::{Action, FaultRule, RuleError, Trigger};
 use faultbox_shim::syscalls::{self, Arch, PathArg};
 
 /// Paths that are never faulted by a rule without a glob, so the dynamic linker and
-/// the target's view of the system keep working.
+/// the target's view of the system keep working. The name-service cache socket is
+/// here because the C library probes it on every host lookup, whether or not the
+/// daemon runs.
 const SYSTEM_PREFIXES: &[&str] = &[
     "/lib/",
     "/lib64/",
@@ -27,6 +29,8 @@ const SYSTEM_PREFIXES: &[&str] = &[
     "/sys/",
     "/dev/",
     "/etc/ld.so.",
+    "/run/nscd/",
+    "/var/run/nscd/",
 ];
 
 /// Whether `path` is a system path in the sense above.

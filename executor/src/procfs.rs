@@ -237,9 +237,90 @@ fn normalize(p: &Path) -> String {
     out.to_string_lossy().into_owned()
 }
 
+/// Whether a thread of `root` or of any process below it is running or runnable: the
+/// scheduler waits for this to end before it decides which held call goes next.
+pub fn any_running(root: i32) -> bool {
+    let mut stack = vec![root];
+    let mut seen = 0;
+    while let Some(pid) = stack.pop() {
+        seen += 1;
+        if seen > 4096 {
+            return false;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
+                // The state follows the parenthesised command, which may hold spaces.
+                let state = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].trim_start().chars().next());
+                if state == Some('R') {
+                    return true;
+                }
+            }
+            if let Ok(children) = std::fs::read_to_string(dir.join("children")) {
+                stack.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    false
+}
+
+/// Whether `pid` has begun to exit (`PF_EXITING`) but is not yet a zombie: its sockets
+/// may already be closed while its exit status is not there to collect.
+pub fn is_exiting(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    // After the command: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let flags = fields.nth(5).and_then(|f| f.parse::<u64>().ok());
+    state != Some("Z") && flags.is_some_and(|f| f & PF_EXITING != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_threads_below_a_process() {
+        // A sleeping shell whose child spins: running, through the child.
+        let mut parent = std::process::Command::new("sh")
+            .args(["-c", "sh -c 'while :; do :; done' & exec sleep 30"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = parent.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !any_running(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let spinning = any_running(pid);
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for c in children.split_whitespace() {
+            let _ = std::process::Command::new("kill").arg(c).status();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let idle = any_running(pid);
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        assert!(spinning, "the spinning child is seen");
+        assert!(!idle, "a sleeping process is not running");
+    }
 
     #[test]
     fn socket_addresses() {

@@ -23,6 +23,24 @@ pub enum Order {
     Nth(u64),
 }
 
+/// A held call as the ordering sees it.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub id: u64,
+    /// `service syscall path`, for messages.
+    pub what: String,
+    /// (service, thread id): a key that is stable between runs, since a service's
+    /// threads are numbered in the order they are created.
+    pub caller: (String, i32),
+}
+
+fn describe(service: &str, event: &crate::supervisor::SyscallEvent) -> String {
+    match &event.path {
+        Some(p) => format!("{service} {} {p}", event.name),
+        None => format!("{service} {}", event.name),
+    }
+}
+
 #[derive(Default)]
 struct State {
     active: bool,
@@ -95,46 +113,30 @@ impl Scheduler {
         self.lock().nondet.extend(services.iter().cloned());
     }
 
-    /// Waits until no call has been held for `idle` (or `limit` passed) and returns
-    /// the held calls' ids and descriptions, oldest first.
-    pub fn quiesce(&self, idle: Duration, limit: Instant) -> Vec<(u64, String)> {
-        self.quiesce_with_callers(idle, limit)
-            .into_iter()
-            .map(|(id, what, _)| (id, what))
-            .collect()
-    }
-
-    /// Like [`Scheduler::quiesce`], with each call's (service, thread id): a stable key
-    /// between runs, since a service's threads are created in the order its requests
-    /// arrive.
-    pub fn quiesce_with_callers(
-        &self,
-        idle: Duration,
-        limit: Instant,
-    ) -> Vec<(u64, String, (String, i32))> {
+    /// Waits until the services have settled, or `limit` passed, and returns what is
+    /// held, oldest first. Settled means no call was held for `idle` and `busy()` says
+    /// no thread of theirs is running; a thread that keeps running (a spinning runtime)
+    /// delays this by at most `10 × idle`.
+    pub fn settle(&self, idle: Duration, limit: Instant, busy: &dyn Fn() -> bool) -> Vec<Held> {
         let mut s = self.lock();
         loop {
             let quiet_since = s.last_change.map(|t| t.elapsed()).unwrap_or(idle);
-            if quiet_since >= idle || Instant::now() >= limit {
+            let now = Instant::now();
+            if now >= limit || (quiet_since >= idle && (quiet_since >= idle * 10 || !busy())) {
                 return s
                     .held
                     .iter()
-                    .map(|(id, svc, c)| {
-                        let path = c
-                            .event
-                            .path
-                            .as_deref()
-                            .map(|p| format!(" {p}"))
-                            .unwrap_or_default();
-                        (
-                            *id,
-                            format!("{svc} {}{path}", c.event.name),
-                            (svc.clone(), c.event.pid),
-                        )
+                    .map(|(id, svc, c)| Held {
+                        id: *id,
+                        what: describe(svc, &c.event),
+                        caller: (svc.clone(), c.event.pid),
                     })
                     .collect();
             }
-            let wait = idle - quiet_since;
+            // Poll for running threads every millisecond once quiet.
+            let wait = idle
+                .saturating_sub(quiet_since)
+                .max(Duration::from_millis(1));
             s = self
                 .changed
                 .wait_timeout(s, wait)
@@ -143,22 +145,9 @@ impl Scheduler {
         }
     }
 
-    /// Waits until a call of thread `pid` is held again, or `max` passed: after its
-    /// previous call was released, the thread's next step is part of the order.
-    pub fn wait_for_caller(&self, pid: i32, max: Duration) {
-        let deadline = Instant::now() + max;
-        let mut s = self.lock();
-        while !s.held.iter().any(|(_, _, c)| c.event.pid == pid) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+    /// Whether `service` is excluded from ordering control.
+    pub fn is_nondet(&self, service: &str) -> bool {
+        self.lock().nondet.contains(service)
     }
 
     /// Releases the held call `id`.

@@ -4,6 +4,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -57,7 +59,11 @@ pub fn http_result(outcome: Result<(u16, String), String>, start: Instant) -> St
 /// A `tcp` step: the reply line as the body, or `ok == false` with the error.
 pub fn tcp(port: u16, data: &str, timeout: Duration) -> StepResult {
     let start = Instant::now();
-    let outcome = tcp_send(port, data, timeout);
+    tcp_result(tcp_send(port, data, timeout).and_then(tcp_reply), start)
+}
+
+/// The result of a `tcp` exchange started at `start`.
+pub fn tcp_result(outcome: Result<String, String>, start: Instant) -> StepResult {
     let duration_ms = start.elapsed().as_millis() as i64;
     match outcome {
         Ok(body) => StepResult {
@@ -92,6 +98,7 @@ fn http_inner(
         body.to_string(),
         headers.to_vec(),
         timeout,
+        None,
     ))
 }
 
@@ -103,7 +110,9 @@ pub fn http_connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
     Ok(stream)
 }
 
-/// Sends one request on a connected stream and reads the answer.
+/// Sends one request on a connected stream and reads the answer. `sent` fires once the
+/// request has been handed to the kernel.
+#[allow(clippy::too_many_arguments)]
 pub async fn http_exchange(
     stream: TcpStream,
     port: u16,
@@ -112,6 +121,7 @@ pub async fn http_exchange(
     body: String,
     headers: Vec<(String, String)>,
     timeout: Duration,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(u16, String), String> {
     let method = hyper::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|e| e.to_string())?;
@@ -133,9 +143,12 @@ pub async fn http_exchange(
     {
         let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
         let exchange = async {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(Flushed {
+                io: TokioIo::new(stream),
+                sent,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             let driver = tokio::spawn(conn);
             let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
@@ -154,8 +167,9 @@ pub async fn http_exchange(
     }
 }
 
-/// Sends `data` and a newline to `127.0.0.1:port` and returns the first reply line.
-pub fn tcp_send(port: u16, data: &str, timeout: Duration) -> Result<String, String> {
+/// Connects to `127.0.0.1:port` and sends `data` and a newline. Call it on the test's
+/// thread; the reply may then be read anywhere.
+pub fn tcp_send(port: u16, data: &str, timeout: Duration) -> Result<TcpStream, String> {
     let mut stream =
         TcpStream::connect_timeout(&local(port), timeout).map_err(|e| e.to_string())?;
     stream
@@ -164,6 +178,11 @@ pub fn tcp_send(port: u16, data: &str, timeout: Duration) -> Result<String, Stri
     stream
         .write_all(format!("{data}\n").as_bytes())
         .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+/// Reads the first reply line of a `tcp` step.
+pub fn tcp_reply(stream: TcpStream) -> Result<String, String> {
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
@@ -192,6 +211,59 @@ pub fn parse_target(target: &str) -> Option<(u16, String)> {
     };
     let (_, port) = hostport.rsplit_once(':')?;
     Some((port.parse().ok()?, path))
+}
+
+/// A connection that reports its first completed flush: hyper flushes once the
+/// request's head and (small, known-length) body are written.
+struct Flushed<T> {
+    io: T,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Flushed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Flushed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            if let Some(tx) = self.sent.take() {
+                let _ = tx.send(());
+            }
+        }
+        r
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub struct HeldCall {
 impl HeldCall {
     /// Lets the call proceed with its decision, and reports it now.
     pub fn release(self) {
+        // Reported before it proceeds, so that what it causes is logged after it.
+        self.sink.syscall(self.event.clone());
         let fd = self.listener.as_raw_fd();
         match self.event.decision {
             Decision::Delay(d) => {
@@ -67,7 +69,6 @@ impl HeldCall {
             }
             ref other => answer(fd, self.id, other),
         }
-        self.sink.syscall(self.event);
     }
 }
 
@@ -277,8 +278,15 @@ impl Supervisor {
             label: verdict.label,
             peer_port,
         };
+        // The C library's own calls (the loader, /proc, the name-service cache probe)
+        // are not part of the order parallel() controls: which thread makes them
+        // depends on locks inside the library, not on the service's logic.
+        let system = event
+            .path
+            .as_deref()
+            .is_some_and(crate::engine::is_system_path);
         let event = match &self.holder {
-            Some(h) => match h.hold(Box::new(HeldCall {
+            Some(h) if !system => match h.hold(Box::new(HeldCall {
                 listener: self.listener.clone(),
                 id: req.id,
                 runtime: self.runtime.clone(),
@@ -288,7 +296,7 @@ impl Supervisor {
                 Ok(()) => return,
                 Err(call) => call.event,
             },
-            None => event,
+            _ => event,
         };
         match verdict.decision {
             Decision::Delay(d) if self.vclock.is_some() => {

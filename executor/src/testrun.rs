@@ -219,9 +219,18 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
         r.crashed = started
             .iter()
             .filter_map(|s| {
-                s.running
-                    .poll_exit()
-                    .map(|e| (s.decl.name.clone(), e.code()))
+                // A service that closed its sockets on the way out may not have its
+                // exit status yet; one that is exiting gets a moment to finish.
+                let deadline = Instant::now() + Duration::from_secs(1);
+                let mut exit = s.running.poll_exit();
+                while exit.is_none()
+                    && Instant::now() < deadline
+                    && crate::procfs::is_exiting(s.running.pid)
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                    exit = s.running.poll_exit();
+                }
+                exit.map(|e| (s.decl.name.clone(), e.code()))
             })
             .collect();
     }

@@ -94,8 +94,7 @@ enum Pending {
         call: StepCall,
         /// The fields of its `step_send` event, for its `step_recv`.
         fields: BTreeMap<String, String>,
-        started: std::time::Instant,
-        task: tokio::task::JoinHandle<Result<(u16, String), String>>,
+        task: tokio::task::JoinHandle<StepResult>,
     },
     Done(StepResult),
 }
@@ -508,31 +507,62 @@ impl World for TestWorld {
 
     fn step_start(&self, call: &StepCall) -> Result<u64, WorldError> {
         let handle = self.next.fetch_add(1, Ordering::SeqCst);
-        let pending = if call.protocol == "http" {
-            let fields = self.step_sent(call);
-            let started = std::time::Instant::now();
-            // Connected here, on the test's thread, inside the sandbox; the exchange runs
-            // on the runtime while the other branches start theirs.
-            let task = match steps::http_connect(call.port, call.timeout) {
-                Ok(stream) => self.rt.spawn(steps::http_exchange(
-                    stream,
-                    call.port,
-                    call.method.clone(),
-                    call.path.clone(),
-                    call.body.clone(),
-                    call.headers.clone(),
-                    call.timeout,
-                )),
-                Err(e) => self.rt.spawn(async move { Err(e) }),
-            };
-            Pending::Running {
-                call: call.clone(),
-                fields,
-                started,
-                task,
+        // Each branch's request is on the wire before the next branch starts, so the
+        // services see requests in argument order and create their threads in it: the
+        // order a seed picks then means the same branches every run.
+        let pending = match call.protocol.as_str() {
+            "http" => {
+                let fields = self.step_sent(call);
+                let started = std::time::Instant::now();
+                let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+                let task = match steps::http_connect(call.port, call.timeout) {
+                    Ok(stream) => self.rt.spawn({
+                        let exchange = steps::http_exchange(
+                            stream,
+                            call.port,
+                            call.method.clone(),
+                            call.path.clone(),
+                            call.body.clone(),
+                            call.headers.clone(),
+                            call.timeout,
+                            Some(sent_tx),
+                        );
+                        async move { steps::http_result(exchange.await, started) }
+                    }),
+                    Err(e) => {
+                        drop(sent_tx);
+                        self.rt
+                            .spawn(async move { steps::http_result(Err(e), started) })
+                    }
+                };
+                let timeout = call.timeout;
+                let _ = self
+                    .rt
+                    .block_on(async move { tokio::time::timeout(timeout, sent_rx).await });
+                Pending::Running {
+                    call: call.clone(),
+                    fields,
+                    task,
+                }
             }
-        } else {
-            Pending::Done(self.step(call)?)
+            "tcp" => {
+                let fields = self.step_sent(call);
+                let started = std::time::Instant::now();
+                let task = match steps::tcp_send(call.port, &call.body, call.timeout) {
+                    Ok(stream) => self.rt.spawn_blocking(move || {
+                        steps::tcp_result(steps::tcp_reply(stream), started)
+                    }),
+                    Err(e) => self
+                        .rt
+                        .spawn(async move { steps::tcp_result(Err(e), started) }),
+                };
+                Pending::Running {
+                    call: call.clone(),
+                    fields,
+                    task,
+                }
+            }
+            _ => Pending::Done(self.step(call)?),
         };
         self.pending
             .lock()
@@ -550,17 +580,11 @@ impl World for TestWorld {
             .ok_or_else(|| WorldError(format!("no pending step {handle}")))?;
         match pending {
             Pending::Done(r) => Ok(r),
-            Pending::Running {
-                call,
-                fields,
-                started,
-                task,
-            } => {
-                let outcome = self
-                    .rt
-                    .block_on(task)
-                    .unwrap_or_else(|e| Err(format!("the step's task failed: {e}")));
-                let result = steps::http_result(outcome, started);
+            Pending::Running { call, fields, task } => {
+                let result = self.rt.block_on(task).unwrap_or_else(|e| StepResult {
+                    error: format!("the step's task failed: {e}"),
+                    ..StepResult::default()
+                });
                 self.step_received(&call, fields, &result);
                 Ok(result)
             }
@@ -582,11 +606,24 @@ impl World for TestWorld {
 
     fn parallel_release(&self) -> Result<(), WorldError> {
         const IDLE: std::time::Duration = std::time::Duration::from_millis(20);
-        const FOLLOW: std::time::Duration = std::time::Duration::from_millis(200);
         let limit = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let roots: Vec<i32> = self
+            .services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(name, _)| !self.scheduler.is_nondet(name))
+            .map(|(_, s)| s.running.pid)
+            .collect();
+        let busy = || roots.iter().any(|&pid| crate::procfs::any_running(pid));
+        // The threads of the first batch of held calls, in the order the seed (or the
+        // exploration's index) ranks them. Every later decision releases the held call
+        // of the highest-ranked thread, so one ranking fixes the whole interleaving;
+        // threads that join later rank below, oldest first.
+        let mut ranking: Vec<(String, i32)> = Vec::new();
         let mut first = true;
         loop {
-            let mut held = self.scheduler.quiesce_with_callers(IDLE, limit);
+            let mut held = self.scheduler.settle(IDLE, limit, &busy);
             if held.is_empty() {
                 if !self.pending_running() || std::time::Instant::now() >= limit {
                     break;
@@ -594,31 +631,28 @@ impl World for TestWorld {
                 std::thread::sleep(std::time::Duration::from_millis(2));
                 continue;
             }
-            let callers: HashMap<u64, i32> = held.iter().map(|h| (h.0, h.2 .1)).collect();
-            let ids: Vec<u64> = if first {
-                // Arrival order can vary between runs; the permutation applies to a
-                // stable order, so that a seed or an index means the same calls.
-                held.sort_by(|a, b| a.2.cmp(&b.2));
+            // Arrival order varies between runs; thread order does not.
+            held.sort_by(|a, b| a.caller.cmp(&b.caller));
+            if first {
+                first = false;
                 if self.first_batch.swap(false, Ordering::SeqCst) {
                     *self.explored.lock().unwrap_or_else(|p| p.into_inner()) = Some(held.len());
                 }
-                crate::scheduler::permutation(held.len(), self.order)
+                ranking = crate::scheduler::permutation(held.len(), self.order)
                     .into_iter()
-                    .map(|i| held[i].0)
-                    .collect()
-            } else {
-                held.iter().map(|h| h.0).collect()
-            };
-            first = false;
-            for id in ids {
-                self.scheduler.release(id);
-                // Let the released call's consequences arrive before the next one: the
-                // same thread's next call, then quiet.
-                if let Some(pid) = callers.get(&id) {
-                    self.scheduler.wait_for_caller(*pid, FOLLOW);
-                }
-                self.scheduler.quiesce(IDLE, limit);
+                    .map(|i| held[i].caller.clone())
+                    .collect();
             }
+            let next = held
+                .iter()
+                .min_by_key(|h| {
+                    ranking
+                        .iter()
+                        .position(|c| *c == h.caller)
+                        .unwrap_or(usize::MAX)
+                })
+                .expect("held is not empty");
+            self.scheduler.release(next.id);
         }
         self.first_batch.store(false, Ordering::SeqCst);
         self.scheduler.end();

@@ -554,14 +554,16 @@ pub fn invoke_step<'v>(
             "{step}(): data= is required"
         )));
     }
-    if rt.parallel.get() && call.protocol == "http" {
+    if rt.parallel.get() {
         let handle = ctx
             .world
             .step_start(&call)
             .map_err(|e| starlark::Error::new_other(anyhow!("{step}(): {e}")))?;
-        return Ok(eval
-            .heap()
-            .alloc(crate::values::LazyResponse::new(handle, ctx.world.clone())));
+        let lazy = crate::values::LazyResponse::new(handle, ctx.world.clone());
+        return Ok(match call.protocol.as_str() {
+            "tcp" => eval.heap().alloc(crate::values::LazyText(lazy)),
+            _ => eval.heap().alloc(lazy),
+        });
     }
     let result = ctx
         .world
@@ -899,14 +901,19 @@ pub fn testing(builder: &mut GlobalsBuilder) {
         let heap = eval.heap();
         let resolved: Vec<Value> = results
             .into_iter()
-            .map(|v| match v.downcast_ref::<crate::values::LazyResponse>() {
-                Some(l) => heap.alloc(ResponseValue(l.force().unwrap_or_else(|e| {
-                    crate::world::StepResult {
-                        error: e,
-                        ..Default::default()
-                    }
-                }))),
-                None => v,
+            .map(|v| {
+                if let Some(t) = v.downcast_ref::<crate::values::LazyText>() {
+                    return heap.alloc(t.text());
+                }
+                match v.downcast_ref::<crate::values::LazyResponse>() {
+                    Some(l) => heap.alloc(ResponseValue(l.force().unwrap_or_else(|e| {
+                        crate::world::StepResult {
+                            error: e,
+                            ..Default::default()
+                        }
+                    }))),
+                    None => v,
+                }
             })
             .collect();
         crate::compose::drain(eval)?;

@@ -433,3 +433,88 @@ impl<'v> StarlarkValue<'v> for LazyResponse {
         ResponseValue(r).get_attr(attribute, heap)
     }
 }
+
+/// The reply of a `tcp` step started inside `parallel()`: a string once `parallel()`
+/// returns. Used inside its branch, it waits for the reply (letting all held calls
+/// go) and behaves as the string.
+#[derive(
+    ProvidesStaticType, NoSerialize, Allocative, StarlarkPagablePanic, derive_more::Display,
+)]
+#[display("string(pending)")]
+pub struct LazyText(pub LazyResponse);
+starlark_simple_value!(LazyText);
+
+impl std::fmt::Debug for LazyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LazyText({})", self.0.handle)
+    }
+}
+
+impl LazyText {
+    /// The reply line; empty if the step failed, as outside `parallel()`.
+    pub fn text(&self) -> String {
+        self.0.force().map(|r| r.body).unwrap_or_default()
+    }
+}
+
+#[starlark_value(type = "string")]
+impl<'v> StarlarkValue<'v> for LazyText {
+    fn collect_repr(&self, collector: &mut String) {
+        collector.push_str(&format!("{:?}", self.text()));
+    }
+
+    fn collect_str(&self, collector: &mut String) {
+        collector.push_str(&self.text());
+    }
+
+    fn to_bool(&self) -> bool {
+        !self.text().is_empty()
+    }
+
+    fn equals(&self, other: Value<'v>) -> starlark::Result<bool> {
+        Ok(other.unpack_str() == Some(self.text().as_str()))
+    }
+
+    fn compare(&self, other: Value<'v>) -> starlark::Result<std::cmp::Ordering> {
+        match other.unpack_str() {
+            Some(o) => Ok(self.text().as_str().cmp(o)),
+            None => Err(starlark::Error::new_other(anyhow::anyhow!(
+                "cannot compare string with {}",
+                other.get_type()
+            ))),
+        }
+    }
+
+    fn length(&self) -> starlark::Result<i32> {
+        Ok(self.text().chars().count() as i32)
+    }
+
+    fn is_in(&self, other: Value<'v>) -> starlark::Result<bool> {
+        match other.unpack_str() {
+            Some(o) => Ok(self.text().contains(o)),
+            None => Err(starlark::Error::new_other(anyhow::anyhow!(
+                "'in <string>' requires string as left operand, not {}",
+                other.get_type()
+            ))),
+        }
+    }
+
+    fn at(&self, index: Value<'v>, heap: Heap<'v>) -> starlark::Result<Value<'v>> {
+        heap.alloc(self.text()).at(index, heap)
+    }
+
+    fn add(&self, rhs: Value<'v>, heap: Heap<'v>) -> Option<starlark::Result<Value<'v>>> {
+        Some(heap.alloc(self.text()).add(rhs, heap))
+    }
+
+    fn radd(&self, lhs: Value<'v>, heap: Heap<'v>) -> Option<starlark::Result<Value<'v>>> {
+        Some(lhs.add(heap.alloc(self.text()), heap))
+    }
+
+    fn get_attr(&self, attribute: &str, heap: Heap<'v>) -> Option<Value<'v>> {
+        heap.alloc(self.text())
+            .get_attr(attribute, heap)
+            .ok()
+            .flatten()
+    }
+}

@@ -71,7 +71,7 @@ pub trait World {
     /// The events recorded so far, in sequence order.
     fn events(&self) -> Vec<Event>;
 
-    /// Starts an HTTP step without waiting for its answer (inside `parallel()`).
+    /// Starts a step without waiting for its answer (inside `parallel()`).
     fn step_start(&self, _call: &StepCall) -> Result<u64, WorldError> {
         Err(WorldError("this world runs steps one at a time".into()))
     }
