@@ -127,6 +127,11 @@ pub struct TestArgs {
     #[arg(long)]
     pub virtual_time: bool,
 
+    /// How many runs go side by side on this host, each in its own sandbox
+    /// (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub slots: Option<u64>,
+
     /// Load and check the spec and show the test plan without starting anything.
     #[arg(long)]
     pub dry_run: bool,

@@ -2,6 +2,7 @@
 //! Faultbox itself exit 1, and `run` passes the target's code through.
 
 mod cli;
+mod coordinator;
 mod decision_log;
 mod diagnostics;
 mod diff;

@@ -6,17 +6,16 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use faultbox_executor::scheduler::Order;
+use faultbox_executor::actor::{Executor, ExecutorArgs};
 use faultbox_executor::session;
-use faultbox_executor::testrun::{self, TestOptions};
 use faultbox_spec::{Loaded, Verdict};
 
 use crate::cli::TestArgs;
+use crate::coordinator::{self, Coordinator, CoordinatorArgs, Explore, Finished, Plan};
 use crate::{logging, report};
 
 pub const EXIT_FAILED: i32 = 2;
 /// The most calls --explore=all orders exhaustively (8! = 40320 runs).
-const MAX_EXPLORE: usize = 8;
 const EXIT_ERROR: i32 = 1;
 
 fn error(msg: impl std::fmt::Display) -> i32 {
@@ -93,67 +92,52 @@ pub fn run(args: TestArgs) -> i32 {
         None => (0..runs).collect(),
     };
     let suite_start = std::time::Instant::now();
-    let mut results = Vec::new();
-    let mut reports = Vec::new();
-    let (mut passed, mut failed) = (0u64, 0u64);
-    let run_one = |test: &faultbox_spec::model::Test, seed: u64, order: Order| {
-        let opts = TestOptions {
-            seed,
-            shim: shim.clone(),
-            runtime: runtime.handle().clone(),
-            virtual_time: args.virtual_time,
-            order,
-        };
-        testrun::run_test(loaded.clone(), test.clone(), opts)
+    let slots = args.slots.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    );
+    let plan = Plan {
+        tests: tests.iter().map(|t| t.name.clone()).collect(),
+        seeds,
+        explore: match args.explore.as_deref() {
+            Some("all") => Explore::All,
+            Some(_) => Explore::Sample,
+            None => Explore::Seeds,
+        },
+        virtual_time: args.virtual_time,
     };
-    for test in &tests {
-        // The runs of this test: every seed, or under --explore=all every ordering.
-        let mut plan: Vec<(u64, Order)> = seeds.iter().map(|&s| (s, Order::Seeded(s))).collect();
-        if args.explore.as_deref() == Some("all") {
-            plan = vec![(args.seed.unwrap_or(0), Order::Nth(0))];
+    // Failures (or every run, with --show all) are printed in plan order as their
+    // tests complete.
+    let show_all = args.show == "all";
+    let debug = args.debug;
+    let spec_for_emit = spec_arg.clone();
+    let emit: coordinator::Emit = Box::new(move |r| {
+        if r.verdict != Verdict::Pass || show_all {
+            eprint!("{}", report::human(&spec_for_emit, r, debug));
         }
-        let mut i = 0;
-        while i < plan.len() {
-            let (seed, order) = plan[i];
-            let r = run_one(test, seed, order);
-            if args.explore.is_some()
-                && i == 0
-                && r.explored.is_none()
-                && r.verdict == Verdict::Pass
-            {
-                return error(format!(
-                    "--explore: {} does not call parallel(), so there is nothing to explore",
-                    test.name
-                ));
-            }
-            if args.explore.as_deref() == Some("all") && i == 0 {
-                if let Some(k) = r.explored {
-                    if k > MAX_EXPLORE {
-                        return error(format!(
-                            "--explore=all: {} holds {k} calls at its first ordering decision, {} orderings; use --explore=sample",
-                            test.name,
-                            faultbox_executor::scheduler::factorial(k)
-                        ));
-                    }
-                    let total = faultbox_executor::scheduler::factorial(k);
-                    let first_seed = plan[0].0;
-                    plan.extend((1..total).map(|n| (first_seed, Order::Nth(n))));
-                }
-            }
-            let failed_now = r.verdict != Verdict::Pass;
-            if failed_now || args.show == "all" {
-                eprint!("{}", report::human(&spec_arg, &r, args.debug));
-            }
-            results.push(report::test_json(&spec_arg, &r));
-            reports.push(r);
-            if failed_now {
-                failed += 1;
-                break;
-            }
-            passed += 1;
-            i += 1;
-        }
-    }
+    });
+    let finished = runtime.block_on(run_in_process(
+        plan,
+        emit,
+        loaded.clone(),
+        shim,
+        runtime.handle().clone(),
+        slots,
+    ));
+    let reports = match finished {
+        Ok(Finished::Reports(r)) => r,
+        Ok(Finished::Error(e)) => return error(e),
+        Err(e) => return error(e),
+    };
+    let results: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| report::test_json(&spec_arg, r))
+        .collect();
+    let failed = reports
+        .iter()
+        .filter(|r| r.verdict != Verdict::Pass)
+        .count() as u64;
+    let passed = reports.len() as u64 - failed;
     let (matrix_text, matrix_json) = report::matrices(&loaded.spec, &reports);
     eprint!("{matrix_text}");
     eprintln!("{passed} passed, {failed} failed");
@@ -226,4 +210,48 @@ fn dry_run(loaded: &Loaded, tests: &[faultbox_spec::model::Test], spec: &str) ->
         );
     }
     0
+}
+
+/// Runs `plan` on an executor in this process with `slots` slots.
+async fn run_in_process(
+    plan: Plan,
+    emit: coordinator::Emit,
+    loaded: Arc<Loaded>,
+    shim: std::path::PathBuf,
+    runtime: tokio::runtime::Handle,
+    slots: usize,
+) -> Result<Finished, String> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (coord, coord_handle) = ractor::Actor::spawn(
+        None,
+        Coordinator,
+        CoordinatorArgs {
+            plan,
+            emit,
+            done: done_tx,
+        },
+    )
+    .await
+    .map_err(|e| format!("starting the coordinator: {e}"))?;
+    let (exec, exec_handle) = ractor::Actor::spawn(
+        None,
+        Executor,
+        ExecutorArgs {
+            name: "local".into(),
+            slots,
+            loaded,
+            shim,
+            runtime,
+            coordinator: coord.clone(),
+        },
+    )
+    .await
+    .map_err(|e| format!("starting the executor: {e}"))?;
+    let finished = done_rx
+        .await
+        .map_err(|_| "the coordinator stopped without a result".to_string());
+    exec.stop(None);
+    let _ = exec_handle.await;
+    let _ = coord_handle.await;
+    finished
 }

@@ -2,8 +2,10 @@
 //! seccomp filter, the supervisor that answers their notified syscalls, and the rule
 //! engine that decides each call.
 
+pub mod actor;
 pub mod engine;
 pub mod eventlog;
+pub mod job;
 pub mod launch;
 pub mod procfs;
 pub mod sandbox;

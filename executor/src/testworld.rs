@@ -103,10 +103,37 @@ enum Pending {
 struct ServiceSink {
     service: String,
     shared: Arc<Shared>,
+    /// Calls made before the service's `lifecycle.started` is logged (the loader's,
+    /// while the launch returns), kept so they come after it; `None` once it is.
+    early: Mutex<Option<Vec<SyscallEvent>>>,
+}
+
+impl ServiceSink {
+    /// Logs `started` (the service's `lifecycle.started`), then the calls kept so far.
+    fn open(&self, started: impl FnOnce()) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        started();
+        for ev in early.take().unwrap_or_default() {
+            self.record(ev);
+        }
+    }
 }
 
 impl EventSink for ServiceSink {
     fn syscall(&self, ev: SyscallEvent) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        match early.as_mut() {
+            Some(kept) => kept.push(ev),
+            None => {
+                drop(early);
+                self.record(ev);
+            }
+        }
+    }
+}
+
+impl ServiceSink {
+    fn record(&self, ev: SyscallEvent) {
         let mut fields = BTreeMap::new();
         fields.insert("syscall".to_string(), ev.name.to_string());
         fields.insert("pid".to_string(), ev.pid.to_string());
@@ -269,21 +296,24 @@ impl TestWorld {
         let sink = Arc::new(ServiceSink {
             service: svc.name.clone(),
             shared: self.shared.clone(),
+            early: Mutex::new(Some(Vec::new())),
         });
         let running = self
             .rt
-            .block_on(session::start(config, sink))
+            .block_on(session::start(config, sink.clone()))
             .map_err(|e| format!("service {:?}: {e}", svc.name))?;
         drop((stdout, stderr));
         let mut fields = BTreeMap::new();
         fields.insert("pid".to_string(), running.pid.to_string());
-        self.log().record(
-            &svc.name,
-            "lifecycle",
-            "lifecycle.started".into(),
-            svc.name.clone(),
-            fields,
-        );
+        sink.open(|| {
+            self.log().record(
+                &svc.name,
+                "lifecycle",
+                "lifecycle.started".into(),
+                svc.name.clone(),
+                fields,
+            );
+        });
         let state = Arc::new(ServiceState {
             decl: svc.clone(),
             running,

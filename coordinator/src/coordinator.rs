@@ -1,0 +1,345 @@
+//! The Coordinator actor: owns the whole run. It expands the tests into jobs (test ×
+//! seed, or test × ordering under `--explore=all`), hands them to executor slots that
+//! ask for work, and merges the results in plan order, whatever order they arrive
+//! in. A test stops at its first failing run: its later runs are not started, and
+//! those already running are dropped from the report, so the result is the same as
+//! running the runs one after another.
+
+use std::collections::{HashMap, VecDeque};
+
+use faultbox_executor::job::{CoordinatorMsg, ExecutorMsg, Job};
+use faultbox_executor::scheduler::{factorial, Order};
+use faultbox_executor::testrun::TestReport;
+use faultbox_spec::Verdict;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+/// The largest K for which `--explore=all` runs all K! orderings.
+pub const MAX_EXPLORE: usize = 8;
+
+/// How runs of a test are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Explore {
+    /// One run per seed.
+    Seeds,
+    /// One run per seed; each must reach `parallel()`.
+    Sample,
+    /// One run per ordering of the first batch of held calls.
+    All,
+}
+
+/// What the coordinator is asked to do.
+pub struct Plan {
+    pub tests: Vec<String>,
+    pub seeds: Vec<u64>,
+    pub explore: Explore,
+    pub virtual_time: bool,
+}
+
+/// Called with each test's kept runs, in plan order, as soon as all of them are in.
+pub type Emit = Box<dyn FnMut(&TestReport) + Send>;
+
+/// How the run ended.
+pub enum Finished {
+    /// Every test's kept runs, in plan order.
+    Reports(Vec<TestReport>),
+    /// A problem with the run itself (not a failing test): exit 1.
+    Error(String),
+}
+
+pub struct CoordinatorArgs {
+    pub plan: Plan,
+    pub emit: Emit,
+    pub done: oneshot::Sender<Finished>,
+}
+
+pub struct Coordinator;
+
+enum RunState {
+    Queued,
+    Running { executor: String },
+    Done(Box<TestReport>),
+}
+
+struct Run {
+    seed: u64,
+    order: Order,
+    state: RunState,
+}
+
+struct TestPlan {
+    name: String,
+    runs: Vec<Run>,
+    /// The index of the first failing run, once known.
+    first_fail: Option<usize>,
+    /// Under `--explore=all`, whether the first run has told how many orderings exist.
+    expanded: bool,
+}
+
+impl TestPlan {
+    /// The runs that count: all of them, or those up to the first failure.
+    fn kept(&self) -> usize {
+        self.first_fail.map_or(self.runs.len(), |f| f + 1)
+    }
+
+    fn complete(&self) -> bool {
+        self.expanded
+            && self.runs[..self.kept()]
+                .iter()
+                .all(|r| matches!(r.state, RunState::Done(_)))
+    }
+}
+
+pub struct CoordinatorState {
+    explore: Explore,
+    virtual_time: bool,
+    tests: Vec<TestPlan>,
+    /// (test, run) in the order they are handed out.
+    queue: VecDeque<(usize, usize)>,
+    /// Free slots waiting for work.
+    waiting: VecDeque<(String, ActorRef<ExecutorMsg>)>,
+    /// Job id → (test, run).
+    jobs: HashMap<u64, (usize, usize)>,
+    next_job: u64,
+    emit: Emit,
+    emitted_upto: usize,
+    error: Option<String>,
+    done: Option<oneshot::Sender<Finished>>,
+}
+
+impl Actor for Coordinator {
+    type Msg = CoordinatorMsg;
+    type State = CoordinatorState;
+    type Arguments = CoordinatorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CoordinatorMsg>,
+        args: CoordinatorArgs,
+    ) -> Result<CoordinatorState, ActorProcessingErr> {
+        let plan = args.plan;
+        let tests: Vec<TestPlan> = plan
+            .tests
+            .iter()
+            .map(|name| {
+                let runs = match plan.explore {
+                    // The first run tells how many orderings there are.
+                    Explore::All => vec![Run {
+                        seed: plan.seeds.first().copied().unwrap_or(0),
+                        order: Order::Nth(0),
+                        state: RunState::Queued,
+                    }],
+                    _ => plan
+                        .seeds
+                        .iter()
+                        .map(|&s| Run {
+                            seed: s,
+                            order: Order::Seeded(s),
+                            state: RunState::Queued,
+                        })
+                        .collect(),
+                };
+                TestPlan {
+                    name: name.clone(),
+                    runs,
+                    first_fail: None,
+                    expanded: plan.explore != Explore::All,
+                }
+            })
+            .collect();
+        let queue = tests
+            .iter()
+            .enumerate()
+            .flat_map(|(t, p)| (0..p.runs.len()).map(move |r| (t, r)))
+            .collect();
+        let mut state = CoordinatorState {
+            explore: plan.explore,
+            virtual_time: plan.virtual_time,
+            tests,
+            queue,
+            waiting: VecDeque::new(),
+            jobs: HashMap::new(),
+            next_job: 0,
+            emit: args.emit,
+            emitted_upto: 0,
+            error: None,
+            done: Some(args.done),
+        };
+        state.settle(&myself);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CoordinatorMsg>,
+        message: CoordinatorMsg,
+        state: &mut CoordinatorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CoordinatorMsg::Pull { executor, reply } => state.waiting.push_back((executor, reply)),
+            CoordinatorMsg::Done {
+                executor: _,
+                job,
+                report,
+            } => {
+                if let Some((t, r)) = state.jobs.remove(&job) {
+                    state.finished(t, r, report);
+                }
+            }
+            CoordinatorMsg::Lost { executor } => state.lost(&executor),
+        }
+        state.settle(&myself);
+        Ok(())
+    }
+}
+
+impl CoordinatorState {
+    /// Hands out work, emits what is complete, and ends the run when nothing is left.
+    fn settle(&mut self, myself: &ActorRef<CoordinatorMsg>) {
+        if self.error.is_some() {
+            self.queue.clear();
+        }
+        while !self.waiting.is_empty() {
+            let Some((t, r)) = self.next_queued() else {
+                break;
+            };
+            let (executor, slot) = self.waiting.pop_front().expect("a waiting slot");
+            let job = Job {
+                id: self.next_job,
+                test: self.tests[t].name.clone(),
+                seed: self.tests[t].runs[r].seed,
+                order: self.tests[t].runs[r].order,
+                virtual_time: self.virtual_time,
+            };
+            self.next_job += 1;
+            self.jobs.insert(job.id, (t, r));
+            self.tests[t].runs[r].state = RunState::Running {
+                executor: executor.clone(),
+            };
+            if slot.cast(ExecutorMsg::Run(job.clone())).is_err() {
+                // The slot's executor is gone; the run goes back to the queue.
+                self.jobs.remove(&job.id);
+                self.tests[t].runs[r].state = RunState::Queued;
+                self.queue.push_front((t, r));
+            }
+        }
+        self.emit_complete();
+        if self.jobs.is_empty() && self.queue.is_empty() {
+            if let Some(done) = self.done.take() {
+                let finished = match self.error.take() {
+                    Some(e) => Finished::Error(e),
+                    None => Finished::Reports(self.take_reports()),
+                };
+                let _ = done.send(finished);
+                myself.stop(None);
+            }
+        }
+    }
+
+    /// The next queued run still worth doing.
+    fn next_queued(&mut self) -> Option<(usize, usize)> {
+        while let Some((t, r)) = self.queue.pop_front() {
+            if r < self.tests[t].kept() && matches!(self.tests[t].runs[r].state, RunState::Queued) {
+                return Some((t, r));
+            }
+        }
+        None
+    }
+
+    fn finished(&mut self, t: usize, r: usize, report: Box<TestReport>) {
+        let failed = report.verdict != Verdict::Pass;
+        if r == 0 && self.explore != Explore::Seeds {
+            self.check_exploration(t, &report);
+        }
+        let test = &mut self.tests[t];
+        test.runs[r].state = RunState::Done(report);
+        if failed && test.first_fail.is_none_or(|f| r < f) {
+            test.first_fail = Some(r);
+        }
+    }
+
+    /// The first run of an exploration: did it reach `parallel()`, and how many
+    /// orderings are there to run?
+    fn check_exploration(&mut self, t: usize, report: &TestReport) {
+        let name = self.tests[t].name.clone();
+        if report.explored.is_none() && report.verdict == Verdict::Pass {
+            self.error.get_or_insert(format!(
+                "--explore: {name} does not call parallel(), so there is nothing to explore"
+            ));
+            return;
+        }
+        if self.explore != Explore::All {
+            return;
+        }
+        let test = &mut self.tests[t];
+        test.expanded = true;
+        let Some(k) = report.explored else {
+            return;
+        };
+        if k > MAX_EXPLORE {
+            self.error.get_or_insert(format!(
+                "--explore=all: {name} holds {k} calls at its first ordering decision, {} orderings; use --explore=sample",
+                factorial(k)
+            ));
+            return;
+        }
+        let seed = test.runs[0].seed;
+        let total = factorial(k) as usize;
+        for n in 1..total {
+            test.runs.push(Run {
+                seed,
+                order: Order::Nth(n as u64),
+                state: RunState::Queued,
+            });
+        }
+        // Ahead of later tests, in order.
+        for n in (1..total).rev() {
+            self.queue.push_front((t, n));
+        }
+    }
+
+    /// `executor` is gone: what it was running goes back to the queue, first.
+    fn lost(&mut self, executor: &str) {
+        self.waiting.retain(|(e, _)| e != executor);
+        let mut back = Vec::new();
+        self.jobs.retain(|_, &mut (t, r)| {
+            let gone = matches!(&self.tests[t].runs[r].state, RunState::Running { executor: e } if e == executor);
+            if gone {
+                back.push((t, r));
+            }
+            !gone
+        });
+        back.sort_unstable();
+        for &(t, r) in back.iter().rev() {
+            self.tests[t].runs[r].state = RunState::Queued;
+            self.queue.push_front((t, r));
+        }
+    }
+
+    /// Emits every test, in plan order, whose kept runs are all in.
+    fn emit_complete(&mut self) {
+        while self.emitted_upto < self.tests.len() && self.tests[self.emitted_upto].complete() {
+            let test = &mut self.tests[self.emitted_upto];
+            let kept = test.kept();
+            for run in &test.runs[..kept] {
+                if let RunState::Done(report) = &run.state {
+                    (self.emit)(report);
+                }
+            }
+            self.emitted_upto += 1;
+        }
+    }
+
+    fn take_reports(&mut self) -> Vec<TestReport> {
+        let mut out = Vec::new();
+        for test in &mut self.tests {
+            let kept = test.kept();
+            for run in test.runs.drain(..).take(kept) {
+                if let RunState::Done(report) = run.state {
+                    out.push(*report);
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,50 @@
+//! Jobs and the messages between the coordinator and an executor. A job is one run
+//! of one test (a matrix cell is a test of its own) with one seed: the unit that is
+//! scheduled, run in a slot and reported. The same messages serve an in-process
+//! executor and a remote one behind a QUIC link.
+
+use ractor::ActorRef;
+
+use crate::scheduler::Order;
+use crate::testrun::TestReport;
+
+/// One run to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// Unique within a coordinator's run; results are keyed by it.
+    pub id: u64,
+    /// The test's name, `test_...`.
+    pub test: String,
+    pub seed: u64,
+    /// How `parallel()` orders calls in this run.
+    pub order: Order,
+    pub virtual_time: bool,
+}
+
+/// What an executor is told.
+#[derive(Debug)]
+pub enum ExecutorMsg {
+    /// Run this job in the slot that asked for work.
+    Run(Job),
+    /// A slot's job ended (sent by the executor to itself).
+    Finished { job: u64, report: Box<TestReport> },
+}
+
+/// What the coordinator is told.
+#[derive(Debug)]
+pub enum CoordinatorMsg {
+    /// A slot of `executor` is free and wants a job; answered with
+    /// [`ExecutorMsg::Run`] when there is one.
+    Pull {
+        executor: String,
+        reply: ActorRef<ExecutorMsg>,
+    },
+    /// `executor` finished `job`.
+    Done {
+        executor: String,
+        job: u64,
+        report: Box<TestReport>,
+    },
+    /// `executor` is gone: its unfinished jobs must run elsewhere.
+    Lost { executor: String },
+}
