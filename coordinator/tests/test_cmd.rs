@@ -94,7 +94,8 @@ fn spec_file(name: &str, source: &str) -> (PathBuf, impl Drop) {
 
 #[test]
 fn the_example_spec_passes() {
-    let written = std::env::temp_dir().join(format!("fbtest-output-{}.json", std::process::id()));
+    let scratch = common::Scratch::new("output");
+    let written = scratch.0.join("out.json");
     let out = test_cmd(&[
         "examples/faultbox.star",
         "--format",
@@ -106,7 +107,6 @@ fn the_example_spec_passes() {
     let doc = json(&out);
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
-    std::fs::remove_file(&written).unwrap();
     assert_eq!(
         file["summary"], doc["summary"],
         "--output holds the same document"
@@ -460,8 +460,8 @@ fn diagnostics_explain_what_the_trace_shows() {
 
 #[test]
 fn the_same_seed_reproduces_the_normalized_trace() {
-    let dir = std::env::temp_dir().join(format!("fbtest-norm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = common::Scratch::new("norm");
+    let dir = scratch.0.clone();
     let (a, b, s) = (dir.join("a.norm"), dir.join("b.norm"), dir.join("t.shiviz"));
     for (path, extra) in [(&a, Some(&s)), (&b, None)] {
         let mut args = vec![
@@ -534,7 +534,6 @@ fn the_same_seed_reproduces_the_normalized_trace() {
     let clock: serde_json::Value = serde_json::from_str(clock).unwrap();
     assert_eq!(clock["inventory"], 1);
     assert_eq!(lines.next(), Some("lifecycle.started"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -1046,8 +1045,8 @@ fn parallel_orders_calls_by_seed_and_explores_every_ordering() {
     };
     // Whatever order the seed picks, exactly one order wins (the test asserts it);
     // which one is the seed's choice, and the same seed replays the same trace.
-    let dir = std::env::temp_dir().join(format!("fbtest-race-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = common::Scratch::new("race");
+    let dir = scratch.0.clone();
     let mut winners = std::collections::BTreeSet::new();
     for s in 0..4 {
         let mut traces = Vec::new();
@@ -1073,7 +1072,6 @@ fn parallel_orders_calls_by_seed_and_explores_every_ordering() {
         );
         winners.insert(values[0].clone());
     }
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(winners.len(), 2, "either order can win: {winners:?}");
     // --explore=all runs each ordering of the K held calls exactly once: K! runs,
     // and between them they find both winners.
