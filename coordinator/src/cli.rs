@@ -127,6 +127,15 @@ pub struct TestArgs {
     #[arg(long)]
     pub virtual_time: bool,
 
+    /// Runs only this CI shard's tests: `hash:K/N` (stable when tests are added) or
+    /// `slice:K/N` (every N-th test in spec order); the others are reported as skipped.
+    #[arg(long, value_name = "KIND:K/N")]
+    pub partition: Option<crate::partition::Partition>,
+
+    /// Also writes a JUnit XML report: one testcase per run.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+
     /// How many runs go side by side on this host, each in its own sandbox
     /// (default: the number of CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]

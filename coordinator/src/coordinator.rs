@@ -39,10 +39,19 @@ pub struct Plan {
 /// Called with each test's kept runs, in plan order, as soon as all of them are in.
 pub type Emit = Box<dyn FnMut(&TestReport) + Send>;
 
+/// Called after each finished run with (done, total, failed) over the runs that count.
+pub type OnProgress = Box<dyn FnMut(u64, u64, u64) + Send>;
+
+/// A run and the executor that ran it.
+pub struct Ran {
+    pub report: TestReport,
+    pub executor: String,
+}
+
 /// How the run ended.
 pub enum Finished {
     /// Every test's kept runs, in plan order.
-    Reports(Vec<TestReport>),
+    Reports(Vec<Ran>),
     /// A problem with the run itself (not a failing test): exit 1.
     Error(String),
 }
@@ -50,6 +59,7 @@ pub enum Finished {
 pub struct CoordinatorArgs {
     pub plan: Plan,
     pub emit: Emit,
+    pub progress: OnProgress,
     pub done: oneshot::Sender<Finished>,
 }
 
@@ -57,8 +67,13 @@ pub struct Coordinator;
 
 enum RunState {
     Queued,
-    Running { executor: String },
-    Done(Box<TestReport>),
+    Running {
+        executor: String,
+    },
+    Done {
+        report: Box<TestReport>,
+        executor: String,
+    },
 }
 
 struct Run {
@@ -86,7 +101,7 @@ impl TestPlan {
         self.expanded
             && self.runs[..self.kept()]
                 .iter()
-                .all(|r| matches!(r.state, RunState::Done(_)))
+                .all(|r| matches!(r.state, RunState::Done { .. }))
     }
 }
 
@@ -102,6 +117,7 @@ pub struct CoordinatorState {
     jobs: HashMap<u64, (usize, usize)>,
     next_job: u64,
     emit: Emit,
+    progress: OnProgress,
     emitted_upto: usize,
     error: Option<String>,
     done: Option<oneshot::Sender<Finished>>,
@@ -161,6 +177,7 @@ impl Actor for Coordinator {
             jobs: HashMap::new(),
             next_job: 0,
             emit: args.emit,
+            progress: args.progress,
             emitted_upto: 0,
             error: None,
             done: Some(args.done),
@@ -178,12 +195,13 @@ impl Actor for Coordinator {
         match message {
             CoordinatorMsg::Pull { executor, reply } => state.waiting.push_back((executor, reply)),
             CoordinatorMsg::Done {
-                executor: _,
+                executor,
                 job,
                 report,
             } => {
                 if let Some((t, r)) = state.jobs.remove(&job) {
-                    state.finished(t, r, report);
+                    state.finished(t, r, report, executor);
+                    state.report_progress();
                 }
             }
             CoordinatorMsg::Lost { executor } => state.lost(&executor),
@@ -246,13 +264,13 @@ impl CoordinatorState {
         None
     }
 
-    fn finished(&mut self, t: usize, r: usize, report: Box<TestReport>) {
+    fn finished(&mut self, t: usize, r: usize, report: Box<TestReport>, executor: String) {
         let failed = report.verdict != Verdict::Pass;
         if r == 0 && self.explore != Explore::Seeds {
             self.check_exploration(t, &report);
         }
         let test = &mut self.tests[t];
-        test.runs[r].state = RunState::Done(report);
+        test.runs[r].state = RunState::Done { report, executor };
         if failed && test.first_fail.is_none_or(|f| r < f) {
             test.first_fail = Some(r);
         }
@@ -322,7 +340,7 @@ impl CoordinatorState {
             let test = &mut self.tests[self.emitted_upto];
             let kept = test.kept();
             for run in &test.runs[..kept] {
-                if let RunState::Done(report) = &run.state {
+                if let RunState::Done { report, .. } = &run.state {
                     (self.emit)(report);
                 }
             }
@@ -330,16 +348,35 @@ impl CoordinatorState {
         }
     }
 
-    fn take_reports(&mut self) -> Vec<TestReport> {
+    fn take_reports(&mut self) -> Vec<Ran> {
         let mut out = Vec::new();
         for test in &mut self.tests {
             let kept = test.kept();
             for run in test.runs.drain(..).take(kept) {
-                if let RunState::Done(report) = run.state {
-                    out.push(*report);
+                if let RunState::Done { report, executor } = run.state {
+                    out.push(Ran {
+                        report: *report,
+                        executor,
+                    });
                 }
             }
         }
         out
+    }
+
+    /// (done, total, failed) over the runs that count, to the progress display.
+    fn report_progress(&mut self) {
+        let (mut done, mut total, mut failed) = (0, 0, 0);
+        for test in &self.tests {
+            let kept = test.kept();
+            total += kept as u64;
+            for run in &test.runs[..kept] {
+                if let RunState::Done { report, .. } = &run.state {
+                    done += 1;
+                    failed += u64::from(report.verdict != Verdict::Pass);
+                }
+            }
+        }
+        (self.progress)(done, total, failed);
     }
 }

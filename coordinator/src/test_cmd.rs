@@ -2,17 +2,20 @@
 //! report. Exit codes: 0 all passed, 1 Faultbox error (bad spec, bad flags), 2 a test
 //! failed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::json;
 
 use faultbox_executor::actor::{Executor, ExecutorArgs};
 use faultbox_executor::session;
+use faultbox_executor::testrun::TestReport;
 use faultbox_spec::{Loaded, Verdict};
 
 use crate::cli::TestArgs;
 use crate::coordinator::{self, Coordinator, CoordinatorArgs, Explore, Finished, Plan};
-use crate::{logging, report};
+use crate::progress::Progress;
+use crate::{junit, logging, report};
 
 pub const EXIT_FAILED: i32 = 2;
 /// The most calls --explore=all orders exhaustively (8! = 40320 runs).
@@ -44,6 +47,25 @@ pub fn run(args: TestArgs) -> i32 {
                 names.join(", ")
             ));
         }
+    }
+    // This shard's tests; the others are reported as skipped. Slices count in spec
+    // order over the whole spec, so `--test` does not change what a shard owns.
+    let mut skipped: Vec<String> = Vec::new();
+    if let Some(p) = args.partition {
+        let index: HashMap<&str, usize> = loaded
+            .spec
+            .tests
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        tests.retain(|t| {
+            let keep = p.keeps(index[t.name.as_str()], &t.name);
+            if !keep {
+                skipped.push(t.name.clone());
+            }
+            keep
+        });
     }
     if args.dry_run {
         return dry_run(&loaded, &tests, &spec_arg);
@@ -108,31 +130,58 @@ pub fn run(args: TestArgs) -> i32 {
     };
     // Failures (or every run, with --show all) are printed in plan order as their
     // tests complete.
+    let progress = Arc::new(Progress::new());
     let show_all = args.show == "all";
     let debug = args.debug;
     let spec_for_emit = spec_arg.clone();
+    let printer = progress.clone();
     let emit: coordinator::Emit = Box::new(move |r| {
         if r.verdict != Verdict::Pass || show_all {
-            eprint!("{}", report::human(&spec_for_emit, r, debug));
+            printer.print(&report::human(&spec_for_emit, r, debug));
         }
     });
+    let bar = progress.clone();
+    let on_progress: coordinator::OnProgress =
+        Box::new(move |done, total, failed| bar.update(done, total, failed));
     let finished = runtime.block_on(run_in_process(
         plan,
-        emit,
+        (emit, on_progress),
         loaded.clone(),
         shim,
         runtime.handle().clone(),
         slots,
     ));
-    let reports = match finished {
+    progress.finish();
+    let ran = match finished {
         Ok(Finished::Reports(r)) => r,
         Ok(Finished::Error(e)) => return error(e),
         Err(e) => return error(e),
     };
-    let results: Vec<serde_json::Value> = reports
-        .iter()
-        .map(|r| report::test_json(&spec_arg, r))
-        .collect();
+    let shard = args.partition.map(|p| p.to_string()).unwrap_or_default();
+    let skip_reason = |_: &str| format!("outside shard {shard}");
+    // Every run in plan order, with the skipped tests where they stand in the spec.
+    let mut entries: Vec<junit::Entry<'_>> = Vec::new();
+    let mut results: Vec<serde_json::Value> = Vec::new();
+    for test in &loaded.spec.tests {
+        if skipped.contains(&test.name) {
+            results.push(
+                json!({"name": test.name, "result": "skip", "reason": skip_reason(&test.name)}),
+            );
+            entries.push(junit::Entry::Skipped {
+                name: &test.name,
+                why: skip_reason(&test.name),
+            });
+            continue;
+        }
+        for r in ran.iter().filter(|r| r.report.name == test.name) {
+            results.push(report::test_json(&spec_arg, &r.report));
+            entries.push(junit::Entry::Ran {
+                report: &r.report,
+                executor: &r.executor,
+            });
+        }
+    }
+    let reports: Vec<TestReport> = ran.iter().map(|r| r.report.clone()).collect();
     let failed = reports
         .iter()
         .filter(|r| r.verdict != Verdict::Pass)
@@ -140,13 +189,21 @@ pub fn run(args: TestArgs) -> i32 {
     let passed = reports.len() as u64 - failed;
     let (matrix_text, matrix_json) = report::matrices(&loaded.spec, &reports);
     eprint!("{matrix_text}");
-    eprintln!("{passed} passed, {failed} failed");
+    if skipped.is_empty() {
+        eprintln!("{passed} passed, {failed} failed");
+    } else {
+        eprintln!(
+            "{passed} passed, {failed} failed, {} skipped (outside shard {shard})",
+            skipped.len()
+        );
+    }
     let mut doc = json!({
         "version": 1,
         "star_file": spec_arg,
         "duration_ms": suite_start.elapsed().as_millis() as u64,
         "pass": passed,
         "fail": failed,
+        "skip": skipped.len(),
         "tests": results,
     });
     if let Some(m) = matrix_json {
@@ -168,6 +225,15 @@ pub fn run(args: TestArgs) -> i32 {
             if let Err(e) = std::fs::write(path, text) {
                 return error(format!("{flag} {}: {e}", path.display()));
             }
+        }
+    }
+    if let Some(path) = &args.junit {
+        let xml = match junit::junit(&spec_arg, &entries) {
+            Ok(x) => x,
+            Err(e) => return error(format!("--junit {}: {e}", path.display())),
+        };
+        if let Err(e) = std::fs::write(path, xml) {
+            return error(format!("--junit {}: {e}", path.display()));
         }
     }
     if let Some(path) = &args.output {
@@ -215,7 +281,7 @@ fn dry_run(loaded: &Loaded, tests: &[faultbox_spec::model::Test], spec: &str) ->
 /// Runs `plan` on an executor in this process with `slots` slots.
 async fn run_in_process(
     plan: Plan,
-    emit: coordinator::Emit,
+    (emit, progress): (coordinator::Emit, coordinator::OnProgress),
     loaded: Arc<Loaded>,
     shim: std::path::PathBuf,
     runtime: tokio::runtime::Handle,
@@ -228,6 +294,7 @@ async fn run_in_process(
         CoordinatorArgs {
             plan,
             emit,
+            progress,
             done: done_tx,
         },
     )

@@ -1201,3 +1201,126 @@ fn slots_run_side_by_side_and_report_like_one_slot() {
         .any(|(i, a)| spans[i + 1..].iter().any(|b| a.0 < b.1 && b.0 < a.1));
     assert!(overlapping, "runs went side by side: {spans:?}");
 }
+
+#[test]
+fn partitions_shard_the_tests_and_junit_lists_every_run() {
+    let spec = "examples/faultbox.star";
+    let all: Vec<String> = json(&test_cmd(&[spec, "--format", "json"]))["tests"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| t["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let scratch = common::Scratch::new("junit");
+    for kind in ["hash", "slice"] {
+        let mut ran: Vec<String> = Vec::new();
+        for k in 1..=3 {
+            let xml = scratch.0.join(format!("{kind}{k}.xml"));
+            let out = test_cmd(&[
+                spec,
+                "--partition",
+                &format!("{kind}:{k}/3"),
+                "--format",
+                "json",
+                "--junit",
+                xml.to_str().unwrap(),
+            ]);
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            let doc = json(&out);
+            let tests = doc["tests"].as_array().unwrap();
+            let names: Vec<String> = tests
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(names, all, "every test listed, in spec order");
+            let skipped = tests.iter().filter(|t| t["result"] == "skip").count();
+            assert_eq!(doc["skip"], skipped);
+            ran.extend(
+                tests
+                    .iter()
+                    .filter(|t| t["result"] == "pass")
+                    .map(|t| t["name"].as_str().unwrap().to_string()),
+            );
+            let xml = std::fs::read_to_string(&xml).unwrap();
+            assert_eq!(xml.matches("<testcase ").count(), all.len(), "{xml}");
+            assert_eq!(xml.matches("<skipped ").count(), skipped, "{xml}");
+            assert!(xml.contains(r#"<property name="executor" value="local"/>"#));
+            assert!(out
+                .stderr
+                .contains(&format!("skipped (outside shard {kind}:{k}/3)")));
+        }
+        ran.sort();
+        let mut want = all.clone();
+        want.sort();
+        assert_eq!(ran, want, "{kind}: each test runs in exactly one shard");
+    }
+    // A failing run is a failure testcase with its seed.
+    let xml = scratch.0.join("seeds.xml");
+    let out = test_cmd(&[
+        "coordinator/tests/specs/seeds.star",
+        "--test",
+        "sometimes",
+        "--runs",
+        "8",
+        "--junit",
+        xml.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 2);
+    let xml = std::fs::read_to_string(&xml).unwrap();
+    assert_eq!(xml.matches("<failure ").count(), 1, "{xml}");
+    assert!(
+        xml.contains(r#"<property name="seed" value="4"/>"#),
+        "{xml}"
+    );
+    for bad in ["hash:0/2", "slice:3/2", "mod:1/2", "hash:1"] {
+        let out = test_cmd(&[spec, "--partition", bad]);
+        assert_eq!(out.code, 1, "{bad}");
+        assert!(
+            out.stderr.contains("is not hash:K/N or slice:K/N"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn progress_is_a_bar_on_a_terminal_and_lines_otherwise() {
+    // On a terminal (through script(1)): the bar, and the summary.
+    let cmd = format!(
+        "{} test coordinator/tests/specs/seeds.star --test always --runs 6",
+        faultbox().display()
+    );
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("6/6 runs, 0 failed"), "{text}");
+    assert!(text.contains("6 passed, 0 failed"), "{text}");
+    // Not on a terminal: a plain line every 5 s; the JSON on stdout is untouched.
+    drop(_serial);
+    let out = test_cmd(&[
+        "coordinator/tests/specs/seeds.star",
+        "--test",
+        "always",
+        "--runs",
+        "60",
+        "--slots",
+        "1",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("progress: ") && l.contains(" runs, 0 failed, ")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(json(&out)["tests"].as_array().unwrap().len(), 60);
+}
