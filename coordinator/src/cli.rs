@@ -21,7 +21,7 @@ pub enum Command {
     /// Launch a binary in isolated namespaces with optional syscall fault injection.
     Run(RunArgs),
     /// Run the tests of a Starlark spec against real services.
-    Test(TestArgs),
+    Test(Box<TestArgs>),
     /// Write a starter spec, editor stubs or Claude Code commands.
     Init {
         /// The binary to write a spec for.
@@ -70,6 +70,11 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Manage a fleet's certificates.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Serve jobs to the fleet's coordinators over QUIC.
+    Executor(ExecutorArgs),
     /// Compare two normalized traces (exit 0 identical, 2 different).
     Diff {
         #[arg(value_name = "A")]
@@ -136,6 +141,15 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILE")]
     pub junit: Option<std::path::PathBuf>,
 
+    /// Runs the jobs on these executors instead of in this process:
+    /// `HOST:PORT[,HOST:PORT...]`, or `@FILE` with one address a line.
+    #[arg(long, value_name = "ADDRS", requires = "fleet")]
+    pub executors: Option<String>,
+
+    /// The fleet directory holding the CA and the coordinator's identity.
+    #[arg(long, value_name = "DIR")]
+    pub fleet: Option<std::path::PathBuf>,
+
     /// How many runs go side by side on this host, each in its own sandbox
     /// (default: the number of CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
@@ -185,4 +199,48 @@ pub struct RunArgs {
     /// The program to run, then its arguments (use -- before arguments that start with -).
     #[arg(value_name = "BINARY", required = true, trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
     pub command: Vec<OsString>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Create a fleet in DIR: its CA and the coordinator's identity.
+    Init {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+        /// How long the coordinator's certificate is valid (the CA: ten times longer).
+        #[arg(long, value_name = "N", default_value_t = 365)]
+        days: u32,
+    },
+    /// Issue an executor's identity (DIR/NAME.pem, DIR/NAME.key) from the fleet CA.
+    Issue {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// How long the certificate is valid; 0 makes one already expired.
+        #[arg(long, value_name = "N", default_value_t = 365)]
+        days: u32,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ExecutorArgs {
+    /// The UDP address to serve on, e.g. 0.0.0.0:7070.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// The fleet directory holding the CA and this executor's identity.
+    #[arg(long, value_name = "DIR")]
+    pub fleet: std::path::PathBuf,
+    /// This executor's name: its identity is DIR/NAME.pem and DIR/NAME.key.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Jobs run side by side (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub slots: Option<u64>,
+    /// Where bundles are kept and unpacked (default: $TMPDIR/faultbox-executor-NAME).
+    #[arg(long, value_name = "DIR")]
+    pub work: Option<std::path::PathBuf>,
+    /// Debug logging.
+    #[arg(long)]
+    pub debug: bool,
 }

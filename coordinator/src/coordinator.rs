@@ -34,6 +34,8 @@ pub struct Plan {
     pub seeds: Vec<u64>,
     pub explore: Explore,
     pub virtual_time: bool,
+    /// The executors expected to ask for work.
+    pub executors: Vec<String>,
 }
 
 /// Called with each test's kept runs, in plan order, as soon as all of them are in.
@@ -54,6 +56,8 @@ pub enum Finished {
     Reports(Vec<Ran>),
     /// A problem with the run itself (not a failing test): exit 1.
     Error(String),
+    /// Every executor was lost with work left.
+    NoExecutor(String),
 }
 
 pub struct CoordinatorArgs {
@@ -120,6 +124,9 @@ pub struct CoordinatorState {
     progress: OnProgress,
     emitted_upto: usize,
     error: Option<String>,
+    /// Executors that have asked for work and are not lost.
+    live: std::collections::HashSet<String>,
+    no_executor: bool,
     done: Option<oneshot::Sender<Finished>>,
 }
 
@@ -180,6 +187,8 @@ impl Actor for Coordinator {
             progress: args.progress,
             emitted_upto: 0,
             error: None,
+            live: plan.executors.iter().cloned().collect(),
+            no_executor: false,
             done: Some(args.done),
         };
         state.settle(&myself);
@@ -193,7 +202,10 @@ impl Actor for Coordinator {
         state: &mut CoordinatorState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CoordinatorMsg::Pull { executor, reply } => state.waiting.push_back((executor, reply)),
+            CoordinatorMsg::Pull { executor, reply } => {
+                state.live.insert(executor.clone());
+                state.waiting.push_back((executor, reply));
+            }
             CoordinatorMsg::Done {
                 executor,
                 job,
@@ -245,6 +257,7 @@ impl CoordinatorState {
         if self.jobs.is_empty() && self.queue.is_empty() {
             if let Some(done) = self.done.take() {
                 let finished = match self.error.take() {
+                    Some(e) if self.no_executor => Finished::NoExecutor(e),
                     Some(e) => Finished::Error(e),
                     None => Finished::Reports(self.take_reports()),
                 };
@@ -316,8 +329,10 @@ impl CoordinatorState {
         }
     }
 
-    /// `executor` is gone: what it was running goes back to the queue, first.
+    /// `executor` is gone: what it was running goes back to the queue, first. With no
+    /// executor left, the run ends.
     fn lost(&mut self, executor: &str) {
+        self.live.remove(executor);
         self.waiting.retain(|(e, _)| e != executor);
         let mut back = Vec::new();
         self.jobs.retain(|_, &mut (t, r)| {
@@ -331,6 +346,13 @@ impl CoordinatorState {
         for &(t, r) in back.iter().rev() {
             self.tests[t].runs[r].state = RunState::Queued;
             self.queue.push_front((t, r));
+        }
+        if self.live.is_empty() {
+            let left = self.queue.len();
+            self.no_executor = true;
+            self.error.get_or_insert(format!(
+                "no executor left: the last one ({executor}) was lost with {left} runs to go"
+            ));
         }
     }
 

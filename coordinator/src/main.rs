@@ -6,6 +6,7 @@ mod coordinator;
 mod decision_log;
 mod diagnostics;
 mod diff;
+mod fleet_cmd;
 mod generate;
 mod init;
 mod junit;
@@ -13,6 +14,7 @@ mod logging;
 mod normalize;
 mod partition;
 mod progress;
+mod remote;
 mod report;
 mod run;
 mod shiviz;
@@ -36,8 +38,10 @@ fn main() {
     };
     let code = match cli.command {
         cli::Command::Run(args) => run::run(args),
-        cli::Command::Test(args) => test_cmd::run(args),
+        cli::Command::Test(args) => test_cmd::run(*args),
         cli::Command::Diff { a, b } => diff::run(&a, &b),
+        cli::Command::Fleet(cmd) => fleet_cmd::fleet(cmd),
+        cli::Command::Executor(args) => fleet_cmd::executor(args),
         cli::Command::Init {
             binary,
             name,

@@ -18,6 +18,10 @@ use crate::progress::Progress;
 use crate::{junit, logging, report};
 
 pub const EXIT_FAILED: i32 = 2;
+/// Every executor of a fleet run was lost with work left.
+pub const EXIT_NO_EXECUTOR: i32 = 3;
+/// The name of the executor inside this process.
+const LOCAL: &str = "local";
 /// The most calls --explore=all orders exhaustively (8! = 40320 runs).
 const EXIT_ERROR: i32 = 1;
 
@@ -76,6 +80,21 @@ pub fn run(args: TestArgs) -> i32 {
             return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
         }
     }
+    // A fleet run checks its addresses and identity before anything starts.
+    let remote = match &args.executors {
+        None => None,
+        Some(list) => {
+            let addrs = match crate::remote::parse_executors(list) {
+                Ok(a) => a,
+                Err(e) => return error(e),
+            };
+            let fleet = args.fleet.clone().unwrap_or_default();
+            match faultbox_executor::identity::Identity::load(&fleet, "coordinator") {
+                Ok(id) => Some((addrs, id)),
+                Err(e) => return error(format!("--fleet: {e}")),
+            }
+        }
+    };
     let level = if args.debug {
         tracing::Level::DEBUG
     } else {
@@ -86,13 +105,17 @@ pub fn run(args: TestArgs) -> i32 {
         level,
         format!("{:016x}", std::process::id()),
     );
-    if let Err(e) = faultbox_executor::sandbox::Sandbox::probe() {
-        return error(e);
+    // Services run here only without a fleet.
+    let mut shim = std::path::PathBuf::new();
+    if remote.is_none() {
+        if let Err(e) = faultbox_executor::sandbox::Sandbox::probe() {
+            return error(e);
+        }
+        shim = match session::find_shim() {
+            Ok(s) => s,
+            Err(e) => return error(e),
+        };
     }
-    let shim = match session::find_shim() {
-        Ok(s) => s,
-        Err(e) => return error(e),
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -127,6 +150,7 @@ pub fn run(args: TestArgs) -> i32 {
             None => Explore::Seeds,
         },
         virtual_time: args.virtual_time,
+        executors: vec![LOCAL.to_string()],
     };
     // Failures (or every run, with --show all) are printed in plan order as their
     // tests complete.
@@ -143,18 +167,31 @@ pub fn run(args: TestArgs) -> i32 {
     let bar = progress.clone();
     let on_progress: coordinator::OnProgress =
         Box::new(move |done, total, failed| bar.update(done, total, failed));
-    let finished = runtime.block_on(run_in_process(
-        plan,
-        (emit, on_progress),
-        loaded.clone(),
-        shim,
-        runtime.handle().clone(),
-        slots,
-    ));
+    let finished = match remote {
+        None => runtime.block_on(run_in_process(
+            plan,
+            (emit, on_progress),
+            loaded.clone(),
+            shim,
+            runtime.handle().clone(),
+            slots,
+        )),
+        Some((addrs, identity)) => runtime.block_on(run_on_fleet(
+            plan,
+            (emit, on_progress),
+            &loaded,
+            addrs,
+            identity,
+        )),
+    };
     progress.finish();
     let ran = match finished {
         Ok(Finished::Reports(r)) => r,
         Ok(Finished::Error(e)) => return error(e),
+        Ok(Finished::NoExecutor(e)) => {
+            eprintln!("faultbox: error: {e}");
+            return EXIT_NO_EXECUTOR;
+        }
         Err(e) => return error(e),
     };
     let shard = args.partition.map(|p| p.to_string()).unwrap_or_default();
@@ -304,7 +341,7 @@ async fn run_in_process(
         None,
         Executor,
         ExecutorArgs {
-            name: "local".into(),
+            name: LOCAL.into(),
             slots,
             loaded,
             shim,
@@ -320,5 +357,77 @@ async fn run_in_process(
     exec.stop(None);
     let _ = exec_handle.await;
     let _ = coord_handle.await;
+    finished
+}
+
+/// Runs `plan` on the executors at `addrs`: every link is made (certificates checked,
+/// protocol version agreed, bundle shipped) before the first job starts.
+async fn run_on_fleet(
+    mut plan: Plan,
+    (emit, progress): (coordinator::Emit, coordinator::OnProgress),
+    loaded: &Loaded,
+    addrs: Vec<std::net::SocketAddr>,
+    identity: faultbox_executor::identity::Identity,
+) -> Result<Finished, String> {
+    let (bundle, sources) =
+        faultbox_executor::bundle::build(loaded).map_err(|e| format!("bundling the spec: {e}"))?;
+    let bind: std::net::SocketAddr = if addrs.iter().all(|a| a.is_ipv4()) {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| format!("opening a QUIC endpoint: {e}"))?;
+    let mut links = Vec::new();
+    for addr in addrs {
+        let link = crate::remote::connect(&endpoint, &identity, addr, &bundle, &sources).await?;
+        if links
+            .iter()
+            .any(|l: &crate::remote::Link| l.name == link.name)
+        {
+            return Err(format!(
+                "--executors: {} and {} are the same executor ({})",
+                links
+                    .iter()
+                    .find(|l| l.name == link.name)
+                    .map(|l| l.addr.to_string())
+                    .unwrap_or_default(),
+                addr,
+                link.name
+            ));
+        }
+        eprintln!(
+            "executor {} ({}): {} slots, {} of {} files shipped",
+            link.name,
+            link.addr,
+            link.slots,
+            link.shipped,
+            bundle.files.len()
+        );
+        links.push(link);
+    }
+    plan.executors = links.iter().map(|l| l.name.clone()).collect();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (coord, coord_handle) = ractor::Actor::spawn(
+        None,
+        Coordinator,
+        CoordinatorArgs {
+            plan,
+            emit,
+            progress,
+            done: done_tx,
+        },
+    )
+    .await
+    .map_err(|e| format!("starting the coordinator: {e}"))?;
+    for link in links {
+        link.relay(coord.clone()).await?;
+    }
+    let finished = done_rx
+        .await
+        .map_err(|_| "the coordinator stopped without a result".to_string());
+    let _ = coord_handle.await;
+    endpoint.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
     finished
 }

@@ -9,7 +9,7 @@ use crate::scheduler::Order;
 use crate::testrun::TestReport;
 
 /// One run to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// Unique within a coordinator's run; results are keyed by it.
     pub id: u64,

@@ -3,19 +3,23 @@
 //! engine that decides each call.
 
 pub mod actor;
+pub mod bundle;
 pub mod engine;
 pub mod eventlog;
+pub mod identity;
 pub mod job;
 pub mod launch;
 pub mod procfs;
 pub mod sandbox;
 pub mod scheduler;
+pub mod server;
 pub mod session;
 pub mod steps;
 pub mod supervisor;
 pub mod testrun;
 pub mod testworld;
 pub mod vclock;
+pub mod wire;
 
 pub use engine::{Decision, Engine};
 pub use launch::Exit;

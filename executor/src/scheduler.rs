@@ -15,7 +15,7 @@ use rand_pcg::Pcg64;
 use crate::supervisor::{HeldCall, Holder};
 
 /// How the first batch of held calls is ordered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Order {
     /// A permutation drawn from this seed.
     Seeded(u64),

@@ -2,6 +2,8 @@
 //! waited for, the test body, and everything stopped again, whatever happened.
 
 use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,7 @@ pub struct TestOptions {
 }
 
 /// Where a test's time went, for the overhead benchmark.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Timings {
     pub sandbox: Duration,
     /// Launching every service (namespaces, filter, exec).
@@ -40,7 +42,7 @@ pub struct Timings {
     pub stop: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TestReport {
     pub name: String,
     pub seed: u64,
@@ -94,7 +96,7 @@ impl TestReport {
 }
 
 /// How a service failed to start.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Startup {
     Exited { service: String, code: i32 },
     HealthcheckTimeout { service: String },

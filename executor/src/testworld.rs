@@ -21,7 +21,7 @@ use crate::steps;
 use crate::supervisor::{EventSink, SyscallEvent};
 
 /// A fault installed during a test, and how often it fired.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FaultReport {
     pub service: String,
     pub syscall: String,

@@ -82,6 +82,8 @@ pub struct Loaded {
     pub spec: Spec,
     pub module: FrozenModule,
     pub path: PathBuf,
+    /// Every spec file evaluated (the spec and all it `load()`s), canonical paths.
+    pub files: Vec<PathBuf>,
 }
 
 /// Loads `path`.
@@ -97,6 +99,8 @@ pub fn load(path: &Path) -> Result<Loaded, SpecError> {
     };
     let module = loader.eval_file(path)?;
     let faultable = loader.faultable.into_inner();
+    let mut files: Vec<PathBuf> = loader.cache.borrow().keys().cloned().collect();
+    files.sort();
     let declared = runtime.declared.into_inner();
     let services = start_order(declared.services)?;
     let mut tests = Vec::new();
@@ -140,6 +144,7 @@ pub fn load(path: &Path) -> Result<Loaded, SpecError> {
         },
         module,
         path: path.to_path_buf(),
+        files,
     })
 }
 

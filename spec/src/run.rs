@@ -14,7 +14,7 @@ use crate::model::Test;
 use crate::runtime::{Runtime, TestContext};
 use crate::world::World;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FailureType {
     /// An assertion did not hold (`assert_*`, `fail()`).
     Assertion,
@@ -40,7 +40,7 @@ impl FailureType {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Verdict {
     Pass,
     Fail {

@@ -32,7 +32,7 @@ pub struct StepResult {
 }
 
 /// One event of the trace.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub seq: u64,
     /// Nanoseconds since the test started.

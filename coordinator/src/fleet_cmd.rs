@@ -1,0 +1,104 @@
+//! `faultbox fleet init|issue` and `faultbox executor`.
+
+use faultbox_executor::identity;
+use faultbox_executor::server::{self, ServeConfig};
+
+use crate::cli::{ExecutorArgs, FleetCommand};
+use crate::logging;
+
+fn error(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("faultbox: error: {msg}");
+    1
+}
+
+pub fn fleet(cmd: FleetCommand) -> i32 {
+    match cmd {
+        FleetCommand::Init { dir, days } => match identity::init(&dir, days) {
+            Ok(()) => {
+                eprintln!(
+                    "fleet created in {}: ca.pem, ca.key (keep it private), coordinator.pem, coordinator.key",
+                    dir.display()
+                );
+                0
+            }
+            Err(e) => error(format!("fleet init: {e}")),
+        },
+        FleetCommand::Issue { dir, name, days } => match identity::issue(&dir, &name, days) {
+            Ok(()) => {
+                eprintln!(
+                    "issued {name}: {0}/{name}.pem and {0}/{name}.key; copy them and {0}/ca.pem to the executor's fleet directory",
+                    dir.display()
+                );
+                0
+            }
+            Err(e) => error(format!("fleet issue: {e}")),
+        },
+    }
+}
+
+pub fn executor(args: ExecutorArgs) -> i32 {
+    if !identity::valid_name(&args.name) {
+        return error(format!(
+            "--name {:?}: use letters, digits, '-' and '_'",
+            args.name
+        ));
+    }
+    logging::init(
+        logging::Format::choose(None),
+        if args.debug {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::INFO
+        },
+        format!("{:016x}", std::process::id()),
+    );
+    if let Err(e) = faultbox_executor::sandbox::Sandbox::probe() {
+        return error(e);
+    }
+    let shim = match faultbox_executor::session::find_shim() {
+        Ok(s) => s,
+        Err(e) => return error(e),
+    };
+    let work = args
+        .work
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("faultbox-executor-{}", args.name)));
+    let slots = args.slots.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return error(format!("starting the runtime: {e}")),
+    };
+    let cfg = ServeConfig {
+        listen: args.listen,
+        fleet: args.fleet,
+        name: args.name,
+        slots,
+        work,
+        shim,
+    };
+    let stop = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    match runtime.block_on(server::serve(cfg, stop)) {
+        Ok(()) => 0,
+        Err(e) => error(e),
+    }
+}

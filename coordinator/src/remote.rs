@@ -1,0 +1,269 @@
+//! Links to remote executors: dial, check each other's fleet certificate, agree on
+//! the protocol version, ship the bundle (only what the executor lacks), then relay:
+//! the executor's free slots become Pulls to the Coordinator, Runs go out as frames,
+//! results come back as Done, and a link that breaks becomes Lost, so its unfinished
+//! jobs run elsewhere.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use faultbox_executor::bundle::Bundle;
+use faultbox_executor::identity::{Identity, EXECUTOR_SAN};
+use faultbox_executor::job::{CoordinatorMsg, ExecutorMsg};
+use faultbox_executor::wire::{self, Frame, WireError, PROTOCOL_VERSION};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
+
+/// How long dialing and the handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An executor that accepted the bundle and is ready for jobs.
+pub struct Link {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub slots: u32,
+    /// Files shipped to it (those it lacked).
+    pub shipped: usize,
+    conn: quinn::Connection,
+    tx: quinn::SendStream,
+    rx: quinn::RecvStream,
+}
+
+/// Dials `addr` and prepares it to run `bundle`.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    addr: SocketAddr,
+    bundle: &Bundle,
+    sources: &BTreeMap<String, PathBuf>,
+) -> Result<Link, String> {
+    let client = identity.client_config().map_err(|e| e.to_string())?;
+    let fail = |what: String| format!("executor {addr}: {what}");
+    let handshake = async {
+        let conn = endpoint
+            .connect_with(client, addr, EXECUTOR_SAN)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| format!("TLS/QUIC handshake failed: {e}"))?;
+        let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            name: "coordinator".into(),
+            slots: 0,
+        };
+        wire::send(&mut tx, &hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The executor may refuse our certificate only after the handshake seemed to
+        // succeed: its first answer is what proves the link.
+        let answer = wire::recv(&mut rx).await.map_err(|e| match e {
+            WireError::Closed | WireError::Read(_) => match conn.close_reason() {
+                Some(reason) => format!("refused the link: {reason}"),
+                None => format!("refused the link: {e}"),
+            },
+            e => e.to_string(),
+        })?;
+        let (name, slots) = match answer {
+            Frame::Hello {
+                version,
+                name,
+                slots,
+            } => {
+                wire::check_version(version)?;
+                (name, slots)
+            }
+            Frame::Refused { reason } => return Err(format!("refused the link: {reason}")),
+            other => return Err(format!("answered {other:?} to Hello")),
+        };
+        Ok::<_, String>((conn, tx, rx, name, slots))
+    };
+    let (conn, mut tx, mut rx, name, slots) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|_| {
+            fail(format!(
+                "unreachable (no answer within {CONNECT_TIMEOUT:?})"
+            ))
+        })?
+        .map_err(fail)?;
+    // The bundle: offer the listing, send what is missing.
+    wire::send(&mut tx, &Frame::Offer(bundle.clone()))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let need = match wire::recv(&mut rx).await.map_err(|e| fail(e.to_string()))? {
+        Frame::Need { hashes } => hashes,
+        Frame::Error { message } => return Err(fail(message)),
+        other => return Err(fail(format!("answered {other:?} to the bundle"))),
+    };
+    for hash in &need {
+        let path = sources
+            .get(hash)
+            .ok_or_else(|| fail(format!("asked for {hash}, which is not in the bundle")))?;
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        wire::send(
+            &mut tx,
+            &Frame::Blob {
+                hash: hash.clone(),
+                bytes,
+            },
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    }
+    match wire::recv(&mut rx).await.map_err(|e| fail(e.to_string()))? {
+        Frame::Ready => {}
+        Frame::Error { message } => return Err(fail(message)),
+        other => return Err(fail(format!("answered {other:?} to the bundle's files"))),
+    }
+    tracing::info!(%addr, executor = %name, slots, shipped = need.len(), "executor linked");
+    Ok(Link {
+        addr,
+        name,
+        slots,
+        shipped: need.len(),
+        conn,
+        tx,
+        rx,
+    })
+}
+
+impl Link {
+    /// Starts relaying between the link and `coordinator`.
+    pub async fn relay(self, coordinator: ActorRef<CoordinatorMsg>) -> Result<(), String> {
+        let Link {
+            addr,
+            name,
+            conn,
+            mut tx,
+            mut rx,
+            ..
+        } = self;
+        let (out_tx, mut out_rx) = mpsc::channel::<Frame>(64);
+        let writer_conn = conn.clone();
+        tokio::spawn(async move {
+            while let Some(f) = out_rx.recv().await {
+                if wire::send(&mut tx, &f).await.is_err() {
+                    break;
+                }
+            }
+            let _ = tx.finish();
+            // The coordinator is done with this executor.
+            writer_conn.close(0u32.into(), b"done");
+        });
+        let (proxy, _) = Actor::spawn(None, RemoteExecutor, out_tx)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let ended = loop {
+                match wire::recv(&mut rx).await {
+                    Ok(Frame::Pull) => {
+                        let pull = CoordinatorMsg::Pull {
+                            executor: name.clone(),
+                            reply: proxy.clone(),
+                        };
+                        if coordinator.cast(pull).is_err() {
+                            break None;
+                        }
+                    }
+                    Ok(Frame::Done { job, report }) => {
+                        let done = CoordinatorMsg::Done {
+                            executor: name.clone(),
+                            job,
+                            report,
+                        };
+                        if coordinator.cast(done).is_err() {
+                            break None;
+                        }
+                    }
+                    Ok(other) => break Some(format!("unexpected frame {other:?}")),
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            if let Some(why) = ended {
+                // Only news while the run goes on; at its end the links are closed.
+                if coordinator
+                    .cast(CoordinatorMsg::Lost {
+                        executor: name.clone(),
+                    })
+                    .is_ok()
+                {
+                    tracing::warn!(%addr, executor = %name, "link lost: {why}");
+                }
+            }
+            proxy.stop(None);
+        });
+        Ok(())
+    }
+}
+
+/// Stands for a remote executor on the coordinator's side.
+struct RemoteExecutor;
+
+impl Actor for RemoteExecutor {
+    type Msg = ExecutorMsg;
+    type State = mpsc::Sender<Frame>;
+    type Arguments = mpsc::Sender<Frame>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ExecutorMsg>,
+        out: mpsc::Sender<Frame>,
+    ) -> Result<mpsc::Sender<Frame>, ActorProcessingErr> {
+        Ok(out)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ExecutorMsg>,
+        message: ExecutorMsg,
+        out: &mut mpsc::Sender<Frame>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let ExecutorMsg::Run(job) = message {
+            if out.send(Frame::Run(job)).await.is_err() {
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `--executors`: `ADDR[,ADDR...]` or `@FILE` with one address a line
+/// (blank lines and `#` comments skipped). Duplicates are refused.
+pub fn parse_executors(arg: &str) -> Result<Vec<SocketAddr>, String> {
+    let text;
+    let (items, from): (Vec<&str>, String) = match arg.strip_prefix('@') {
+        Some(file) => {
+            text =
+                std::fs::read_to_string(file).map_err(|e| format!("--executors @{file}: {e}"))?;
+            (
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .collect(),
+                format!("@{file}"),
+            )
+        }
+        None => (arg.split(',').map(str::trim).collect(), arg.to_string()),
+    };
+    if items.is_empty() {
+        return Err(format!("--executors {from}: no addresses"));
+    }
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for item in items {
+        let addr = resolve(item).map_err(|e| format!("--executors: {item:?}: {e}"))?;
+        if out.contains(&addr) {
+            return Err(format!("--executors: {item} is listed twice"));
+        }
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+fn resolve(item: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    item.to_socket_addrs()
+        .map_err(|e| format!("not HOST:PORT ({e})"))?
+        .next()
+        .ok_or_else(|| "resolves to no address".to_string())
+}

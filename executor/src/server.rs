@@ -1,0 +1,262 @@
+//! `faultbox executor`: serves jobs to coordinators of its fleet over QUIC. Each link
+//! gets the coordinator's bundle (only the contents this host lacks), loads its spec
+//! from the work directory, and runs an Executor actor whose free slots pull jobs
+//! across the link. A peer without a certificate of the fleet never gets past the
+//! TLS handshake; a peer with another protocol version is refused with both named.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
+
+use crate::actor::{Executor, ExecutorArgs};
+use crate::bundle::Store;
+use crate::identity::{Identity, IdentityError};
+use crate::job::{CoordinatorMsg, ExecutorMsg};
+use crate::wire::{self, Frame, WireError, PROTOCOL_VERSION};
+
+/// Frames waiting to go out on one link; a full queue holds the slots back.
+const OUTBOX: usize = 64;
+
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub fleet: PathBuf,
+    pub name: String,
+    pub slots: usize,
+    /// Everything the executor writes goes under here.
+    pub work: PathBuf,
+    pub shim: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--fleet: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("--listen {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--work {path}: {source}")]
+    Work {
+        path: PathBuf,
+        source: crate::bundle::BundleError,
+    },
+}
+
+/// Serves until `stop` resolves.
+pub async fn serve(
+    cfg: ServeConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let identity = Identity::load(&cfg.fleet, &cfg.name)?;
+    let server = identity.server_config()?;
+    let store = Arc::new(Store::new(&cfg.work).map_err(|source| ServeError::Work {
+        path: cfg.work.clone(),
+        source,
+    })?);
+    let endpoint =
+        quinn::Endpoint::server(server, cfg.listen).map_err(|source| ServeError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    tracing::info!(name = %cfg.name, listen = %cfg.listen, slots = cfg.slots, "executor ready");
+    let cfg = Arc::new(cfg);
+    tokio::pin!(stop);
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            () = &mut stop => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let cfg = cfg.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    tracing::info!(%remote, "coordinator connected");
+                    if let Err(e) = link(conn, &cfg, &store).await {
+                        tracing::warn!(%remote, "link ended: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!(%remote, "refused a connection: {e}"),
+            }
+        });
+    }
+    endpoint.close(0u32.into(), b"executor stopping");
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+/// One coordinator's session: handshake, bundle, then jobs until the link ends.
+async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Result<(), String> {
+    let (mut tx, mut rx) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let hello = wire::recv(&mut rx).await.map_err(|e| e.to_string())?;
+    let Frame::Hello { version, .. } = hello else {
+        return Err("the first frame was not a Hello".into());
+    };
+    if let Err(reason) = wire::check_version(version) {
+        let _ = wire::send(
+            &mut tx,
+            &Frame::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        let _ = tx.finish();
+        let _ = tx.stopped().await;
+        return Err(reason);
+    }
+    let ours = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        name: cfg.name.clone(),
+        slots: cfg.slots as u32,
+    };
+    wire::send(&mut tx, &ours)
+        .await
+        .map_err(|e| e.to_string())?;
+    let spec = match receive_bundle(&mut tx, &mut rx, store).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = wire::send(&mut tx, &Frame::Error { message: e.clone() }).await;
+            return Err(e);
+        }
+    };
+    let loaded = match faultbox_spec::load(&spec) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            let message = format!("loading the bundle's spec: {e}");
+            let _ = wire::send(
+                &mut tx,
+                &Frame::Error {
+                    message: message.clone(),
+                },
+            )
+            .await;
+            return Err(message);
+        }
+    };
+    wire::send(&mut tx, &Frame::Ready)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // Frames to the coordinator go through one writer, in order, with back-pressure.
+    let (out_tx, mut out_rx) = mpsc::channel::<Frame>(OUTBOX);
+    let writer = tokio::spawn(async move {
+        while let Some(f) = out_rx.recv().await {
+            if wire::send(&mut tx, &f).await.is_err() {
+                break;
+            }
+        }
+        let _ = tx.finish();
+    });
+    let (proxy, proxy_handle) = Actor::spawn(None, LinkProxy, out_tx)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (exec, exec_handle) = Actor::spawn(
+        None,
+        Executor,
+        ExecutorArgs {
+            name: cfg.name.clone(),
+            slots: cfg.slots,
+            loaded,
+            shim: cfg.shim.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            coordinator: proxy.clone(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let ended = loop {
+        match wire::recv(&mut rx).await {
+            Ok(Frame::Run(job)) => {
+                if exec.cast(ExecutorMsg::Run(job)).is_err() {
+                    break Err("the executor actor stopped".to_string());
+                }
+            }
+            Ok(other) => break Err(format!("unexpected frame {other:?}")),
+            Err(WireError::Closed) => break Ok(()),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    // Jobs still running finish and clean up after themselves; their results have
+    // nowhere to go.
+    exec.stop(None);
+    let _ = exec_handle.await;
+    proxy.stop(None);
+    let _ = proxy_handle.await;
+    let _ = writer.await;
+    ended
+}
+
+async fn receive_bundle(
+    tx: &mut quinn::SendStream,
+    rx: &mut quinn::RecvStream,
+    store: &Store,
+) -> Result<PathBuf, String> {
+    let Frame::Offer(bundle) = wire::recv(rx).await.map_err(|e| e.to_string())? else {
+        return Err("expected the bundle's offer".into());
+    };
+    let missing = store.missing(&bundle).map_err(|e| e.to_string())?;
+    tracing::info!(
+        bundle = %bundle.hash,
+        files = bundle.files.len(),
+        missing = missing.len(),
+        "bundle offered"
+    );
+    wire::send(
+        tx,
+        &Frame::Need {
+            hashes: missing.clone(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    for _ in 0..missing.len() {
+        match wire::recv(rx).await.map_err(|e| e.to_string())? {
+            Frame::Blob { hash, bytes } if missing.contains(&hash) => {
+                store.put(&hash, &bytes).map_err(|e| e.to_string())?;
+            }
+            other => return Err(format!("expected a file of the bundle, got {other:?}")),
+        }
+    }
+    store.unpack(&bundle).map_err(|e| e.to_string())
+}
+
+/// Stands for the coordinator on this side of a link: what the Executor actor tells
+/// it goes out as frames.
+struct LinkProxy;
+
+impl Actor for LinkProxy {
+    type Msg = CoordinatorMsg;
+    type State = mpsc::Sender<Frame>;
+    type Arguments = mpsc::Sender<Frame>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<CoordinatorMsg>,
+        out: mpsc::Sender<Frame>,
+    ) -> Result<mpsc::Sender<Frame>, ActorProcessingErr> {
+        Ok(out)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CoordinatorMsg>,
+        message: CoordinatorMsg,
+        out: &mut mpsc::Sender<Frame>,
+    ) -> Result<(), ActorProcessingErr> {
+        let frame = match message {
+            CoordinatorMsg::Pull { .. } => Frame::Pull,
+            CoordinatorMsg::Done { job, report, .. } => Frame::Done { job, report },
+            CoordinatorMsg::Lost { .. } => return Ok(()),
+        };
+        if out.send(frame).await.is_err() {
+            myself.stop(None);
+        }
+        Ok(())
+    }
+}
