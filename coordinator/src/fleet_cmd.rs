@@ -43,6 +43,15 @@ pub fn executor(args: ExecutorArgs) -> i32 {
             args.name
         ));
     }
+    let work = args
+        .work
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("faultbox-executor-{}", args.name)));
+    // One executor per work directory. Jobs' scratch directories live under it, so
+    // whatever a killed executor left behind is swept when it starts again.
+    let lock = match claim(&work) {
+        Ok(l) => l,
+        Err(e) => return error(format!("--work {}: {e}", work.display())),
+    };
     logging::init(
         logging::Format::choose(None),
         if args.debug {
@@ -59,9 +68,6 @@ pub fn executor(args: ExecutorArgs) -> i32 {
         Ok(s) => s,
         Err(e) => return error(e),
     };
-    let work = args
-        .work
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("faultbox-executor-{}", args.name)));
     let slots = args.slots.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| n as usize,
@@ -97,8 +103,29 @@ pub fn executor(args: ExecutorArgs) -> i32 {
             _ => std::future::pending::<()>().await,
         }
     };
-    match runtime.block_on(server::serve(cfg, stop)) {
+    let code = match runtime.block_on(server::serve(cfg, stop)) {
         Ok(()) => 0,
         Err(e) => error(e),
+    };
+    drop(lock);
+    code
+}
+
+/// Locks `work` for this executor, empties its `tmp/`, and points TMPDIR there.
+fn claim(work: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(work)?;
+    let lock = std::fs::File::create(work.join("lock"))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::other("another executor is using it"));
     }
+    let tmp = work.join("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    // Before any thread of ours starts: jobs make their scratch directories here.
+    std::env::set_var("TMPDIR", &tmp);
+    Ok(lock)
 }

@@ -60,7 +60,7 @@ pub fn normalize(reports: &[TestReport]) -> String {
 }
 
 /// Replaces volatile parts of a value: `socket:[123]` → `socket:[*]`, the scratch
-/// directory `/tmp/faultbox-<pid>-<n>-<test>` → `$TMPDIR`.
+/// directory (`<tmp>/faultbox-<pid>-<n>-<test>`, here or under an executor's work directory) → `$TMPDIR`.
 fn stable(v: &str) -> String {
     let mut s = v.to_string();
     for kind in ["socket:[", "pipe:[", "anon_inode:["] {
@@ -73,18 +73,23 @@ fn stable(v: &str) -> String {
             }
         }
     }
-    let tmp = std::env::temp_dir()
-        .to_string_lossy()
-        .trim_end_matches('/')
-        .to_string();
-    let prefix = format!("{tmp}/faultbox-");
-    while let Some(i) = s.find(&prefix) {
-        let rest = &s[i + prefix.len()..];
-        let end = rest
-            .find('/')
-            .map(|e| i + prefix.len() + e)
-            .unwrap_or(s.len());
-        s.replace_range(i..end, "$TMPDIR");
+    // A run's scratch directory is `<tmp>/faultbox-<pid>-<n>-<test>`, where <tmp> is
+    // this host's temporary directory or an executor's work directory.
+    let marker = "/faultbox-";
+    let mut from = 0;
+    while let Some(found) = s[from..].find(marker) {
+        let i = from + found;
+        let after = i + marker.len();
+        if !s[after..].starts_with(|c: char| c.is_ascii_digit()) {
+            from = after;
+            continue;
+        }
+        let start = s[..i]
+            .rfind(|c: char| c.is_whitespace() || c == '=')
+            .map_or(0, |j| j + 1);
+        let end = s[after..].find('/').map_or(s.len(), |e| after + e);
+        s.replace_range(start..end, "$TMPDIR");
+        from = start + "$TMPDIR".len();
     }
     s
 }
@@ -105,5 +110,10 @@ mod tests {
             stable(&format!("{tmp}/faultbox-123-4-test_x/inventory.wal")),
             "$TMPDIR/inventory.wal"
         );
+        assert_eq!(
+            stable("/srv/work/tmp/faultbox-9-1-test_y/a.log"),
+            "$TMPDIR/a.log"
+        );
+        assert_eq!(stable("/opt/faultbox-tools/x"), "/opt/faultbox-tools/x");
     }
 }

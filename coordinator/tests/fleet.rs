@@ -1,0 +1,427 @@
+//! Fleet runs: real `faultbox executor` processes on loopback, each with its own fleet
+//! identity, and `faultbox test --executors` driving them over QUIC.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{faultbox, Scratch};
+
+/// Fleet tests start executors on fixed ports; one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn faultbox_cmd(args: &[&str]) -> Out {
+    let o = Command::new(faultbox())
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// A running `faultbox executor`, killed (and waited for) on drop.
+struct Executor {
+    child: Option<Child>,
+    log: PathBuf,
+    addr: String,
+}
+
+impl Executor {
+    fn start(fleet: &Path, name: &str, port: u16, work: &Path, slots: &str) -> Executor {
+        let log = work.with_extension("log");
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(faultbox())
+            .args([
+                "executor", "--listen", &addr, "--name", name, "--slots", slots,
+            ])
+            .arg("--fleet")
+            .arg(fleet)
+            .arg("--work")
+            .arg(work)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let e = Executor {
+            child: Some(child),
+            log,
+            addr,
+        };
+        e.wait_for("executor ready");
+        e
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(text) {
+            assert!(Instant::now() < deadline, "no {text:?} in {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn fleet(dir: &Path, names: &[&str]) {
+    let d = dir.to_str().unwrap();
+    assert_eq!(faultbox_cmd(&["fleet", "init", d]).code, 0);
+    for n in names {
+        assert_eq!(faultbox_cmd(&["fleet", "issue", d, n]).code, 0);
+    }
+}
+
+fn summary(stdout: &str) -> Vec<(String, u64, String)> {
+    let doc: serde_json::Value =
+        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["seed"].as_u64().unwrap(),
+                t["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn no_services_left() {
+    for marker in ["debug/inventory", "debug/orders", "echo_svc.py"] {
+        assert!(
+            common::processes_with(marker).is_empty(),
+            "{marker} still running"
+        );
+    }
+}
+
+#[test]
+fn two_executors_give_the_same_report_as_one_process() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("fleet-same");
+    let dir = s.0.join("fleet");
+    fleet(&dir, &["e1", "e2"]);
+    let e1 = Executor::start(&dir, "e1", 7711, &s.0.join("w1"), "2");
+    let e2 = Executor::start(&dir, "e2", 7712, &s.0.join("w2"), "2");
+    let executors = format!("{},{}", e1.addr, e2.addr);
+    let fleet_dir = dir.to_str().unwrap();
+    let spec = "coordinator/tests/specs/seeds.star";
+    let remote = faultbox_cmd(&[
+        "test",
+        spec,
+        "--runs",
+        "12",
+        "--format",
+        "json",
+        "--executors",
+        &executors,
+        "--fleet",
+        fleet_dir,
+    ]);
+    let local = faultbox_cmd(&["test", spec, "--runs", "12", "--format", "json"]);
+    assert_eq!(remote.code, 2, "{}", remote.stderr);
+    assert_eq!(local.code, 2);
+    assert_eq!(summary(&remote.stdout), summary(&local.stdout));
+    assert!(
+        remote
+            .stderr
+            .contains("executor e1 (127.0.0.1:7711): 2 slots"),
+        "{}",
+        remote.stderr
+    );
+    // Both executors did work.
+    let doc: serde_json::Value = serde_json::from_str(&remote.stdout).unwrap();
+    assert!(doc["tests"].as_array().unwrap().len() > 4);
+
+    // The same normalized trace as in-process, and the second run ships nothing.
+    let (a, b) = (s.0.join("remote.norm"), s.0.join("local.norm"));
+    let example = "examples/faultbox.star";
+    let remote = faultbox_cmd(&[
+        "test",
+        example,
+        "--seed",
+        "3",
+        "--normalize",
+        a.to_str().unwrap(),
+        "--executors",
+        &executors,
+        "--fleet",
+        fleet_dir,
+    ]);
+    assert_eq!(remote.code, 0, "{}", remote.stderr);
+    let again = faultbox_cmd(&[
+        "test",
+        example,
+        "--seed",
+        "3",
+        "--executors",
+        &executors,
+        "--fleet",
+        fleet_dir,
+    ]);
+    assert_eq!(again.code, 0);
+    assert!(
+        again
+            .stderr
+            .contains("executor e1 (127.0.0.1:7711): 2 slots, 0 of ")
+            && again
+                .stderr
+                .contains("executor e2 (127.0.0.1:7712): 2 slots, 0 of "),
+        "{}",
+        again.stderr
+    );
+    let local = faultbox_cmd(&[
+        "test",
+        example,
+        "--seed",
+        "3",
+        "--normalize",
+        b.to_str().unwrap(),
+    ]);
+    assert_eq!(local.code, 0);
+    assert_eq!(
+        std::fs::read_to_string(&a).unwrap(),
+        std::fs::read_to_string(&b).unwrap()
+    );
+    drop((e1, e2));
+    no_services_left();
+    // Nothing of a job is left in the executors' work directories.
+    for w in ["w1", "w2"] {
+        let tmp = s.0.join(w).join("tmp");
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "{}",
+            tmp.display()
+        );
+    }
+}
+
+#[test]
+fn strangers_expired_certificates_and_bad_addresses_are_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("fleet-refuse");
+    let ours = s.0.join("ours");
+    let theirs = s.0.join("theirs");
+    fleet(&ours, &["e1"]);
+    fleet(&theirs, &["x1"]);
+    let old = faultbox_cmd(&[
+        "fleet",
+        "issue",
+        ours.to_str().unwrap(),
+        "old",
+        "--days",
+        "0",
+    ]);
+    assert_eq!(old.code, 0);
+    let spec = "coordinator/tests/specs/seeds.star";
+    let run = |addrs: &str, fleet: &Path| {
+        faultbox_cmd(&[
+            "test",
+            spec,
+            "--test",
+            "always",
+            "--executors",
+            addrs,
+            "--fleet",
+            fleet.to_str().unwrap(),
+        ])
+    };
+
+    // An executor of another fleet: the coordinator refuses its certificate.
+    let stranger = Executor::start(&theirs, "x1", 7721, &s.0.join("wx"), "1");
+    let out = run(&stranger.addr, &ours);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("executor 127.0.0.1:7721: TLS/QUIC handshake failed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+    // ... and a coordinator of another fleet is refused by ours, logged there.
+    let e1 = Executor::start(&ours, "e1", 7722, &s.0.join("w1"), "1");
+    let out = run(&e1.addr, &theirs);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("executor 127.0.0.1:7722:"),
+        "{}",
+        out.stderr
+    );
+    e1.wait_for("refused a connection");
+    // An expired executor certificate.
+    let expired = Executor::start(&ours, "old", 7723, &s.0.join("wo"), "1");
+    let out = run(&expired.addr, &ours);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("handshake failed"), "{}", out.stderr);
+    assert!(
+        out.stderr.to_lowercase().contains("expired"),
+        "{}",
+        out.stderr
+    );
+
+    // Addresses: nothing listening, twice the same, not an address, an empty file.
+    let out = run("127.0.0.1:7729", &ours);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("executor 127.0.0.1:7729:"),
+        "{}",
+        out.stderr
+    );
+    let out = run("127.0.0.1:7722,127.0.0.1:7722", &ours);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("127.0.0.1:7722 is listed twice"),
+        "{}",
+        out.stderr
+    );
+    let out = run("nowhere", &ours);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("--executors: \"nowhere\": not HOST:PORT"),
+        "{}",
+        out.stderr
+    );
+    let list = s.0.join("executors.txt");
+    std::fs::write(&list, "# none yet\n\n").unwrap();
+    let out = run(&format!("@{}", list.display()), &ours);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no addresses"), "{}", out.stderr);
+    std::fs::write(&list, format!("# the fleet\n{}\n", e1.addr)).unwrap();
+    let out = run(&format!("@{}", list.display()), &ours);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // A fleet directory without the coordinator's identity.
+    std::fs::remove_file(ours.join("coordinator.key")).unwrap();
+    let out = run(&e1.addr, &ours);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("--fleet: ") && out.stderr.contains("coordinator.key"),
+        "{}",
+        out.stderr
+    );
+    // An executor whose identity is missing does not start.
+    let out = faultbox_cmd(&[
+        "executor",
+        "--listen",
+        "127.0.0.1:7724",
+        "--name",
+        "ghost",
+        "--fleet",
+        ours.to_str().unwrap(),
+        "--work",
+        s.0.join("wg").to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("ghost.pem"), "{}", out.stderr);
+    // Two executors on one work directory.
+    let out = faultbox_cmd(&[
+        "executor",
+        "--listen",
+        "127.0.0.1:7725",
+        "--name",
+        "e1",
+        "--fleet",
+        ours.to_str().unwrap(),
+        "--work",
+        s.0.join("w1").to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("another executor is using it"),
+        "{}",
+        out.stderr
+    );
+    let _ = out.stdout;
+}
+
+#[test]
+fn a_lost_executor_has_its_jobs_rerun_elsewhere() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("fleet-lost");
+    let dir = s.0.join("fleet");
+    fleet(&dir, &["e1", "e2"]);
+    let mut e1 = Executor::start(&dir, "e1", 7731, &s.0.join("w1"), "2");
+    let e2 = Executor::start(&dir, "e2", 7732, &s.0.join("w2"), "2");
+    let executors = format!("{},{}", e1.addr, e2.addr);
+    let spec = "coordinator/tests/specs/seeds.star";
+    let child = Command::new(faultbox())
+        .current_dir(root())
+        .args([
+            "test", spec, "--test", "always", "--runs", "40", "--format", "json",
+        ])
+        .args(["--executors", &executors, "--fleet", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill e1 once it is running jobs.
+    e1.wait_for("target started");
+    e1.kill();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let runs = summary(&stdout);
+    let seeds: Vec<u64> = runs.iter().map(|r| r.1).collect();
+    assert_eq!(
+        seeds,
+        (0..40).collect::<Vec<_>>(),
+        "every seed exactly once"
+    );
+    assert!(stderr.contains("link lost"), "{stderr}");
+
+    // With no executor left, the run ends with its own exit code.
+    let child = Command::new(faultbox())
+        .current_dir(root())
+        .args(["test", spec, "--test", "always", "--runs", "40"])
+        .args(["--executors", &e2.addr, "--fleet", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    e2.wait_for("bundle offered");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(e2);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("no executor left"), "{stderr}");
+    no_services_left();
+}
