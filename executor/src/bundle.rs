@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn paths_that_leave_are_refused() {
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "./a"] {
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/..", "./a"] {
             assert!(safe_relative(bad).is_err(), "{bad}");
         }
         assert!(safe_relative("a/b.star").is_ok());

@@ -305,16 +305,38 @@ mod tests {
             .unwrap();
         let pid = parent.id() as i32;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // Once the shell is `sleep`, the spinner has been forked and only it can run.
+        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        while comm().trim() != "sleep" && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         while !any_running(pid) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let spinning = any_running(pid);
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        for c in children.split_whitespace() {
-            let _ = std::process::Command::new("kill").arg(c).status();
+        // Every process below the shell (it may fork twice for `&`).
+        let mut below = Vec::new();
+        let mut stack = vec![pid];
+        while let Some(p) = stack.pop() {
+            let children =
+                std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+            for c in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                below.push(c);
+                stack.push(c);
+            }
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        for c in below {
+            // SAFETY: signalling a process this test started.
+            unsafe { libc::kill(c, libc::SIGKILL) };
+        }
+        // The killed child may take a moment to go on a loaded machine.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while any_running(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let idle = any_running(pid);
         parent.kill().unwrap();
         parent.wait().unwrap();
