@@ -129,8 +129,12 @@ pub async fn connect(
 }
 
 impl Link {
-    /// Starts relaying between the link and `coordinator`.
-    pub async fn relay(self, coordinator: ActorRef<CoordinatorMsg>) -> Result<(), String> {
+    /// Starts relaying between the link and `coordinator`; the receiver fires when the
+    /// link ends.
+    pub async fn relay(
+        self,
+        coordinator: ActorRef<CoordinatorMsg>,
+    ) -> Result<tokio::sync::oneshot::Receiver<()>, String> {
         let Link {
             addr,
             name,
@@ -154,6 +158,7 @@ impl Link {
         let (proxy, _) = Actor::spawn(None, RemoteExecutor, out_tx)
             .await
             .map_err(|e| e.to_string())?;
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let ended = loop {
                 match wire::recv(&mut rx).await {
@@ -192,8 +197,9 @@ impl Link {
                 }
             }
             proxy.stop(None);
+            let _ = ended_tx.send(());
         });
-        Ok(())
+        Ok(ended_rx)
     }
 }
 
@@ -266,4 +272,37 @@ fn resolve(item: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("not HOST:PORT ({e})"))?
         .next()
         .ok_or_else(|| "resolves to no address".to_string())
+}
+
+/// Keeps an executor in the run: relays `link`, and when it breaks, dials `addr`
+/// again every second while the run goes on, so a restarted executor rejoins.
+pub async fn keep(
+    mut link: Link,
+    coordinator: ActorRef<CoordinatorMsg>,
+    endpoint: quinn::Endpoint,
+    identity: std::sync::Arc<Identity>,
+    bundle: std::sync::Arc<(Bundle, BTreeMap<String, PathBuf>)>,
+) {
+    let running =
+        |c: &ActorRef<CoordinatorMsg>| matches!(c.get_status(), ractor::ActorStatus::Running);
+    loop {
+        let addr = link.addr;
+        let Ok(ended) = link.relay(coordinator.clone()).await else {
+            return;
+        };
+        let _ = ended.await;
+        link = loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !running(&coordinator) {
+                return;
+            }
+            match connect(&endpoint, &identity, addr, &bundle.0, &bundle.1).await {
+                Ok(l) => {
+                    tracing::warn!(%addr, executor = %l.name, "executor rejoined");
+                    break l;
+                }
+                Err(e) => tracing::debug!(%addr, "executor not back yet: {e}"),
+            }
+        };
+    }
 }

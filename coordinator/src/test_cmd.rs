@@ -420,8 +420,16 @@ async fn run_on_fleet(
     )
     .await
     .map_err(|e| format!("starting the coordinator: {e}"))?;
+    let identity = Arc::new(identity);
+    let shipped = Arc::new((bundle, sources));
     for link in links {
-        link.relay(coord.clone()).await?;
+        tokio::spawn(crate::remote::keep(
+            link,
+            coord.clone(),
+            endpoint.clone(),
+            identity.clone(),
+            shipped.clone(),
+        ));
     }
     let finished = done_rx
         .await
