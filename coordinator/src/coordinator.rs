@@ -402,3 +402,46 @@ impl CoordinatorState {
         (self.progress)(done, total, failed);
     }
 }
+
+/// Starts a Coordinator for `plan`; the receiver gets the result when it is done.
+pub async fn start(
+    plan: Plan,
+    emit: Emit,
+    progress: OnProgress,
+) -> Result<
+    (
+        ActorRef<CoordinatorMsg>,
+        ractor::concurrency::JoinHandle<()>,
+        oneshot::Receiver<Finished>,
+    ),
+    String,
+> {
+    let (done, finished) = oneshot::channel();
+    let (actor, handle) = Actor::spawn(
+        None,
+        Coordinator,
+        CoordinatorArgs {
+            plan,
+            emit,
+            progress,
+            done,
+        },
+    )
+    .await
+    .map_err(|e| format!("starting the coordinator: {e}"))?;
+    Ok((actor, handle, finished))
+}
+
+/// The default number of slots on a host: its CPUs.
+pub fn default_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The runtime the CLI's async parts run on.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))
+}

@@ -68,17 +68,12 @@ pub fn executor(args: ExecutorArgs) -> i32 {
         Ok(s) => s,
         Err(e) => return error(e),
     };
-    let slots = args.slots.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |n| n as usize,
-    );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let slots = args
+        .slots
+        .map_or_else(crate::coordinator::default_slots, |n| n as usize);
+    let runtime = match crate::coordinator::runtime() {
         Ok(rt) => rt,
-        Err(e) => return error(format!("starting the runtime: {e}")),
+        Err(e) => return error(e),
     };
     let cfg = ServeConfig {
         listen: args.listen,

@@ -13,7 +13,7 @@ use faultbox_executor::testrun::TestReport;
 use faultbox_spec::{Loaded, Verdict};
 
 use crate::cli::TestArgs;
-use crate::coordinator::{self, Coordinator, CoordinatorArgs, Explore, Finished, Plan};
+use crate::coordinator::{self, Explore, Finished, Plan};
 use crate::progress::Progress;
 use crate::{junit, logging, report};
 
@@ -116,13 +116,9 @@ pub fn run(args: TestArgs) -> i32 {
             Err(e) => return error(e),
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match coordinator::runtime() {
         Ok(rt) => rt,
-        Err(e) => return error(format!("starting the runtime: {e}")),
+        Err(e) => return error(e),
     };
     let loaded = Arc::new(loaded);
     let runs = args
@@ -137,10 +133,9 @@ pub fn run(args: TestArgs) -> i32 {
         None => (0..runs).collect(),
     };
     let suite_start = std::time::Instant::now();
-    let slots = args.slots.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |n| n as usize,
-    );
+    let slots = args
+        .slots
+        .map_or_else(coordinator::default_slots, |n| n as usize);
     let plan = Plan {
         tests: tests.iter().map(|t| t.name.clone()).collect(),
         seeds,
@@ -324,19 +319,7 @@ async fn run_in_process(
     runtime: tokio::runtime::Handle,
     slots: usize,
 ) -> Result<Finished, String> {
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let (coord, coord_handle) = ractor::Actor::spawn(
-        None,
-        Coordinator,
-        CoordinatorArgs {
-            plan,
-            emit,
-            progress,
-            done: done_tx,
-        },
-    )
-    .await
-    .map_err(|e| format!("starting the coordinator: {e}"))?;
+    let (coord, coord_handle, done_rx) = coordinator::start(plan, emit, progress).await?;
     let (exec, exec_handle) = ractor::Actor::spawn(
         None,
         Executor,
@@ -407,19 +390,7 @@ async fn run_on_fleet(
         links.push(link);
     }
     plan.executors = links.iter().map(|l| l.name.clone()).collect();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let (coord, coord_handle) = ractor::Actor::spawn(
-        None,
-        Coordinator,
-        CoordinatorArgs {
-            plan,
-            emit,
-            progress,
-            done: done_tx,
-        },
-    )
-    .await
-    .map_err(|e| format!("starting the coordinator: {e}"))?;
+    let (coord, coord_handle, done_rx) = coordinator::start(plan, emit, progress).await?;
     let identity = Arc::new(identity);
     let shipped = Arc::new((bundle, sources));
     for link in links {

@@ -105,20 +105,7 @@ fn fleet(dir: &Path, names: &[&str]) {
 }
 
 fn summary(stdout: &str) -> Vec<(String, u64, String)> {
-    let doc: serde_json::Value =
-        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    doc["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["name"].as_str().unwrap().to_string(),
-                t["seed"].as_u64().unwrap(),
-                t["result"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    common::summary(&serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")))
 }
 
 fn no_services_left() {
@@ -423,5 +410,88 @@ fn a_lost_executor_has_its_jobs_rerun_elsewhere() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("no executor left"), "{stderr}");
+    no_services_left();
+}
+
+/// A peer with a fleet certificate that speaks another protocol version, or sends
+/// garbage: the executor refuses or drops that link, logs why, and keeps serving.
+#[test]
+fn wrong_versions_and_malformed_frames_end_only_their_link() {
+    use faultbox_executor::identity::{Identity, EXECUTOR_SAN};
+    use faultbox_executor::wire::{self, Frame, PROTOCOL_VERSION};
+
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("fleet-wire");
+    let dir = s.0.join("fleet");
+    fleet(&dir, &["e1"]);
+    let e1 = Executor::start(&dir, "e1", 7741, &s.0.join("w1"), "1");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let identity = Identity::load(&dir, "coordinator").unwrap();
+    // The links stay open until the executor has said what it made of them.
+    let (_endpoint, _links) = rt.block_on(async {
+        let endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+        let dial = || async {
+            let conn = endpoint
+                .connect_with(
+                    identity.client_config().unwrap(),
+                    "127.0.0.1:7741".parse().unwrap(),
+                    EXECUTOR_SAN,
+                )
+                .unwrap()
+                .await
+                .unwrap();
+            let (tx, rx) = conn.open_bi().await.unwrap();
+            (conn, tx, rx)
+        };
+        // Another version: refused, both versions named.
+        let (_c, mut tx, mut rx) = dial().await;
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION + 1,
+            name: "future".into(),
+            slots: 0,
+        };
+        wire::send(&mut tx, &hello).await.unwrap();
+        match wire::recv(&mut rx).await.unwrap() {
+            Frame::Refused { reason } => {
+                assert!(
+                    reason.contains(&format!("peer speaks {}", PROTOCOL_VERSION + 1)),
+                    "{reason}"
+                );
+                assert!(
+                    reason.contains(&format!("this side {PROTOCOL_VERSION}")),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Garbage where a frame should be.
+        let (c1, mut tx1, _) = dial().await;
+        tx1.write_all(&[0, 0, 0, 5, 0xc1, 0xff, 0x00, 0x13, 0x37])
+            .await
+            .unwrap();
+        // A frame claiming to be larger than any frame may be.
+        let (c2, mut tx2, _) = dial().await;
+        tx2.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        (endpoint.clone(), vec![(c1, tx1), (c2, tx2)])
+    });
+    e1.wait_for("protocol version mismatch");
+    e1.wait_for("a malformed frame");
+    e1.wait_for("larger than the limit");
+    // Still serving.
+    let out = faultbox_cmd(&[
+        "test",
+        "coordinator/tests/specs/seeds.star",
+        "--test",
+        "always",
+        "--executors",
+        &e1.addr,
+        "--fleet",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    drop(e1);
     no_services_left();
 }

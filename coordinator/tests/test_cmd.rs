@@ -1156,20 +1156,7 @@ fn slots_run_side_by_side_and_report_like_one_slot() {
         assert_eq!(out.code, 2, "{}", out.stderr);
         json(&out)
     };
-    let summary = |doc: &serde_json::Value| -> Vec<(String, u64, String)> {
-        doc["tests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| {
-                (
-                    t["name"].as_str().unwrap().to_string(),
-                    t["seed"].as_u64().unwrap(),
-                    t["result"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
+    let summary = common::summary;
     let one = run("1");
     let four = run("4");
     let runs = summary(&one);

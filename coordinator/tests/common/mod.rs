@@ -204,3 +204,19 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
     }
     found
 }
+
+/// (name, seed, result) of every run in a `faultbox test --format json` document.
+pub fn summary(doc: &serde_json::Value) -> Vec<(String, u64, String)> {
+    doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["seed"].as_u64().unwrap(),
+                t["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
