@@ -58,6 +58,8 @@ pub enum Finished {
     Error(String),
     /// Every executor was lost with work left.
     NoExecutor(String),
+    /// The user interrupted the run; running jobs were cancelled.
+    Interrupted,
 }
 
 pub struct CoordinatorArgs {
@@ -73,6 +75,8 @@ enum RunState {
     Queued,
     Running {
         executor: String,
+        job: u64,
+        slot: ActorRef<ExecutorMsg>,
     },
     Done {
         report: Box<TestReport>,
@@ -127,6 +131,7 @@ pub struct CoordinatorState {
     /// Executors that have asked for work and are not lost.
     live: std::collections::HashSet<String>,
     no_executor: bool,
+    interrupted: bool,
     done: Option<oneshot::Sender<Finished>>,
 }
 
@@ -189,6 +194,7 @@ impl Actor for Coordinator {
             error: None,
             live: plan.executors.iter().cloned().collect(),
             no_executor: false,
+            interrupted: false,
             done: Some(args.done),
         };
         state.settle(&myself);
@@ -217,6 +223,17 @@ impl Actor for Coordinator {
                 }
             }
             CoordinatorMsg::Lost { executor } => state.lost(&executor),
+            CoordinatorMsg::Interrupt => {
+                state.interrupted = true;
+                state.error.get_or_insert("interrupted".into());
+                for test in &state.tests {
+                    for run in &test.runs {
+                        if let RunState::Running { job, slot, .. } = &run.state {
+                            let _ = slot.cast(ExecutorMsg::Cancel(*job));
+                        }
+                    }
+                }
+            }
         }
         state.settle(&myself);
         Ok(())
@@ -245,6 +262,8 @@ impl CoordinatorState {
             self.jobs.insert(job.id, (t, r));
             self.tests[t].runs[r].state = RunState::Running {
                 executor: executor.clone(),
+                job: job.id,
+                slot: slot.clone(),
             };
             if slot.cast(ExecutorMsg::Run(job.clone())).is_err() {
                 // The slot's executor is gone; the run goes back to the queue.
@@ -257,6 +276,7 @@ impl CoordinatorState {
         if self.jobs.is_empty() && self.queue.is_empty() {
             if let Some(done) = self.done.take() {
                 let finished = match self.error.take() {
+                    Some(_) if self.interrupted => Finished::Interrupted,
                     Some(e) if self.no_executor => Finished::NoExecutor(e),
                     Some(e) => Finished::Error(e),
                     None => Finished::Reports(self.take_reports()),
@@ -286,6 +306,12 @@ impl CoordinatorState {
         test.runs[r].state = RunState::Done { report, executor };
         if failed && test.first_fail.is_none_or(|f| r < f) {
             test.first_fail = Some(r);
+            // Later seeds already running are not wanted any more.
+            for run in &test.runs[r + 1..] {
+                if let RunState::Running { job, slot, .. } = &run.state {
+                    let _ = slot.cast(ExecutorMsg::Cancel(*job));
+                }
+            }
         }
     }
 
@@ -336,7 +362,7 @@ impl CoordinatorState {
         self.waiting.retain(|(e, _)| e != executor);
         let mut back = Vec::new();
         self.jobs.retain(|_, &mut (t, r)| {
-            let gone = matches!(&self.tests[t].runs[r].state, RunState::Running { executor: e } if e == executor);
+            let gone = matches!(&self.tests[t].runs[r].state, RunState::Running { executor: e, .. } if e == executor);
             if gone {
                 back.push((t, r));
             }

@@ -225,10 +225,13 @@ impl Actor for RemoteExecutor {
         message: ExecutorMsg,
         out: &mut mpsc::Sender<Frame>,
     ) -> Result<(), ActorProcessingErr> {
-        if let ExecutorMsg::Run(job) = message {
-            if out.send(Frame::Run(job)).await.is_err() {
-                myself.stop(None);
-            }
+        let frame = match message {
+            ExecutorMsg::Run(job) => Frame::Run(job),
+            ExecutorMsg::Cancel(job) => Frame::Cancel { job },
+            ExecutorMsg::Finished { .. } => return Ok(()),
+        };
+        if out.send(frame).await.is_err() {
+            myself.stop(None);
         }
         Ok(())
     }

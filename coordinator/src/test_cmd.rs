@@ -20,6 +20,8 @@ use crate::{junit, logging, report};
 pub const EXIT_FAILED: i32 = 2;
 /// Every executor of a fleet run was lost with work left.
 pub const EXIT_NO_EXECUTOR: i32 = 3;
+/// Ctrl-C (or SIGTERM): the running jobs were cancelled, as a shell expects.
+pub const EXIT_INTERRUPTED: i32 = 130;
 /// The name of the executor inside this process.
 const LOCAL: &str = "local";
 /// The most calls --explore=all orders exhaustively (8! = 40320 runs).
@@ -187,6 +189,10 @@ pub fn run(args: TestArgs) -> i32 {
             eprintln!("faultbox: error: {e}");
             return EXIT_NO_EXECUTOR;
         }
+        Ok(Finished::Interrupted) => {
+            eprintln!("faultbox: interrupted: the running jobs were cancelled");
+            return EXIT_INTERRUPTED;
+        }
         Err(e) => return error(e),
     };
     let shard = args.partition.map(|p| p.to_string()).unwrap_or_default();
@@ -320,6 +326,7 @@ async fn run_in_process(
     slots: usize,
 ) -> Result<Finished, String> {
     let (coord, coord_handle, done_rx) = coordinator::start(plan, emit, progress).await?;
+    interrupt_on_signal(coord.clone());
     let (exec, exec_handle) = ractor::Actor::spawn(
         None,
         Executor,
@@ -391,6 +398,7 @@ async fn run_on_fleet(
     }
     plan.executors = links.iter().map(|l| l.name.clone()).collect();
     let (coord, coord_handle, done_rx) = coordinator::start(plan, emit, progress).await?;
+    interrupt_on_signal(coord.clone());
     let identity = Arc::new(identity);
     let shipped = Arc::new((bundle, sources));
     for link in links {
@@ -409,4 +417,23 @@ async fn run_on_fleet(
     endpoint.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     finished
+}
+
+/// Ctrl-C or SIGTERM interrupts the run: the coordinator cancels every running job,
+/// wherever it runs, and ends once they are cleaned up.
+fn interrupt_on_signal(coord: ractor::ActorRef<faultbox_executor::job::CoordinatorMsg>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = coord.cast(faultbox_executor::job::CoordinatorMsg::Interrupt);
+    });
 }

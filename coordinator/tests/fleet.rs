@@ -495,3 +495,52 @@ fn wrong_versions_and_malformed_frames_end_only_their_link() {
     drop(e1);
     no_services_left();
 }
+
+/// Ctrl-C on the coordinator cancels the jobs running on the executors.
+#[test]
+fn ctrl_c_on_the_coordinator_cancels_remote_jobs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("fleet-ctrl-c");
+    let dir = s.0.join("fleet");
+    fleet(&dir, &["e1"]);
+    let e1 = Executor::start(&dir, "e1", 7751, &s.0.join("w1"), "2");
+    let child = Command::new(faultbox())
+        .current_dir(root())
+        .args(["test", "coordinator/tests/specs/slow.star", "--runs", "4"])
+        .args(["--executors", &e1.addr, "--fleet", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::processes_with("echo_svc.py").len() < 2 {
+        assert!(Instant::now() < deadline, "the services did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    // The executor cancelled the jobs: their services are gone, not a minute later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !common::processes_with("echo_svc.py").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the remote jobs were not cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tmp = s.0.join("w1").join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(&tmp).unwrap().count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "scratch left in {}",
+            tmp.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(e1);
+}

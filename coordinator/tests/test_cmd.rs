@@ -4,7 +4,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn faultbox() -> PathBuf {
     common::faultbox()
@@ -1310,4 +1311,46 @@ fn progress_is_a_bar_on_a_terminal_and_lines_otherwise() {
         out.stderr
     );
     assert_eq!(json(&out)["tests"].as_array().unwrap().len(), 60);
+}
+
+#[test]
+fn ctrl_c_cancels_running_jobs_and_cleans_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let child = Command::new(faultbox())
+        .current_dir(root())
+        .args([
+            "test",
+            "coordinator/tests/specs/slow.star",
+            "--runs",
+            "4",
+            "--slots",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once both slots have their echo service up, interrupt.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::processes_with("echo_svc.py").len() < 2 {
+        assert!(Instant::now() < deadline, "the services did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: the running jobs were cancelled"),
+        "{stderr}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "not a minute: {:?}",
+        t.elapsed()
+    );
+    assert_no_services_left();
 }

@@ -2,12 +2,14 @@
 //! sandbox (network namespace, scratch directory). Work is pulled: every free slot
 //! asks the coordinator for a job, so fast and slow hosts balance by themselves.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use faultbox_spec::{Loaded, Verdict};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::cancel::Cancel;
 use crate::job::{CoordinatorMsg, ExecutorMsg, Job};
 use crate::testrun::{self, TestOptions, TestReport};
 
@@ -25,6 +27,8 @@ pub struct Executor;
 
 pub struct ExecutorState {
     args: ExecutorArgs,
+    /// The off switches of the jobs running now.
+    running: HashMap<u64, Arc<Cancel>>,
 }
 
 impl Actor for Executor {
@@ -43,7 +47,22 @@ impl Actor for Executor {
                 reply: myself.clone(),
             })?;
         }
-        Ok(ExecutorState { args })
+        Ok(ExecutorState {
+            args,
+            running: HashMap::new(),
+        })
+    }
+
+    /// An executor that stops (its coordinator is gone) cancels the jobs it runs.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ExecutorMsg>,
+        state: &mut ExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
+        for cancel in state.running.values() {
+            cancel.cancel();
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -54,6 +73,8 @@ impl Actor for Executor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ExecutorMsg::Run(job) => {
+                let cancel = Arc::new(Cancel::default());
+                state.running.insert(job.id, cancel.clone());
                 let loaded = state.args.loaded.clone();
                 let opts = TestOptions {
                     seed: job.seed,
@@ -61,6 +82,7 @@ impl Actor for Executor {
                     runtime: state.args.runtime.clone(),
                     virtual_time: job.virtual_time,
                     order: job.order,
+                    cancel,
                 };
                 // A test blocks its thread for its whole run; it gets a thread of its own.
                 std::thread::Builder::new()
@@ -73,7 +95,13 @@ impl Actor for Executor {
                         });
                     })?;
             }
+            ExecutorMsg::Cancel(job) => {
+                if let Some(c) = state.running.get(&job) {
+                    c.cancel();
+                }
+            }
             ExecutorMsg::Finished { job, report } => {
+                state.running.remove(&job);
                 let coordinator = &state.args.coordinator;
                 coordinator.cast(CoordinatorMsg::Done {
                     executor: state.args.name.clone(),

@@ -26,6 +26,8 @@ pub struct Job {
 pub enum ExecutorMsg {
     /// Run this job in the slot that asked for work.
     Run(Job),
+    /// Stop this job now: its result is no longer wanted.
+    Cancel(u64),
     /// A slot's job ended (sent by the executor to itself).
     Finished { job: u64, report: Box<TestReport> },
 }
@@ -47,4 +49,6 @@ pub enum CoordinatorMsg {
     },
     /// `executor` is gone: its unfinished jobs must run elsewhere.
     Lost { executor: String },
+    /// The user interrupted the run: cancel everything and end.
+    Interrupt,
 }

@@ -4,6 +4,7 @@
 
 pub mod actor;
 pub mod bundle;
+pub mod cancel;
 pub mod engine;
 pub mod eventlog;
 pub mod identity;

@@ -177,13 +177,16 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
                     break Err("the executor actor stopped".to_string());
                 }
             }
+            Ok(Frame::Cancel { job }) => {
+                let _ = exec.cast(ExecutorMsg::Cancel(job));
+            }
             Ok(other) => break Err(format!("unexpected frame {other:?}")),
             Err(WireError::Closed) => break Ok(()),
             Err(e) => break Err(e.to_string()),
         }
     };
-    // Jobs still running finish and clean up after themselves; their results have
-    // nowhere to go.
+    // Stopping the executor cancels the jobs still running: their results have
+    // nowhere to go. They clean up after themselves.
     exec.stop(None);
     let _ = exec_handle.await;
     proxy.stop(None);
@@ -252,7 +255,7 @@ impl Actor for LinkProxy {
         let frame = match message {
             CoordinatorMsg::Pull { .. } => Frame::Pull,
             CoordinatorMsg::Done { job, report, .. } => Frame::Done { job, report },
-            CoordinatorMsg::Lost { .. } => return Ok(()),
+            CoordinatorMsg::Lost { .. } | CoordinatorMsg::Interrupt => return Ok(()),
         };
         if out.send(frame).await.is_err() {
             myself.stop(None);

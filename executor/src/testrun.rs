@@ -28,6 +28,8 @@ pub struct TestOptions {
     pub virtual_time: bool,
     /// How `parallel()` orders the services' calls.
     pub order: crate::scheduler::Order,
+    /// Ends the job early from outside.
+    pub cancel: Arc<crate::cancel::Cancel>,
 }
 
 /// Where a test's time went, for the overhead benchmark.
@@ -181,8 +183,14 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
     let mut started = Vec::new();
     for svc in &loaded.spec.services {
         let t = Instant::now();
+        if opts.cancel.is_cancelled() {
+            break;
+        }
         match world.start_service(&loaded.spec, svc, &opts.shim, sandbox.netns(), &logs.0) {
-            Ok(state) => started.push(state),
+            Ok(state) => {
+                opts.cancel.register(state.running.pid);
+                started.push(state);
+            }
             Err(e) => {
                 r.startup = Some(Startup::Other {
                     service: svc.name.clone(),
@@ -235,6 +243,11 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
                 exit.map(|e| (s.decl.name.clone(), e.code()))
             })
             .collect();
+    }
+    opts.cancel.forget();
+    if opts.cancel.is_cancelled() {
+        r.verdict = fail("cancelled".into());
+        r.crashed.clear();
     }
     let t = Instant::now();
     world.stop_all(STOP_GRACE);

@@ -11,7 +11,7 @@ use crate::job::Job;
 use crate::testrun::TestReport;
 
 /// Bumped whenever a frame changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame accepted: a bundle's files travel in frames of their own.
 pub const MAX_FRAME: usize = 512 << 20;
@@ -42,6 +42,8 @@ pub enum Frame {
     Pull,
     /// Coordinator → executor: run this job.
     Run(Job),
+    /// Coordinator → executor: stop this job; its result is no longer wanted.
+    Cancel { job: u64 },
     /// Executor → coordinator: a job ended.
     Done { job: u64, report: Box<TestReport> },
     /// Either way: something went wrong with the link's work; the link ends.
