@@ -7,35 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{faultbox, Scratch};
+use common::{faultbox, root, Out, Scratch};
 
 /// Fleet tests start executors on fixed ports; one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn faultbox_cmd(args: &[&str]) -> Out {
-    let o = Command::new(faultbox())
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    common::faultbox_at(&root(), args)
 }
 
 /// A running `faultbox executor`, killed (and waited for) on drop.

@@ -11,18 +11,7 @@ fn faultbox() -> PathBuf {
     common::faultbox()
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use common::{root, Out};
 
 /// These tests check for leftover processes by name, so they run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -36,17 +25,9 @@ fn test_cmd(args: &[&str]) -> Out {
 
 /// Runs `faultbox <sub> <args>` in `dir`.
 fn faultbox_in(dir: &Path, sub: &str, args: &[&str]) -> Out {
-    let out = Command::new(faultbox())
-        .current_dir(dir)
-        .arg(sub)
-        .args(args)
-        .output()
-        .expect("faultbox runs");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut all = vec![sub];
+    all.extend_from_slice(args);
+    common::faultbox_at(dir, &all)
 }
 
 /// No service process of ours survives a run.

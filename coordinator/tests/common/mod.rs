@@ -220,3 +220,32 @@ pub fn summary(doc: &serde_json::Value) -> Vec<(String, u64, String)> {
         })
         .collect()
 }
+
+/// The workspace root, where specs' relative paths start.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// What a `faultbox` command printed and how it exited.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `faultbox <args>` in `dir`.
+pub fn faultbox_at(dir: &Path, args: &[&str]) -> Out {
+    let out = Command::new(faultbox())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("faultbox runs");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
