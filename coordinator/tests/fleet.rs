@@ -315,6 +315,32 @@ fn strangers_expired_certificates_and_bad_addresses_are_refused() {
     ]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("ghost.pem"), "{}", out.stderr);
+    // Names that would leave the fleet directory.
+    let out = faultbox_cmd(&["fleet", "issue", ours.to_str().unwrap(), "../x"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("\"../x\" is not a valid name"),
+        "{}",
+        out.stderr
+    );
+    let out = faultbox_cmd(&[
+        "executor",
+        "--listen",
+        "127.0.0.1:7726",
+        "--name",
+        "a/b",
+        "--fleet",
+        ours.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("--name \"a/b\""), "{}", out.stderr);
+    let out = faultbox_cmd(&["fleet", "init", ours.to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("already a fleet directory"),
+        "{}",
+        out.stderr
+    );
     // Two executors on one work directory.
     let out = faultbox_cmd(&[
         "executor",
@@ -490,11 +516,7 @@ fn ctrl_c_on_the_coordinator_cancels_remote_jobs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while common::processes_with("echo_svc.py").len() < 2 {
-        assert!(Instant::now() < deadline, "the services did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_processes("echo_svc.py", |n| n >= 2, 20, "the services did not start");
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling the child we started.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -502,14 +524,12 @@ fn ctrl_c_on_the_coordinator_cancels_remote_jobs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     // The executor cancelled the jobs: their services are gone, not a minute later.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !common::processes_with("echo_svc.py").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the remote jobs were not cancelled"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_processes(
+        "echo_svc.py",
+        |n| n == 0,
+        10,
+        "the remote jobs were not cancelled",
+    );
     let tmp = s.0.join("w1").join("tmp");
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::fs::read_dir(&tmp).unwrap().count() > 0 {

@@ -1312,11 +1312,7 @@ fn ctrl_c_cancels_running_jobs_and_cleans_up() {
         .spawn()
         .unwrap();
     // Once both slots have their echo service up, interrupt.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while common::processes_with("echo_svc.py").len() < 2 {
-        assert!(Instant::now() < deadline, "the services did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_processes("echo_svc.py", |n| n >= 2, 20, "the services did not start");
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     // SAFETY: signalling the child we started.

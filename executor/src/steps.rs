@@ -39,21 +39,10 @@ pub fn http(
 /// The result of an HTTP exchange started at `start`: transport failures become
 /// `ok == false` with the error.
 pub fn http_result(outcome: Result<(u16, String), String>, start: Instant) -> StepResult {
-    let duration_ms = start.elapsed().as_millis() as i64;
-    match outcome {
-        Ok((status, body)) => StepResult {
-            status: i64::from(status),
-            body: body.trim().to_string(),
-            ok: true,
-            error: String::new(),
-            duration_ms,
-        },
-        Err(error) => StepResult {
-            error,
-            duration_ms,
-            ..StepResult::default()
-        },
-    }
+    step_result(
+        outcome.map(|(status, body)| (i64::from(status), body.trim().to_string())),
+        start,
+    )
 }
 
 /// A `tcp` step: the reply line as the body, or `ok == false` with the error.
@@ -62,15 +51,21 @@ pub fn tcp(port: u16, data: &str, timeout: Duration) -> StepResult {
     tcp_result(tcp_send(port, data, timeout).and_then(tcp_reply), start)
 }
 
-/// The result of a `tcp` exchange started at `start`.
+/// The result of a `tcp` exchange started at `start`: the reply line as the body.
 pub fn tcp_result(outcome: Result<String, String>, start: Instant) -> StepResult {
+    step_result(outcome.map(|line| (0, line)), start)
+}
+
+/// A step's (status, body), or its transport error, timed from `start`.
+fn step_result(outcome: Result<(i64, String), String>, start: Instant) -> StepResult {
     let duration_ms = start.elapsed().as_millis() as i64;
     match outcome {
-        Ok(body) => StepResult {
+        Ok((status, body)) => StepResult {
+            status,
             body,
             ok: true,
+            error: String::new(),
             duration_ms,
-            ..StepResult::default()
         },
         Err(error) => StepResult {
             error,

@@ -281,12 +281,10 @@ impl Supervisor {
         // The C library's own calls (the loader, /proc, the name-service cache probe)
         // are not part of the order parallel() controls: which thread makes them
         // depends on locks inside the library, not on the service's logic.
-        let system = event
-            .path
-            .as_deref()
-            .is_some_and(crate::engine::is_system_path);
+        let system =
+            |e: &SyscallEvent| e.path.as_deref().is_some_and(crate::engine::is_system_path);
         let event = match &self.holder {
-            Some(h) if !system => match h.hold(Box::new(HeldCall {
+            Some(h) if !system(&event) => match h.hold(Box::new(HeldCall {
                 listener: self.listener.clone(),
                 id: req.id,
                 runtime: self.runtime.clone(),

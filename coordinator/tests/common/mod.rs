@@ -249,3 +249,13 @@ pub fn faultbox_at(dir: &Path, args: &[&str]) -> Out {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// Waits until `count(processes with marker)` satisfies `ok`, failing with `what`
+/// after `secs` seconds.
+pub fn wait_processes(marker: &str, ok: impl Fn(usize) -> bool, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok(processes_with(marker).len()) {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
