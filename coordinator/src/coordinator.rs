@@ -41,8 +41,20 @@ pub struct Plan {
 /// Called with each test's kept runs, in plan order, as soon as all of them are in.
 pub type Emit = Box<dyn FnMut(&TestReport) + Send>;
 
-/// Called after each finished run with (done, total, failed) over the runs that count.
-pub type OnProgress = Box<dyn FnMut(u64, u64, u64) + Send>;
+/// What the progress display is told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Runs that count and are finished, of `total`.
+    pub done: u64,
+    pub total: u64,
+    /// Finished runs that did not pass.
+    pub failed: u64,
+    /// Events received so far, from every run, as they stream in.
+    pub events: u64,
+}
+
+/// Called as runs finish and their events arrive.
+pub type OnProgress = Box<dyn FnMut(Counts) + Send>;
 
 /// A run and the executor that ran it.
 pub struct Ran {
@@ -123,6 +135,10 @@ pub struct CoordinatorState {
     waiting: VecDeque<(String, ActorRef<ExecutorMsg>)>,
     /// Job id → (test, run).
     jobs: HashMap<u64, (usize, usize)>,
+    /// Events streamed so far by each running job.
+    streams: HashMap<u64, Vec<faultbox_spec::world::Event>>,
+    /// Events received in all.
+    events: u64,
     next_job: u64,
     emit: Emit,
     progress: OnProgress,
@@ -187,6 +203,8 @@ impl Actor for Coordinator {
             queue,
             waiting: VecDeque::new(),
             jobs: HashMap::new(),
+            streams: HashMap::new(),
+            events: 0,
             next_job: 0,
             emit: args.emit,
             progress: args.progress,
@@ -212,12 +230,34 @@ impl Actor for Coordinator {
                 state.live.insert(executor.clone());
                 state.waiting.push_back((executor, reply));
             }
+            CoordinatorMsg::Events {
+                job, events, reply, ..
+            } => {
+                state.events += events.len() as u64;
+                if state.jobs.contains_key(&job) {
+                    state.streams.entry(job).or_default().extend(events);
+                }
+                // Taken: the job may send its next batch.
+                let _ = reply.cast(ExecutorMsg::Ack(job));
+                state.report_progress();
+            }
             CoordinatorMsg::Done {
                 executor,
                 job,
-                report,
+                mut report,
+                streamed,
             } => {
+                let events = state.streams.remove(&job).unwrap_or_default();
                 if let Some((t, r)) = state.jobs.remove(&job) {
+                    if events.len() as u64 != streamed {
+                        state.error.get_or_insert(format!(
+                            "executor {executor}: {} of {streamed} streamed events of {} (seed {}) arrived",
+                            events.len(),
+                            report.name,
+                            report.seed
+                        ));
+                    }
+                    report.events = events;
                     state.finished(t, r, report, executor);
                     state.report_progress();
                 }
@@ -368,6 +408,9 @@ impl CoordinatorState {
             }
             !gone
         });
+        // Their events so far are dropped; the reruns stream their own.
+        let jobs = &self.jobs;
+        self.streams.retain(|j, _| jobs.contains_key(j));
         back.sort_unstable();
         for &(t, r) in back.iter().rev() {
             self.tests[t].runs[r].state = RunState::Queued;
@@ -412,7 +455,7 @@ impl CoordinatorState {
         out
     }
 
-    /// (done, total, failed) over the runs that count, to the progress display.
+    /// Runs that count and events so far, to the progress display.
     fn report_progress(&mut self) {
         let (mut done, mut total, mut failed) = (0, 0, 0);
         for test in &self.tests {
@@ -425,7 +468,12 @@ impl CoordinatorState {
                 }
             }
         }
-        (self.progress)(done, total, failed);
+        (self.progress)(Counts {
+            done,
+            total,
+            failed,
+            events: self.events,
+        });
     }
 }
 

@@ -171,11 +171,27 @@ impl Link {
                             break None;
                         }
                     }
-                    Ok(Frame::Done { job, report }) => {
+                    Ok(Frame::Events { job, events }) => {
+                        let events = CoordinatorMsg::Events {
+                            executor: name.clone(),
+                            job,
+                            events,
+                            reply: proxy.clone(),
+                        };
+                        if coordinator.cast(events).is_err() {
+                            break None;
+                        }
+                    }
+                    Ok(Frame::Done {
+                        job,
+                        report,
+                        streamed,
+                    }) => {
                         let done = CoordinatorMsg::Done {
                             executor: name.clone(),
                             job,
                             report,
+                            streamed,
                         };
                         if coordinator.cast(done).is_err() {
                             break None;
@@ -228,6 +244,7 @@ impl Actor for RemoteExecutor {
         let frame = match message {
             ExecutorMsg::Run(job) => Frame::Run(job),
             ExecutorMsg::Cancel(job) => Frame::Cancel { job },
+            ExecutorMsg::Ack(job) => Frame::Ack { job },
             ExecutorMsg::Finished { .. } => return Ok(()),
         };
         if out.send(frame).await.is_err() {

@@ -162,8 +162,7 @@ pub fn run(args: TestArgs) -> i32 {
         }
     });
     let bar = progress.clone();
-    let on_progress: coordinator::OnProgress =
-        Box::new(move |done, total, failed| bar.update(done, total, failed));
+    let on_progress: coordinator::OnProgress = Box::new(move |c| bar.update(c));
     let finished = match remote {
         None => runtime.block_on(run_in_process(
             plan,

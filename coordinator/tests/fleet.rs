@@ -87,7 +87,12 @@ fn summary(stdout: &str) -> Vec<(String, u64, String)> {
 }
 
 fn no_services_left() {
-    for marker in ["debug/inventory", "debug/orders", "echo_svc.py"] {
+    for marker in [
+        "debug/inventory",
+        "debug/orders",
+        "echo_svc.py",
+        "chatty_svc.py",
+    ] {
         assert!(
             common::processes_with(marker).is_empty(),
             "{marker} still running"
@@ -183,6 +188,30 @@ fn two_executors_give_the_same_report_as_one_process() {
         std::fs::read_to_string(&a).unwrap(),
         std::fs::read_to_string(&b).unwrap()
     );
+
+    // A trace longer than a job's window of events in flight streams back whole and
+    // in order: the same normalized trace as in-process.
+    let chatty = "coordinator/tests/specs/chatty.star";
+    let (a, b) = (s.0.join("remote-chatty.norm"), s.0.join("local-chatty.norm"));
+    let remote = faultbox_cmd(&[
+        "test",
+        chatty,
+        "--normalize",
+        a.to_str().unwrap(),
+        "--executors",
+        &executors,
+        "--fleet",
+        fleet_dir,
+    ]);
+    assert_eq!(remote.code, 0, "{}", remote.stderr);
+    let local = faultbox_cmd(&["test", chatty, "--normalize", b.to_str().unwrap()]);
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    let (a, b) = (
+        std::fs::read_to_string(&a).unwrap(),
+        std::fs::read_to_string(&b).unwrap(),
+    );
+    assert!(a.lines().count() > 6000, "{} lines", a.lines().count());
+    assert!(a == b, "the streamed trace differs from the in-process one");
     drop((e1, e2));
     no_services_left();
     // Nothing of a job is left in the executors' work directories.
@@ -508,7 +537,7 @@ fn ctrl_c_on_the_coordinator_cancels_remote_jobs() {
     let dir = s.0.join("fleet");
     fleet(&dir, &["e1"]);
     let e1 = Executor::start(&dir, "e1", 7751, &s.0.join("w1"), "2");
-    let child = Command::new(faultbox())
+    let mut child = Command::new(faultbox())
         .current_dir(root())
         .args(["test", "coordinator/tests/specs/slow.star", "--runs", "4"])
         .args(["--executors", &e1.addr, "--fleet", dir.to_str().unwrap()])
@@ -516,13 +545,43 @@ fn ctrl_c_on_the_coordinator_cancels_remote_jobs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
     common::wait_processes("echo_svc.py", |n| n >= 2, 20, "the services did not start");
-    std::thread::sleep(Duration::from_millis(300));
+    // The events of runs still in flight stream in: a progress line counts them
+    // while no run has finished (each waits a minute on its delay fault).
+    let streamed = |l: &str| -> Option<u64> {
+        let rest = l.strip_prefix("progress: 0/4 runs, ")?;
+        let (before, _) = rest.split_once(" events (")?;
+        before.rsplit(' ').next()?.parse().ok()
+    };
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no progress line with streamed events: {seen:?}"));
+        if streamed(&line).is_some_and(|n| n > 0) {
+            break;
+        }
+        seen.push(line);
+    }
     // SAFETY: signalling the child we started.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let stderr: Vec<String> = lines.try_iter().collect();
+    assert_eq!(status.code(), Some(130), "{stderr:?}");
     // The executor cancelled the jobs: their services are gone, not a minute later.
     common::wait_processes(
         "echo_svc.py",

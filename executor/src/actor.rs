@@ -11,6 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::cancel::Cancel;
 use crate::job::{CoordinatorMsg, ExecutorMsg, Job};
+use crate::stream::EventStream;
 use crate::testrun::{self, TestOptions, TestReport};
 
 /// What an executor needs to run jobs of one spec.
@@ -27,8 +28,8 @@ pub struct Executor;
 
 pub struct ExecutorState {
     args: ExecutorArgs,
-    /// The off switches of the jobs running now.
-    running: HashMap<u64, Arc<Cancel>>,
+    /// The off switches and event streams of the jobs running now.
+    running: HashMap<u64, (Arc<Cancel>, Arc<EventStream>)>,
 }
 
 impl Actor for Executor {
@@ -59,7 +60,7 @@ impl Actor for Executor {
         _myself: ActorRef<ExecutorMsg>,
         state: &mut ExecutorState,
     ) -> Result<(), ActorProcessingErr> {
-        for cancel in state.running.values() {
+        for (cancel, _) in state.running.values() {
             cancel.cancel();
         }
         Ok(())
@@ -74,7 +75,27 @@ impl Actor for Executor {
         match message {
             ExecutorMsg::Run(job) => {
                 let cancel = Arc::new(Cancel::default());
-                state.running.insert(job.id, cancel.clone());
+                let stream = {
+                    let coordinator = state.args.coordinator.clone();
+                    let (executor, id, me) = (state.args.name.clone(), job.id, myself.clone());
+                    EventStream::new(
+                        Box::new(move |events| {
+                            coordinator
+                                .cast(CoordinatorMsg::Events {
+                                    executor: executor.clone(),
+                                    job: id,
+                                    events,
+                                    reply: me.clone(),
+                                })
+                                .is_ok()
+                        }),
+                        cancel.clone(),
+                    )
+                };
+                stream.tick_on(&state.args.runtime);
+                state
+                    .running
+                    .insert(job.id, (cancel.clone(), stream.clone()));
                 let loaded = state.args.loaded.clone();
                 let opts = TestOptions {
                     seed: job.seed,
@@ -83,30 +104,45 @@ impl Actor for Executor {
                     virtual_time: job.virtual_time,
                     order: job.order,
                     cancel,
+                    stream: Some(stream.clone()),
                 };
                 // A test blocks its thread for its whole run; it gets a thread of its own.
                 std::thread::Builder::new()
                     .name(format!("faultbox-job-{}", job.id))
                     .spawn(move || {
-                        let report = run_job(&loaded, &job, opts);
+                        let mut report = run_job(&loaded, &job, opts);
+                        // The events went to the coordinator as they happened.
+                        let streamed = stream.finish();
+                        report.events = Vec::new();
                         let _ = myself.cast(ExecutorMsg::Finished {
                             job: job.id,
                             report: Box::new(report),
+                            streamed,
                         });
                     })?;
             }
             ExecutorMsg::Cancel(job) => {
-                if let Some(c) = state.running.get(&job) {
+                if let Some((c, _)) = state.running.get(&job) {
                     c.cancel();
                 }
             }
-            ExecutorMsg::Finished { job, report } => {
+            ExecutorMsg::Ack(job) => {
+                if let Some((_, s)) = state.running.get(&job) {
+                    s.ack();
+                }
+            }
+            ExecutorMsg::Finished {
+                job,
+                report,
+                streamed,
+            } => {
                 state.running.remove(&job);
                 let coordinator = &state.args.coordinator;
                 coordinator.cast(CoordinatorMsg::Done {
                     executor: state.args.name.clone(),
                     job,
                     report,
+                    streamed,
                 })?;
                 coordinator.cast(CoordinatorMsg::Pull {
                     executor: state.args.name.clone(),

@@ -6,10 +6,12 @@
 //! receive, so causality between steps and the calls they provoke is visible.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use faultbox_spec::world::Event;
+
+use crate::stream::EventStream;
 
 /// The pseudo-service of the test body itself.
 pub const DRIVER: &str = "test";
@@ -17,6 +19,8 @@ pub const DRIVER: &str = "test";
 pub struct EventLog {
     start: Instant,
     inner: Mutex<Inner>,
+    /// Where events also go as they are recorded: a job's stream to its coordinator.
+    tap: Option<Arc<EventStream>>,
 }
 
 #[derive(Default)]
@@ -30,11 +34,20 @@ impl Default for EventLog {
         EventLog {
             start: Instant::now(),
             inner: Mutex::new(Inner::default()),
+            tap: None,
         }
     }
 }
 
 impl EventLog {
+    /// A log whose events are also streamed, in order, as they are recorded.
+    pub fn streaming(tap: Option<Arc<EventStream>>) -> EventLog {
+        EventLog {
+            tap,
+            ..EventLog::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -54,7 +67,7 @@ impl EventLog {
         *clock.entry(service.to_string()).or_default() += 1;
         let vector_clock = clock.clone();
         let seq = inner.events.len() as u64 + 1;
-        inner.events.push(Event {
+        let event = Event {
             seq,
             timestamp_ns,
             service: service.to_string(),
@@ -63,7 +76,16 @@ impl EventLog {
             partition_key,
             fields,
             vector_clock,
-        });
+        };
+        if let Some(tap) = &self.tap {
+            // Under the lock, so the stream's order is the log's.
+            tap.push(event.clone());
+        }
+        inner.events.push(event);
+        drop(inner);
+        if let Some(tap) = &self.tap {
+            tap.wait_for_space();
+        }
         seq
     }
 

@@ -5,6 +5,8 @@
 
 use ractor::ActorRef;
 
+use faultbox_spec::world::Event;
+
 use crate::scheduler::Order;
 use crate::testrun::TestReport;
 
@@ -28,8 +30,14 @@ pub enum ExecutorMsg {
     Run(Job),
     /// Stop this job now: its result is no longer wanted.
     Cancel(u64),
+    /// The coordinator took one batch of this job's events: the next may go.
+    Ack(u64),
     /// A slot's job ended (sent by the executor to itself).
-    Finished { job: u64, report: Box<TestReport> },
+    Finished {
+        job: u64,
+        report: Box<TestReport>,
+        streamed: u64,
+    },
 }
 
 /// What the coordinator is told.
@@ -41,11 +49,21 @@ pub enum CoordinatorMsg {
         executor: String,
         reply: ActorRef<ExecutorMsg>,
     },
-    /// `executor` finished `job`.
+    /// The next batch of `job`'s events, in order, while it runs; answered with
+    /// [`ExecutorMsg::Ack`].
+    Events {
+        executor: String,
+        job: u64,
+        events: Vec<Event>,
+        reply: ActorRef<ExecutorMsg>,
+    },
+    /// `executor` finished `job`. The report carries no events: they came as
+    /// [`CoordinatorMsg::Events`], `streamed` of them.
     Done {
         executor: String,
         job: u64,
         report: Box<TestReport>,
+        streamed: u64,
     },
     /// `executor` is gone: its unfinished jobs must run elsewhere.
     Lost { executor: String },

@@ -16,6 +16,7 @@ pub mod scheduler;
 pub mod server;
 pub mod session;
 pub mod steps;
+pub mod stream;
 pub mod supervisor;
 pub mod testrun;
 pub mod testworld;

@@ -180,6 +180,9 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
             Ok(Frame::Cancel { job }) => {
                 let _ = exec.cast(ExecutorMsg::Cancel(job));
             }
+            Ok(Frame::Ack { job }) => {
+                let _ = exec.cast(ExecutorMsg::Ack(job));
+            }
             Ok(other) => break Err(format!("unexpected frame {other:?}")),
             Err(WireError::Closed) => break Ok(()),
             Err(e) => break Err(e.to_string()),
@@ -254,7 +257,17 @@ impl Actor for LinkProxy {
     ) -> Result<(), ActorProcessingErr> {
         let frame = match message {
             CoordinatorMsg::Pull { .. } => Frame::Pull,
-            CoordinatorMsg::Done { job, report, .. } => Frame::Done { job, report },
+            CoordinatorMsg::Events { job, events, .. } => Frame::Events { job, events },
+            CoordinatorMsg::Done {
+                job,
+                report,
+                streamed,
+                ..
+            } => Frame::Done {
+                job,
+                report,
+                streamed,
+            },
             CoordinatorMsg::Lost { .. } | CoordinatorMsg::Interrupt => return Ok(()),
         };
         if out.send(frame).await.is_err() {

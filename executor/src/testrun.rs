@@ -30,6 +30,8 @@ pub struct TestOptions {
     pub order: crate::scheduler::Order,
     /// Ends the job early from outside.
     pub cancel: Arc<crate::cancel::Cancel>,
+    /// Where the events also go while the test runs.
+    pub stream: Option<Arc<crate::stream::EventStream>>,
 }
 
 /// Where a test's time went, for the overhead benchmark.
@@ -150,6 +152,7 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
         opts.seed,
         opts.virtual_time,
         opts.order,
+        opts.stream.clone(),
     ));
     let mut r = TestReport {
         probe: test.probe,

@@ -185,10 +185,11 @@ impl TestWorld {
         seed: u64,
         virtual_time: bool,
         order: Order,
+        stream: Option<Arc<crate::stream::EventStream>>,
     ) -> TestWorld {
         TestWorld {
             shared: Arc::new(Shared {
-                log: Arc::new(EventLog::default()),
+                log: Arc::new(EventLog::streaming(stream)),
                 ports: Mutex::new(HashMap::new()),
                 hits: Mutex::new(HashMap::new()),
             }),

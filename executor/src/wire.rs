@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::Bundle;
 use crate::job::Job;
 use crate::testrun::TestReport;
+use faultbox_spec::world::Event;
 
 /// Bumped whenever a frame changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame accepted: a bundle's files travel in frames of their own.
 pub const MAX_FRAME: usize = 512 << 20;
@@ -44,8 +45,16 @@ pub enum Frame {
     Run(Job),
     /// Coordinator → executor: stop this job; its result is no longer wanted.
     Cancel { job: u64 },
-    /// Executor → coordinator: a job ended.
-    Done { job: u64, report: Box<TestReport> },
+    /// Executor → coordinator: the next batch of a running job's events.
+    Events { job: u64, events: Vec<Event> },
+    /// Coordinator → executor: one batch of the job's events was taken.
+    Ack { job: u64 },
+    /// Executor → coordinator: a job ended; `streamed` events came before it.
+    Done {
+        job: u64,
+        report: Box<TestReport>,
+        streamed: u64,
+    },
     /// Either way: something went wrong with the link's work; the link ends.
     Error { message: String },
 }
