@@ -296,6 +296,10 @@ impl Supervisor {
             },
             _ => event,
         };
+        // Reported before the call proceeds: whatever the call lets the service do
+        // next (answer a request, say) is then logged after it, and a test that
+        // sees the effect finds the call in its events.
+        self.sink.syscall(event);
         match verdict.decision {
             Decision::Delay(d) if self.vclock.is_some() => {
                 if let Some(c) = &self.vclock {
@@ -313,7 +317,6 @@ impl Supervisor {
             }
             ref other => answer(fd, req.id, other),
         }
-        self.sink.syscall(event);
     }
 }
 
@@ -364,6 +367,15 @@ impl Supervisor {
         if !notify::id_valid(fd, req.id) {
             return;
         }
+        self.sink.syscall(SyscallEvent {
+            pid,
+            name: Arc::from(name),
+            path: None,
+            decision: Decision::Allow,
+            rule: None,
+            label: Some(Arc::from("virtual time")),
+            peer_port: None,
+        });
         match result {
             Some(d) => {
                 clock.advance(d);
@@ -376,15 +388,6 @@ impl Supervisor {
             // Bad pointers and the like: let the kernel give its own answer.
             None => answer(fd, req.id, &Decision::Allow),
         }
-        self.sink.syscall(SyscallEvent {
-            pid,
-            name: Arc::from(name),
-            path: None,
-            decision: Decision::Allow,
-            rule: None,
-            label: Some(Arc::from("virtual time")),
-            peer_port: None,
-        });
     }
 }
 
