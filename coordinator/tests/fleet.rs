@@ -191,8 +191,11 @@ fn two_executors_give_the_same_report_as_one_process() {
 
     // A trace longer than a job's window of events in flight streams back whole and
     // in order: the same normalized trace as in-process.
-    let chatty = "coordinator/tests/specs/chatty.star";
-    let (a, b) = (s.0.join("remote-chatty.norm"), s.0.join("local-chatty.norm"));
+    let chatty = "soak/fleet/chatty.star";
+    let (a, b) = (
+        s.0.join("remote-chatty.norm"),
+        s.0.join("local-chatty.norm"),
+    );
     let remote = faultbox_cmd(&[
         "test",
         chatty,

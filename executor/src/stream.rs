@@ -136,15 +136,19 @@ impl EventStream {
         self.space.notify_all();
     }
 
-    /// Sends partial batches every [`FLUSH_EVERY`] until the stream is closed.
+    /// Sends partial batches every [`FLUSH_EVERY`] until the stream is closed or
+    /// dropped.
     pub fn tick_on(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
-        let me = self.clone();
+        let me = Arc::downgrade(self);
         runtime.spawn(async move {
             let mut every = tokio::time::interval(FLUSH_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while !me.is_closed() {
+            loop {
                 every.tick().await;
-                me.tick();
+                match me.upgrade() {
+                    Some(s) if !s.is_closed() => s.tick(),
+                    _ => break,
+                }
             }
         });
     }
@@ -190,6 +194,26 @@ mod tests {
         assert_eq!(s.finish(), BATCH as u64 + 10);
         let all: Vec<u64> = got.lock().unwrap().concat();
         assert_eq!(all, (1..=BATCH as u64 + 10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_partial_batch_goes_out_without_waiting_for_more() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let (send, got) = capture();
+        let s = EventStream::new(send, Arc::default());
+        s.tick_on(rt.handle());
+        s.push(event(1));
+        let deadline = std::time::Instant::now() + 40 * FLUSH_EVERY;
+        while got.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never sent");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*got.lock().unwrap(), vec![vec![1]]);
+        assert_eq!(s.finish(), 1);
     }
 
     #[test]
