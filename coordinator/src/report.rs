@@ -44,7 +44,45 @@ fn syscall_summary(r: &TestReport) -> Value {
     )
 }
 
-pub fn test_json(spec: &str, r: &TestReport) -> Value {
+/// One run in the JSON document. Events are the bulk of it, so they are written
+/// straight from the report instead of through an intermediate `Value` tree.
+#[derive(serde::Serialize)]
+pub struct TestJson<'a> {
+    #[serde(flatten)]
+    head: Value,
+    events: Vec<EventJson<'a>>,
+}
+
+/// An entry of `tests[]`: a run, or a test outside the shard.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub enum TestEntry<'a> {
+    Ran(TestJson<'a>),
+    Skipped(Value),
+}
+
+/// The whole document: its summary fields and `tests[]`.
+#[derive(serde::Serialize)]
+pub struct Document<'a> {
+    #[serde(flatten)]
+    pub head: Value,
+    pub tests: Vec<TestEntry<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct EventJson<'a> {
+    seq: u64,
+    timestamp: String,
+    service: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    event_type: &'a str,
+    partition_key: &'a str,
+    fields: &'a BTreeMap<String, String>,
+    vector_clock: &'a BTreeMap<String, u64>,
+}
+
+pub fn test_json<'a>(spec: &str, r: &'a TestReport) -> TestJson<'a> {
     let (result, reason, failure_type) = match &r.verdict {
         Verdict::Pass => ("pass", Value::Null, Value::Null),
         Verdict::Fail {
@@ -60,19 +98,25 @@ pub fn test_json(spec: &str, r: &TestReport) -> Value {
                    "errno": f.errno, "delay": f.delay, "label": f.label, "hits": f.hits})
         })
         .collect();
-    let events: Vec<Value> = r
+    let events = r
         .events
         .iter()
         .map(|e| {
             let at = r.started_at + std::time::Duration::from_nanos(e.timestamp_ns);
-            let timestamp = chrono::DateTime::<chrono::Utc>::from(at)
-                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-            json!({"seq": e.seq, "timestamp": timestamp, "service": e.service,
-                   "type": e.kind, "event_type": e.event_type, "partition_key": e.partition_key,
-                   "fields": e.fields, "vector_clock": e.vector_clock})
+            EventJson {
+                seq: e.seq,
+                timestamp: chrono::DateTime::<chrono::Utc>::from(at)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                service: &e.service,
+                kind: &e.kind,
+                event_type: &e.event_type,
+                partition_key: &e.partition_key,
+                fields: &e.fields,
+                vector_clock: &e.vector_clock,
+            }
         })
         .collect();
-    json!({
+    let head = json!({
         "name": r.name,
         "result": result,
         "reason": reason,
@@ -84,7 +128,6 @@ pub fn test_json(spec: &str, r: &TestReport) -> Value {
         "faults": faults,
         "syscall_summary": syscall_summary(r),
         "diagnostics": crate::diagnostics::diagnose(r).iter().map(|d| d.to_json()).collect::<Vec<_>>(),
-        "events": events,
         "interleaving": match r.order {
             Some(faultbox_executor::scheduler::Order::Nth(n)) if r.explored.is_some() => json!(n),
             _ => Value::Null,
@@ -97,7 +140,8 @@ pub fn test_json(spec: &str, r: &TestReport) -> Value {
             "body": ms(r.timings.body),
             "stop": ms(r.timings.stop),
         },
-    })
+    });
+    TestJson { head, events }
 }
 
 fn ms(d: std::time::Duration) -> f64 {

@@ -196,29 +196,36 @@ pub fn run(args: TestArgs) -> i32 {
     };
     let shard = args.partition.map(|p| p.to_string()).unwrap_or_default();
     let skip_reason = |_: &str| format!("outside shard {shard}");
+    let (reports, executors): (Vec<TestReport>, Vec<String>) =
+        ran.into_iter().map(|r| (r.report, r.executor)).unzip();
+    // The JSON document is built only when it goes somewhere: with every event of
+    // every run, it is the largest thing a run makes.
+    let want_json = args.format.as_deref() == Some("json") || args.output.is_some();
     // Every run in plan order, with the skipped tests where they stand in the spec.
     let mut entries: Vec<junit::Entry<'_>> = Vec::new();
-    let mut results: Vec<serde_json::Value> = Vec::new();
+    let mut results: Vec<report::TestEntry<'_>> = Vec::new();
     for test in &loaded.spec.tests {
         if skipped.contains(&test.name) {
-            results.push(
+            results.push(report::TestEntry::Skipped(
                 json!({"name": test.name, "result": "skip", "reason": skip_reason(&test.name)}),
-            );
+            ));
             entries.push(junit::Entry::Skipped {
                 name: &test.name,
                 why: skip_reason(&test.name),
             });
             continue;
         }
-        for r in ran.iter().filter(|r| r.report.name == test.name) {
-            results.push(report::test_json(&spec_arg, &r.report));
-            entries.push(junit::Entry::Ran {
-                report: &r.report,
-                executor: &r.executor,
-            });
+        for (report, executor) in reports
+            .iter()
+            .zip(&executors)
+            .filter(|(r, _)| r.name == test.name)
+        {
+            if want_json {
+                results.push(report::TestEntry::Ran(report::test_json(&spec_arg, report)));
+            }
+            entries.push(junit::Entry::Ran { report, executor });
         }
     }
-    let reports: Vec<TestReport> = ran.iter().map(|r| r.report.clone()).collect();
     let failed = reports
         .iter()
         .filter(|r| r.verdict != Verdict::Pass)
@@ -234,18 +241,29 @@ pub fn run(args: TestArgs) -> i32 {
             skipped.len()
         );
     }
-    let mut doc = json!({
+    let mut head = json!({
         "version": 1,
         "star_file": spec_arg,
         "duration_ms": suite_start.elapsed().as_millis() as u64,
         "pass": passed,
         "fail": failed,
         "skip": skipped.len(),
-        "tests": results,
     });
     if let Some(m) = matrix_json {
-        doc["matrix"] = m;
+        head["matrix"] = m;
     }
+    let doc = if want_json {
+        let doc = report::Document {
+            head,
+            tests: results,
+        };
+        match serde_json::to_string(&doc) {
+            Ok(d) => d,
+            Err(e) => return error(format!("writing the JSON results: {e}")),
+        }
+    } else {
+        String::new()
+    };
     if args.format.as_deref() == Some("json") {
         println!("{doc}");
     }
