@@ -265,7 +265,15 @@ pub fn run(args: TestArgs) -> i32 {
         String::new()
     };
     if args.format.as_deref() == Some("json") {
-        println!("{doc}");
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        match writeln!(out, "{doc}").and_then(|()| out.flush()) {
+            // The reader went away (`| head`): what it wanted it has; the files and
+            // the exit code still follow.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => return error(format!("writing the JSON results to stdout: {e}")),
+            Ok(()) => {}
+        }
     }
     let files = [
         (&args.shiviz, "--shiviz", crate::shiviz::shiviz(&reports)),

@@ -1255,6 +1255,30 @@ fn partitions_shard_the_tests_and_junit_lists_every_run() {
 }
 
 #[test]
+fn a_closed_stdout_does_not_crash_the_json_output() {
+    // `faultbox test --format json | head`: the reader is gone before the JSON comes.
+    let mut child = Command::new(faultbox())
+        .current_dir(root())
+        .args([
+            "test",
+            "coordinator/tests/specs/seeds.star",
+            "--test",
+            "always",
+            "--format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn progress_is_a_bar_on_a_terminal_and_lines_otherwise() {
     // On a terminal (through script(1)): the bar, and the summary.
     let cmd = format!(
