@@ -1257,6 +1257,7 @@ fn partitions_shard_the_tests_and_junit_lists_every_run() {
 #[test]
 fn a_closed_stdout_does_not_crash_the_json_output() {
     // `faultbox test --format json | head`: the reader is gone before the JSON comes.
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut child = Command::new(faultbox())
         .current_dir(root())
         .args([
@@ -1276,6 +1277,7 @@ fn a_closed_stdout_does_not_crash_the_json_output() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_no_services_left();
 }
 
 #[test]
