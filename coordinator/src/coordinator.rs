@@ -109,6 +109,10 @@ struct TestPlan {
     first_fail: Option<usize>,
     /// Under `--explore=all`, whether the first run has told how many orderings exist.
     expanded: bool,
+    /// Finished runs among the kept ones, and how many of them failed: kept up to
+    /// date so that a message costs the same with 10 runs as with 10,000.
+    done: usize,
+    failed: usize,
 }
 
 impl TestPlan {
@@ -118,10 +122,20 @@ impl TestPlan {
     }
 
     fn complete(&self) -> bool {
-        self.expanded
-            && self.runs[..self.kept()]
-                .iter()
-                .all(|r| matches!(r.state, RunState::Done { .. }))
+        self.expanded && self.done == self.kept()
+    }
+
+    /// Counts the finished runs again, after the kept ones changed.
+    fn recount(&mut self) {
+        let kept = self.kept();
+        let (mut done, mut failed) = (0, 0);
+        for run in &self.runs[..kept] {
+            if let RunState::Done { report, .. } = &run.state {
+                done += 1;
+                failed += usize::from(report.verdict != Verdict::Pass);
+            }
+        }
+        (self.done, self.failed) = (done, failed);
     }
 }
 
@@ -137,8 +151,8 @@ pub struct CoordinatorState {
     jobs: HashMap<u64, (usize, usize)>,
     /// Events streamed so far by each running job.
     streams: HashMap<u64, Vec<faultbox_spec::world::Event>>,
-    /// Events received in all.
-    events: u64,
+    /// What the progress display was last told.
+    counts: Counts,
     next_job: u64,
     emit: Emit,
     progress: OnProgress,
@@ -188,6 +202,8 @@ impl Actor for Coordinator {
                     runs,
                     first_fail: None,
                     expanded: plan.explore != Explore::All,
+                    done: 0,
+                    failed: 0,
                 }
             })
             .collect();
@@ -204,7 +220,7 @@ impl Actor for Coordinator {
             waiting: VecDeque::new(),
             jobs: HashMap::new(),
             streams: HashMap::new(),
-            events: 0,
+            counts: Counts::default(),
             next_job: 0,
             emit: args.emit,
             progress: args.progress,
@@ -233,13 +249,14 @@ impl Actor for Coordinator {
             CoordinatorMsg::Events {
                 job, events, reply, ..
             } => {
-                state.events += events.len() as u64;
+                state.counts.events += events.len() as u64;
                 if state.jobs.contains_key(&job) {
                     state.streams.entry(job).or_default().extend(events);
                 }
                 // Taken: the job may send its next batch.
                 let _ = reply.cast(ExecutorMsg::Ack(job));
-                state.report_progress();
+                // Only the event count moved: no need to recount the runs.
+                (state.progress)(state.counts);
             }
             CoordinatorMsg::Done {
                 executor,
@@ -344,8 +361,13 @@ impl CoordinatorState {
         }
         let test = &mut self.tests[t];
         test.runs[r].state = RunState::Done { report, executor };
+        if r < test.kept() {
+            test.done += 1;
+            test.failed += usize::from(failed);
+        }
         if failed && test.first_fail.is_none_or(|f| r < f) {
             test.first_fail = Some(r);
+            test.recount();
             // Later seeds already running are not wanted any more.
             for run in &test.runs[r + 1..] {
                 if let RunState::Running { job, slot, .. } = &run.state {
@@ -459,21 +481,17 @@ impl CoordinatorState {
     fn report_progress(&mut self) {
         let (mut done, mut total, mut failed) = (0, 0, 0);
         for test in &self.tests {
-            let kept = test.kept();
-            total += kept as u64;
-            for run in &test.runs[..kept] {
-                if let RunState::Done { report, .. } = &run.state {
-                    done += 1;
-                    failed += u64::from(report.verdict != Verdict::Pass);
-                }
-            }
+            total += test.kept() as u64;
+            done += test.done as u64;
+            failed += test.failed as u64;
         }
-        (self.progress)(Counts {
+        self.counts = Counts {
             done,
             total,
             failed,
-            events: self.events,
-        });
+            events: self.counts.events,
+        };
+        (self.progress)(self.counts);
     }
 }
 
@@ -518,4 +536,145 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// An executor whose jobs end at once: the (test, seed) pairs in `failing` fail,
+    /// the others pass; each streams `events` events before its result.
+    struct InstantExecutor;
+
+    struct InstantArgs {
+        coordinator: ActorRef<CoordinatorMsg>,
+        slots: usize,
+        failing: Vec<(&'static str, u64)>,
+        events: u64,
+    }
+
+    impl Actor for InstantExecutor {
+        type Msg = ExecutorMsg;
+        type State = InstantArgs;
+        type Arguments = InstantArgs;
+
+        async fn pre_start(
+            &self,
+            myself: ActorRef<ExecutorMsg>,
+            args: InstantArgs,
+        ) -> Result<InstantArgs, ActorProcessingErr> {
+            for _ in 0..args.slots {
+                args.coordinator.cast(CoordinatorMsg::Pull {
+                    executor: "instant".into(),
+                    reply: myself.clone(),
+                })?;
+            }
+            Ok(args)
+        }
+
+        async fn handle(
+            &self,
+            myself: ActorRef<ExecutorMsg>,
+            message: ExecutorMsg,
+            s: &mut InstantArgs,
+        ) -> Result<(), ActorProcessingErr> {
+            let ExecutorMsg::Run(job) = message else {
+                return Ok(());
+            };
+            let events = (1..=s.events)
+                .map(|seq| faultbox_spec::world::Event {
+                    seq,
+                    timestamp_ns: 0,
+                    service: "svc".into(),
+                    kind: "syscall".into(),
+                    event_type: "syscall.write".into(),
+                    partition_key: String::new(),
+                    fields: Default::default(),
+                    vector_clock: Default::default(),
+                })
+                .collect();
+            s.coordinator.cast(CoordinatorMsg::Events {
+                executor: "instant".into(),
+                job: job.id,
+                events,
+                reply: myself.clone(),
+            })?;
+            let verdict = if s.failing.contains(&(job.test.as_str(), job.seed)) {
+                Verdict::Fail {
+                    reason: "seeded".into(),
+                    failure_type: faultbox_spec::run::FailureType::Assertion,
+                }
+            } else {
+                Verdict::Pass
+            };
+            s.coordinator.cast(CoordinatorMsg::Done {
+                executor: "instant".into(),
+                job: job.id,
+                report: Box::new(TestReport::empty(job.test, job.seed, verdict)),
+                streamed: s.events,
+            })?;
+            s.coordinator.cast(CoordinatorMsg::Pull {
+                executor: "instant".into(),
+                reply: myself,
+            })?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn runs_merge_in_plan_order_and_stop_at_the_first_failure() {
+        let rt = runtime().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s2, last) = (seen.clone(), Arc::new(Mutex::new(Counts::default())));
+        let l2 = last.clone();
+        let finished = rt.block_on(async move {
+            let plan = Plan {
+                tests: vec!["test_a".into(), "test_b".into()],
+                seeds: (0..20000).collect(),
+                explore: Explore::Seeds,
+                virtual_time: false,
+                executors: vec!["instant".into()],
+            };
+            let emit: Emit = Box::new(move |r| s2.lock().unwrap().push((r.name.clone(), r.seed)));
+            let progress: OnProgress = Box::new(move |c| *l2.lock().unwrap() = c);
+            let (coord, handle, done) = start(plan, emit, progress).await.unwrap();
+            let (exec, exec_handle) = Actor::spawn(
+                None,
+                InstantExecutor,
+                InstantArgs {
+                    coordinator: coord,
+                    slots: 3,
+                    failing: vec![("test_a", 7), ("test_a", 9)],
+                    events: 5,
+                },
+            )
+            .await
+            .unwrap();
+            let finished = done.await.unwrap();
+            let _ = handle.await;
+            exec.stop(None);
+            let _ = exec_handle.await;
+            finished
+        });
+        let Finished::Reports(ran) = finished else {
+            panic!("the run did not end with reports");
+        };
+        // test_a stops at seed 7 (seed 9, running beside it, is dropped); test_b runs
+        // every seed. Plan order throughout.
+        let expect: Vec<(String, u64)> = (0..=7)
+            .map(|s| ("test_a".to_string(), s))
+            .chain((0..20000).map(|s| ("test_b".to_string(), s)))
+            .collect();
+        let got: Vec<(String, u64)> = ran
+            .iter()
+            .map(|r| (r.report.name.clone(), r.report.seed))
+            .collect();
+        assert_eq!(got, expect);
+        assert_eq!(*seen.lock().unwrap(), expect);
+        assert!(ran.iter().all(|r| r.report.events.len() == 5));
+        let c = *last.lock().unwrap();
+        assert_eq!((c.done, c.total, c.failed), (20008, 20008, 1));
+        assert!(c.events >= 20008 * 5, "{c:?}");
+    }
 }
