@@ -151,8 +151,8 @@ pub struct CoordinatorState {
     jobs: HashMap<u64, (usize, usize)>,
     /// Events streamed so far by each running job.
     streams: HashMap<u64, Vec<faultbox_spec::world::Event>>,
-    /// What the progress display was last told.
-    counts: Counts,
+    /// Events received in all.
+    events: u64,
     next_job: u64,
     emit: Emit,
     progress: OnProgress,
@@ -220,7 +220,7 @@ impl Actor for Coordinator {
             waiting: VecDeque::new(),
             jobs: HashMap::new(),
             streams: HashMap::new(),
-            counts: Counts::default(),
+            events: 0,
             next_job: 0,
             emit: args.emit,
             progress: args.progress,
@@ -231,6 +231,7 @@ impl Actor for Coordinator {
             interrupted: false,
             done: Some(args.done),
         };
+        state.report_progress();
         state.settle(&myself);
         Ok(state)
     }
@@ -249,14 +250,13 @@ impl Actor for Coordinator {
             CoordinatorMsg::Events {
                 job, events, reply, ..
             } => {
-                state.counts.events += events.len() as u64;
+                state.events += events.len() as u64;
                 if state.jobs.contains_key(&job) {
                     state.streams.entry(job).or_default().extend(events);
                 }
                 // Taken: the job may send its next batch.
                 let _ = reply.cast(ExecutorMsg::Ack(job));
-                // Only the event count moved: no need to recount the runs.
-                (state.progress)(state.counts);
+                state.report_progress();
             }
             CoordinatorMsg::Done {
                 executor,
@@ -477,7 +477,8 @@ impl CoordinatorState {
         out
     }
 
-    /// Runs that count and events so far, to the progress display.
+    /// Runs that count and events so far, to the progress display. Costs one step
+    /// per test, not per run.
     fn report_progress(&mut self) {
         let (mut done, mut total, mut failed) = (0, 0, 0);
         for test in &self.tests {
@@ -485,13 +486,12 @@ impl CoordinatorState {
             done += test.done as u64;
             failed += test.failed as u64;
         }
-        self.counts = Counts {
+        (self.progress)(Counts {
             done,
             total,
             failed,
-            events: self.counts.events,
-        };
-        (self.progress)(self.counts);
+            events: self.events,
+        });
     }
 }
 
@@ -626,8 +626,8 @@ mod tests {
     fn runs_merge_in_plan_order_and_stop_at_the_first_failure() {
         let rt = runtime().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (s2, last) = (seen.clone(), Arc::new(Mutex::new(Counts::default())));
-        let l2 = last.clone();
+        let (s2, told) = (seen.clone(), Arc::new(Mutex::new(Vec::<Counts>::new())));
+        let l2 = told.clone();
         let finished = rt.block_on(async move {
             let plan = Plan {
                 tests: vec!["test_a".into(), "test_b".into()],
@@ -637,7 +637,7 @@ mod tests {
                 executors: vec!["instant".into()],
             };
             let emit: Emit = Box::new(move |r| s2.lock().unwrap().push((r.name.clone(), r.seed)));
-            let progress: OnProgress = Box::new(move |c| *l2.lock().unwrap() = c);
+            let progress: OnProgress = Box::new(move |c| l2.lock().unwrap().push(c));
             let (coord, handle, done) = start(plan, emit, progress).await.unwrap();
             let (exec, exec_handle) = Actor::spawn(
                 None,
@@ -673,7 +673,10 @@ mod tests {
         assert_eq!(got, expect);
         assert_eq!(*seen.lock().unwrap(), expect);
         assert!(ran.iter().all(|r| r.report.events.len() == 5));
-        let c = *last.lock().unwrap();
+        // Every update, events included, counts against the whole plan.
+        let told = told.lock().unwrap();
+        assert!(told.iter().all(|c| c.total >= 20008 && c.done <= c.total));
+        let c = *told.last().unwrap();
         assert_eq!((c.done, c.total, c.failed), (20008, 20008, 1));
         assert!(c.events >= 20008 * 5, "{c:?}");
     }
