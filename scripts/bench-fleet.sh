@@ -78,12 +78,12 @@ PY
 echo "bench-fleet: $runs trivial runs, $chatty_runs event-heavy runs, $io_runs I/O-bound runs" >&2
 local_s=$(timed "$tmp/local.json" --test trivial --runs "$runs" --slots 4)
 spec=soak/fleet/chatty.star
-chatty_local_s=$(timed "$tmp/chatty-local.json" --runs "$chatty_runs" --slots 4)
+chatty_local_s=$(timed "$tmp/chatty-local.json" --test many_writes --runs "$chatty_runs" --slots 4)
 spec=soak/fleet/bench.star
 start_executors 4 1
 fleet_s=$(timed "$tmp/fleet.json" --test trivial --runs "$runs" --executors "$addrs" --fleet "$tmp/fleet")
 spec=soak/fleet/chatty.star
-chatty_fleet_s=$(timed "$tmp/chatty-fleet.json" --runs "$chatty_runs" --executors "$addrs" --fleet "$tmp/fleet")
+chatty_fleet_s=$(timed "$tmp/chatty-fleet.json" --test many_writes --runs "$chatty_runs" --executors "$addrs" --fleet "$tmp/fleet")
 spec=soak/fleet/bench.star
 start_executors 1 1
 io1_s=$(timed "$tmp/io1.json" --test io_bound --runs "$io_runs" --executors "$addrs" --fleet "$tmp/fleet")

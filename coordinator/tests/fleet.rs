@@ -199,6 +199,8 @@ fn two_executors_give_the_same_report_as_one_process() {
     let remote = faultbox_cmd(&[
         "test",
         chatty,
+        "--test",
+        "many_writes",
         "--normalize",
         a.to_str().unwrap(),
         "--executors",
@@ -207,7 +209,14 @@ fn two_executors_give_the_same_report_as_one_process() {
         fleet_dir,
     ]);
     assert_eq!(remote.code, 0, "{}", remote.stderr);
-    let local = faultbox_cmd(&["test", chatty, "--normalize", b.to_str().unwrap()]);
+    let local = faultbox_cmd(&[
+        "test",
+        chatty,
+        "--test",
+        "many_writes",
+        "--normalize",
+        b.to_str().unwrap(),
+    ]);
     assert_eq!(local.code, 0, "{}", local.stderr);
     let (a, b) = (
         std::fs::read_to_string(&a).unwrap(),
@@ -603,4 +612,64 @@ fn ctrl_c_on_the_coordinator_cancels_remote_jobs() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(e1);
+}
+
+#[test]
+fn a_paused_coordinator_holds_the_jobs_back_and_loses_no_event() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("fleet-backpressure");
+    let dir = s.0.join("fleet");
+    fleet(&dir, &["e1"]);
+    let e1 = Executor::start(&dir, "e1", 7761, &s.0.join("w1"), "1");
+    let child = Command::new(faultbox())
+        .current_dir(root())
+        .args(["test", "soak/fleet/chatty.star", "--test", "long_burst"])
+        .args(["--format", "json", "--executors", &e1.addr])
+        .args(["--fleet", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    common::wait_processes("chatty_svc.py", |n| n >= 1, 20, "the service did not start");
+    // The burst of 60,000 writes is under way: stop taking events for 2 s (less than
+    // the links' 5 s idle timeout), then go on.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let events = doc["tests"][0]["events"].as_array().unwrap();
+    let writes: Vec<i64> = events
+        .iter()
+        .filter(|e| e["event_type"] == "syscall.write" && e["service"] == "chatty")
+        .map(|e| {
+            chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap())
+                .unwrap()
+                .timestamp_nanos_opt()
+                .unwrap()
+        })
+        .collect();
+    // Every event arrived, in order...
+    assert!(writes.len() >= 60_000, "{} writes", writes.len());
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "events out of order"
+    );
+    // ...and while nobody took them, the service was held: its writes stopped for
+    // most of the pause instead of piling up on the executor.
+    let gap = writes.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        gap >= 1_000_000_000,
+        "the longest pause between writes was {} ms",
+        gap / 1_000_000
+    );
+    drop(e1);
+    no_services_left();
 }
