@@ -544,7 +544,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     /// An executor whose jobs end at once: the (test, seed) pairs in `failing` fail,
-    /// the others pass; each streams `events` events before its result.
+    /// the others pass; each streams `events` events before its result, which says
+    /// `claimed` were streamed.
     struct InstantExecutor;
 
     struct InstantArgs {
@@ -552,6 +553,8 @@ mod tests {
         slots: usize,
         failing: Vec<(&'static str, u64)>,
         events: u64,
+        /// How many events each result says were streamed.
+        claimed: u64,
     }
 
     impl Actor for InstantExecutor {
@@ -612,7 +615,7 @@ mod tests {
                 executor: "instant".into(),
                 job: job.id,
                 report: Box::new(TestReport::empty(job.test, job.seed, verdict)),
-                streamed: s.events,
+                streamed: s.claimed,
             })?;
             s.coordinator.cast(CoordinatorMsg::Pull {
                 executor: "instant".into(),
@@ -622,16 +625,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn runs_merge_in_plan_order_and_stop_at_the_first_failure() {
+    /// What a plan run against an [`InstantExecutor`] gave: how it ended, the runs
+    /// emitted, and every progress update.
+    type Outcome = (Finished, Vec<(String, u64)>, Vec<Counts>);
+
+    fn run_plan(seeds: u64, failing: Vec<(&'static str, u64)>, claimed: u64) -> Outcome {
         let rt = runtime().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (s2, told) = (seen.clone(), Arc::new(Mutex::new(Vec::<Counts>::new())));
-        let l2 = told.clone();
+        let told = Arc::new(Mutex::new(Vec::<Counts>::new()));
+        let (s2, l2) = (seen.clone(), told.clone());
         let finished = rt.block_on(async move {
             let plan = Plan {
                 tests: vec!["test_a".into(), "test_b".into()],
-                seeds: (0..20000).collect(),
+                seeds: (0..seeds).collect(),
                 explore: Explore::Seeds,
                 virtual_time: false,
                 executors: vec!["instant".into()],
@@ -645,8 +651,9 @@ mod tests {
                 InstantArgs {
                     coordinator: coord,
                     slots: 3,
-                    failing: vec![("test_a", 7), ("test_a", 9)],
+                    failing,
                     events: 5,
+                    claimed,
                 },
             )
             .await
@@ -657,6 +664,14 @@ mod tests {
             let _ = exec_handle.await;
             finished
         });
+        let seen = seen.lock().unwrap().clone();
+        let told = told.lock().unwrap().clone();
+        (finished, seen, told)
+    }
+
+    #[test]
+    fn runs_merge_in_plan_order_and_stop_at_the_first_failure() {
+        let (finished, seen, told) = run_plan(20000, vec![("test_a", 7), ("test_a", 9)], 5);
         let Finished::Reports(ran) = finished else {
             panic!("the run did not end with reports");
         };
@@ -671,13 +686,24 @@ mod tests {
             .map(|r| (r.report.name.clone(), r.report.seed))
             .collect();
         assert_eq!(got, expect);
-        assert_eq!(*seen.lock().unwrap(), expect);
+        assert_eq!(seen, expect);
         assert!(ran.iter().all(|r| r.report.events.len() == 5));
         // Every update, events included, counts against the whole plan.
-        let told = told.lock().unwrap();
         assert!(told.iter().all(|c| c.total >= 20008 && c.done <= c.total));
         let c = *told.last().unwrap();
         assert_eq!((c.done, c.total, c.failed), (20008, 20008, 1));
         assert!(c.events >= 20008 * 5, "{c:?}");
+    }
+
+    #[test]
+    fn a_result_claiming_events_that_never_came_ends_the_run_with_an_error() {
+        let (finished, _, _) = run_plan(3, Vec::new(), 6);
+        let Finished::Error(e) = finished else {
+            panic!("the run did not end with an error");
+        };
+        assert!(
+            e.contains("executor instant: 5 of 6 streamed events of test_a (seed 0) arrived"),
+            "{e}"
+        );
     }
 }

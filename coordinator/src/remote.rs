@@ -75,7 +75,7 @@ pub async fn connect(
                 (name, slots)
             }
             Frame::Refused { reason } => return Err(format!("refused the link: {reason}")),
-            other => return Err(format!("answered {other:?} to Hello")),
+            other => return Err(format!("answered {} to Hello", other.kind())),
         };
         Ok::<_, String>((conn, tx, rx, name, slots))
     };
@@ -94,7 +94,7 @@ pub async fn connect(
     let need = match wire::recv(&mut rx).await.map_err(|e| fail(e.to_string()))? {
         Frame::Need { hashes } => hashes,
         Frame::Error { message } => return Err(fail(message)),
-        other => return Err(fail(format!("answered {other:?} to the bundle"))),
+        other => return Err(fail(format!("answered {} to the bundle", other.kind()))),
     };
     for hash in &need {
         let path = sources
@@ -114,7 +114,12 @@ pub async fn connect(
     match wire::recv(&mut rx).await.map_err(|e| fail(e.to_string()))? {
         Frame::Ready => {}
         Frame::Error { message } => return Err(fail(message)),
-        other => return Err(fail(format!("answered {other:?} to the bundle's files"))),
+        other => {
+            return Err(fail(format!(
+                "answered {} to the bundle's files",
+                other.kind()
+            )))
+        }
     }
     tracing::info!(%addr, executor = %name, slots, shipped = need.len(), "executor linked");
     Ok(Link {
@@ -197,7 +202,7 @@ impl Link {
                             break None;
                         }
                     }
-                    Ok(other) => break Some(format!("unexpected frame {other:?}")),
+                    Ok(other) => break Some(format!("unexpected frame {}", other.kind())),
                     Err(e) => break Some(e.to_string()),
                 }
             };

@@ -517,14 +517,29 @@ fn wrong_versions_and_malformed_frames_end_only_their_link() {
         tx1.write_all(&[0, 0, 0, 5, 0xc1, 0xff, 0x00, 0x13, 0x37])
             .await
             .unwrap();
+        // A valid frame out of turn (an acknowledgement where the bundle's offer
+        // belongs): named in the log, not dumped.
+        let (c3, mut tx3, mut rx3) = dial().await;
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            name: "coordinator".into(),
+            slots: 0,
+        };
+        wire::send(&mut tx3, &hello).await.unwrap();
+        assert!(matches!(
+            wire::recv(&mut rx3).await.unwrap(),
+            Frame::Hello { .. }
+        ));
+        wire::send(&mut tx3, &Frame::Ack { job: 7 }).await.unwrap();
         // A frame claiming to be larger than any frame may be.
         let (c2, mut tx2, _) = dial().await;
         tx2.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-        (endpoint.clone(), vec![(c1, tx1), (c2, tx2)])
+        (endpoint.clone(), vec![(c1, tx1), (c2, tx2), (c3, tx3)])
     });
     e1.wait_for("protocol version mismatch");
     e1.wait_for("a malformed frame");
     e1.wait_for("larger than the limit");
+    e1.wait_for("expected the bundle's offer, got Ack");
     // Still serving.
     let out = faultbox_cmd(&[
         "test",

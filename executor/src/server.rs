@@ -96,7 +96,7 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
     let (mut tx, mut rx) = conn.accept_bi().await.map_err(|e| e.to_string())?;
     let hello = wire::recv(&mut rx).await.map_err(|e| e.to_string())?;
     let Frame::Hello { version, .. } = hello else {
-        return Err("the first frame was not a Hello".into());
+        return Err(format!("the first frame was {}, not Hello", hello.kind()));
     };
     if let Err(reason) = wire::check_version(version) {
         let _ = wire::send(
@@ -183,7 +183,7 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
             Ok(Frame::Ack { job }) => {
                 let _ = exec.cast(ExecutorMsg::Ack(job));
             }
-            Ok(other) => break Err(format!("unexpected frame {other:?}")),
+            Ok(other) => break Err(format!("unexpected frame {}", other.kind())),
             Err(WireError::Closed) => break Ok(()),
             Err(e) => break Err(e.to_string()),
         }
@@ -203,8 +203,9 @@ async fn receive_bundle(
     rx: &mut quinn::RecvStream,
     store: &Store,
 ) -> Result<PathBuf, String> {
-    let Frame::Offer(bundle) = wire::recv(rx).await.map_err(|e| e.to_string())? else {
-        return Err("expected the bundle's offer".into());
+    let bundle = match wire::recv(rx).await.map_err(|e| e.to_string())? {
+        Frame::Offer(bundle) => bundle,
+        other => return Err(format!("expected the bundle's offer, got {}", other.kind())),
     };
     let missing = store.missing(&bundle).map_err(|e| e.to_string())?;
     tracing::info!(
@@ -226,7 +227,12 @@ async fn receive_bundle(
             Frame::Blob { hash, bytes } if missing.contains(&hash) => {
                 store.put(&hash, &bytes).map_err(|e| e.to_string())?;
             }
-            other => return Err(format!("expected a file of the bundle, got {other:?}")),
+            other => {
+                return Err(format!(
+                    "expected a file of the bundle, got {}",
+                    other.kind()
+                ))
+            }
         }
     }
     store.unpack(&bundle).map_err(|e| e.to_string())

@@ -59,6 +59,27 @@ pub enum Frame {
     Error { message: String },
 }
 
+impl Frame {
+    /// The frame's name, for errors: a frame's contents can be a whole trace.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Refused { .. } => "Refused",
+            Frame::Offer(_) => "Offer",
+            Frame::Need { .. } => "Need",
+            Frame::Blob { .. } => "Blob",
+            Frame::Ready => "Ready",
+            Frame::Pull => "Pull",
+            Frame::Run(_) => "Run",
+            Frame::Cancel { .. } => "Cancel",
+            Frame::Events { .. } => "Events",
+            Frame::Ack { .. } => "Ack",
+            Frame::Done { .. } => "Done",
+            Frame::Error { .. } => "Error",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("the link closed")]
@@ -151,6 +172,17 @@ mod tests {
             e.contains(&format!("{}", PROTOCOL_VERSION + 1))
                 && e.contains(&PROTOCOL_VERSION.to_string())
         );
+    }
+
+    #[test]
+    fn kinds_name_frames_without_their_contents() {
+        let events = Frame::Events {
+            job: 1,
+            events: Vec::new(),
+        };
+        assert_eq!(events.kind(), "Events");
+        assert_eq!(Frame::Ack { job: 1 }.kind(), "Ack");
+        assert_eq!(Frame::Pull.kind(), "Pull");
     }
 
     proptest! {
