@@ -189,7 +189,7 @@ add strace_pinned "strace inject EPERM, pinned CPU 0 (taskset)" "$S" taskset -c 
 # --- measurement --------------------------------------------------------------
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/faultbox-bench.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+trap 'rm -rf "$tmp" /tmp/faultbox-bench-file' EXIT
 
 # Runs one configuration once and prints its ns_per_call (called in a
 # command substitution, so it must not touch the caller's variables).
