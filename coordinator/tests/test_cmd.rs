@@ -1357,3 +1357,68 @@ fn ctrl_c_cancels_running_jobs_and_cleans_up() {
     );
     assert_no_services_left();
 }
+
+/// Runs `faultbox <sub> <args>` in `dir`, one run at a time, and checks that nothing
+/// of the run is left behind.
+fn serial_in(dir: &Path, sub: &str, args: &[&str]) -> Out {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let o = faultbox_in(dir, sub, args);
+    assert_no_services_left();
+    o
+}
+
+/// The form every example uses: the spec's bare file name, from the spec's own folder.
+#[test]
+fn a_bare_spec_name_works_from_its_folder() {
+    let examples = root().join("examples");
+    let out = serial_in(
+        &examples,
+        "test",
+        &["faultbox.star", "--test", "happy_path", "--format", "json"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(json(&out)["pass"], 1);
+    let dry = serial_in(&examples, "test", &["faultbox.star", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(dry.stdout.contains("Dry-run: loaded faultbox.star"));
+
+    // generate, then run what it wrote, from a copy whose binaries are where
+    // common.star says (../target/debug/).
+    let scratch = common::Scratch::new("bare-name");
+    let folder = scratch.0.join("examples");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::os::unix::fs::symlink(root().join("target"), scratch.0.join("target")).unwrap();
+    for f in ["faultbox.star", "composition.star", "common.star"] {
+        std::fs::copy(examples.join(f), folder.join(f)).unwrap();
+    }
+    let gen = serial_in(&folder, "generate", &["composition.star"]);
+    assert_eq!(gen.code, 0, "{}", gen.stderr);
+    let run = serial_in(
+        &folder,
+        "test",
+        &["stock_check.faults.star", "--format", "json"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(json(&run)["pass"].as_u64().unwrap() >= 3, "{}", run.stdout);
+
+    // init, then run what it wrote.
+    let init = serial_in(
+        &folder,
+        "init",
+        &[
+            "--name",
+            "inventory",
+            "--port",
+            "5432",
+            "--protocol",
+            "tcp",
+            "--output",
+            "svc.star",
+            "../target/debug/inventory",
+        ],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let run = serial_in(&folder, "test", &["svc.star", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(json(&run)["pass"], 3);
+}

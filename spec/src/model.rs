@@ -69,9 +69,9 @@ impl Service {
     pub fn home(&self) -> std::path::PathBuf {
         let dir = std::path::Path::new(&self.declared_at.file)
             .parent()
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
-        std::path::absolute(&dir).unwrap_or(dir)
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
     }
 
     /// The binary to execute: a relative path with a `/` is relative to the declaring
