@@ -135,6 +135,16 @@ fn the_example_spec_passes() {
         .find(|e| e["event_type"] == "syscall.fsync" && e["service"] == "inventory")
         .expect("the WAL fsync is in the trace");
     assert_eq!(fsync["fields"]["decision"], "allow");
+    assert_eq!(fsync["partition_key"], "inventory", "{fsync}");
+    // Lifecycle events are typed as the reference's JSON trace shows them.
+    for (what, kind) in [("started", "service_started"), ("ready", "service_ready")] {
+        let e = events
+            .iter()
+            .find(|e| e["event_type"] == format!("lifecycle.{what}") && e["service"] == "inventory")
+            .unwrap_or_else(|| panic!("inventory's lifecycle.{what} is in the trace"));
+        assert_eq!(e["type"], kind, "{e}");
+        assert_eq!(e["partition_key"], "inventory", "{e}");
+    }
     // The step merged the driver into orders; orders' connect to inventory merged
     // inventory's history into orders.
     let connect = events

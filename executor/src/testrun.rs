@@ -214,13 +214,7 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
             break;
         }
         r.timings.ready += t.elapsed();
-        world.log().record(
-            &svc.name,
-            "lifecycle",
-            "lifecycle.ready".into(),
-            svc.name.clone(),
-            Default::default(),
-        );
+        world.lifecycle(&svc.name, "ready", Default::default());
     }
     if r.verdict == Verdict::Pass {
         let t = Instant::now();

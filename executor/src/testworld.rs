@@ -168,12 +168,11 @@ impl ServiceSink {
                 self.shared.log.merge(&self.service, &peer);
             }
         }
-        let key = ev.path.clone().unwrap_or_else(|| self.service.clone());
         self.shared.log.record(
             &self.service,
             "syscall",
             format!("syscall.{}", ev.name),
-            key,
+            self.service.clone(),
             fields,
         );
     }
@@ -306,15 +305,7 @@ impl TestWorld {
         drop((stdout, stderr));
         let mut fields = BTreeMap::new();
         fields.insert("pid".to_string(), running.pid.to_string());
-        sink.open(|| {
-            self.log().record(
-                &svc.name,
-                "lifecycle",
-                "lifecycle.started".into(),
-                svc.name.clone(),
-                fields,
-            );
-        });
+        sink.open(|| self.lifecycle(&svc.name, "started", fields));
         let state = Arc::new(ServiceState {
             decl: svc.clone(),
             running,
@@ -439,6 +430,19 @@ impl TestWorld {
             .any(|p| matches!(p, Pending::Running { task, .. } if !task.is_finished()))
     }
 
+    /// Records a change in `service`'s life: `started`, `ready` or `stopped`. Its type
+    /// is `service_<what>` and its event type `lifecycle.<what>`, as the JSON trace
+    /// of the spec reference shows.
+    pub fn lifecycle(&self, service: &str, what: &str, fields: BTreeMap<String, String>) {
+        self.log().record(
+            service,
+            &format!("service_{what}"),
+            format!("lifecycle.{what}"),
+            service.to_string(),
+            fields,
+        );
+    }
+
     /// Records that the test driver changed a service's faults.
     fn fault_event(&self, what: &str, service: &str, rules: String) {
         let mut fields = BTreeMap::new();
@@ -481,13 +485,7 @@ impl TestWorld {
             let outcome = self.rt.block_on(s.running.wait());
             let mut fields = BTreeMap::new();
             fields.insert("exit_code".to_string(), outcome.exit.code().to_string());
-            self.log().record(
-                &s.decl.name,
-                "lifecycle",
-                "lifecycle.stopped".into(),
-                s.decl.name.clone(),
-                fields,
-            );
+            self.lifecycle(&s.decl.name, "stopped", fields);
         }
     }
 

@@ -38,10 +38,13 @@ pub struct Event {
     /// Nanoseconds since the test started.
     pub timestamp_ns: u64,
     pub service: String,
-    /// `syscall`, `lifecycle`, `step`.
+    /// `syscall`, `service_started` / `service_ready` / `service_stopped`,
+    /// `step_send`, `step_recv`, `fault`.
     pub kind: String,
-    /// Dotted: `syscall.write`, `lifecycle.started`, `step.post`.
+    /// Dotted: `syscall.write`, `lifecycle.started`, `step_send.api`.
     pub event_type: String,
+    /// The service the event concerns: its own name for a service's events, the
+    /// target's for the driver's steps and fault changes.
     pub partition_key: String,
     pub fields: BTreeMap<String, String>,
     pub vector_clock: BTreeMap<String, u64>,
