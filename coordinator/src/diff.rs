@@ -20,8 +20,13 @@ pub fn run(a: &std::path::Path, b: &std::path::Path) -> i32 {
         }
     };
     if left == right {
-        println!("traces are identical");
-        return 0;
+        return match crate::stdout::write("traces are identical\n") {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("faultbox: error: {e}");
+                1
+            }
+        };
     }
     // A reader that stops early (`| head`) is not an error: the answer is still 2.
     let _ = show(&mut std::io::stdout().lock(), a, b, &left, &right);

@@ -292,16 +292,22 @@ pub fn run(spec_path: &Path, output: Option<&Path>, opts: Options, dry_run: bool
     let muts = mutations(spec, &opts);
     let spec_arg = spec_path.display().to_string();
     if dry_run {
+        use std::fmt::Write as _;
+        let mut out = String::new();
         for sc in &scenarios {
             for m in &muts {
-                println!(
+                let _ = writeln!(
+                    out,
                     "{}: {} ({}) target={} {}={}",
                     sc.name, m.name, m.category, m.target, m.fault.0, m.fault.1
                 );
             }
         }
-        println!("{} scenarios × {} faults", scenarios.len(), muts.len());
-        return 0;
+        let _ = writeln!(out, "{} scenarios × {} faults", scenarios.len(), muts.len());
+        return match crate::stdout::write(&out) {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        };
     }
     let dir = spec_path
         .parent()

@@ -14,10 +14,10 @@ fn fail(msg: impl std::fmt::Display) -> i32 {
 /// Writes `text` to `output`, or prints it.
 fn emit(text: &str, output: Option<&Path>) -> i32 {
     match output {
-        None => {
-            print!("{text}");
-            0
-        }
+        None => match crate::stdout::write(text) {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        },
         Some(p) => match std::fs::write(p, text) {
             Ok(()) => {
                 eprintln!("wrote {}", p.display());

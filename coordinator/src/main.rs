@@ -18,6 +18,7 @@ mod remote;
 mod report;
 mod run;
 mod shiviz;
+mod stdout;
 mod test_cmd;
 
 use clap::Parser;

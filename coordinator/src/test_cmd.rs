@@ -265,14 +265,8 @@ pub fn run(args: TestArgs) -> i32 {
         String::new()
     };
     if args.format.as_deref() == Some("json") {
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        match writeln!(out, "{doc}").and_then(|()| out.flush()) {
-            // The reader went away (`| head`): what it wanted it has; the files and
-            // the exit code still follow.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            Err(e) => return error(format!("writing the JSON results to stdout: {e}")),
-            Ok(()) => {}
+        if let Err(e) = crate::stdout::write(&format!("{doc}\n")) {
+            return error(format!("the JSON results: {e}"));
         }
     }
     let files = [
@@ -312,8 +306,10 @@ pub fn run(args: TestArgs) -> i32 {
 }
 
 fn dry_run(loaded: &Loaded, tests: &[faultbox_spec::model::Test], spec: &str) -> i32 {
-    println!("Dry-run: loaded {spec}");
-    println!("Services: {}", loaded.spec.services.len());
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "Dry-run: loaded {spec}");
+    let _ = writeln!(out, "Services: {}", loaded.spec.services.len());
     for s in &loaded.spec.services {
         let filter = loaded.spec.filter_syscalls(&s.name);
         let filter = if filter.is_empty() {
@@ -326,19 +322,23 @@ fn dry_run(loaded: &Loaded, tests: &[faultbox_spec::model::Test], spec: &str) ->
         } else {
             format!(" after {}", s.depends_on.join(", "))
         };
-        println!("  {} ({}){deps}; filter: {filter}", s.name, s.binary);
+        let _ = writeln!(out, "  {} ({}){deps}; filter: {filter}", s.name, s.binary);
     }
     let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
-    println!("Tests: {}", names.join(", "));
+    let _ = writeln!(out, "Tests: {}", names.join(", "));
     for m in &loaded.spec.matrices {
         let cells = m.cells.iter().filter(|c| c.2.is_some()).count();
-        println!(
+        let _ = writeln!(
+            out,
             "Fault matrix: {cells} cells ({} scenarios × {} faults)",
             m.scenarios.len(),
             m.faults.len()
         );
     }
-    0
+    match crate::stdout::write(&out) {
+        Ok(()) => 0,
+        Err(e) => error(e),
+    }
 }
 
 /// Runs `plan` on an executor in this process with `slots` slots.

@@ -299,7 +299,7 @@ fn dry_run_starts_nothing() {
     assert!(out.stdout.contains("Services: 2"), "{}", out.stdout);
     assert!(
         out.stdout.contains(
-            "inventory (../target/debug/inventory); filter: connect, fsync, openat, sendto, write"
+            "inventory (../target/debug/inventory); filter: connect, fdatasync, fsync, openat, sendto, write"
         ),
         "{}",
         out.stdout
@@ -348,6 +348,18 @@ fn bad_specs_are_refused_with_file_and_line() {
             "a = service('a', 'sleep', interface('m', 'tcp', 7400), args = ['60'])\ndef test_t():\n    fault(a, nosuchcall = deny('EIO'), run = lambda: None)\n",
             1,
             "spec.star:3: unknown syscall or op \"nosuchcall\"",
+        ),
+        (
+            "query_syscall",
+            "def test_t():\n    pass\n\ndef check():\n    assert_never(syscall = 'opnat')\n",
+            1,
+            "spec.star:5: syscall=\"opnat\": unknown syscall",
+        ),
+        (
+            "query_everything",
+            "def test_t():\n    events(syscall = '*')\n",
+            1,
+            "spec.star:2: syscall=\"*\" matches",
         ),
     ];
     for (name, src, code, expect) in cases {
@@ -1288,6 +1300,24 @@ fn a_closed_stdout_does_not_crash_the_json_output() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_no_services_left();
+    // The listings of --dry-run and generate --dry-run, likewise.
+    for args in [
+        &["test", "examples/faultbox.star", "--dry-run"][..],
+        &["generate", "examples/composition.star", "--dry-run"][..],
+    ] {
+        let mut child = Command::new(faultbox())
+            .current_dir(root())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
@@ -1431,4 +1461,84 @@ fn a_bare_spec_name_works_from_its_folder() {
     let run = serial_in(&folder, "test", &["svc.star", "--format", "json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(json(&run)["pass"], 3);
+}
+
+/// A syscall an assertion or query names literally is observed for the whole test;
+/// one it names some other way is refused, never looked at in vain.
+#[test]
+fn queries_observe_the_syscalls_they_name() {
+    let out = test_cmd(&["coordinator/tests/specs/queries.star", "--format", "json"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let doc = json(&out);
+    let result = |name: &str| {
+        let t = doc["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} ran"));
+        (
+            t["result"].as_str().unwrap().to_string(),
+            t["failure_type"].as_str().unwrap_or("").to_string(),
+            t["reason"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let (r, kind, why) = result("test_never_fails_when_the_call_happened");
+    assert_eq!((r.as_str(), kind.as_str()), ("fail", "assertion"), "{why}");
+    assert!(why.contains("syscall.openat"), "{why}");
+    let (r, _, why) = result("test_eventually_and_before_see_the_calls");
+    assert_eq!(r, "pass", "{why}");
+    for (test, line, call, syscall) in [
+        (
+            "test_a_computed_syscall_is_refused",
+            27,
+            "assert_never()",
+            "mkdirat",
+        ),
+        (
+            "test_a_monitor_on_a_computed_syscall_is_refused",
+            31,
+            "monitor()",
+            "unlinkat",
+        ),
+    ] {
+        let (r, kind, why) = result(test);
+        assert_eq!((r.as_str(), kind.as_str()), ("fail", "error"), "{why}");
+        assert!(
+            why.contains(&format!(
+                "queries.star:{line}: {call}: syscall=\"{syscall}\" is not observed on service \"inventory\""
+            )),
+            "{why}"
+        );
+    }
+    let (_, kind, why) = result("test_an_unknown_service_is_refused");
+    assert_eq!(kind, "error");
+    assert!(
+        why.contains("service=\"inventroy\" matches no service"),
+        "{why}"
+    );
+}
+
+/// The spec reference's Quick Start, as written there, passes.
+#[test]
+fn the_reference_quick_start_passes() {
+    let out = serial_in(
+        &root().join("examples"),
+        "test",
+        &["quickstart.star", "--format", "json"],
+    );
+    let _ = std::fs::remove_file("/tmp/inventory.wal");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc = json(&out);
+    assert_eq!(doc["pass"], 2);
+    let happy = &doc["tests"].as_array().unwrap()[0];
+    assert_eq!(happy["name"], "test_happy_path");
+    assert!(
+        happy["events"].as_array().unwrap().iter().any(|e| {
+            e["service"] == "inventory"
+                && e["event_type"] == "syscall.openat"
+                && e["fields"]["path"] == "/tmp/inventory.wal"
+        }),
+        "the WAL's openat is in the trace"
+    );
 }

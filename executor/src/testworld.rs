@@ -815,6 +815,11 @@ impl World for TestWorld {
     fn events(&self) -> Vec<Event> {
         self.log().events()
     }
+
+    fn observed(&self, service: &str) -> Option<Vec<String>> {
+        let state = self.service(service).ok()?;
+        Some(state.covered.iter().map(|c| c.name.clone()).collect())
+    }
 }
 
 fn describe_action(a: &Action) -> String {

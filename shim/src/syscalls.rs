@@ -64,6 +64,18 @@ pub fn name(nr: i32, arch: Arch) -> Option<String> {
     ScmpSyscall::from(nr).get_name_by_arch(arch.scmp()).ok()
 }
 
+/// Every syscall `arch` has, in number order.
+pub fn all(arch: Arch) -> Vec<Syscall> {
+    // Both tables end below 512 (x86_64's x32 range starts at 512 and is not ours).
+    (0..512)
+        .filter_map(|nr| {
+            name(nr, arch)
+                .filter(|n| number(n, arch) == Some(nr))
+                .map(|name| Syscall { name, nr })
+        })
+        .collect()
+}
+
 /// Names from the documentation that are not the kernel's own on either architecture.
 fn alias(name: &str) -> Option<&'static str> {
     Some(match name {

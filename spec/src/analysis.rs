@@ -1,7 +1,10 @@
-//! What a spec can fault, found before anything runs: every `fault()`,
+//! What a spec can fault or look at, found before anything runs: every `fault()`,
 //! `fault_start()`, `fault_all()`, `trace()` and `trace_start()` call in every file,
-//! with the services it names and the syscall (or op) keywords it passes. A service's
-//! filter covers exactly these, so services no test can fault run with no filter.
+//! with the services it names and the syscall (or op) keywords it passes, and every
+//! query (`events()`, `assert_eventually()`, `assert_never()`, `assert_before()`,
+//! `monitor()`) with a literal `syscall=` filter, which is observed as if traced. A
+//! service's filter covers exactly these, so services nothing can fault or query run
+//! with no filter.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +20,8 @@ pub const ANY_SERVICE: &str = "*";
 
 const FAULT_CALLS: &[&str] = &["fault", "fault_start", "fault_all", "fault_assumption"];
 const TRACE_CALLS: &[&str] = &["trace", "trace_start"];
+/// Calls whose keyword filters select events; `assert_before` takes them as dicts.
+const QUERY_CALLS: &[&str] = &["events", "assert_eventually", "assert_never", "monitor"];
 /// Keywords of those calls that are not syscalls.
 const NOT_SYSCALLS: &[&str] = &[
     "run",
@@ -28,10 +33,21 @@ const NOT_SYSCALLS: &[&str] = &[
     "description",
 ];
 
-/// A call site: the identifiers naming its target services, and what it intercepts.
+/// How a call site names a service.
+#[derive(Debug, Clone)]
+enum Target {
+    /// An identifier, bound (or not) to a service value at the file's top level.
+    Ident(String),
+    /// A query's `service=` filter: a name or a glob over names.
+    Name(String),
+    /// Something computed: any service.
+    Dynamic,
+}
+
+/// A call site: the services it names, and what it intercepts.
 #[derive(Debug, Default)]
 pub struct Site {
-    targets: Vec<Option<String>>,
+    targets: Vec<Target>,
     names: Vec<String>,
     /// Where the call is, `file:line`, for errors.
     at: String,
@@ -40,7 +56,15 @@ pub struct Site {
 /// A literal that can be checked before anything runs, and where it is.
 #[derive(Debug)]
 pub enum Literal {
-    Errno { name: String, at: String },
+    Errno {
+        name: String,
+        at: String,
+    },
+    /// A query's literal `syscall=` filter: a syscall, family or glob.
+    QuerySyscall {
+        pattern: String,
+        at: String,
+    },
 }
 
 /// Collects the call sites and checkable literals of one parsed file.
@@ -84,6 +108,26 @@ fn walk(ast: &AstModule, e: &AstExpr, out: &mut (Vec<Site>, Vec<Literal>)) {
                 }
                 out.0.push(site);
             }
+            if QUERY_CALLS.contains(&name) {
+                let filters = args.args.iter().filter_map(|a| match &a.node {
+                    ArgumentP::Named(k, v) => Some((k.node.as_str(), v)),
+                    _ => None,
+                });
+                query_site(ast, e, filters, out);
+            }
+            if name == "assert_before" {
+                for a in &args.args {
+                    if let ArgumentP::Named(_, v) = &a.node {
+                        if let ExprP::Dict(pairs) = &v.node {
+                            let filters = pairs.iter().filter_map(|(k, v)| match &k.node {
+                                ExprP::Literal(AstLiteral::String(k)) => Some((k.node.as_str(), v)),
+                                _ => None,
+                            });
+                            query_site(ast, e, filters, out);
+                        }
+                    }
+                }
+            }
             let is_fault = FAULT_CALLS.contains(&name);
             let is_trace = TRACE_CALLS.contains(&name);
             if is_fault || is_trace {
@@ -120,6 +164,43 @@ fn walk(ast: &AstModule, e: &AstExpr, out: &mut (Vec<Site>, Vec<Literal>)) {
     e.visit_expr(|c| walk(ast, c, out));
 }
 
+/// Records a query's literal `syscall=` filter as a site observing it on the
+/// services its `service=` filter names (every service without one, or when the
+/// service is computed).
+fn query_site<'a>(
+    ast: &AstModule,
+    e: &AstExpr,
+    filters: impl Iterator<Item = (&'a str, &'a AstExpr)>,
+    out: &mut (Vec<Site>, Vec<Literal>),
+) {
+    use starlark::syntax::ast::AstLiteral;
+    let literal = |x: &AstExpr| match &x.node {
+        ExprP::Literal(AstLiteral::String(s)) => Some(s.node.clone()),
+        _ => None,
+    };
+    let mut syscall = None;
+    let mut target = None;
+    for (k, v) in filters {
+        match k {
+            "syscall" => syscall = literal(v),
+            "service" => target = Some(literal(v).map_or(Target::Dynamic, Target::Name)),
+            _ => {}
+        }
+    }
+    let Some(pattern) = syscall else { return };
+    let at = at(ast, e);
+    let names = crate::faults::query_syscalls(&pattern).unwrap_or_default();
+    out.1.push(Literal::QuerySyscall {
+        pattern,
+        at: at.clone(),
+    });
+    out.0.push(Site {
+        targets: target.into_iter().collect(),
+        names,
+        at,
+    });
+}
+
 /// Checks what can be checked before anything runs: errno literals, and that every
 /// keyword of a `fault*` call names a syscall, family or op (of the named services, or
 /// of any service when the target is dynamic). Returns `file:line: message`.
@@ -130,11 +211,17 @@ pub fn check(
     ops: &BTreeMap<String, BTreeSet<String>>,
 ) -> Result<(), String> {
     for l in literals {
-        let Literal::Errno { name, at } = l;
-        if faultbox_shim::errno::from_name(name).is_none() {
-            return Err(format!(
-                "{at}: unknown errno {name:?} (expected a name such as EIO, ENOENT, ECONNREFUSED)"
-            ));
+        match l {
+            Literal::Errno { name, at } => {
+                if faultbox_shim::errno::from_name(name).is_none() {
+                    return Err(format!(
+                        "{at}: unknown errno {name:?} (expected a name such as EIO, ENOENT, ECONNREFUSED)"
+                    ));
+                }
+            }
+            Literal::QuerySyscall { pattern, at } => {
+                crate::faults::query_syscalls(pattern).map_err(|e| format!("{at}: {e}"))?;
+            }
         }
     }
     for site in sites {
@@ -167,15 +254,20 @@ fn resolved(site: &Site, module: &FrozenModule) -> Vec<String> {
     let mut services: Vec<String> = site
         .targets
         .iter()
-        .map(|t| {
-            t.as_ref()
-                .and_then(|ident| module.get(ident).ok())
+        .map(|t| match t {
+            Target::Ident(ident) => module
+                .get(ident)
+                .ok()
                 .and_then(|v| {
                     v.value()
                         .downcast_ref::<ServiceValue>()
                         .map(|s| s.name.clone())
                 })
-                .unwrap_or_else(|| ANY_SERVICE.to_string())
+                .unwrap_or_else(|| ANY_SERVICE.to_string()),
+            // Kept as written: a name or glob matches the services declared anywhere
+            // in the spec, also those of files loaded later.
+            Target::Name(name) => name.clone(),
+            Target::Dynamic => ANY_SERVICE.to_string(),
         })
         .collect();
     if services.is_empty() {
@@ -184,11 +276,11 @@ fn resolved(site: &Site, module: &FrozenModule) -> Vec<String> {
     services
 }
 
-fn targets(x: &AstExpr) -> Vec<Option<String>> {
+fn targets(x: &AstExpr) -> Vec<Target> {
     match &x.node {
-        ExprP::Identifier(id) => vec![Some(id.node.ident.clone())],
+        ExprP::Identifier(id) => vec![Target::Ident(id.node.ident.clone())],
         ExprP::List(items) | ExprP::Tuple(items) => items.iter().flat_map(targets).collect(),
-        _ => vec![None],
+        _ => vec![Target::Dynamic],
     }
 }
 

@@ -328,7 +328,7 @@ pub fn composition(builder: &mut GlobalsBuilder) {
         ]));
         let in_test = Runtime::get(eval).is_ok_and(|rt| rt.test.is_some());
         if in_test {
-            activate(eval, &[m]);
+            activate(eval, &[m])?;
         }
         Ok(m)
     }
@@ -521,8 +521,29 @@ pub fn composition(builder: &mut GlobalsBuilder) {
     }
 }
 
-/// Adds monitors to the running test: they see events recorded from now on.
-pub fn activate<'v>(eval: &mut Evaluator<'v, '_, '_>, new: &[Value<'v>]) {
+/// A monitor's `(key, pattern)` filters.
+fn monitor_filters(m: Value) -> Vec<(String, String)> {
+    field(m, "filters")
+        .map(pairs)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.unpack_str().unwrap_or("").to_string(),
+                v.unpack_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Adds monitors to the running test: they see events recorded from now on. A
+/// monitor on a syscall its services do not observe is refused.
+pub fn activate<'v>(eval: &mut Evaluator<'v, '_, '_>, new: &[Value<'v>]) -> anyhow::Result<()> {
+    if let Ok(Some(ctx)) = Runtime::get(eval).map(|rt| rt.test.as_ref()) {
+        for m in new {
+            crate::runtime::check_observed(ctx, &monitor_filters(*m), "monitor()")?;
+        }
+    }
     let from = Runtime::get(eval)
         .ok()
         .and_then(|rt| {
@@ -543,6 +564,7 @@ pub fn activate<'v>(eval: &mut Evaluator<'v, '_, '_>, new: &[Value<'v>]) {
     }
     let value = heap.alloc(AllocList(list));
     eval.module().set(MONITORS, value);
+    Ok(())
 }
 
 /// Removes every monitor of the running test.
@@ -588,20 +610,9 @@ pub fn drain<'v>(eval: &mut Evaluator<'v, '_, '_>) -> starlark::Result<()> {
             if e.seq <= from {
                 continue;
             }
-            let filters = field(m, "filters").map(pairs).unwrap_or_default();
-            let matches = {
-                filters.iter().all(|(k, v)| {
-                    let key = k.unpack_str().unwrap_or("");
-                    let value = match key {
-                        "service" => Some(e.service.as_str()),
-                        "type" => Some(e.kind.as_str()),
-                        other => e.fields.get(other).map(String::as_str),
-                    };
-                    value.is_some_and(|x| {
-                        crate::runtime::glob_match(v.unpack_str().unwrap_or(""), x)
-                    })
-                })
-            };
+            let matches = monitor_filters(m)
+                .iter()
+                .all(|(k, v)| crate::runtime::event_matches(e, k, v));
             if !matches {
                 continue;
             }
@@ -697,13 +708,12 @@ pub fn apply<'v>(
             }
         }
     }
-    if let Some(e) = failed {
+    if let Some(e) = failed.or_else(|| activate(eval, &monitors).err()) {
         for h in handles {
             let _ = world.fault_remove(h);
         }
         return Err(starlark::Error::new_other(e));
     }
-    activate(eval, &monitors);
     Ok(handles)
 }
 
@@ -722,7 +732,7 @@ pub fn run_registered<'v>(
     let world = Runtime::get(eval)
         .and_then(|rt| Ok(rt.test("a fault scenario")?.world.clone()))
         .map_err(starlark::Error::new_other)?;
-    activate(eval, &items(entry, "monitors"));
+    activate(eval, &items(entry, "monitors")).map_err(starlark::Error::new_other)?;
     let limit = text(entry, "timeout")
         .and_then(|t| faultbox_shim::rule::parse_duration(t).ok())
         .unwrap_or(std::time::Duration::from_secs(30));

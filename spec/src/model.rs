@@ -167,8 +167,14 @@ impl Spec {
             return Vec::new();
         };
         let mut out = std::collections::BTreeSet::new();
-        for key in [service, crate::analysis::ANY_SERVICE] {
-            for name in self.faultable.get(key).into_iter().flatten() {
+        // Keys are service names, `*` for any service, or a query's service glob.
+        let keys = self.faultable.iter().filter(|(key, _)| {
+            key.as_str() == service
+                || key.as_str() == crate::analysis::ANY_SERVICE
+                || (key.contains('*') && crate::runtime::glob_match(key, service))
+        });
+        for (_, names) in keys {
+            for name in names {
                 match svc.ops.get(name) {
                     Some(op) => out.extend(op.syscalls.iter().cloned()),
                     None if crate::faults::check_syscall(name).is_ok() => {

@@ -741,6 +741,65 @@ fn event_field<'e>(e: &'e Event, key: &str) -> Option<&'e str> {
     }
 }
 
+/// Whether `e` passes the filter `key=pattern`: a glob on the field, except that
+/// `syscall=` also takes a family (`write` matches `writev`), as faults and traces do.
+pub fn event_matches(e: &Event, key: &str, pattern: &str) -> bool {
+    event_field(e, key).is_some_and(|f| match key {
+        "syscall" => crate::faults::syscall_matches(pattern, f),
+        _ => glob_match(pattern, f),
+    })
+}
+
+/// Refuses a query whose `syscall=` filter names calls that some service it looks at
+/// does not observe: such a query could only ever see nothing, so a negative
+/// assertion would pass without anything having been looked at.
+pub fn check_observed(
+    ctx: &TestContext,
+    filters: &[(String, String)],
+    what: &str,
+) -> anyhow::Result<()> {
+    let Some((_, pattern)) = filters.iter().find(|(k, _)| k == "syscall") else {
+        return Ok(());
+    };
+    let wanted = crate::faults::query_syscalls(pattern).map_err(|e| anyhow!("{what}: {e}"))?;
+    let service = filters
+        .iter()
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.as_str());
+    let services: Vec<&Service> = ctx
+        .services
+        .iter()
+        .filter(|s| service.is_none_or(|p| glob_match(p, &s.name)))
+        .collect();
+    if let (Some(p), true) = (service, services.is_empty()) {
+        let names: Vec<&str> = ctx.services.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "{what}: service={p:?} matches no service that makes syscalls (services: {})",
+            names.join(", ")
+        );
+    }
+    for s in services {
+        let Some(covered) = ctx.world.observed(&s.name) else {
+            continue;
+        };
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|w| !covered.contains(w))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{what}: syscall={pattern:?} is not observed on service {:?} (its filter does not cover {}), so this query could only see nothing. \
+                 Syscalls are observed when a query names them as a string literal (syscall=\"...\" in the call, or in assert_before's dicts) \
+                 or when trace() names them",
+                s.name,
+                missing.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Events matching keyword filters and an optional `where=` predicate.
 fn matching<'v>(
     eval: &mut Evaluator<'v, '_, '_>,
@@ -768,13 +827,11 @@ fn matching_after<'v>(
         })?;
         wanted.push((k.clone(), v.to_string()));
     }
+    check_observed(ctx, &wanted, what).map_err(starlark::Error::new_other)?;
     let events = ctx.world.events();
     let mut out = Vec::new();
     for e in events {
-        if !wanted
-            .iter()
-            .all(|(k, v)| event_field(&e, k).is_some_and(|f| glob_match(v, f)))
-        {
+        if !wanted.iter().all(|(k, v)| event_matches(&e, k, v)) {
             continue;
         }
         if let Some(p) = predicate {

@@ -73,6 +73,11 @@ pub trait World {
     fn fault_stop(&self, service: &str) -> Result<(), WorldError>;
     /// The events recorded so far, in sequence order.
     fn events(&self) -> Vec<Event>;
+    /// The kernel syscalls `service`'s filter notifies, whose calls all become
+    /// events; `None` when this world cannot tell (queries are then not checked).
+    fn observed(&self, _service: &str) -> Option<Vec<String>> {
+        None
+    }
 
     /// Starts a step without waiting for its answer (inside `parallel()`).
     fn step_start(&self, _call: &StepCall) -> Result<u64, WorldError> {

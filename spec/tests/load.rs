@@ -148,14 +148,19 @@ fn loaded_files_run_once() {
 fn filters_cover_what_the_spec_can_fault() {
     let loaded = load(&spec("tests.star")).unwrap();
     let s = &loaded.spec;
-    // db: persist (write, fsync), connect, write, fsync, nosuch (ignored), mkdir.
+    // db: persist (write, fsync), connect, write, fsync, nosuch (ignored), mkdir;
+    // and what its queries name: the write family, unlink, and the glob wr*.
     assert_eq!(
         s.filter_syscalls("db"),
-        ["connect", "fsync", "mkdir", "openat", "write"]
+        [
+            "connect", "fsync", "mkdir", "openat", "pwrite64", "pwritev", "pwritev2", "unlink",
+            "write", "writev"
+        ]
     );
-    assert!(
-        s.filter_syscalls("api").is_empty(),
-        "nothing faults api: no filter"
+    assert_eq!(
+        s.filter_syscalls("api"),
+        ["pwrite64", "pwritev", "pwritev2", "write", "writev"],
+        "nothing faults api, but a query names write on every service"
     );
     let dynamic = load_src(
         "dyn",
