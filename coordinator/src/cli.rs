@@ -127,6 +127,11 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILE")]
     pub normalize: Option<std::path::PathBuf>,
 
+    /// How long each test's body may run before it fails as a timeout (a fault
+    /// scenario's own `timeout=` takes its place).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+
     /// Delay faults advance a virtual clock instead of sleeping; nanosleep returns at
     /// once and clock_gettime syscalls read the virtual clock.
     #[arg(long)]
@@ -166,6 +171,18 @@ pub struct TestArgs {
     /// Debug logging: every intercepted syscall, service lifecycle, return values.
     #[arg(long)]
     pub debug: bool,
+}
+
+/// A test time limit: a duration such as `90s` or `5m`, more than 0 and at most a day.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = faultbox_shim::rule::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("a time limit must be more than 0".into());
+    }
+    if d > std::time::Duration::from_secs(24 * 3600) {
+        return Err("a time limit is at most 24h".into());
+    }
+    Ok(d)
 }
 
 #[derive(Args, Debug)]

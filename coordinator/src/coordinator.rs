@@ -34,6 +34,8 @@ pub struct Plan {
     pub seeds: Vec<u64>,
     pub explore: Explore,
     pub virtual_time: bool,
+    /// How long a test's body may run (`--timeout`).
+    pub timeout: std::time::Duration,
     /// The executors expected to ask for work.
     pub executors: Vec<String>,
 }
@@ -142,6 +144,7 @@ impl TestPlan {
 pub struct CoordinatorState {
     explore: Explore,
     virtual_time: bool,
+    timeout: std::time::Duration,
     tests: Vec<TestPlan>,
     /// (test, run) in the order they are handed out.
     queue: VecDeque<(usize, usize)>,
@@ -215,6 +218,7 @@ impl Actor for Coordinator {
         let mut state = CoordinatorState {
             explore: plan.explore,
             virtual_time: plan.virtual_time,
+            timeout: plan.timeout,
             tests,
             queue,
             waiting: VecDeque::new(),
@@ -314,6 +318,7 @@ impl CoordinatorState {
                 seed: self.tests[t].runs[r].seed,
                 order: self.tests[t].runs[r].order,
                 virtual_time: self.virtual_time,
+                timeout: self.timeout,
             };
             self.next_job += 1;
             self.jobs.insert(job.id, (t, r));
@@ -640,6 +645,7 @@ mod tests {
                 seeds: (0..seeds).collect(),
                 explore: Explore::Seeds,
                 virtual_time: false,
+                timeout: std::time::Duration::from_secs(60),
                 executors: vec!["instant".into()],
             };
             let emit: Emit = Box::new(move |r| s2.lock().unwrap().push((r.name.clone(), r.seed)));

@@ -23,6 +23,11 @@ mod test_cmd;
 
 use clap::Parser;
 
+/// Starlark evaluation (a spec's top level, each test body) runs under a memory
+/// budget, which the allocator enforces.
+#[global_allocator]
+static ALLOC: faultbox_spec::limits::memory::Bounded = faultbox_spec::limits::memory::Bounded;
+
 fn main() {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,

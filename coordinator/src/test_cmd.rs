@@ -147,6 +147,7 @@ pub fn run(args: TestArgs) -> i32 {
             None => Explore::Seeds,
         },
         virtual_time: args.virtual_time,
+        timeout: args.timeout,
         executors: vec![LOCAL.to_string()],
     };
     // Failures (or every run, with --show all) are printed in plan order as their

@@ -1028,7 +1028,7 @@ fault_scenario('too_slow', scenario = two_orders, faults = slow, timeout = '300m
         t["reason"]
             .as_str()
             .unwrap()
-            .contains("ran past its timeout of 300ms"),
+            .contains("the test ran past its time limit of 300ms"),
         "{t}"
     );
     assert!(

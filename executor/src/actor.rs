@@ -102,6 +102,7 @@ impl Actor for Executor {
                     shim: state.args.shim.clone(),
                     runtime: state.args.runtime.clone(),
                     virtual_time: job.virtual_time,
+                    timeout: job.timeout,
                     order: job.order,
                     cancel,
                     stream: Some(stream.clone()),

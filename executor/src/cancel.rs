@@ -2,11 +2,14 @@
 //! body waits on fails fast and the job ends through its normal cleanup (services
 //! reaped, scratch directory removed), reported as cancelled.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 pub struct Cancel {
     state: Mutex<State>,
+    /// Set with `cancelled`, for the test body's evaluator to poll without a lock.
+    flag: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -25,6 +28,7 @@ impl Cancel {
     pub fn cancel(&self) {
         let mut s = self.lock();
         s.cancelled = true;
+        self.flag.store(true, Ordering::SeqCst);
         for &pid in &s.pids {
             kill(pid);
         }
@@ -32,6 +36,12 @@ impl Cancel {
 
     pub fn is_cancelled(&self) -> bool {
         self.lock().cancelled
+    }
+
+    /// A flag that turns true when the job is cancelled: a test body stops on it
+    /// even when it is busy in pure Starlark, with no service to fail under it.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.flag.clone()
     }
 
     /// A service of the job started.

@@ -21,6 +21,8 @@ pub struct Job {
     /// How `parallel()` orders calls in this run.
     pub order: Order,
     pub virtual_time: bool,
+    /// How long the test's body may run, unless the test sets its own limit.
+    pub timeout: std::time::Duration,
 }
 
 /// What an executor is told.

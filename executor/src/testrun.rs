@@ -1,12 +1,14 @@
 //! One test, end to end: a sandbox, the services started in dependency order and
 //! waited for, the test body, and everything stopped again, whatever happened.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use faultbox_spec::limits::Limits;
 use faultbox_spec::model::{HealthcheckKind, Service, Test};
 use faultbox_spec::run::FailureType;
 use faultbox_spec::world::Event;
@@ -26,6 +28,8 @@ pub struct TestOptions {
     pub runtime: tokio::runtime::Handle,
     /// Delays and time syscalls use a virtual clock instead of sleeping.
     pub virtual_time: bool,
+    /// How long the body may run, unless the test sets its own limit.
+    pub timeout: Duration,
     /// How `parallel()` orders the services' calls.
     pub order: crate::scheduler::Order,
     /// Ends the job early from outside.
@@ -145,7 +149,7 @@ fn start_failed(reason: String) -> Verdict {
     }
 }
 
-fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
+fn run_here(loaded: &Arc<Loaded>, test: &Test, opts: &TestOptions) -> TestReport {
     let start = Instant::now();
     let world = Arc::new(TestWorld::new(
         opts.runtime.clone(),
@@ -218,7 +222,11 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
     }
     if r.verdict == Verdict::Pass {
         let t = Instant::now();
-        let outcome = faultbox_spec::run_test(loaded, test, world.clone());
+        let limits = Limits {
+            cancel: opts.cancel.flag(),
+            ..Limits::new(test.timeout.unwrap_or(opts.timeout))
+        };
+        let (outcome, killed) = run_body(loaded, test, &world, limits, sandbox.netns());
         r.timings.body = t.elapsed();
         r.verdict = outcome.verdict;
         r.return_value = outcome.return_value;
@@ -240,6 +248,10 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
                 exit.map(|e| (s.decl.name.clone(), e.code()))
             })
             .collect();
+        if killed {
+            // Killed here for running past the time limit: not a crash of theirs.
+            r.crashed.clear();
+        }
     }
     opts.cancel.forget();
     if opts.cancel.is_cancelled() {
@@ -251,6 +263,106 @@ fn run_here(loaded: &Loaded, test: &Test, opts: &TestOptions) -> TestReport {
     r.timings.stop = t.elapsed();
     drop(sandbox);
     finish(r, &world)
+}
+
+/// How long after its time limit a body that has not stopped gets its services
+/// killed (whatever it waits on then fails at once).
+const KILL_AFTER: Duration = Duration::from_secs(1);
+/// How long after its time limit a body still busy (in one long native call) is left
+/// behind: the test is reported and cleaned up without it.
+const ABANDON_AFTER: Duration = Duration::from_secs(5);
+/// Stack of a test body's thread: room for Starlark's deepest call chain in a debug
+/// build; reserved, not committed.
+const BODY_STACK: usize = 64 << 20;
+
+/// Runs the test body on a thread of its own, in the test's network namespace, and
+/// waits for it under its limits. The body stops itself at its time limit, when the
+/// job is cancelled, or past its memory budget; one that cannot (a long native call,
+/// or a request for memory that was refused) is left behind and reported, so the
+/// services are always stopped and the scratch directory removed. Returns the
+/// outcome and whether the services were killed for running past the limit.
+fn run_body(
+    loaded: &Arc<Loaded>,
+    test: &Test,
+    world: &Arc<TestWorld>,
+    limits: Limits,
+    netns: std::os::fd::RawFd,
+) -> (faultbox_spec::TestOutcome, bool) {
+    let outcome = |verdict| faultbox_spec::TestOutcome {
+        verdict,
+        return_value: None,
+        assertions: 0,
+    };
+    // The thread enters the namespace through a descriptor of its own, so it does not
+    // depend on the sandbox outliving it.
+    // SAFETY: `netns` is the sandbox's descriptor, open for the whole of this call.
+    let ns = match unsafe { std::os::fd::BorrowedFd::borrow_raw(netns) }.try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            return (
+                outcome(fail(format!("sharing the test's network namespace: {e}"))),
+                false,
+            )
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (loaded, test, w, lim) = (loaded.clone(), test.clone(), world.clone(), limits.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("faultbox-body-{}", test.name))
+        .stack_size(BODY_STACK)
+        .spawn(move || {
+            // SAFETY: setns(2) on a namespace descriptor this thread owns; it moves
+            // only the calling thread.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let e = std::io::Error::last_os_error();
+                let _ = tx.send(outcome(fail(format!(
+                    "entering the test's network namespace: {e}"
+                ))));
+                return;
+            }
+            drop(ns);
+            let _ = tx.send(faultbox_spec::run_test(&loaded, &test, w, lim));
+        });
+    if let Err(e) = spawned {
+        return (
+            outcome(fail(format!("starting the test body's thread: {e}"))),
+            false,
+        );
+    }
+    let deadline = Instant::now() + limits.timeout;
+    let mut killed = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(o) => return (o, killed),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return (
+                    outcome(fail("the test body's thread panicked".into())),
+                    killed,
+                )
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(asked) = limits.signal.parked() {
+            let why = format!(
+                "the test asked for {} at once, past its memory limit of {}",
+                faultbox_spec::limits::memory::describe(asked),
+                faultbox_spec::limits::memory::describe(limits.memory)
+            );
+            return (outcome(fail(why)), killed);
+        }
+        let now = Instant::now();
+        if now > deadline + KILL_AFTER && !killed {
+            world.kill_services();
+            killed = true;
+        }
+        if now > deadline + ABANDON_AFTER {
+            let verdict = Verdict::Fail {
+                reason: faultbox_spec::limits::Stop::Timeout(limits.timeout).describe("the test"),
+                failure_type: FailureType::Timeout,
+            };
+            return (outcome(verdict), killed);
+        }
+    }
 }
 
 /// Polls the service's healthcheck until it passes, it times out, or the service

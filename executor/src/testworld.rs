@@ -459,6 +459,21 @@ impl TestWorld {
         );
     }
 
+    /// Kills every service at once, leaving them to be reaped by [`Self::stop_all`]:
+    /// whatever a test body waits on from them fails straight away.
+    pub fn kill_services(&self) {
+        for s in self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if s.running.poll_exit().is_none() {
+                s.running.kill();
+            }
+        }
+    }
+
     /// Stops every service, newest first: SIGTERM, then SIGKILL after `grace`.
     pub fn stop_all(&self, grace: std::time::Duration) {
         let services: Vec<Arc<ServiceState>> = {

@@ -153,6 +153,7 @@ fn scenario_entry<'v>(
     expect: Value<'v>,
     monitors: Value<'v>,
     timeout: &str,
+    explicit: bool,
     cell: Option<(String, String)>,
 ) -> Value<'v> {
     let (scenario_name, fault_name) = cell.unwrap_or_default();
@@ -164,6 +165,8 @@ fn scenario_entry<'v>(
         ("expect", expect),
         ("monitors", monitors),
         ("timeout", heap.alloc(timeout)),
+        // Given by the spec: the whole test's time limit, in place of --timeout.
+        ("explicit_timeout", heap.alloc(explicit)),
         ("cell_scenario", heap.alloc(scenario_name)),
         ("cell_fault", heap.alloc(fault_name)),
     ]))
@@ -359,9 +362,13 @@ pub fn composition(builder: &mut GlobalsBuilder) {
             Some(e) => e,
             None => Value::new_none(),
         };
+        let explicit = timeout.is_some();
         let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
-        faultbox_shim::rule::parse_duration(timeout)
+        let limit = faultbox_shim::rule::parse_duration(timeout)
             .map_err(|e| anyhow!("{what}: bad timeout {timeout:?}: {e}"))?;
+        if limit.is_zero() {
+            bail!("{what}: timeout must be more than 0");
+        }
         let monitors = monitor_list(eval.heap(), monitors, &format!("{what}: monitors="))?;
         let heap = eval.heap();
         let entry = scenario_entry(
@@ -372,6 +379,7 @@ pub fn composition(builder: &mut GlobalsBuilder) {
             expect,
             monitors,
             timeout,
+            explicit,
             None,
         );
         register(eval, entry);
@@ -489,6 +497,7 @@ pub fn composition(builder: &mut GlobalsBuilder) {
                     cell_expect[si][fi],
                     monitors,
                     DEFAULT_TIMEOUT,
+                    false,
                     Some((scenario_names[si].clone(), fault_names[fi].clone())),
                 );
                 register(eval, entry);

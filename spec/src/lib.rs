@@ -5,6 +5,7 @@
 pub mod analysis;
 pub mod compose;
 pub mod faults;
+pub mod limits;
 pub mod loader;
 pub mod model;
 pub mod run;

@@ -10,6 +10,9 @@ use starlark::environment::{FrozenModule, Globals, GlobalsBuilder, LibraryExtens
 use starlark::eval::{Evaluator, FileLoader};
 use starlark::syntax::{AstModule, Dialect};
 
+use std::time::Duration;
+
+use crate::limits::{memory, Guard, Limits, Stop};
 use crate::model::{Location, Service, Spec, Test};
 use crate::runtime::{self, Runtime};
 
@@ -77,6 +80,22 @@ pub fn describe(e: &starlark::Error) -> String {
     }
 }
 
+/// `file:line: message` at the place `e` points to, else at `fallback` (the statement
+/// an evaluation was stopped in), else `message` alone.
+pub fn located(
+    e: &starlark::Error,
+    fallback: Option<&starlark::codemap::FileSpan>,
+    message: &str,
+) -> String {
+    match e.span().or(fallback) {
+        Some(span) => {
+            let r = span.resolve();
+            format!("{}:{}: {message}", r.file, r.span.begin.line + 1)
+        }
+        None => message.to_string(),
+    }
+}
+
 /// A loaded spec: its model and the frozen top-level module, from which tests run.
 pub struct Loaded {
     pub spec: Spec,
@@ -86,13 +105,73 @@ pub struct Loaded {
     pub files: Vec<PathBuf>,
 }
 
-/// Loads `path`.
+/// How long a spec's top level (with everything it loads) may take to evaluate.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long past its limit an evaluation that stopped answering (a long native
+/// call) is waited for before it is given up on.
+const ABANDON_AFTER: Duration = Duration::from_secs(5);
+
+/// Loads `path`: its top level is evaluated on a thread of its own, with a stack deep
+/// enough for the nesting the checks allow, under [`LOAD_TIMEOUT`] and the default
+/// memory budget.
 pub fn load(path: &Path) -> Result<Loaded, SpecError> {
+    load_with(path, Limits::new(LOAD_TIMEOUT))
+}
+
+/// Loads `path` under `limits` (see [`load`]).
+pub fn load_with(path: &Path, limits: Limits) -> Result<Loaded, SpecError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (file, lim) = (path.to_path_buf(), limits.clone());
+    std::thread::Builder::new()
+        .name("faultbox-load".into())
+        .stack_size(crate::limits::nesting::EVAL_STACK)
+        .spawn(move || {
+            let _scope = memory::Scope::enter(lim.memory, lim.signal.clone());
+            let _ = tx.send(load_here(&file, lim));
+        })
+        .map_err(|e| {
+            SpecError::Eval(format!("{}: starting its evaluation: {e}", path.display()))
+        })?;
+    let started = std::time::Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(result) => return result,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(SpecError::Eval(format!(
+                    "{}: evaluating the spec failed unexpectedly",
+                    path.display()
+                )))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        // The evaluation is left where it is: parked, or busy in a native call that
+        // ends when the process does.
+        if let Some(asked) = limits.signal.parked() {
+            return Err(SpecError::Eval(format!(
+                "{}: the spec's top level asked for {} at once, past its memory limit of {}",
+                path.display(),
+                memory::describe(asked),
+                memory::describe(limits.memory)
+            )));
+        }
+        if started.elapsed() > limits.timeout + ABANDON_AFTER {
+            return Err(SpecError::Eval(format!(
+                "{}: {}",
+                path.display(),
+                Stop::Timeout(limits.timeout).describe("the spec's top level")
+            )));
+        }
+    }
+}
+
+fn load_here(path: &Path, limits: Limits) -> Result<Loaded, SpecError> {
+    let guard = Guard::start(limits);
     let runtime = Runtime::default();
     let globals = globals();
     let loader = Loader {
         globals: &globals,
         runtime: &runtime,
+        guard: &guard,
         cache: RefCell::new(HashMap::new()),
         loading: RefCell::new(Vec::new()),
         faultable: RefCell::new(BTreeMap::new()),
@@ -119,6 +198,7 @@ pub fn load(path: &Path) -> Result<Loaded, SpecError> {
             registered: None,
             cell: None,
             probe: false,
+            timeout: None,
             declared_at: Location {
                 file: path.display().to_string(),
                 line: 0,
@@ -216,12 +296,18 @@ fn registered(
         };
         let probe = kind(e) == Some(crate::compose::KIND_SCENARIO)
             || field(e, "expect").is_none_or(|x| x.is_none());
+        let timeout = field(e, "explicit_timeout")
+            .is_some_and(|x| x.to_bool())
+            .then(|| text(e, "timeout"))
+            .flatten()
+            .and_then(|t| faultbox_shim::rule::parse_duration(t).ok());
         tests.push(Test {
             name,
             function: String::new(),
             registered: Some(i),
             cell,
             probe,
+            timeout,
             declared_at: Location {
                 file: path.display().to_string(),
                 line: 0,
@@ -234,6 +320,7 @@ fn registered(
 struct Loader<'a> {
     globals: &'a Globals,
     runtime: &'a Runtime,
+    guard: &'a Guard,
     cache: RefCell<HashMap<PathBuf, FrozenModule>>,
     /// Files being evaluated, to refuse cyclic loads.
     loading: RefCell<Vec<PathBuf>>,
@@ -253,8 +340,12 @@ impl Loader<'_> {
             path: path.display().to_string(),
             source: e,
         })?;
-        let ast = AstModule::parse(&path.display().to_string(), source, &dialect())
+        let name = path.display().to_string();
+        crate::limits::nesting::check_source(&name, &source, &dialect())
+            .map_err(SpecError::Eval)?;
+        let ast = AstModule::parse(&name, source, &dialect())
             .map_err(|e| SpecError::Eval(describe(&e)))?;
+        crate::limits::nesting::check_tree(&ast).map_err(SpecError::Eval)?;
         let (sites, literals) = crate::analysis::sites(&ast);
         self.loading.borrow_mut().push(key.clone());
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -264,8 +355,17 @@ impl Loader<'_> {
                 let mut eval = Evaluator::new(&module);
                 eval.extra = Some(self.runtime);
                 eval.set_loader(&child);
-                eval.eval_module(ast, self.globals)
-                    .map_err(|e| SpecError::Eval(describe(&e)))?;
+                self.guard.install(&mut eval);
+                eval.eval_module(ast, self.globals).map_err(|e| {
+                    SpecError::Eval(match self.guard.stopped() {
+                        Some(stop) => located(
+                            &e,
+                            self.guard.statement().as_ref(),
+                            &stop.describe("the spec's top level"),
+                        ),
+                        None => describe(&e),
+                    })
+                })?;
             }
             module
                 .freeze()

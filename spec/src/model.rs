@@ -119,6 +119,8 @@ pub struct Test {
     /// A probe without an oracle (a `scenario()`, or a fault scenario without
     /// `expect=`): it is not meant to assert anything.
     pub probe: bool,
+    /// Its own time limit (a fault scenario's `timeout=`), in place of the run's.
+    pub timeout: Option<Duration>,
     pub declared_at: Location,
 }
 

@@ -2,6 +2,7 @@
 //! [`World`] behind the test builtins. The outcome separates failed assertions from
 //! errors (a bad argument, a step that could not run) and keeps the return value.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use starlark::environment::Module;
@@ -9,6 +10,7 @@ use starlark::eval::Evaluator;
 use starlark::ErrorKind;
 
 use crate::faults::{AssertionFailed, MonitorViolation};
+use crate::limits::{memory, Guard, Limits, Stop};
 use crate::loader::{describe, Loaded};
 use crate::model::Test;
 use crate::runtime::{Runtime, TestContext};
@@ -60,7 +62,14 @@ pub struct TestOutcome {
 
 /// Runs `test` of `loaded` against `world`. Blocking; Starlark evaluation is not
 /// `Send`, so call it on the thread that should run the test.
-pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync>) -> TestOutcome {
+pub fn run_test(
+    loaded: &Loaded,
+    test: &Test,
+    world: Arc<dyn World + Send + Sync>,
+    limits: Limits,
+) -> TestOutcome {
+    let _scope = memory::Scope::enter(limits.memory, limits.signal.clone());
+    let guard = Rc::new(Guard::start(limits));
     let function = match test.registered {
         Some(_) => loaded
             .module
@@ -84,8 +93,9 @@ pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync
     let runtime = Runtime {
         test: Some(TestContext {
             services: loaded.spec.services.clone(),
-            world,
+            world: Arc::new(crate::world::Host(world)),
         }),
+        guard: Some(guard.clone()),
         ..Runtime::default()
     };
     Module::with_temp_heap(|module| {
@@ -95,6 +105,7 @@ pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync
         let f = unsafe { function.owned_frozen_value(module.frozen_heap()) }.to_value();
         let mut eval = Evaluator::new(&module);
         eval.extra = Some(&runtime);
+        guard.install(&mut eval);
         let result = match test.registered {
             Some(i) => {
                 let entry = starlark::values::list::ListRef::from_value(f)
@@ -113,15 +124,34 @@ pub fn run_test(loaded: &Loaded, test: &Test, world: Arc<dyn World + Send + Sync
                 assertions,
             },
             Err(e) => TestOutcome {
-                verdict: Verdict::Fail {
-                    failure_type: classify(&e),
-                    reason: describe(&e),
+                verdict: match guard.stopped() {
+                    Some(stop) => stopped(&e, guard.statement().as_ref(), stop),
+                    None => Verdict::Fail {
+                        failure_type: classify(&e),
+                        reason: describe(&e),
+                    },
                 },
                 return_value: None,
                 assertions,
             },
         }
     })
+}
+
+/// The verdict of a body its guard stopped: a timeout, or an error for a cancelled
+/// run or a spent memory budget; `e` says where it was.
+pub fn stopped(
+    e: &starlark::Error,
+    at: Option<&starlark::codemap::FileSpan>,
+    stop: Stop,
+) -> Verdict {
+    Verdict::Fail {
+        failure_type: match stop {
+            Stop::Timeout(_) => FailureType::Timeout,
+            Stop::Cancelled | Stop::Memory(_) => FailureType::Error,
+        },
+        reason: crate::loader::located(e, at, &stop.describe("the test")),
+    }
 }
 
 /// Whether `e` is a failed assertion (as opposed to an error).

@@ -60,6 +60,8 @@ pub struct Runtime {
     pub deadline: std::cell::Cell<Option<(std::time::Instant, Duration)>>,
     /// Set while a test body runs: the services and the World they live in.
     pub test: Option<TestContext>,
+    /// The running test's limits.
+    pub guard: Option<std::rc::Rc<crate::limits::Guard>>,
 }
 
 /// What a running test needs beyond the Starlark module.
@@ -69,6 +71,23 @@ pub struct TestContext {
 }
 
 impl Runtime {
+    /// An error if the running test must stop now (time limit, cancellation, memory):
+    /// builtins that wait call this, so they never wait past it.
+    pub fn halt(&self) -> anyhow::Result<()> {
+        match self.guard.as_ref().and_then(|g| g.check()) {
+            Some(stop) => Err(anyhow!("{}", stop.describe("the test"))),
+            None => Ok(()),
+        }
+    }
+
+    /// How long a builtin may wait at most: the test's time left.
+    pub fn time_left(&self, want: Duration) -> Duration {
+        match &self.guard {
+            Some(g) => want.min(g.left()),
+            None => want,
+        }
+    }
+
     /// The running test's context, or an error naming `what` outside of tests.
     pub fn test(&self, what: &str) -> anyhow::Result<&TestContext> {
         self.test
@@ -513,6 +532,8 @@ pub fn invoke_step<'v>(
         }
         call.timeout = call.timeout.min(left);
     }
+    rt.halt().map_err(starlark::Error::new_other)?;
+    call.timeout = rt.time_left(call.timeout);
     let allowed: &[&str] = match call.protocol.as_str() {
         "tcp" => &["data"],
         _ => &["path", "body", "headers"],
@@ -1147,6 +1168,9 @@ pub fn testing(builder: &mut GlobalsBuilder) {
             if !matching(eval, &filters, r#where, "assert_eventually()")?.is_empty() {
                 return Ok(NoneType);
             }
+            Runtime::get(eval)
+                .and_then(|rt| rt.halt())
+                .map_err(starlark::Error::new_other)?;
             if std::time::Instant::now() >= deadline {
                 return Err(starlark::Error::new_other(crate::faults::AssertionFailed(
                     format!(

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use faultbox_shim::rule::FaultRule;
 
+use crate::limits::memory::paused;
+
 /// One step call: `api.post(path=..., body=...)`, `db.main.send(data=...)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepCall {
@@ -100,4 +102,55 @@ pub trait World {
     fn parallel_open(&self) {}
     /// Excludes services from ordering control for the rest of the test.
     fn nondet(&self, _services: &[String]) {}
+}
+
+/// The world as a test body sees it: every call runs with the body's memory budget
+/// paused, since what the host allocates for a call (a step's buffers, a copy of the
+/// event log) is not the spec's to pay for, and a thread must never be stopped while
+/// it holds the host's locks.
+pub(crate) struct Host(pub std::sync::Arc<dyn World + Send + Sync>);
+
+impl World for Host {
+    fn step(&self, call: &StepCall) -> Result<StepResult, WorldError> {
+        paused(|| self.0.step(call))
+    }
+    fn fault_start(&self, service: &str, rules: &[FaultRule]) -> Result<u64, WorldError> {
+        paused(|| self.0.fault_start(service, rules))
+    }
+    fn trace_start(&self, service: &str, syscalls: &[String]) -> Result<u64, WorldError> {
+        paused(|| self.0.trace_start(service, syscalls))
+    }
+    fn fault_remove(&self, handle: u64) -> Result<(), WorldError> {
+        paused(|| self.0.fault_remove(handle))
+    }
+    fn trace_stop(&self, service: &str) -> Result<(), WorldError> {
+        paused(|| self.0.trace_stop(service))
+    }
+    fn fault_stop(&self, service: &str) -> Result<(), WorldError> {
+        paused(|| self.0.fault_stop(service))
+    }
+    fn events(&self) -> Vec<Event> {
+        paused(|| self.0.events())
+    }
+    fn observed(&self, service: &str) -> Option<Vec<String>> {
+        paused(|| self.0.observed(service))
+    }
+    fn step_start(&self, call: &StepCall) -> Result<u64, WorldError> {
+        paused(|| self.0.step_start(call))
+    }
+    fn step_finish(&self, handle: u64) -> Result<StepResult, WorldError> {
+        paused(|| self.0.step_finish(handle))
+    }
+    fn parallel_begin(&self) -> Result<(), WorldError> {
+        paused(|| self.0.parallel_begin())
+    }
+    fn parallel_release(&self) -> Result<(), WorldError> {
+        paused(|| self.0.parallel_release())
+    }
+    fn parallel_open(&self) {
+        paused(|| self.0.parallel_open())
+    }
+    fn nondet(&self, services: &[String]) {
+        paused(|| self.0.nondet(services))
+    }
 }

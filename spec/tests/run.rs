@@ -114,6 +114,10 @@ impl World for FakeWorld {
     }
 }
 
+fn limits() -> faultbox_spec::limits::Limits {
+    faultbox_spec::limits::Limits::new(std::time::Duration::from_secs(60))
+}
+
 fn run(name: &str) -> (faultbox_spec::TestOutcome, Vec<String>) {
     let loaded =
         load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs/tests.star")).unwrap();
@@ -125,7 +129,7 @@ fn run(name: &str) -> (faultbox_spec::TestOutcome, Vec<String>) {
         .unwrap()
         .clone();
     let world = Arc::new(FakeWorld::default());
-    let out = run_test(&loaded, &test, world.clone());
+    let out = run_test(&loaded, &test, world.clone(), limits());
     let log = world.log.lock().unwrap().clone();
     (out, log)
 }
@@ -234,7 +238,7 @@ fn assert_before_orders_events_and_sees_first() {
             .clone();
         let world = Arc::new(FakeWorld::default());
         world.log.lock().unwrap().push("with-step".into());
-        let out = run_test(&loaded, &test, world);
+        let out = run_test(&loaded, &test, world, limits());
         assert_eq!(out.verdict == Verdict::Pass, pass, "{name}: {out:?}");
         if !pass {
             let (why, kind) = reason(&out);
