@@ -31,12 +31,12 @@ fn plan(args: RunArgs) -> Result<Plan> {
     let arch = Arch::native();
     let mut rules = Vec::new();
     for text in &args.faults {
-        let rule = FaultRule::parse(text)?;
-        rule.syscalls(arch)?;
+        let rule = FaultRule::parse(text).context("--fault")?;
+        rule.syscalls(arch).context("--fault")?;
         rules.push(rule);
     }
     for text in &args.fs_faults {
-        rules.push(FaultRule::parse_fs(text)?);
+        rules.push(FaultRule::parse_fs(text).context("--fs-fault")?);
     }
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     for kv in &args.env {

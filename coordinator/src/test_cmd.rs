@@ -73,14 +73,15 @@ pub fn run(args: TestArgs) -> i32 {
             keep
         });
     }
-    if args.dry_run {
-        return dry_run(&loaded, &tests, &spec_arg);
-    }
-    // A binary that does not exist is a mistake in the spec, not a failing test.
+    // A binary that does not exist is a mistake in the spec, not a failing test;
+    // --dry-run refuses what the run would.
     for svc in &loaded.spec.services {
         if let Err(e) = session::resolve_program(&svc.binary_path()) {
             return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
         }
+    }
+    if args.dry_run {
+        return dry_run(&loaded, &tests, &spec_arg);
     }
     // A fleet run checks its addresses and identity before anything starts.
     let remote = match &args.executors {

@@ -414,6 +414,14 @@ fn a_file_that_cannot_be_executed_exits_127() {
     assert!(out.stderr.contains("cannot execute"), "{}", out.stderr);
 }
 
+/// 250 nested `{}` groups: globset's compiler panicked on these.
+const DEEP_GLOB: &str = concat!(
+    "openat=ENOENT:100%:/",
+    "{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{",
+    "a",
+    "}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}",
+);
+
 #[test]
 fn bad_input_is_one_clear_line_and_exit_1_with_nothing_started() {
     let d = Scratch::new("bad");
@@ -441,7 +449,21 @@ fn bad_input_is_one_clear_line_and_exit_1_with_nothing_started() {
             "bad duration \"soon\"",
         ),
         (&["--fault", "write=delay:5:100%"], "missing unit"),
-        (&["--fault", "write=EIO:100%:/a/[b"], "bad path glob"),
+        (&["--fault", "write=EIO:100%:/a/[b"], "never closed"),
+        (
+            &["--fault", "write=EIO:100%:data/*"],
+            "--fault: fault \"write=EIO:100%:data/*\": path glob \"data/*\" is relative",
+        ),
+        (&["--fs-fault", "write=EIO:100%:data/*"], "--fs-fault: "),
+        (
+            &["--fault", "connect=ECONNREFUSED:100%:localhost:*"],
+            "names host \"localhost\"",
+        ),
+        (&["--fault", DEEP_GLOB], "nests more than 10 {...} groups"),
+        (
+            &["--fault", "write=EIO:100%:nth=1:/a"],
+            "unexpected \"/a\" after the trigger",
+        ),
         (
             &["--fs-fault", "rename=EIO:100%"],
             "unknown operation \"rename\"",

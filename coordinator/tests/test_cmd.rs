@@ -313,6 +313,11 @@ fn dry_run_starts_nothing() {
 
 #[test]
 fn bad_specs_are_refused_with_file_and_line() {
+    let deep_op = format!(
+        "a = service('a', '/bin/true', ops = {{'x': op(syscalls = ['write'], path = '/{}a{}')}})\n",
+        "{".repeat(300),
+        "}".repeat(300)
+    );
     let cases: &[(&str, &str, i32, &str)] = &[
         ("syntax", "x = (\n", 1, "spec.star:2: Parse error"),
         ("builtin", "\nservce('a', '/bin/true')\n", 1, "spec.star:2:"),
@@ -356,6 +361,36 @@ fn bad_specs_are_refused_with_file_and_line() {
             "spec.star:5: syscall=\"opnat\": unknown syscall",
         ),
         (
+            "op_empty_path",
+            "a = service('a', '/bin/true', ops = {'x': op(syscalls = ['write'], path = '')})\n",
+            1,
+            "spec.star:1: op(path=\"\"): the glob is empty",
+        ),
+        (
+            "op_relative_path",
+            "a = service('a', '/bin/true',\n    ops = {'x': op(syscalls = ['write'], path = 'data/*')})\n",
+            1,
+            "spec.star:2: op(path=\"data/*\"): the glob is relative",
+        ),
+        (
+            "op_deep_glob",
+            deep_op.as_str(),
+            1,
+            "nests more than 10 {...} groups",
+        ),
+        (
+            "bad_probability",
+            "def test_t():\n    pass\n\ndef later():\n    return deny('EIO', probability = '150%')\n",
+            1,
+            "spec.star:5: bad probability \"150%\"",
+        ),
+        (
+            "bad_delay",
+            "def test_t():\n    pass\n\ndef later():\n    return delay('soon')\n",
+            1,
+            "spec.star:5: delay(): bad duration \"soon\"",
+        ),
+        (
             "query_everything",
             "def test_t():\n    events(syscall = '*')\n",
             1,
@@ -369,6 +404,34 @@ fn bad_specs_are_refused_with_file_and_line() {
         assert!(
             out.stderr.contains(expect),
             "{name}: expected {expect:?} in {}",
+            out.stderr
+        );
+        // --dry-run refuses whatever the run refuses before starting anything.
+        if *code == 1 {
+            let dry = test_cmd(&[spec.to_str().unwrap(), "--dry-run"]);
+            assert_eq!(dry.code, 1, "{name} --dry-run: {}", dry.stderr);
+            assert!(
+                dry.stderr.contains(expect),
+                "{name} --dry-run: {}",
+                dry.stderr
+            );
+        }
+    }
+    // A binary that is not executable, likewise.
+    let (spec, _rm) = spec_file(
+        "not_executable",
+        "service('a', './plain', interface('m', 'tcp', 7400))\ndef test_t():\n    pass\n",
+    );
+    std::fs::write(spec.with_file_name("plain"), "not a program\n").unwrap();
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let mut args = vec![spec.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = test_cmd(&args);
+        assert_eq!(out.code, 1, "{extra:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("spec.star:1: service \"a\"")
+                && out.stderr.contains("is not executable"),
+            "{extra:?}: {}",
             out.stderr
         );
     }

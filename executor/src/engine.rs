@@ -412,3 +412,30 @@ mod tests {
         assert_eq!(Decision::AllowSystemPath.to_string(), "allow (system path)");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Whatever the rule parser accepts as a glob compiles, and nothing panics.
+        #[test]
+        fn accepted_globs_compile(glob in "[/*?{}\\[\\],!^a-c:.\\\\0-9-]{1,40}") {
+            let rule = FaultRule {
+                target: "openat".into(),
+                kind: faultbox_shim::rule::TargetKind::Syscall,
+                action: Action::Deny(libc::EIO),
+                probability: 100.0,
+                path_glob: Some(glob.clone()),
+                trigger: Trigger::Always,
+                label: None,
+            };
+            if faultbox_shim::rule::check_glob(&glob).is_ok() {
+                prop_assert!(compile(&rule, 0, Arch::X86_64).is_ok(), "{glob}");
+            }
+        }
+    }
+}

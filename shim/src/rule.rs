@@ -93,8 +93,140 @@ pub enum RuleError {
     },
     #[error("fault {rule:?}: empty path glob")]
     EmptyGlob { rule: String },
-    #[error("fault {rule:?}: unexpected {text:?} after the trigger")]
+    #[error("fault {rule:?}: path glob {glob:?} {why}")]
+    BadGlob {
+        rule: String,
+        glob: String,
+        why: String,
+    },
+    #[error("fault {rule:?}: unexpected {text:?} after the trigger (the path glob comes before it, as in SYSCALL=EIO:100%:/path:nth=1)")]
     Trailing { rule: String, text: String },
+}
+
+/// Most `{...}` groups a path glob may nest; the glob compiler recurses per level.
+pub const MAX_GLOB_NESTING: usize = 10;
+/// Longest path glob accepted (the kernel's PATH_MAX).
+pub const MAX_GLOB_LEN: usize = 4096;
+
+/// Checks that `glob` can match something: it is well formed (closed `[...]` and
+/// `{...}`, at most [`MAX_GLOB_NESTING`] nested groups, no dangling `\`) and anchored
+/// the way the strings it is matched against are: absolute paths (`/data/*`,
+/// `*/x.wal`), `socket:[...]`, `pipe:[...]`, and numeric socket addresses
+/// (`127.0.0.1:5432`, `[::1]:80`, `*:5432`, `@abstract`). A relative path or a host
+/// name would never match, and a declared fault must never be silently inert.
+/// Returns why not, as the end of a sentence that starts with the glob.
+pub fn check_glob(glob: &str) -> Result<(), String> {
+    if glob.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    if glob.len() > MAX_GLOB_LEN {
+        return Err(format!("is longer than {MAX_GLOB_LEN} bytes"));
+    }
+    let (mut depth, mut escaped) = (0usize, false);
+    let mut chars = glob.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '[' => class(&mut chars)?,
+            '{' => {
+                depth += 1;
+                if depth > MAX_GLOB_NESTING {
+                    return Err(format!("nests more than {MAX_GLOB_NESTING} {{...}} groups"));
+                }
+            }
+            '}' if depth == 0 => return Err("has a '}' with no '{' before it".into()),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    if escaped {
+        return Err("ends with a lone '\\'".into());
+    }
+    if depth > 0 {
+        return Err("has a '{' that is never closed".into());
+    }
+    anchored(glob, 0)
+}
+
+/// Reads a character class after its `[`: `[!...]` negates, a `]` first is a
+/// literal, every other character is itself (`\\` included), and ranges go upwards.
+fn class(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<(), String> {
+    if chars.peek().is_some_and(|c| *c == '!' || *c == '^') {
+        chars.next();
+    }
+    let mut members: Vec<char> = Vec::new();
+    if chars.peek() == Some(&']') {
+        members.push(']');
+        chars.next();
+    }
+    loop {
+        match chars.next() {
+            None => return Err("has a '[' that is never closed".into()),
+            Some(']') => return Ok(()),
+            Some('-') if !members.is_empty() && chars.peek().is_some_and(|c| *c != ']') => {
+                let (from, to) = (
+                    *members.last().expect("not empty"),
+                    chars.next().expect("peeked"),
+                );
+                if from > to {
+                    return Err(format!("has a backwards range {from}-{to}"));
+                }
+                members.push(to);
+            }
+            Some(c) => members.push(c),
+        }
+    }
+}
+
+/// Whether every alternative `glob` can expand to starts the way matched strings do.
+fn anchored(glob: &str, depth: usize) -> Result<(), String> {
+    let first = glob.chars().next().unwrap_or('/');
+    if first == '{' && depth <= MAX_GLOB_NESTING {
+        // `{/a,/b}rest`: each alternative, followed by the rest, must be anchored.
+        let mut level = 0;
+        let mut start = 1;
+        let mut alternatives = Vec::new();
+        for (i, c) in glob.char_indices() {
+            match c {
+                '{' => level += 1,
+                '}' => {
+                    level -= 1;
+                    if level == 0 {
+                        alternatives.push(&glob[start..i]);
+                        let rest = &glob[i + 1..];
+                        for alt in alternatives {
+                            anchored(&format!("{alt}{rest}"), depth + 1)?;
+                        }
+                        return Ok(());
+                    }
+                }
+                ',' if level == 1 => {
+                    alternatives.push(&glob[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        return Ok(());
+    }
+    if matches!(first, '/' | '*' | '?' | '[' | '@' | '{') || first.is_ascii_digit() {
+        return Ok(());
+    }
+    match glob.split_once(':') {
+        Some((head, _)) if !head.contains('/') => {
+            if ["socket", "pipe", "anon_inode"].contains(&head) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "names host {head:?}: socket addresses are matched as numbers (127.0.0.1:5432, [::1]:80, *:5432), so it would never match"
+                ))
+            }
+        }
+        _ => Err(format!(
+            "is relative: files are matched by absolute path, so it would never match (write /full/path/{glob} or */{glob})"
+        )),
+    }
 }
 
 impl FaultRule {
@@ -231,12 +363,7 @@ fn parse(text: &str, kind: TargetKind) -> Result<FaultRule, RuleError> {
     if let Some(pos) = glob_parts.iter().position(|p| looks_like_trigger(p)) {
         return Err(RuleError::Trailing {
             rule: rule(),
-            text: glob_parts[pos + 1..]
-                .iter()
-                .chain(std::iter::once(&rest[rest.len() - 1]))
-                .copied()
-                .collect::<Vec<_>>()
-                .join(":"),
+            text: rest[pos + 1..].join(":"),
         });
     }
     let path_glob = if glob_parts.is_empty() {
@@ -246,6 +373,11 @@ fn parse(text: &str, kind: TargetKind) -> Result<FaultRule, RuleError> {
         if g.trim().is_empty() {
             return Err(RuleError::EmptyGlob { rule: rule() });
         }
+        check_glob(&g).map_err(|why| RuleError::BadGlob {
+            rule: rule(),
+            glob: g.clone(),
+            why,
+        })?;
         Some(g)
     };
 
@@ -409,7 +541,43 @@ mod tests {
         assert!(e("write=delay:fast:100%").contains("bad duration"));
         assert!(e("write=delay:10:100%").contains("missing unit"));
         assert!(e("=EIO:100%").contains("missing syscall"));
-        assert!(e("write=EIO:100%:nth=1:/x").contains("unexpected"));
+        assert!(e("write=EIO:100%:nth=1:/x").contains("unexpected \"/x\" after the trigger"));
+        assert!(e("write=EIO:100%:nth=1:/a:/b").contains("unexpected \"/a:/b\" after"));
+    }
+
+    #[test]
+    fn globs_that_could_never_match_are_refused() {
+        let e = |s: &str| FaultRule::parse(s).unwrap_err().to_string();
+        assert!(e("write=EIO:100%:data/*").contains("is relative"));
+        assert!(e("write=EIO:100%:./x").contains("is relative"));
+        assert!(e("connect=ECONNREFUSED:100%:localhost:5432").contains("names host \"localhost\""));
+        assert!(e("openat=EIO:100%:/a[b").contains("never closed"));
+        assert!(e("openat=EIO:100%:/a}").contains("no '{' before it"));
+        assert!(e("openat=EIO:100%:/{a,b").contains("never closed"));
+        let deep = format!(
+            "openat=ENOENT:100%:/{}a{}",
+            "{".repeat(300),
+            "}".repeat(300)
+        );
+        assert!(e(&deep).contains("nests more than 10"));
+        assert!(e(&format!("openat=EIO:100%:/{}", "a".repeat(5000))).contains("longer than"));
+        assert!(e("openat=EIO:100%:{/a,b/c}").contains("is relative"));
+        for ok in [
+            "/data/*",
+            "*/x.wal",
+            "**/x",
+            "/{a,b}/*",
+            "{/a,/b}",
+            "*:5432",
+            "127.0.0.1:*",
+            "[::1]:80",
+            "socket:[*]",
+            "pipe:*",
+            "@abstract",
+            "?tmp/x",
+        ] {
+            check_glob(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
     }
 
     #[test]

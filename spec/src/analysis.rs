@@ -60,6 +60,16 @@ pub enum Literal {
         name: String,
         at: String,
     },
+    /// `delay("...")`'s duration.
+    Duration {
+        text: String,
+        at: String,
+    },
+    /// `deny(probability="...")` or `delay(probability="...")`.
+    Probability {
+        text: String,
+        at: String,
+    },
     /// A query's literal `syscall=` filter: a syscall, family or glob.
     QuerySyscall {
         pattern: String,
@@ -84,14 +94,25 @@ fn walk(ast: &AstModule, e: &AstExpr, out: &mut (Vec<Site>, Vec<Literal>)) {
     if let ExprP::Call(callee, args) = &e.node {
         if let ExprP::Identifier(id) = &callee.node {
             let name = id.node.ident.as_str();
-            if name == "deny" {
-                if let Some(ArgumentP::Positional(x)) = args.args.first().map(|a| &a.node) {
-                    if let ExprP::Literal(AstLiteral::String(s)) = &x.node {
-                        out.1.push(Literal::Errno {
-                            name: s.node.clone(),
-                            at: at(ast, e),
-                        });
-                    }
+            // deny() and delay() often sit in test bodies, which run only later:
+            // their literal arguments are checked now.
+            if name == "deny" || name == "delay" {
+                for (i, a) in args.args.iter().enumerate() {
+                    let (key, x) = match &a.node {
+                        ArgumentP::Positional(x) if i == 0 => ("", x),
+                        ArgumentP::Named(k, x) => (k.node.as_str(), x),
+                        _ => continue,
+                    };
+                    let ExprP::Literal(AstLiteral::String(s)) = &x.node else {
+                        continue;
+                    };
+                    let (text, at) = (s.node.clone(), at(ast, e));
+                    out.1.push(match (name, key) {
+                        ("deny", "") => Literal::Errno { name: text, at },
+                        ("delay", "") => Literal::Duration { text, at },
+                        (_, "probability") => Literal::Probability { text, at },
+                        _ => continue,
+                    });
                 }
             }
             if name == "partition" {
@@ -218,6 +239,14 @@ pub fn check(
                         "{at}: unknown errno {name:?} (expected a name such as EIO, ENOENT, ECONNREFUSED)"
                     ));
                 }
+            }
+            Literal::Duration { text, at } => {
+                faultbox_shim::rule::parse_duration(text)
+                    .map_err(|e| format!("{at}: delay(): bad duration {text:?}: {e}"))?;
+            }
+            Literal::Probability { text, at } => {
+                faultbox_shim::rule::parse_probability(text)
+                    .map_err(|e| format!("{at}: bad probability {text:?}: {e}"))?;
             }
             Literal::QuerySyscall { pattern, at } => {
                 crate::faults::query_syscalls(pattern).map_err(|e| format!("{at}: {e}"))?;

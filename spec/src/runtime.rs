@@ -261,6 +261,10 @@ pub fn topology(builder: &mut GlobalsBuilder) {
         for s in &syscalls {
             crate::faults::check_syscall(s)?;
         }
+        if let Some(p) = path {
+            faultbox_shim::rule::check_glob(p)
+                .map_err(|why| anyhow!("op(path={p:?}): the glob {why}"))?;
+        }
         Ok(OpValue(Op {
             syscalls,
             path: path.map(str::to_string),
