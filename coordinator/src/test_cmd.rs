@@ -24,8 +24,11 @@ pub const EXIT_NO_EXECUTOR: i32 = 3;
 pub const EXIT_INTERRUPTED: i32 = 130;
 /// The name of the executor inside this process.
 const LOCAL: &str = "local";
-/// The most calls --explore=all orders exhaustively (8! = 40320 runs).
+/// A Faultbox error: bad flags, a spec that cannot be loaded.
 const EXIT_ERROR: i32 = 1;
+/// The most runs (tests × seeds) one invocation plans: the coordinator keeps a record
+/// of each. Larger suites are split with `--partition` or over several invocations.
+pub const MAX_RUNS: u64 = 1_000_000;
 
 fn error(msg: impl std::fmt::Display) -> i32 {
     eprintln!("faultbox: error: {msg}");
@@ -80,6 +83,20 @@ pub fn run(args: TestArgs) -> i32 {
             return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
         }
     }
+    let runs = args
+        .runs
+        .unwrap_or(if args.explore.as_deref() == Some("sample") {
+            100
+        } else {
+            1
+        });
+    let planned = (tests.len() as u64).saturating_mul(runs);
+    if args.seed.is_none() && planned > MAX_RUNS {
+        return error(format!(
+            "--runs {runs}: {} test(s) × {runs} runs is {planned} runs, more than the {MAX_RUNS} one invocation plans; use fewer runs, or split the suite with --partition",
+            tests.len()
+        ));
+    }
     if args.dry_run {
         return dry_run(&loaded, &tests, &spec_arg);
     }
@@ -124,13 +141,6 @@ pub fn run(args: TestArgs) -> i32 {
         Err(e) => return error(e),
     };
     let loaded = Arc::new(loaded);
-    let runs = args
-        .runs
-        .unwrap_or(if args.explore.as_deref() == Some("sample") {
-            100
-        } else {
-            1
-        });
     let seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],
         None => (0..runs).collect(),

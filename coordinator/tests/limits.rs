@@ -207,3 +207,34 @@ fn signals_stop_a_looping_body() {
         assert_nothing_left();
     }
 }
+
+#[test]
+fn more_runs_than_a_plan_holds_are_refused_naming_the_flag() {
+    for args in [
+        &["test", "examples/faultbox.star", "--runs", "4294967296"][..],
+        &[
+            "test",
+            "examples/faultbox.star",
+            "--runs",
+            "100001",
+            "--dry-run",
+        ][..],
+    ] {
+        let (out, took) = faultbox(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("--runs ") && out.stderr.contains("more than the 1000000"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+    let (out, _) = faultbox(&[
+        "test",
+        "examples/faultbox.star",
+        "--runs",
+        "100000",
+        "--dry-run",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
