@@ -36,6 +36,8 @@ fn error(msg: impl std::fmt::Display) -> i32 {
 }
 
 pub fn run(args: TestArgs) -> i32 {
+    // What runs of this host that were killed outright left behind.
+    faultbox_executor::scratch::sweep();
     let loaded = match faultbox_spec::load(&args.spec) {
         Ok(l) => l,
         Err(e) => return error(e),

@@ -238,3 +238,47 @@ fn more_runs_than_a_plan_holds_are_refused_naming_the_flag() {
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+/// `faultbox test` killed outright leaves its tests' scratch directories; the next
+/// run on the host sweeps them, and the killed run's services went with it.
+#[test]
+fn the_next_run_sweeps_what_a_killed_run_left() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut child = Command::new(common::faultbox())
+        .current_dir(root())
+        .args([
+            "test",
+            "coordinator/tests/specs/runaway.star",
+            "--test",
+            "spins",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_processes(
+        "debug/inventory",
+        |n| n >= 1,
+        20,
+        "the service did not start",
+    );
+    let dir = std::env::temp_dir().join(format!("faultbox-{}", child.id()));
+    assert!(
+        dir.is_dir(),
+        "{} holds the running test's files",
+        dir.display()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(dir.is_dir(), "a killed run cannot clean up");
+    common::wait_processes(
+        "debug/inventory",
+        |n| n == 0,
+        10,
+        "the service outlived its supervisor",
+    );
+    let out = common::faultbox_at(&root(), &["test", "examples/faultbox.star", "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!dir.exists(), "the next run sweeps {}", dir.display());
+    assert_nothing_left();
+}

@@ -13,6 +13,7 @@ pub mod launch;
 pub mod procfs;
 pub mod sandbox;
 pub mod scheduler;
+pub mod scratch;
 pub mod server;
 pub mod session;
 pub mod steps;

@@ -179,7 +179,7 @@ fn run_here(loaded: &Arc<Loaded>, test: &Test, opts: &TestOptions) -> TestReport
         }
     };
     r.timings.sandbox = start.elapsed();
-    let logs = match tempdir(&test.name) {
+    let logs = match crate::scratch::test_dir(&test.name) {
         Ok(d) => d,
         Err(e) => {
             r.verdict = fail(format!("creating the test's scratch directory: {e}"));
@@ -193,7 +193,7 @@ fn run_here(loaded: &Arc<Loaded>, test: &Test, opts: &TestOptions) -> TestReport
         if opts.cancel.is_cancelled() {
             break;
         }
-        match world.start_service(&loaded.spec, svc, &opts.shim, sandbox.netns(), &logs.0) {
+        match world.start_service(&loaded.spec, svc, &opts.shim, sandbox.netns(), logs.path()) {
             Ok(state) => {
                 opts.cancel.register(state.running.pid);
                 started.push(state);
@@ -211,7 +211,7 @@ fn run_here(loaded: &Arc<Loaded>, test: &Test, opts: &TestOptions) -> TestReport
         if let Err((e, why)) = wait_ready(
             started.last().expect("just started"),
             &opts.runtime,
-            &logs.0,
+            logs.path(),
         ) {
             r.startup = Some(why);
             r.verdict = start_failed(e);
@@ -456,25 +456,4 @@ fn tail(logs: &std::path::Path, service: &str) -> String {
     let mut lines = lines;
     lines.reverse();
     format!("; stderr: {}", lines.join(" | "))
-}
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir(test: &str) -> std::io::Result<TempDir> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "faultbox-{}-{}-{test}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(TempDir(dir))
 }
