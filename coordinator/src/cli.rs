@@ -48,6 +48,9 @@ pub enum Command {
         /// Write Claude Code slash commands (.claude/commands/) and .mcp.json.
         #[arg(long)]
         claude: bool,
+        /// Replace files that exist (a symlink is replaced, not followed).
+        #[arg(long)]
+        force: bool,
     },
     /// Generate failure scenarios from a spec's scenario() registrations.
     Generate {
@@ -69,6 +72,9 @@ pub enum Command {
         /// List the mutations without writing files.
         #[arg(long)]
         dry_run: bool,
+        /// Replace files that exist (a symlink is replaced, not followed).
+        #[arg(long)]
+        force: bool,
     },
     /// Manage a fleet's certificates.
     #[command(subcommand)]

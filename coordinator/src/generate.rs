@@ -34,6 +34,8 @@ pub struct Options {
     pub service: Option<String>,
     /// `network`, `disk` or `all`.
     pub category: String,
+    /// Whether existing files may be replaced (`--force`).
+    pub existing: crate::output::Existing,
 }
 
 /// The mutations of `spec`, filtered by `opts`.
@@ -320,13 +322,17 @@ pub fn run(spec_path: &Path, output: Option<&Path>, opts: Options, dry_run: bool
             .map(|s| (dir.join(format!("{}.faults.star", s.name)), vec![*s]))
             .collect(),
     };
+    let what = if output.is_some() { "--output: " } else { "" };
+    if let Err(e) = crate::output::check_all(files.iter().map(|(p, _)| p.as_path()), opts.existing)
+    {
+        return fail(format!("{what}{e}"));
+    }
     for (path, scs) in files {
         let file_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let text = render(spec, &spec_arg, &scs, &muts, &file_dir);
-        if let Err(e) = std::fs::write(&path, text) {
-            return fail(format!("{}: {e}", path.display()));
+        if let Err(e) = crate::output::write(&path, &text, opts.existing) {
+            return fail(format!("{what}{e}"));
         }
-        eprintln!("wrote {}", path.display());
     }
     0
 }

@@ -6,24 +6,23 @@ use std::path::{Path, PathBuf};
 
 use yaml_rust2::{Yaml, YamlLoader};
 
+use crate::output::Existing;
+
 fn fail(msg: impl std::fmt::Display) -> i32 {
     eprintln!("faultbox: error: {msg}");
     1
 }
 
 /// Writes `text` to `output`, or prints it.
-fn emit(text: &str, output: Option<&Path>) -> i32 {
+fn emit(text: &str, output: Option<&Path>, existing: Existing) -> i32 {
     match output {
         None => match crate::stdout::write(text) {
             Ok(()) => 0,
             Err(e) => fail(e),
         },
-        Some(p) => match std::fs::write(p, text) {
-            Ok(()) => {
-                eprintln!("wrote {}", p.display());
-                0
-            }
-            Err(e) => fail(format!("--output {}: {e}", p.display())),
+        Some(p) => match crate::output::write(p, text, existing) {
+            Ok(()) => 0,
+            Err(e) => fail(format!("--output: {e}")),
         },
     }
 }
@@ -52,6 +51,7 @@ pub fn for_binary(
     port: u32,
     protocol: &str,
     output: Option<&Path>,
+    existing: Existing,
 ) -> i32 {
     if !["http", "tcp"].contains(&protocol) {
         return fail(format!("--protocol {protocol}: expected http or tcp"));
@@ -100,7 +100,7 @@ pub fn for_binary(
         s,
         "def test_disk_errors():\n    # What does {name} do when its writes fail? Replace with what it should do.\n    fault({var}, write = deny(\"EIO\"), run = happy_path)"
     );
-    emit(&s, output)
+    emit(&s, output, existing)
 }
 
 /// What a compose service's protocol and port look like.
@@ -255,7 +255,7 @@ fn parse_compose(path: &Path, text: &str) -> Result<Vec<ComposeService>, String>
 }
 
 /// A spec from a docker-compose file.
-pub fn from_compose(file: &Path, output: Option<&Path>) -> i32 {
+pub fn from_compose(file: &Path, output: Option<&Path>, existing: Existing) -> i32 {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => return fail(format!("{}: {e}", file.display())),
@@ -324,23 +324,11 @@ pub fn from_compose(file: &Path, output: Option<&Path>) -> i32 {
             );
         }
     }
-    emit(&s, output)
-}
-
-fn write_new(path: &Path, text: &str) -> Result<(), String> {
-    if path.exists() {
-        return Err(format!("{} exists; not overwriting it", path.display()));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    emit(&s, output, existing)
 }
 
 /// Typing stubs for every builtin, and editor settings that use them.
-pub fn vscode(dir: &Path) -> i32 {
+pub fn vscode(dir: &Path, existing: Existing) -> i32 {
     let files = [
         (dir.join("typings/faultbox.pyi"), STUBS.to_string()),
         (
@@ -348,11 +336,11 @@ pub fn vscode(dir: &Path) -> i32 {
             "{\n  \"files.associations\": {\"*.star\": \"python\"},\n  \"python.analysis.stubPath\": \"typings\",\n  \"python.analysis.extraPaths\": [\"typings\"]\n}\n".to_string(),
         ),
     ];
-    write_all(&files)
+    write_all(&files, existing)
 }
 
 /// Claude Code slash commands and the MCP server configuration.
-pub fn claude(dir: &Path) -> i32 {
+pub fn claude(dir: &Path, existing: Existing) -> i32 {
     let cmd = |what: &str, body: &str| format!("---\ndescription: {what}\n---\n\n{body}\n");
     let files = [
         (
@@ -381,18 +369,15 @@ pub fn claude(dir: &Path) -> i32 {
             "{\n  \"mcpServers\": {\n    \"faultbox\": {\n      \"command\": \"faultbox\",\n      \"args\": [\"mcp\"]\n    }\n  }\n}\n".to_string(),
         ),
     ];
-    write_all(&files)
+    write_all(&files, existing)
 }
 
-fn write_all(files: &[(PathBuf, String)]) -> i32 {
-    // Check first, so a refusal writes nothing.
-    for (p, _) in files {
-        if p.exists() {
-            return fail(format!("{} exists; not overwriting it", p.display()));
-        }
+fn write_all(files: &[(PathBuf, String)], existing: Existing) -> i32 {
+    if let Err(e) = crate::output::check_all(files.iter().map(|(p, _)| p.as_path()), existing) {
+        return fail(e);
     }
     for (p, text) in files {
-        if let Err(e) = write_new(p, text) {
+        if let Err(e) = crate::output::write(p, text, existing) {
             return fail(e);
         }
     }

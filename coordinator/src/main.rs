@@ -12,6 +12,7 @@ mod init;
 mod junit;
 mod logging;
 mod normalize;
+mod output;
 mod partition;
 mod progress;
 mod remote;
@@ -57,14 +58,20 @@ fn main() {
             from_compose,
             vscode,
             claude,
+            force,
         } => {
             let here = std::path::Path::new(".");
+            let existing = if force {
+                output::Existing::Replace
+            } else {
+                output::Existing::Refuse
+            };
             match (binary, from_compose, vscode, claude) {
-                (_, _, true, _) => init::vscode(here),
-                (_, _, _, true) => init::claude(here),
-                (None, Some(file), _, _) => init::from_compose(&file, output.as_deref()),
+                (_, _, true, _) => init::vscode(here, existing),
+                (_, _, _, true) => init::claude(here, existing),
+                (None, Some(file), _, _) => init::from_compose(&file, output.as_deref(), existing),
                 (Some(b), None, _, _) => {
-                    init::for_binary(&b, &name, port, &protocol, output.as_deref())
+                    init::for_binary(&b, &name, port, &protocol, output.as_deref(), existing)
                 }
                 (Some(_), Some(_), _, _) => {
                     eprintln!("faultbox: error: give a binary or --from-compose, not both");
@@ -83,6 +90,7 @@ fn main() {
             service,
             category,
             dry_run,
+            force,
         } => generate::run(
             &spec,
             output.as_deref(),
@@ -90,6 +98,11 @@ fn main() {
                 scenario,
                 service,
                 category,
+                existing: if force {
+                    output::Existing::Replace
+                } else {
+                    output::Existing::Refuse
+                },
             },
             dry_run,
         ),

@@ -1605,3 +1605,73 @@ fn the_reference_quick_start_passes() {
         "the WAL's openat is in the trace"
     );
 }
+
+/// `init` and `generate` never write over a file, or through a symlink, unless
+/// `--force`; with it, a symlink is replaced and what it pointed at is left alone.
+#[test]
+fn init_and_generate_never_overwrite_without_force() {
+    let (dir, _rm) = example_copy("force");
+    let victim = dir.join("victim.txt");
+    std::fs::write(&victim, "keep").unwrap();
+    let link = dir.join("link.star");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        "services:\n  db:\n    image: redis:7\n",
+    )
+    .unwrap();
+    let spec = dir.join("faultbox.star");
+    let before = std::fs::read_to_string(&spec).unwrap();
+    let bin = root().join("target/debug/inventory");
+    let bin = bin.to_str().unwrap();
+    for target in ["faultbox.star", "link.star"] {
+        for args in [
+            vec!["--output", target, bin],
+            vec!["--from-compose", "docker-compose.yml", "--output", target],
+        ] {
+            let out = init(&dir, &args);
+            assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+            assert!(
+                out.stderr
+                    .contains("exists; not overwriting it (--force replaces it)"),
+                "{args:?}: {}",
+                out.stderr
+            );
+        }
+        let out = generate(&[
+            dir.join("composition.star").to_str().unwrap(),
+            "--output",
+            dir.join(target).to_str().unwrap(),
+        ]);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(out.stderr.contains("--output: "), "{}", out.stderr);
+    }
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), before);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+
+    // generate's default files: the second run refuses, naming the file, and writes
+    // nothing; --force replaces them.
+    let composition = dir.join("composition.star");
+    assert_eq!(generate(&[composition.to_str().unwrap()]).code, 0);
+    let per = dir.join("order_flow.faults.star");
+    std::fs::write(&per, "# edited by hand\n").unwrap();
+    let again = generate(&[composition.to_str().unwrap()]);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("order_flow.faults.star exists"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&per).unwrap(), "# edited by hand\n");
+    let forced = generate(&[composition.to_str().unwrap(), "--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(std::fs::read_to_string(&per)
+        .unwrap()
+        .contains("fault_matrix("));
+
+    let out = init(&dir, &["--output", "link.star", "--force", bin]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(std::fs::read_to_string(&link).unwrap().contains("service("));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+}
