@@ -3,11 +3,14 @@
 //! The supervisor pushes each decision onto a queue without waking anyone (a wake-up
 //! is a futex syscall, about as dear as the rest of a deny); a logger thread drains
 //! the queue every few milliseconds and writes the batch with one call. The queue is
-//! bounded: a target that outpaces the logger waits for room, so no line is lost.
+//! bounded: a target that outpaces a logger that is writing waits for room, so no
+//! line is lost. A logger that has not drained for [`STALLED`] is stuck (its stderr is
+//! a pipe nobody reads): the target is then never made to wait, its decisions are
+//! dropped and counted, and the count is logged once the logger can write again.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use faultbox_executor::{EventSink, SyscallEvent};
 
@@ -15,11 +18,27 @@ use crate::logging;
 
 const CAPACITY: usize = 16 * 1024;
 const TICK: Duration = Duration::from_millis(5);
+/// How long the logger may go without draining before the target stops waiting on it.
+pub const STALLED: Duration = Duration::from_millis(100);
 
-#[derive(Default)]
 struct Queue {
     events: VecDeque<SyscallEvent>,
     closed: bool,
+    /// When the logger last took a batch.
+    drained: Instant,
+    /// Decisions dropped since the last report, while the logger was stuck.
+    dropped: u64,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue {
+            events: VecDeque::new(),
+            closed: false,
+            drained: Instant::now(),
+            dropped: 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -42,11 +61,17 @@ impl EventSink for DecisionLog {
         }
         let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         while q.events.len() >= CAPACITY {
+            let stuck_for = q.drained.elapsed();
+            if stuck_for >= STALLED {
+                q.dropped += 1;
+                return;
+            }
             q = self
                 .shared
                 .changed
-                .wait(q)
-                .unwrap_or_else(|p| p.into_inner());
+                .wait_timeout(q, STALLED - stuck_for)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         q.events.push_back(ev);
     }
@@ -70,16 +95,30 @@ pub fn start(debug: bool) -> std::io::Result<(Arc<DecisionLog>, std::thread::Joi
     let thread = std::thread::Builder::new()
         .name("faultbox-logger".into())
         .spawn(move || loop {
-            let (batch, closed) = {
+            let (batch, closed, dropped) = {
                 let q = drain.queue.lock().unwrap_or_else(|p| p.into_inner());
                 let (mut q, _) = drain
                     .changed
                     .wait_timeout_while(q, TICK, |q| !q.closed)
                     .unwrap_or_else(|p| p.into_inner());
-                (std::mem::take(&mut q.events), q.closed)
+                q.drained = Instant::now();
+                (
+                    std::mem::take(&mut q.events),
+                    q.closed,
+                    std::mem::take(&mut q.dropped),
+                )
             };
             drain.changed.notify_all();
-            logging::batched(|| batch.iter().for_each(log_decision));
+            logging::batched(|| {
+                if dropped > 0 {
+                    tracing::warn!(
+                        target: "engine",
+                        dropped,
+                        "decisions not logged: stderr was not being read, and the target is never made to wait for it"
+                    );
+                }
+                batch.iter().for_each(log_decision)
+            });
             if closed {
                 break;
             }

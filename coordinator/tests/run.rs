@@ -929,3 +929,70 @@ fn any_syscall_of_the_architecture_can_be_named() {
     );
     assert_eq!(out.code, libc::EAGAIN, "{}", out.stderr);
 }
+
+/// A stderr nobody reads fills up; the target must go on all the same, and the
+/// decisions that could not be logged are counted once stderr drains.
+#[test]
+fn a_stderr_nobody_reads_never_freezes_the_target() {
+    use std::io::Read as _;
+    let d = Scratch::new("unread");
+    let (file, done) = (d.path("wal"), d.path("done"));
+    // 20,000 denied writes log some 5 MB, far more than a pipe holds.
+    let script = format!(
+        "exec 2>/dev/null; i=0; while [ $i -lt 20000 ]; do echo x >> {file}; i=$((i+1)); done; : > {done}"
+    );
+    let mut child = std::process::Command::new(common::faultbox())
+        .args(["run", "--log-format=json", "--fault"])
+        .arg(format!("write=EIO:100%:{file}"))
+        .args(["--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::path::Path::new(&done).exists() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the target froze while nobody read faultbox's stderr");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        &stderr[stderr.len().saturating_sub(2000)..]
+    );
+    let dropped: u64 = stderr
+        .lines()
+        .filter(|l| l.contains("decisions not logged"))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["dropped"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    let logged = stderr
+        .lines()
+        .filter(|l| l.contains("\"syscall intercepted\""))
+        .count() as u64;
+    assert!(
+        dropped > 0,
+        "some decisions were dropped while stderr was full"
+    );
+    assert!(logged > 0);
+    assert!(
+        logged + dropped >= 20_000,
+        "{logged} logged + {dropped} dropped"
+    );
+}
