@@ -60,7 +60,8 @@ pub fn normalize(reports: &[TestReport]) -> String {
 }
 
 /// Replaces volatile parts of a value: `socket:[123]` → `socket:[*]`, the scratch
-/// directory (`<tmp>/faultbox-<pid>-<n>-<test>`, here or under an executor's work directory) → `$TMPDIR`.
+/// directory (`<tmp>/faultbox-<pid>/<n>-<test>`, here or under an executor's work
+/// directory) → `$TMPDIR`.
 fn stable(v: &str) -> String {
     let mut s = v.to_string();
     for kind in ["socket:[", "pipe:[", "anon_inode:["] {
@@ -73,7 +74,7 @@ fn stable(v: &str) -> String {
             }
         }
     }
-    // A run's scratch directory is `<tmp>/faultbox-<pid>-<n>-<test>`, where <tmp> is
+    // A run's scratch directory is `<tmp>/faultbox-<pid>/<n>-<test>`, where <tmp> is
     // this host's temporary directory or an executor's work directory.
     let marker = "/faultbox-";
     let mut from = 0;
@@ -87,7 +88,12 @@ fn stable(v: &str) -> String {
         let start = s[..i]
             .rfind(|c: char| c.is_whitespace() || c == '=')
             .map_or(0, |j| j + 1);
-        let end = s[after..].find('/').map_or(s.len(), |e| after + e);
+        // The process's directory, then the test's.
+        let end = s[after..]
+            .find('/')
+            .map(|e| after + e + 1)
+            .and_then(|test| s[test..].find('/').map(|e| test + e))
+            .unwrap_or(s.len());
         s.replace_range(start..end, "$TMPDIR");
         from = start + "$TMPDIR".len();
     }
@@ -107,11 +113,11 @@ mod tests {
             .trim_end_matches('/')
             .to_string();
         assert_eq!(
-            stable(&format!("{tmp}/faultbox-123-4-test_x/inventory.wal")),
+            stable(&format!("{tmp}/faultbox-123/4-test_x/inventory.wal")),
             "$TMPDIR/inventory.wal"
         );
         assert_eq!(
-            stable("/srv/work/tmp/faultbox-9-1-test_y/a.log"),
+            stable("/srv/work/tmp/faultbox-9/1-test_y/a.log"),
             "$TMPDIR/a.log"
         );
         assert_eq!(stable("/opt/faultbox-tools/x"), "/opt/faultbox-tools/x");

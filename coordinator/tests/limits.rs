@@ -16,15 +16,7 @@ fn assert_nothing_left() {
         common::processes_with("debug/inventory").is_empty(),
         "a service outlived its test"
     );
-    let leftovers: Vec<_> = std::fs::read_dir("/tmp")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            n.strip_prefix("faultbox-")
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .collect();
+    let leftovers = common::scratch_leftovers();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -115,34 +107,28 @@ fn runaway_bodies_are_stopped_reported_and_cleaned_up() {
     ]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     let doc = json(&out);
-    let spins = test(&doc, "test_spins");
-    assert_eq!(spins["failure_type"], "timeout", "{spins}");
-    assert!(
-        spins["reason"]
-            .as_str()
-            .unwrap()
-            .contains("runaway.star:12: the test ran past its time limit of 2s"),
-        "{spins}"
-    );
-    // A fault scenario's own timeout= is its limit.
-    let scenario = test(&doc, "test_spins_in_a_scenario");
-    assert_eq!(scenario["failure_type"], "timeout", "{scenario}");
-    assert!(
-        scenario["reason"]
-            .as_str()
-            .unwrap()
-            .contains("runaway.star:17: the test ran past its time limit of 1s"),
-        "{scenario}"
-    );
-    let bomb = test(&doc, "test_asks_for_everything");
-    assert_eq!(bomb["failure_type"], "error", "{bomb}");
-    assert!(
-        bomb["reason"]
-            .as_str()
-            .unwrap()
-            .contains("the test asked for 7.5 GiB at once, past its memory limit of 512 MiB"),
-        "{bomb}"
-    );
+    for (name, kind, why) in [
+        (
+            "test_spins",
+            "timeout",
+            "runaway.star:12: the test ran past its time limit of 2s",
+        ),
+        // A fault scenario's own timeout= is its limit.
+        (
+            "test_spins_in_a_scenario",
+            "timeout",
+            "runaway.star:17: the test ran past its time limit of 1s",
+        ),
+        (
+            "test_asks_for_everything",
+            "error",
+            "the test asked for 7.5 GiB at once, past its memory limit of 512 MiB",
+        ),
+    ] {
+        let t = test(&doc, name);
+        assert_eq!(t["failure_type"], kind, "{t}");
+        assert!(t["reason"].as_str().unwrap().contains(why), "{t}");
+    }
     assert_eq!(test(&doc, "test_passes")["result"], "pass");
     assert!(took < Duration::from_secs(20), "{took:?}");
 }

@@ -44,15 +44,7 @@ fn assert_no_services_left() {
             "{marker} still running"
         );
     }
-    let leftovers: Vec<_> = std::fs::read_dir("/tmp")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            n.strip_prefix("faultbox-")
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .collect();
+    let leftovers = common::scratch_leftovers();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -1343,28 +1335,16 @@ fn partitions_shard_the_tests_and_junit_lists_every_run() {
 fn a_closed_stdout_does_not_crash_the_json_output() {
     // `faultbox test --format json | head`: the reader is gone before the JSON comes.
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut child = Command::new(faultbox())
-        .current_dir(root())
-        .args([
+    // The listings of --dry-run and generate --dry-run, likewise.
+    for args in [
+        &[
             "test",
             "coordinator/tests/specs/seeds.star",
             "--test",
             "always",
             "--format",
             "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_no_services_left();
-    // The listings of --dry-run and generate --dry-run, likewise.
-    for args in [
+        ][..],
         &["test", "examples/faultbox.star", "--dry-run"][..],
         &["generate", "examples/composition.star", "--dry-run"][..],
     ] {
@@ -1381,6 +1361,7 @@ fn a_closed_stdout_does_not_crash_the_json_output() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    assert_no_services_left();
 }
 
 #[test]

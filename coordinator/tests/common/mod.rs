@@ -259,3 +259,16 @@ pub fn wait_processes(marker: &str, ok: impl Fn(usize) -> bool, secs: u64, what:
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Scratch directories of `faultbox` runs left in /tmp (`faultbox-PID...`).
+pub fn scratch_leftovers() -> Vec<String> {
+    std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix("faultbox-")
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect()
+}
