@@ -98,8 +98,15 @@ impl State {
 
 /// Runs before every statement: records it, and stops the evaluation there if it
 /// must (the evaluator's own check comes only every thousand instructions, which can
-/// be seconds of slow statements, or far past a memory budget).
-struct Statements(Rc<State>);
+/// be seconds of slow statements, or far past a memory budget). The memory budget is
+/// looked at every time; the clock and the cancel flag every few statements.
+struct Statements {
+    state: Rc<State>,
+    count: u32,
+}
+
+/// Statements between two looks at the clock and the cancel flag.
+const CLOCK_EVERY: u32 = 16;
 
 impl<'e> BeforeStmtFuncDyn<'e> for Statements {
     fn call<'v>(
@@ -108,8 +115,12 @@ impl<'e> BeforeStmtFuncDyn<'e> for Statements {
         _continued: bool,
         _eval: &mut Evaluator<'v, '_, 'e>,
     ) -> starlark::Result<()> {
-        *self.0.statement.borrow_mut() = Some(span.to_file_span());
-        match self.0.check() {
+        *self.state.statement.borrow_mut() = Some(span.to_file_span());
+        self.count = self.count.wrapping_add(1);
+        if self.count % CLOCK_EVERY != 0 && !memory::Scope::over() {
+            return Ok(());
+        }
+        match self.state.check() {
             Some(stop) => Err(starlark::Error::new_other(anyhow::anyhow!(
                 "{}",
                 stop.describe("the evaluation")
@@ -163,8 +174,9 @@ impl Guard {
         eval.set_check_cancelled(Box::new(move || state.check().is_some()));
         // The statement hook is public for debuggers only; it is the one way to know
         // where a long loop was when it was stopped.
-        eval.before_stmt_for_dap(BeforeStmtFunc::from_dyn(Box::new(Statements(
-            self.0.clone(),
-        ))));
+        eval.before_stmt_for_dap(BeforeStmtFunc::from_dyn(Box::new(Statements {
+            state: self.0.clone(),
+            count: 0,
+        })));
     }
 }
