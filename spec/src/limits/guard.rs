@@ -117,7 +117,7 @@ impl<'e> BeforeStmtFuncDyn<'e> for Statements {
     ) -> starlark::Result<()> {
         *self.state.statement.borrow_mut() = Some(span.to_file_span());
         self.count = self.count.wrapping_add(1);
-        if self.count % CLOCK_EVERY != 0 && !memory::Scope::over() {
+        if !self.count.is_multiple_of(CLOCK_EVERY) && !memory::Scope::over() {
             return Ok(());
         }
         match self.state.check() {
