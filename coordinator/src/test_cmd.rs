@@ -91,7 +91,8 @@ pub fn run(args: TestArgs) -> i32 {
                 Err(e) => return error(e),
             };
             let fleet = args.fleet.clone().unwrap_or_default();
-            match faultbox_executor::identity::Identity::load(&fleet, "coordinator") {
+            use faultbox_executor::identity::{Identity, Role, COORDINATOR};
+            match Identity::load(&fleet, COORDINATOR, Role::Coordinator) {
                 Ok(id) => Some((addrs, id)),
                 Err(e) => return error(format!("--fleet: {e}")),
             }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::actor::{Executor, ExecutorArgs};
 use crate::bundle::Store;
-use crate::identity::{Identity, IdentityError};
+use crate::identity::{Identity, IdentityError, Role};
 use crate::job::{CoordinatorMsg, ExecutorMsg};
 use crate::wire::{self, Frame, WireError, PROTOCOL_VERSION};
 
@@ -51,7 +51,7 @@ pub async fn serve(
     cfg: ServeConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let identity = Identity::load(&cfg.fleet, &cfg.name)?;
+    let identity = Identity::load(&cfg.fleet, &cfg.name, Role::Executor)?;
     let server = identity.server_config()?;
     let store = Arc::new(Store::new(&cfg.work).map_err(|source| ServeError::Work {
         path: cfg.work.clone(),
