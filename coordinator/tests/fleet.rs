@@ -6,6 +6,8 @@ mod common;
 // certificate roles, and how names are found on each host.
 #[path = "fleet/roles.rs"]
 mod roles;
+#[path = "fleet/work_dir.rs"]
+mod work_dir;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 
 use faultbox_spec::Loaded;
 
+mod store;
+
+pub use store::Store;
+
 /// Files a spec folder may hold before bundling it is refused.
 const MAX_FILES: usize = 5000;
 
@@ -48,10 +52,16 @@ pub enum BundleError {
     TooMany(PathBuf),
     #[error("bundle path {0:?} is absolute or leaves the bundle")]
     Escapes(String),
-    #[error("{path}: contents do not match hash {hash}")]
+    #[error("{path}: {hash:?} is not a SHA-256")]
     Corrupt { path: String, hash: String },
+    #[error("a file sent as {0} does not match that hash")]
+    Received(String),
+    #[error("{path}: the stored contents (blob {hash}) do not match their hash; the blob was deleted: run again to receive it")]
+    BadBlob { path: String, hash: String },
     #[error("no contents for {0}")]
     Missing(String),
+    #[error(transparent)]
+    WorkDir(#[from] crate::workdir::WorkDirError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
@@ -197,86 +207,6 @@ pub fn safe_relative(path: &str) -> Result<&Path, BundleError> {
     }
 }
 
-/// An executor's store: contents by hash under `work/blobs`, unpacked bundles under
-/// `work/bundles/<hash>`.
-pub struct Store {
-    work: PathBuf,
-}
-
-impl Store {
-    pub fn new(work: &Path) -> Result<Store, BundleError> {
-        for sub in ["blobs", "bundles"] {
-            let d = work.join(sub);
-            std::fs::create_dir_all(&d).map_err(io(&d))?;
-        }
-        Ok(Store {
-            work: work.to_path_buf(),
-        })
-    }
-
-    fn blob(&self, hash: &str) -> PathBuf {
-        self.work.join("blobs").join(hash)
-    }
-
-    /// The hashes of `bundle` this store lacks; refuses unsafe paths first.
-    pub fn missing(&self, bundle: &Bundle) -> Result<Vec<String>, BundleError> {
-        let mut out = Vec::new();
-        for f in &bundle.files {
-            safe_relative(&f.path)?;
-            if f.hash.len() != 64 || !f.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(BundleError::Corrupt {
-                    path: f.path.clone(),
-                    hash: f.hash.clone(),
-                });
-            }
-            if !self.blob(&f.hash).exists() && !out.contains(&f.hash) {
-                out.push(f.hash.clone());
-            }
-        }
-        safe_relative(&bundle.spec)?;
-        Ok(out)
-    }
-
-    /// Keeps one file's contents, after checking them against their hash.
-    pub fn put(&self, expected: &str, bytes: &[u8]) -> Result<(), BundleError> {
-        if hash(bytes) != expected {
-            return Err(BundleError::Corrupt {
-                path: "(blob)".into(),
-                hash: expected.to_string(),
-            });
-        }
-        let tmp = self.work.join("blobs").join(format!(".{expected}.part"));
-        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-        let dest = self.blob(expected);
-        std::fs::rename(&tmp, &dest).map_err(io(&dest))
-    }
-
-    /// Unpacks `bundle` (once) and returns the path of its spec.
-    pub fn unpack(&self, bundle: &Bundle) -> Result<PathBuf, BundleError> {
-        if let Some(h) = self.missing(bundle)?.first() {
-            return Err(BundleError::Missing(h.clone()));
-        }
-        safe_relative(&bundle.hash)?;
-        let dir = self.work.join("bundles").join(&bundle.hash);
-        if !dir.join(".complete").exists() {
-            for f in &bundle.files {
-                use std::os::unix::fs::PermissionsExt;
-                let dest = dir.join(safe_relative(&f.path)?);
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent).map_err(io(parent))?;
-                }
-                let _ = std::fs::remove_file(&dest);
-                std::fs::copy(self.blob(&f.hash), &dest).map_err(io(&dest))?;
-                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(f.mode & 0o777))
-                    .map_err(io(&dest))?;
-            }
-            let done = dir.join(".complete");
-            std::fs::write(&done, b"").map_err(io(&done))?;
-        }
-        Ok(dir.join(safe_relative(&bundle.spec)?))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,32 +217,5 @@ mod tests {
             assert!(safe_relative(bad).is_err(), "{bad}");
         }
         assert!(safe_relative("a/b.star").is_ok());
-    }
-
-    #[test]
-    fn blobs_are_checked_against_their_hash() {
-        let dir = std::env::temp_dir().join(format!("fbtest-store-{}", std::process::id()));
-        let store = Store::new(&dir).unwrap();
-        let h = hash(b"hello");
-        assert!(store.put(&h, b"hullo").is_err());
-        store.put(&h, b"hello").unwrap();
-        let bundle = Bundle {
-            hash: "b".repeat(64),
-            spec: "s/spec.star".into(),
-            files: vec![FileEntry {
-                path: "s/spec.star".into(),
-                hash: h.clone(),
-                mode: 0o644,
-                size: 5,
-            }],
-        };
-        assert!(store.missing(&bundle).unwrap().is_empty());
-        let spec = store.unpack(&bundle).unwrap();
-        assert_eq!(std::fs::read(&spec).unwrap(), b"hello");
-        assert!(spec.starts_with(&dir));
-        let mut evil = bundle.clone();
-        evil.files[0].path = "../../escape".into();
-        assert!(matches!(store.missing(&evil), Err(BundleError::Escapes(_))));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -22,6 +22,7 @@ pub mod testrun;
 pub mod testworld;
 pub mod vclock;
 pub mod wire;
+pub mod workdir;
 
 pub use engine::{Decision, Engine};
 pub use launch::Exit;

@@ -25,7 +25,8 @@ pub struct ServeConfig {
     pub fleet: PathBuf,
     pub name: String,
     pub slots: usize,
-    /// Everything the executor writes goes under here.
+    /// Everything the executor writes goes under here: a directory
+    /// [`crate::workdir::claim`] accepted.
     pub work: PathBuf,
     pub shim: PathBuf,
 }
@@ -62,7 +63,13 @@ pub async fn serve(
             addr: cfg.listen,
             source,
         })?;
-    tracing::info!(name = %cfg.name, listen = %cfg.listen, slots = cfg.slots, "executor ready");
+    tracing::info!(
+        name = %cfg.name,
+        listen = %cfg.listen,
+        slots = cfg.slots,
+        work = %cfg.work.display(),
+        "executor ready"
+    );
     let cfg = Arc::new(cfg);
     tokio::pin!(stop);
     loop {
