@@ -178,7 +178,7 @@ pub fn run(args: TestArgs) -> i32 {
             (emit, on_progress),
             &loaded,
             addrs,
-            identity,
+            (identity, args.fleet.as_deref()),
         )),
     };
     progress.finish();
@@ -383,10 +383,14 @@ async fn run_on_fleet(
     (emit, progress): (coordinator::Emit, coordinator::OnProgress),
     loaded: &Loaded,
     addrs: Vec<std::net::SocketAddr>,
-    identity: faultbox_executor::identity::Identity,
+    (identity, fleet): (
+        faultbox_executor::identity::Identity,
+        Option<&std::path::Path>,
+    ),
 ) -> Result<Finished, String> {
-    let (bundle, sources) =
-        faultbox_executor::bundle::build(loaded).map_err(|e| format!("bundling the spec: {e}"))?;
+    // Never the fleet directory: it holds the keys.
+    let (bundle, contents) = faultbox_executor::bundle::build(loaded, fleet)
+        .map_err(|e| format!("bundling the spec: {e}"))?;
     let bind: std::net::SocketAddr = if addrs.iter().all(|a| a.is_ipv4()) {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -396,7 +400,7 @@ async fn run_on_fleet(
         quinn::Endpoint::client(bind).map_err(|e| format!("opening a QUIC endpoint: {e}"))?;
     let mut links = Vec::new();
     for addr in addrs {
-        let link = crate::remote::connect(&endpoint, &identity, addr, &bundle, &sources).await?;
+        let link = crate::remote::connect(&endpoint, &identity, addr, &bundle, &contents).await?;
         if links
             .iter()
             .any(|l: &crate::remote::Link| l.name == link.name)
@@ -426,7 +430,7 @@ async fn run_on_fleet(
     let (coord, coord_handle, done_rx) = coordinator::start(plan, emit, progress).await?;
     interrupt_on_signal(coord.clone());
     let identity = Arc::new(identity);
-    let shipped = Arc::new((bundle, sources));
+    let shipped = Arc::new((bundle, contents));
     for link in links {
         tokio::spawn(crate::remote::keep(
             link,

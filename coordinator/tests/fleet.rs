@@ -4,6 +4,8 @@
 mod common;
 // What a fleet trusts (tests/fleet/): bundle contents, executors' work directories,
 // certificate roles, and how names are found on each host.
+#[path = "fleet/bundles.rs"]
+mod bundles;
 #[path = "fleet/roles.rs"]
 mod roles;
 #[path = "fleet/work_dir.rs"]
