@@ -106,15 +106,10 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
         return Err(format!("the first frame was {}, not Hello", hello.kind()));
     };
     if let Err(reason) = wire::check_version(version) {
-        let _ = wire::send(
-            &mut tx,
-            &Frame::Refused {
-                reason: reason.clone(),
-            },
-        )
-        .await;
-        let _ = tx.finish();
-        let _ = tx.stopped().await;
+        let refused = Frame::Refused {
+            reason: reason.clone(),
+        };
+        last_frame(&mut tx, &refused).await;
         return Err(reason);
     }
     let ours = Frame::Hello {
@@ -125,24 +120,13 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
     wire::send(&mut tx, &ours)
         .await
         .map_err(|e| e.to_string())?;
-    let spec = match receive_bundle(&mut tx, &mut rx, store).await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = wire::send(&mut tx, &Frame::Error { message: e.clone() }).await;
-            return Err(e);
-        }
-    };
-    let loaded = match faultbox_spec::load(&spec) {
+    let loaded = match prepare(&mut tx, &mut rx, store).await {
         Ok(l) => Arc::new(l),
-        Err(e) => {
-            let message = format!("loading the bundle's spec: {e}");
-            let _ = wire::send(
-                &mut tx,
-                &Frame::Error {
-                    message: message.clone(),
-                },
-            )
-            .await;
+        Err(message) => {
+            let error = Frame::Error {
+                message: message.clone(),
+            };
+            last_frame(&mut tx, &error).await;
             return Err(message);
         }
     };
@@ -203,6 +187,25 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
     let _ = proxy_handle.await;
     let _ = writer.await;
     ended
+}
+
+/// Sends the link's last frame and waits (up to 2 s) until the peer has read it:
+/// dropping the connection at once could lose it, and the peer would see only a
+/// closed link.
+async fn last_frame(tx: &mut quinn::SendStream, frame: &Frame) {
+    if wire::send(tx, frame).await.is_ok() && tx.finish().is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tx.stopped()).await;
+    }
+}
+
+/// Receives the bundle and loads its spec: what a link needs before its first job.
+async fn prepare(
+    tx: &mut quinn::SendStream,
+    rx: &mut quinn::RecvStream,
+    store: &Store,
+) -> Result<faultbox_spec::Loaded, String> {
+    let spec = receive_bundle(tx, rx, store).await?;
+    faultbox_spec::load(&spec).map_err(|e| format!("loading the bundle's spec: {e}"))
 }
 
 async fn receive_bundle(
