@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde_json::json;
 
 use faultbox_executor::actor::{Executor, ExecutorArgs};
-use faultbox_executor::session;
 use faultbox_executor::testrun::TestReport;
+use faultbox_executor::{program, session};
 use faultbox_spec::{Loaded, Verdict};
 
 use crate::cli::TestArgs;
@@ -76,9 +76,15 @@ pub fn run(args: TestArgs) -> i32 {
     if args.dry_run {
         return dry_run(&loaded, &tests, &spec_arg);
     }
-    // A binary that does not exist is a mistake in the spec, not a failing test.
+    // A binary that does not exist is a mistake in the spec, not a failing test. On
+    // a fleet, what only an executor can find is checked there, before any job.
     for svc in &loaded.spec.services {
-        if let Err(e) = session::resolve_program(&svc.binary_path()) {
+        let found = if args.executors.is_some() {
+            program::check_before_shipping(svc)
+        } else {
+            program::resolve(svc).map(drop)
+        };
+        if let Err(e) = found {
             return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
         }
     }

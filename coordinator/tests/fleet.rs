@@ -6,6 +6,8 @@ mod common;
 // certificate roles, and how names are found on each host.
 #[path = "fleet/bundles.rs"]
 mod bundles;
+#[path = "fleet/names.rs"]
+mod names;
 #[path = "fleet/roles.rs"]
 mod roles;
 #[path = "fleet/work_dir.rs"]
@@ -59,9 +61,22 @@ struct Executor {
 
 impl Executor {
     fn start(fleet: &Path, name: &str, port: u16, work: &Path, slots: &str) -> Executor {
+        Executor::start_env(fleet, name, port, work, slots, &[])
+    }
+
+    /// Like [`Executor::start`], with `env` added to the executor's environment.
+    fn start_env(
+        fleet: &Path,
+        name: &str,
+        port: u16,
+        work: &Path,
+        slots: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Executor {
         let log = work.with_extension("log");
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(faultbox())
+            .envs(env.iter().copied())
             .args([
                 "executor", "--listen", &addr, "--name", name, "--slots", slots,
             ])

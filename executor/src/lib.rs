@@ -11,6 +11,7 @@ pub mod identity;
 pub mod job;
 pub mod launch;
 pub mod procfs;
+pub mod program;
 pub mod sandbox;
 pub mod scheduler;
 pub mod server;

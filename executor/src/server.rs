@@ -120,7 +120,7 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
     wire::send(&mut tx, &ours)
         .await
         .map_err(|e| e.to_string())?;
-    let loaded = match prepare(&mut tx, &mut rx, store).await {
+    let loaded = match prepare(&mut tx, &mut rx, cfg, store).await {
         Ok(l) => Arc::new(l),
         Err(message) => {
             let error = Frame::Error {
@@ -198,14 +198,43 @@ async fn last_frame(tx: &mut quinn::SendStream, frame: &Frame) {
     }
 }
 
-/// Receives the bundle and loads its spec: what a link needs before its first job.
+/// Receives the bundle, loads its spec and checks that this host has every
+/// service's binary: what a link needs before its first job.
 async fn prepare(
     tx: &mut quinn::SendStream,
     rx: &mut quinn::RecvStream,
+    cfg: &ServeConfig,
     store: &Store,
 ) -> Result<faultbox_spec::Loaded, String> {
     let spec = receive_bundle(tx, rx, store).await?;
-    faultbox_spec::load(&spec).map_err(|e| format!("loading the bundle's spec: {e}"))
+    let loaded =
+        faultbox_spec::load(&spec).map_err(|e| format!("loading the bundle's spec: {e}"))?;
+    // Binaries this host must provide (bare names in PATH, absolute paths) are
+    // checked now, so a missing one stops the run before its first job.
+    check_programs(&loaded, &spec, store, &cfg.name)?;
+    Ok(loaded)
+}
+
+/// Finds every service's binary on this host; the error names the service, where
+/// the spec declares it (relative to the bundle) and this executor.
+fn check_programs(
+    loaded: &faultbox_spec::Loaded,
+    spec: &std::path::Path,
+    store: &Store,
+    name: &str,
+) -> Result<(), String> {
+    let root = store.bundle_root(spec);
+    for svc in &loaded.spec.services {
+        if let Err(e) = crate::program::resolve(svc) {
+            return Err(format!(
+                "service {:?} ({}:{}): {e} on executor {name}",
+                svc.name,
+                crate::program::relative_to(&svc.declared_at.file, &root),
+                svc.declared_at.line
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn receive_bundle(

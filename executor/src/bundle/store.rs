@@ -157,6 +157,18 @@ impl Store {
         }
     }
 
+    /// The directory of the unpacked bundle that holds `spec`.
+    pub fn bundle_root(&self, spec: &Path) -> PathBuf {
+        let bundles = self.work.join("bundles");
+        match spec.strip_prefix(&bundles) {
+            Ok(rel) => rel
+                .components()
+                .next()
+                .map_or(bundles.clone(), |hash| bundles.join(hash)),
+            Err(_) => bundles,
+        }
+    }
+
     /// Unpacks `bundle` and returns the path of its spec. Files already unpacked by
     /// an earlier link are checked against their hashes, and written again if they
     /// differ.
