@@ -174,7 +174,7 @@ pub fn issue(dir: &Path, name: &str, days: u32) -> Result<(), IdentityError> {
 
 /// The role `faultbox fleet` issues the identity called `name`: `coordinator` is
 /// the coordinator's, every other name an executor's.
-pub fn role_of_name(name: &str) -> Role {
+fn role_of_name(name: &str) -> Role {
     if name == COORDINATOR {
         Role::Coordinator
     } else {
