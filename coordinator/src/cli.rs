@@ -260,7 +260,9 @@ pub struct ExecutorArgs {
     /// Jobs run side by side (default: the number of CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub slots: Option<u64>,
-    /// Where bundles are kept and unpacked (default: $TMPDIR/faultbox-executor-NAME).
+    /// Where bundles are kept and unpacked: a directory only this user can write
+    /// (default: /var/lib/faultbox/executor-NAME as root, else
+    /// $XDG_STATE_HOME/faultbox/executor-NAME or ~/.local/state/faultbox/executor-NAME).
     #[arg(long, value_name = "DIR")]
     pub work: Option<std::path::PathBuf>,
     /// Debug logging.

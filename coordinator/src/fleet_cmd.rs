@@ -2,6 +2,7 @@
 
 use faultbox_executor::identity;
 use faultbox_executor::server::{self, ServeConfig};
+use faultbox_executor::workdir;
 
 use crate::cli::{ExecutorArgs, FleetCommand};
 use crate::logging;
@@ -43,15 +44,22 @@ pub fn executor(args: ExecutorArgs) -> i32 {
             args.name
         ));
     }
-    let work = args
+    let work = match args
         .work
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("faultbox-executor-{}", args.name)));
-    // One executor per work directory. Jobs' scratch directories live under it, so
-    // whatever a killed executor left behind is swept when it starts again.
-    let lock = match claim(&work) {
-        Ok(l) => l,
-        Err(e) => return error(format!("--work {}: {e}", work.display())),
+        .map_or_else(|| workdir::default_for(&args.name), Ok)
+    {
+        Ok(w) => w,
+        Err(e) => return error(format!("--work: {e}")),
     };
+    // One executor per work directory, and only one nobody else can write. Jobs'
+    // scratch directories live under it, so whatever a killed executor left behind
+    // is swept when it starts again.
+    let claimed = match workdir::claim(&work) {
+        Ok(c) => c,
+        Err(e) => return error(format!("--work: {e}")),
+    };
+    // Before any thread of ours starts: jobs make their scratch directories here.
+    std::env::set_var("TMPDIR", claimed.path().join("tmp"));
     logging::init(
         logging::Format::choose(None),
         if args.debug {
@@ -80,7 +88,7 @@ pub fn executor(args: ExecutorArgs) -> i32 {
         fleet: args.fleet,
         name: args.name,
         slots,
-        work,
+        work: claimed.path().to_path_buf(),
         shim,
     };
     let stop = async {
@@ -102,25 +110,6 @@ pub fn executor(args: ExecutorArgs) -> i32 {
         Ok(()) => 0,
         Err(e) => error(e),
     };
-    drop(lock);
+    drop(claimed);
     code
-}
-
-/// Locks `work` for this executor, empties its `tmp/`, and points TMPDIR there.
-fn claim(work: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    std::fs::create_dir_all(work)?;
-    let lock = std::fs::File::create(work.join("lock"))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(std::io::Error::other("another executor is using it"));
-    }
-    let tmp = work.join("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
-    // Before any thread of ours starts: jobs make their scratch directories here.
-    std::env::set_var("TMPDIR", &tmp);
-    Ok(lock)
 }

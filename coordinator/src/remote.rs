@@ -4,12 +4,10 @@
 //! results come back as Done, and a link that breaks becomes Lost, so its unfinished
 //! jobs run elsewhere.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use faultbox_executor::bundle::Bundle;
+use faultbox_executor::bundle::{Bundle, Contents};
 use faultbox_executor::identity::{Identity, EXECUTOR_SAN};
 use faultbox_executor::job::{CoordinatorMsg, ExecutorMsg};
 use faultbox_executor::wire::{self, Frame, WireError, PROTOCOL_VERSION};
@@ -37,7 +35,7 @@ pub async fn connect(
     identity: &Identity,
     addr: SocketAddr,
     bundle: &Bundle,
-    sources: &BTreeMap<String, PathBuf>,
+    contents: &Contents,
 ) -> Result<Link, String> {
     let client = identity.client_config().map_err(|e| e.to_string())?;
     let fail = |what: String| format!("executor {addr}: {what}");
@@ -96,16 +94,16 @@ pub async fn connect(
         Frame::Error { message } => return Err(fail(message)),
         other => return Err(fail(format!("answered {} to the bundle", other.kind()))),
     };
+    // What was hashed when the bundle was made, whatever the file holds now.
     for hash in &need {
-        let path = sources
+        let bytes = contents
             .get(hash)
             .ok_or_else(|| fail(format!("asked for {hash}, which is not in the bundle")))?;
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         wire::send(
             &mut tx,
             &Frame::Blob {
                 hash: hash.clone(),
-                bytes,
+                bytes: bytes.to_vec(),
             },
         )
         .await
@@ -306,7 +304,7 @@ pub async fn keep(
     coordinator: ActorRef<CoordinatorMsg>,
     endpoint: quinn::Endpoint,
     identity: std::sync::Arc<Identity>,
-    bundle: std::sync::Arc<(Bundle, BTreeMap<String, PathBuf>)>,
+    bundle: std::sync::Arc<(Bundle, Contents)>,
 ) {
     let running =
         |c: &ActorRef<CoordinatorMsg>| matches!(c.get_status(), ractor::ActorStatus::Running);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde_json::json;
 
 use faultbox_executor::actor::{Executor, ExecutorArgs};
-use faultbox_executor::session;
 use faultbox_executor::testrun::TestReport;
+use faultbox_executor::{program, session};
 use faultbox_spec::{Loaded, Verdict};
 
 use crate::cli::TestArgs;
@@ -78,10 +78,16 @@ pub fn run(args: TestArgs) -> i32 {
             keep
         });
     }
-    // A binary that does not exist is a mistake in the spec, not a failing test;
-    // --dry-run refuses what the run would.
+    // A binary that does not exist is a mistake in the spec, not a failing test, and
+    // --dry-run refuses what the run would. On a fleet, what only an executor can
+    // find is checked there, before any job.
     for svc in &loaded.spec.services {
-        if let Err(e) = session::resolve_program(&svc.binary_path()) {
+        let found = if args.executors.is_some() {
+            program::check_before_shipping(svc)
+        } else {
+            program::resolve(svc).map(drop)
+        };
+        if let Err(e) = found {
             return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
         }
     }
@@ -111,7 +117,8 @@ pub fn run(args: TestArgs) -> i32 {
                 Err(e) => return error(e),
             };
             let fleet = args.fleet.clone().unwrap_or_default();
-            match faultbox_executor::identity::Identity::load(&fleet, "coordinator") {
+            use faultbox_executor::identity::{Identity, Role, COORDINATOR};
+            match Identity::load(&fleet, COORDINATOR, Role::Coordinator) {
                 Ok(id) => Some((addrs, id)),
                 Err(e) => return error(format!("--fleet: {e}")),
             }
@@ -191,7 +198,7 @@ pub fn run(args: TestArgs) -> i32 {
             (emit, on_progress),
             &loaded,
             addrs,
-            identity,
+            (identity, args.fleet.as_deref()),
         )),
     };
     progress.finish();
@@ -396,10 +403,14 @@ async fn run_on_fleet(
     (emit, progress): (coordinator::Emit, coordinator::OnProgress),
     loaded: &Loaded,
     addrs: Vec<std::net::SocketAddr>,
-    identity: faultbox_executor::identity::Identity,
+    (identity, fleet): (
+        faultbox_executor::identity::Identity,
+        Option<&std::path::Path>,
+    ),
 ) -> Result<Finished, String> {
-    let (bundle, sources) =
-        faultbox_executor::bundle::build(loaded).map_err(|e| format!("bundling the spec: {e}"))?;
+    // Never the fleet directory: it holds the keys.
+    let (bundle, contents) = faultbox_executor::bundle::build(loaded, fleet)
+        .map_err(|e| format!("bundling the spec: {e}"))?;
     let bind: std::net::SocketAddr = if addrs.iter().all(|a| a.is_ipv4()) {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -409,7 +420,7 @@ async fn run_on_fleet(
         quinn::Endpoint::client(bind).map_err(|e| format!("opening a QUIC endpoint: {e}"))?;
     let mut links = Vec::new();
     for addr in addrs {
-        let link = crate::remote::connect(&endpoint, &identity, addr, &bundle, &sources).await?;
+        let link = crate::remote::connect(&endpoint, &identity, addr, &bundle, &contents).await?;
         if links
             .iter()
             .any(|l: &crate::remote::Link| l.name == link.name)
@@ -439,7 +450,7 @@ async fn run_on_fleet(
     let (coord, coord_handle, done_rx) = coordinator::start(plan, emit, progress).await?;
     interrupt_on_signal(coord.clone());
     let identity = Arc::new(identity);
-    let shipped = Arc::new((bundle, sources));
+    let shipped = Arc::new((bundle, contents));
     for link in links {
         tokio::spawn(crate::remote::keep(
             link,

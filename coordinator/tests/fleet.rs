@@ -2,6 +2,16 @@
 //! identity, and `faultbox test --executors` driving them over QUIC.
 
 mod common;
+// What a fleet trusts (tests/fleet/): bundle contents, executors' work directories,
+// certificate roles, and how names are found on each host.
+#[path = "fleet/bundles.rs"]
+mod bundles;
+#[path = "fleet/names.rs"]
+mod names;
+#[path = "fleet/roles.rs"]
+mod roles;
+#[path = "fleet/work_dir.rs"]
+mod work_dir;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +26,32 @@ fn faultbox_cmd(args: &[&str]) -> Out {
     common::faultbox_at(&root(), args)
 }
 
+/// Runs `faultbox <args>` that should end by itself (an executor that refuses to
+/// start); killed after 20 s if it does not, so a regression fails instead of hanging.
+fn faultbox_bounded(args: &[&str]) -> Out {
+    let mut child = Command::new(faultbox())
+        .current_dir(root())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A running `faultbox executor`, killed (and waited for) on drop.
 struct Executor {
     child: Option<Child>,
@@ -25,9 +61,22 @@ struct Executor {
 
 impl Executor {
     fn start(fleet: &Path, name: &str, port: u16, work: &Path, slots: &str) -> Executor {
+        Executor::start_env(fleet, name, port, work, slots, &[])
+    }
+
+    /// Like [`Executor::start`], with `env` added to the executor's environment.
+    fn start_env(
+        fleet: &Path,
+        name: &str,
+        port: u16,
+        work: &Path,
+        slots: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Executor {
         let log = work.with_extension("log");
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(faultbox())
+            .envs(env.iter().copied())
             .args([
                 "executor", "--listen", &addr, "--name", name, "--slots", slots,
             ])
@@ -462,7 +511,7 @@ fn a_lost_executor_has_its_jobs_rerun_elsewhere() {
 /// garbage: the executor refuses or drops that link, logs why, and keeps serving.
 #[test]
 fn wrong_versions_and_malformed_frames_end_only_their_link() {
-    use faultbox_executor::identity::{Identity, EXECUTOR_SAN};
+    use faultbox_executor::identity::{Identity, Role, EXECUTOR_SAN};
     use faultbox_executor::wire::{self, Frame, PROTOCOL_VERSION};
 
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -474,7 +523,7 @@ fn wrong_versions_and_malformed_frames_end_only_their_link() {
         .enable_all()
         .build()
         .unwrap();
-    let identity = Identity::load(&dir, "coordinator").unwrap();
+    let identity = Identity::load(&dir, "coordinator", Role::Coordinator).unwrap();
     // The links stay open until the executor has said what it made of them.
     let (_endpoint, _links) = rt.block_on(async {
         let endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();

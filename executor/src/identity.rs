@@ -1,7 +1,13 @@
 //! Fleet identities: a fleet's CA and the certificates it signs, one for the
 //! coordinator and one per executor, kept as PEM files in a fleet directory; and the
 //! TLS configurations that make both ends of a QUIC link present one and check the
-//! other's (mutual TLS, TLS 1.3 only, ring).
+//! other's (mutual TLS, TLS 1.3 only, ring). Each certificate carries its role
+//! (see [`role`]): each side refuses a peer of the wrong one.
+
+mod role;
+mod verify;
+
+pub use role::{Role, RoleError};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +43,8 @@ pub enum IdentityError {
     Rcgen(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("{path}: {problem}")]
+    Role { path: PathBuf, problem: RoleError },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
@@ -132,20 +140,26 @@ pub fn issue(dir: &Path, name: &str, days: u32) -> Result<(), IdentityError> {
     })?;
     let id = read(&dir.join("fleet-id"))?.trim().to_string();
     let issuer = Issuer::new(ca_params(&id)?, ca_key);
-    let sans = if name == COORDINATOR {
-        vec![COORDINATOR.to_string()]
-    } else {
-        vec![name.to_string(), EXECUTOR_SAN.to_string()]
+    let role = role_of_name(name);
+    let (sans, purpose) = match role {
+        Role::Coordinator => (
+            vec![COORDINATOR.to_string()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ),
+        Role::Executor => (
+            vec![name.to_string(), EXECUTOR_SAN.to_string()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
     };
     let mut params = CertificateParams::new(sans)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
+    // For people reading the certificate; the extended key usage is what is checked.
+    dn.push(DnType::OrganizationalUnitName, role.to_string());
     params.distinguished_name = dn;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    // One purpose only: the role.
+    params.extended_key_usages = vec![purpose];
     if days == 0 {
         params.not_before = from_now(-7200);
         params.not_after = from_now(-3600);
@@ -158,6 +172,16 @@ pub fn issue(dir: &Path, name: &str, days: u32) -> Result<(), IdentityError> {
     write(&dir.join(format!("{name}.key")), &key.serialize_pem(), true)
 }
 
+/// The role `faultbox fleet` issues the identity called `name`: `coordinator` is
+/// the coordinator's, every other name an executor's.
+fn role_of_name(name: &str) -> Role {
+    if name == COORDINATOR {
+        Role::Coordinator
+    } else {
+        Role::Executor
+    }
+}
+
 /// One side's identity, loaded from a fleet directory.
 pub struct Identity {
     ca: Vec<CertificateDer<'static>>,
@@ -166,8 +190,9 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Loads `name`'s identity and the fleet CA from `dir`.
-    pub fn load(dir: &Path, name: &str) -> Result<Identity, IdentityError> {
+    /// Loads `name`'s identity and the fleet CA from `dir`, and checks that the
+    /// certificate is good for `role`: a side never starts with the other's.
+    pub fn load(dir: &Path, name: &str, role: Role) -> Result<Identity, IdentityError> {
         let certs = |path: PathBuf| -> Result<Vec<CertificateDer<'static>>, IdentityError> {
             let text = read(&path)?;
             let certs: Vec<_> = rustls_pemfile::certs(&mut text.as_bytes())
@@ -185,7 +210,8 @@ impl Identity {
             Ok(certs)
         };
         let ca = certs(dir.join("ca.pem"))?;
-        let chain = certs(dir.join(format!("{name}.pem")))?;
+        let cert_path = dir.join(format!("{name}.pem"));
+        let chain = certs(cert_path.clone())?;
         let key_path = dir.join(format!("{name}.key"));
         let key = rustls_pemfile::private_key(&mut read(&key_path)?.as_bytes())
             .ok()
@@ -194,7 +220,18 @@ impl Identity {
                 path: key_path,
                 what: "private key",
             })?;
-        Ok(Identity { ca, chain, key })
+        let identity = Identity { ca, chain, key };
+        role::require_own(
+            role,
+            &identity.chain[0],
+            &identity.chain[1..],
+            &identity.roots()?.roots,
+        )
+        .map_err(|problem| IdentityError::Role {
+            path: cert_path,
+            problem,
+        })?;
+        Ok(identity)
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, IdentityError> {
@@ -210,12 +247,15 @@ impl Identity {
     /// The executor's side: present our certificate, require one from the fleet CA.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(self.roots()?),
+        let roots = self.roots()?;
+        let anchors = roots.roots.clone();
+        let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
             provider.clone(),
         )
         .build()
         .map_err(|e| IdentityError::Tls(e.to_string()))?;
+        let verifier = Arc::new(verify::CoordinatorVerifier { inner, anchors });
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| IdentityError::Tls(e.to_string()))?
@@ -234,10 +274,20 @@ impl Identity {
     /// come from the fleet CA.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = self.roots()?;
+        let anchors = roots.roots.clone();
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| IdentityError::Tls(e.to_string()))?;
+        let verifier = Arc::new(verify::ExecutorVerifier { inner, anchors });
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| IdentityError::Tls(e.to_string()))?
-            .with_root_certificates(self.roots()?)
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| IdentityError::Tls(e.to_string()))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -256,4 +306,33 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(std::time::Duration::from_secs(5)).ok());
     Arc::new(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_carry_one_role_each() {
+        let dir = std::env::temp_dir().join(format!("fbtest-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        init(&dir, 1).unwrap();
+        issue(&dir, "e1", 1).unwrap();
+        issue(&dir, "old", 0).unwrap();
+        assert!(Identity::load(&dir, COORDINATOR, Role::Coordinator).is_ok());
+        assert!(Identity::load(&dir, "e1", Role::Executor).is_ok());
+        // An expired certificate still loads: its peer refuses it, saying why.
+        assert!(Identity::load(&dir, "old", Role::Executor).is_ok());
+        for (name, want) in [("e1", Role::Coordinator), (COORDINATOR, Role::Executor)] {
+            match Identity::load(&dir, name, want) {
+                Err(IdentityError::Role {
+                    problem: RoleError::Wrong { found, .. },
+                    ..
+                }) => assert_ne!(found, want),
+                Err(e) => panic!("{name}: {e}"),
+                Ok(_) => panic!("{name} loaded as {want}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

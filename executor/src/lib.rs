@@ -11,6 +11,7 @@ pub mod identity;
 pub mod job;
 pub mod launch;
 pub mod procfs;
+pub mod program;
 pub mod sandbox;
 pub mod scheduler;
 pub mod scratch;
@@ -23,6 +24,7 @@ pub mod testrun;
 pub mod testworld;
 pub mod vclock;
 pub mod wire;
+pub mod workdir;
 
 pub use engine::{Decision, Engine};
 pub use launch::Exit;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::actor::{Executor, ExecutorArgs};
 use crate::bundle::Store;
-use crate::identity::{Identity, IdentityError};
+use crate::identity::{Identity, IdentityError, Role};
 use crate::job::{CoordinatorMsg, ExecutorMsg};
 use crate::wire::{self, Frame, WireError, PROTOCOL_VERSION};
 
@@ -25,7 +25,8 @@ pub struct ServeConfig {
     pub fleet: PathBuf,
     pub name: String,
     pub slots: usize,
-    /// Everything the executor writes goes under here.
+    /// Everything the executor writes goes under here: a directory
+    /// [`crate::workdir::claim`] accepted.
     pub work: PathBuf,
     pub shim: PathBuf,
 }
@@ -51,7 +52,7 @@ pub async fn serve(
     cfg: ServeConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let identity = Identity::load(&cfg.fleet, &cfg.name)?;
+    let identity = Identity::load(&cfg.fleet, &cfg.name, Role::Executor)?;
     let server = identity.server_config()?;
     let store = Arc::new(Store::new(&cfg.work).map_err(|source| ServeError::Work {
         path: cfg.work.clone(),
@@ -62,7 +63,13 @@ pub async fn serve(
             addr: cfg.listen,
             source,
         })?;
-    tracing::info!(name = %cfg.name, listen = %cfg.listen, slots = cfg.slots, "executor ready");
+    tracing::info!(
+        name = %cfg.name,
+        listen = %cfg.listen,
+        slots = cfg.slots,
+        work = %cfg.work.display(),
+        "executor ready"
+    );
     let cfg = Arc::new(cfg);
     tokio::pin!(stop);
     loop {
@@ -99,15 +106,10 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
         return Err(format!("the first frame was {}, not Hello", hello.kind()));
     };
     if let Err(reason) = wire::check_version(version) {
-        let _ = wire::send(
-            &mut tx,
-            &Frame::Refused {
-                reason: reason.clone(),
-            },
-        )
-        .await;
-        let _ = tx.finish();
-        let _ = tx.stopped().await;
+        let refused = Frame::Refused {
+            reason: reason.clone(),
+        };
+        last_frame(&mut tx, &refused).await;
         return Err(reason);
     }
     let ours = Frame::Hello {
@@ -118,24 +120,13 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
     wire::send(&mut tx, &ours)
         .await
         .map_err(|e| e.to_string())?;
-    let spec = match receive_bundle(&mut tx, &mut rx, store).await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = wire::send(&mut tx, &Frame::Error { message: e.clone() }).await;
-            return Err(e);
-        }
-    };
-    let loaded = match faultbox_spec::load(&spec) {
+    let loaded = match prepare(&mut tx, &mut rx, cfg, store).await {
         Ok(l) => Arc::new(l),
-        Err(e) => {
-            let message = format!("loading the bundle's spec: {e}");
-            let _ = wire::send(
-                &mut tx,
-                &Frame::Error {
-                    message: message.clone(),
-                },
-            )
-            .await;
+        Err(message) => {
+            let error = Frame::Error {
+                message: message.clone(),
+            };
+            last_frame(&mut tx, &error).await;
             return Err(message);
         }
     };
@@ -196,6 +187,54 @@ async fn link(conn: quinn::Connection, cfg: &ServeConfig, store: &Store) -> Resu
     let _ = proxy_handle.await;
     let _ = writer.await;
     ended
+}
+
+/// Sends the link's last frame and waits (up to 2 s) until the peer has read it:
+/// dropping the connection at once could lose it, and the peer would see only a
+/// closed link.
+async fn last_frame(tx: &mut quinn::SendStream, frame: &Frame) {
+    if wire::send(tx, frame).await.is_ok() && tx.finish().is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tx.stopped()).await;
+    }
+}
+
+/// Receives the bundle, loads its spec and checks that this host has every
+/// service's binary: what a link needs before its first job.
+async fn prepare(
+    tx: &mut quinn::SendStream,
+    rx: &mut quinn::RecvStream,
+    cfg: &ServeConfig,
+    store: &Store,
+) -> Result<faultbox_spec::Loaded, String> {
+    let spec = receive_bundle(tx, rx, store).await?;
+    let loaded =
+        faultbox_spec::load(&spec).map_err(|e| format!("loading the bundle's spec: {e}"))?;
+    // Binaries this host must provide (bare names in PATH, absolute paths) are
+    // checked now, so a missing one stops the run before its first job.
+    check_programs(&loaded, &spec, store, &cfg.name)?;
+    Ok(loaded)
+}
+
+/// Finds every service's binary on this host; the error names the service, where
+/// the spec declares it (relative to the bundle) and this executor.
+fn check_programs(
+    loaded: &faultbox_spec::Loaded,
+    spec: &std::path::Path,
+    store: &Store,
+    name: &str,
+) -> Result<(), String> {
+    let root = store.bundle_root(spec);
+    for svc in &loaded.spec.services {
+        if let Err(e) = crate::program::resolve(svc) {
+            return Err(format!(
+                "service {:?} ({}:{}): {e} on executor {name}",
+                svc.name,
+                crate::program::relative_to(&svc.declared_at.file, &root),
+                svc.declared_at.line
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn receive_bundle(

@@ -344,7 +344,8 @@ pub fn resolve_program(name: &str) -> Result<PathBuf, ResolveError> {
     Err(first_problem.unwrap_or_else(|| ResolveError::NotFound(name.to_string())))
 }
 
-fn check_executable(path: &Path, name: &str) -> Result<(), ResolveError> {
+/// Whether `path` is an executable regular file; errors name it `name`.
+pub(crate) fn check_executable(path: &Path, name: &str) -> Result<(), ResolveError> {
     let meta = std::fs::metadata(path).map_err(|_| ResolveError::NotFound(name.to_string()))?;
     if !meta.is_file() {
         return Err(ResolveError::NotAFile(name.to_string()));

@@ -251,9 +251,8 @@ impl TestWorld {
         let notify: Vec<i32> = covered.iter().map(|s| s.nr).collect();
         let rolls = engine::rolls(self.seed ^ name_hash(&svc.name));
         let slot = EngineSlot::new(Engine::assemble(&[], &covered, rolls.clone()));
-        let binary = svc.binary_path();
-        let program = session::resolve_program(&binary)
-            .map_err(|e| format!("service {:?}: {e}", svc.name))?;
+        let program =
+            crate::program::resolve(svc).map_err(|e| format!("service {:?}: {e}", svc.name))?;
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         let mut set = |k: &str, v: &str| {
             env.retain(|(ek, _)| ek != k);
