@@ -7,9 +7,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use faultbox_executor::job::{CoordinatorMsg, ExecutorMsg, Job};
-use faultbox_executor::scheduler::{factorial, Order};
-use faultbox_executor::testrun::TestReport;
+use faultbox_executor::engine::scheduler::{factorial, Order};
+use faultbox_executor::fleet::job::{CoordinatorMsg, ExecutorMsg, Job};
+use faultbox_executor::world::run::TestReport;
 use faultbox_spec::Verdict;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;

@@ -1,7 +1,7 @@
 //! Diagnostics: what a test's trace suggests beyond pass or fail, each with a code, a
 //! message and a suggestion.
 
-use faultbox_executor::testrun::{Startup, TestReport};
+use faultbox_executor::world::run::{Startup, TestReport};
 use faultbox_spec::Verdict;
 use serde_json::{json, Value};
 

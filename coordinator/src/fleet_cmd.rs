@@ -1,8 +1,8 @@
 //! `faultbox fleet init|issue` and `faultbox executor`.
 
-use faultbox_executor::identity;
-use faultbox_executor::server::{self, ServeConfig};
-use faultbox_executor::workdir;
+use faultbox_executor::fleet::identity;
+use faultbox_executor::fleet::server::{self, ServeConfig};
+use faultbox_executor::fleet::workdir;
 
 use crate::cli::{ExecutorArgs, FleetCommand};
 use crate::logging;
@@ -69,10 +69,10 @@ pub fn executor(args: ExecutorArgs) -> i32 {
         },
         format!("{:016x}", std::process::id()),
     );
-    if let Err(e) = faultbox_executor::sandbox::Sandbox::probe() {
+    if let Err(e) = faultbox_executor::sandbox::netns::Sandbox::probe() {
         return error(e);
     }
-    let shim = match faultbox_executor::session::find_shim() {
+    let shim = match faultbox_executor::sandbox::session::find_shim() {
         Ok(s) => s,
         Err(e) => return error(e),
     };

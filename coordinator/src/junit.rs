@@ -2,7 +2,7 @@
 //! carries its seed and the executor that ran it as properties; tests outside this
 //! shard's `--partition` are skipped testcases.
 
-use faultbox_executor::testrun::TestReport;
+use faultbox_executor::world::run::TestReport;
 use faultbox_spec::Verdict;
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 

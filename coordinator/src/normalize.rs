@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use faultbox_executor::testrun::TestReport;
+use faultbox_executor::world::run::TestReport;
 use faultbox_spec::Verdict;
 
 /// Fields whose values differ between identical runs.
@@ -30,7 +30,7 @@ pub fn normalize(reports: &[TestReport]) -> String {
             if e.kind == "syscall"
                 && e.fields
                     .get("path")
-                    .is_some_and(|p| faultbox_executor::engine::is_system_path(p))
+                    .is_some_and(|p| faultbox_executor::engine::rules::is_system_path(p))
             {
                 continue;
             }

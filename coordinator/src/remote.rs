@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use faultbox_executor::bundle::{Bundle, Contents};
-use faultbox_executor::identity::{Identity, EXECUTOR_SAN};
-use faultbox_executor::job::{CoordinatorMsg, ExecutorMsg};
-use faultbox_executor::wire::{self, Frame, WireError, PROTOCOL_VERSION};
+use faultbox_executor::fleet::bundle::{Bundle, Contents};
+use faultbox_executor::fleet::identity::{Identity, EXECUTOR_SAN};
+use faultbox_executor::fleet::job::{CoordinatorMsg, ExecutorMsg};
+use faultbox_executor::fleet::wire::{self, Frame, WireError, PROTOCOL_VERSION};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use faultbox_executor::testrun::TestReport;
+use faultbox_executor::world::run::TestReport;
 use faultbox_spec::Verdict;
 
 /// The command that replays one run.
@@ -129,7 +129,7 @@ pub fn test_json<'a>(spec: &str, r: &'a TestReport) -> TestJson<'a> {
         "syscall_summary": syscall_summary(r),
         "diagnostics": crate::diagnostics::diagnose(r).iter().map(|d| d.to_json()).collect::<Vec<_>>(),
         "interleaving": match r.order {
-            Some(faultbox_executor::scheduler::Order::Nth(n)) if r.explored.is_some() => json!(n),
+            Some(faultbox_executor::engine::scheduler::Order::Nth(n)) if r.explored.is_some() => json!(n),
             _ => Value::Null,
         },
         "held_calls": r.explored,
@@ -153,11 +153,11 @@ pub fn human(spec: &str, r: &TestReport, debug: bool) -> String {
     let mut s = String::new();
     let ms = r.duration.as_millis();
     let ordering = match (r.order, r.explored) {
-        (Some(faultbox_executor::scheduler::Order::Nth(n)), Some(k)) => {
+        (Some(faultbox_executor::engine::scheduler::Order::Nth(n)), Some(k)) => {
             format!(
                 ", ordering {}/{}",
                 n + 1,
-                faultbox_executor::scheduler::factorial(k)
+                faultbox_executor::engine::scheduler::factorial(k)
             )
         }
         _ => String::new(),

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use faultbox_executor::session::{self, SessionConfig};
+use faultbox_executor::sandbox::session::{self, SessionConfig};
 use faultbox_shim::rule::FaultRule;
 use faultbox_shim::syscalls::Arch;
 

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use faultbox_executor::testrun::TestReport;
+use faultbox_executor::world::run::TestReport;
 
 pub const HEADER: &str = "(?<host>\\S+) (?<clock>\\{.*\\})";
 pub const DELIMITER: &str = "=== (?<trace>.*) ===";

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use faultbox_executor::actor::{Executor, ExecutorArgs};
-use faultbox_executor::testrun::TestReport;
-use faultbox_executor::{program, session};
+use faultbox_executor::fleet::actor::{Executor, ExecutorArgs};
+use faultbox_executor::sandbox::{program, session};
+use faultbox_executor::world::run::TestReport;
 use faultbox_spec::{Loaded, Verdict};
 
 use crate::cli::TestArgs;
@@ -37,7 +37,7 @@ fn error(msg: impl std::fmt::Display) -> i32 {
 
 pub fn run(args: TestArgs) -> i32 {
     // What runs of this host that were killed outright left behind.
-    faultbox_executor::scratch::sweep();
+    faultbox_executor::sandbox::scratch::sweep();
     let loaded = match faultbox_spec::load(&args.spec) {
         Ok(l) => l,
         Err(e) => return error(e),
@@ -117,7 +117,7 @@ pub fn run(args: TestArgs) -> i32 {
                 Err(e) => return error(e),
             };
             let fleet = args.fleet.clone().unwrap_or_default();
-            use faultbox_executor::identity::{Identity, Role, COORDINATOR};
+            use faultbox_executor::fleet::identity::{Identity, Role, COORDINATOR};
             match Identity::load(&fleet, COORDINATOR, Role::Coordinator) {
                 Ok(id) => Some((addrs, id)),
                 Err(e) => return error(format!("--fleet: {e}")),
@@ -137,7 +137,7 @@ pub fn run(args: TestArgs) -> i32 {
     // Services run here only without a fleet.
     let mut shim = std::path::PathBuf::new();
     if remote.is_none() {
-        if let Err(e) = faultbox_executor::sandbox::Sandbox::probe() {
+        if let Err(e) = faultbox_executor::sandbox::netns::Sandbox::probe() {
             return error(e);
         }
         shim = match session::find_shim() {
@@ -404,12 +404,12 @@ async fn run_on_fleet(
     loaded: &Loaded,
     addrs: Vec<std::net::SocketAddr>,
     (identity, fleet): (
-        faultbox_executor::identity::Identity,
+        faultbox_executor::fleet::identity::Identity,
         Option<&std::path::Path>,
     ),
 ) -> Result<Finished, String> {
     // Never the fleet directory: it holds the keys.
-    let (bundle, contents) = faultbox_executor::bundle::build(loaded, fleet)
+    let (bundle, contents) = faultbox_executor::fleet::bundle::build(loaded, fleet)
         .map_err(|e| format!("bundling the spec: {e}"))?;
     let bind: std::net::SocketAddr = if addrs.iter().all(|a| a.is_ipv4()) {
         ([0, 0, 0, 0], 0).into()
@@ -471,7 +471,7 @@ async fn run_on_fleet(
 
 /// Ctrl-C or SIGTERM interrupts the run: the coordinator cancels every running job,
 /// wherever it runs, and ends once they are cleaned up.
-fn interrupt_on_signal(coord: ractor::ActorRef<faultbox_executor::job::CoordinatorMsg>) {
+fn interrupt_on_signal(coord: ractor::ActorRef<faultbox_executor::fleet::job::CoordinatorMsg>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -484,6 +484,6 @@ fn interrupt_on_signal(coord: ractor::ActorRef<faultbox_executor::job::Coordinat
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        let _ = coord.cast(faultbox_executor::job::CoordinatorMsg::Interrupt);
+        let _ = coord.cast(faultbox_executor::fleet::job::CoordinatorMsg::Interrupt);
     });
 }

@@ -511,8 +511,8 @@ fn a_lost_executor_has_its_jobs_rerun_elsewhere() {
 /// garbage: the executor refuses or drops that link, logs why, and keeps serving.
 #[test]
 fn wrong_versions_and_malformed_frames_end_only_their_link() {
-    use faultbox_executor::identity::{Identity, Role, EXECUTOR_SAN};
-    use faultbox_executor::wire::{self, Frame, PROTOCOL_VERSION};
+    use faultbox_executor::fleet::identity::{Identity, Role, EXECUTOR_SAN};
+    use faultbox_executor::fleet::wire::{self, Frame, PROTOCOL_VERSION};
 
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scratch::new("fleet-wire");

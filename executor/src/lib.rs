@@ -1,32 +1,21 @@
-//! Everything Faultbox does on a host: launching targets in namespaces under the
-//! seccomp filter, the supervisor that answers their notified syscalls, and the rule
-//! engine that decides each call.
+//! Everything Faultbox does on a host: launching services in their sandboxes, the
+//! supervisor that answers their notified syscalls and the rules that decide each
+//! call, running a test against them, and serving jobs to a fleet's coordinator.
+//!
+//! - [`engine`]: interception: the notification loop, the rule chain, reading the
+//!   target's arguments, virtual time, `parallel()` ordering.
+//! - [`sandbox`]: isolation and launch: namespaces, the shim and its filter, the
+//!   service's binary, scratch directories.
+//! - [`world`]: one test: the `World` its body runs against, steps, the event log.
+//! - [`fleet`]: jobs and executors: the actor, the wire, QUIC serving, identities,
+//!   bundles, the work directory.
 
-pub mod actor;
-pub mod bundle;
-pub mod cancel;
 pub mod engine;
-pub mod eventlog;
-pub mod identity;
-pub mod job;
-pub mod launch;
-pub mod procfs;
-pub mod program;
+pub mod fleet;
 pub mod sandbox;
-pub mod scheduler;
-pub mod scratch;
-pub mod server;
-pub mod session;
-pub mod steps;
-pub mod stream;
-pub mod supervisor;
-pub mod testrun;
-pub mod testworld;
-pub mod vclock;
-pub mod wire;
-pub mod workdir;
+pub mod world;
 
-pub use engine::{Decision, Engine};
-pub use launch::Exit;
-pub use session::{Outcome, Running, SessionConfig, SessionError};
-pub use supervisor::{EventSink, SyscallEvent};
+pub use engine::rules::{Decision, Engine};
+pub use engine::supervisor::{EventSink, SyscallEvent};
+pub use sandbox::launch::Exit;
+pub use sandbox::session::{Outcome, Running, SessionConfig, SessionError};

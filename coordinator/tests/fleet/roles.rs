@@ -78,14 +78,14 @@ fn an_executor_certificate_cannot_drive_executors() {
         .with_root_certificates(roots)
         .with_client_auth_cert(certs(&dir.join("e1.pem")), key(&dir.join("e1.key")))
         .unwrap();
-        tls.alpn_protocols = vec![faultbox_executor::identity::ALPN.to_vec()];
+        tls.alpn_protocols = vec![faultbox_executor::fleet::identity::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
         let conn = endpoint
             .connect_with(
                 quinn::ClientConfig::new(Arc::new(crypto)),
                 e2.addr.parse().unwrap(),
-                faultbox_executor::identity::EXECUTOR_SAN,
+                faultbox_executor::fleet::identity::EXECUTOR_SAN,
             )
             .unwrap()
             .await;
@@ -93,18 +93,18 @@ fn an_executor_certificate_cannot_drive_executors() {
         let Ok((mut tx, mut rx)) = conn.open_bi().await else {
             return false;
         };
-        let hello = faultbox_executor::wire::Frame::Hello {
-            version: faultbox_executor::wire::PROTOCOL_VERSION,
+        let hello = faultbox_executor::fleet::wire::Frame::Hello {
+            version: faultbox_executor::fleet::wire::PROTOCOL_VERSION,
             name: "coordinator".into(),
             slots: 0,
         };
-        if faultbox_executor::wire::send(&mut tx, &hello)
+        if faultbox_executor::fleet::wire::send(&mut tx, &hello)
             .await
             .is_err()
         {
             return false;
         }
-        faultbox_executor::wire::recv(&mut rx).await.is_ok()
+        faultbox_executor::fleet::wire::recv(&mut rx).await.is_ok()
     });
     assert!(
         !answered,
@@ -155,7 +155,7 @@ fn a_coordinator_certificate_cannot_serve_as_an_executor() {
             key(&dir.join("coordinator.key")),
         )
         .unwrap();
-        tls.alpn_protocols = vec![faultbox_executor::identity::ALPN.to_vec()];
+        tls.alpn_protocols = vec![faultbox_executor::fleet::identity::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
         let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let endpoint = quinn::Endpoint::server(config, ([127, 0, 0, 1], 7783).into()).unwrap();

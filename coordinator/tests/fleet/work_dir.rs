@@ -89,7 +89,7 @@ fn a_planted_blob_is_replaced_by_the_real_contents() {
     fleet(&dir, &["e1"]);
     let spec = crate::common::root().join("coordinator/tests/specs/seeds.star");
     let real = std::fs::read(&spec).unwrap();
-    let hash = faultbox_executor::bundle::hash(&real);
+    let hash = faultbox_executor::fleet::bundle::hash(&real);
     let work = s.0.join("w1");
     let blobs = work.join("blobs");
     std::fs::create_dir_all(&blobs).unwrap();

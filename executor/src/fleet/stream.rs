@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use faultbox_spec::world::Event;
 
-use crate::cancel::Cancel;
+use crate::world::cancel::Cancel;
 
 /// Events per batch.
 pub const BATCH: usize = 256;

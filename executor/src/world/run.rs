@@ -14,9 +14,9 @@ use faultbox_spec::run::FailureType;
 use faultbox_spec::world::Event;
 use faultbox_spec::{Loaded, Verdict};
 
-use crate::sandbox::Sandbox;
-use crate::steps;
-use crate::testworld::{FaultReport, ServiceState, TestWorld};
+use crate::sandbox::netns::Sandbox;
+use crate::world::steps;
+use crate::world::test_world::{FaultReport, ServiceState, TestWorld};
 
 /// How long a service gets between SIGTERM and SIGKILL when a test ends.
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
@@ -31,11 +31,11 @@ pub struct TestOptions {
     /// How long the body may run, unless the test sets its own limit.
     pub timeout: Duration,
     /// How `parallel()` orders the services' calls.
-    pub order: crate::scheduler::Order,
+    pub order: crate::engine::scheduler::Order,
     /// Ends the job early from outside.
-    pub cancel: Arc<crate::cancel::Cancel>,
+    pub cancel: Arc<crate::world::cancel::Cancel>,
     /// Where the events also go while the test runs.
-    pub stream: Option<Arc<crate::stream::EventStream>>,
+    pub stream: Option<Arc<crate::fleet::stream::EventStream>>,
 }
 
 /// Where a test's time went, for the overhead benchmark.
@@ -76,7 +76,7 @@ pub struct TestReport {
     /// covered (an exhaustive exploration runs all their orderings).
     pub explored: Option<usize>,
     /// Which ordering this run used.
-    pub order: Option<crate::scheduler::Order>,
+    pub order: Option<crate::engine::scheduler::Order>,
 }
 
 impl TestReport {
@@ -179,7 +179,7 @@ fn run_here(loaded: &Arc<Loaded>, test: &Test, opts: &TestOptions) -> TestReport
         }
     };
     r.timings.sandbox = start.elapsed();
-    let logs = match crate::scratch::test_dir(&test.name) {
+    let logs = match crate::sandbox::scratch::test_dir(&test.name) {
         Ok(d) => d,
         Err(e) => {
             r.verdict = fail(format!("creating the test's scratch directory: {e}"));
@@ -240,7 +240,7 @@ fn run_here(loaded: &Arc<Loaded>, test: &Test, opts: &TestOptions) -> TestReport
                 let mut exit = s.running.poll_exit();
                 while exit.is_none()
                     && Instant::now() < deadline
-                    && crate::procfs::is_exiting(s.running.pid)
+                    && crate::engine::procfs::is_exiting(s.running.pid)
                 {
                     std::thread::sleep(Duration::from_millis(2));
                     exit = s.running.poll_exit();

@@ -13,12 +13,12 @@ use faultbox_shim::syscalls::{self, Arch, Syscall};
 use faultbox_spec::model::{Service, Spec};
 use faultbox_spec::world::{Event, StepCall, StepResult, World, WorldError};
 
-use crate::engine::{self, Compiled, Engine, EngineSlot, Rolls};
-use crate::eventlog::{EventLog, DRIVER};
-use crate::scheduler::{Order, Scheduler};
-use crate::session::{self, Running, SessionConfig};
-use crate::steps;
-use crate::supervisor::{EventSink, SyscallEvent};
+use crate::engine::rules::{self as engine, Compiled, Engine, EngineSlot, Rolls};
+use crate::engine::scheduler::{Order, Scheduler};
+use crate::engine::supervisor::{EventSink, SyscallEvent};
+use crate::sandbox::session::{self, Running, SessionConfig};
+use crate::world::eventlog::{EventLog, DRIVER};
+use crate::world::steps;
 
 /// A fault installed during a test, and how often it fired.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -74,7 +74,7 @@ pub struct TestWorld {
     /// Every fault ever installed: (rule id, report without hits).
     reports: Mutex<Vec<(usize, FaultReport)>>,
     /// Set under `--virtual-time`: shared by every service of the test.
-    vclock: Option<Arc<crate::vclock::VirtualClock>>,
+    vclock: Option<Arc<crate::engine::vclock::VirtualClock>>,
     /// Orders the services' calls inside `parallel()`.
     scheduler: Arc<Scheduler>,
     /// How the first batch of held calls is ordered.
@@ -184,7 +184,7 @@ impl TestWorld {
         seed: u64,
         virtual_time: bool,
         order: Order,
-        stream: Option<Arc<crate::stream::EventStream>>,
+        stream: Option<Arc<crate::fleet::stream::EventStream>>,
     ) -> TestWorld {
         TestWorld {
             shared: Arc::new(Shared {
@@ -199,7 +199,7 @@ impl TestWorld {
             installed: Mutex::new(BTreeMap::new()),
             next: AtomicU64::new(1),
             reports: Mutex::new(Vec::new()),
-            vclock: virtual_time.then(|| Arc::new(crate::vclock::VirtualClock::default())),
+            vclock: virtual_time.then(|| Arc::new(crate::engine::vclock::VirtualClock::default())),
             scheduler: Arc::new(Scheduler::default()),
             order,
             pending: Mutex::new(HashMap::new()),
@@ -240,7 +240,7 @@ impl TestWorld {
             }
         }
         if self.vclock.is_some() {
-            for name in crate::vclock::SYSCALLS {
+            for name in crate::engine::vclock::SYSCALLS {
                 for sc in syscalls::expand(name, arch).unwrap_or_default() {
                     if !covered.iter().any(|c| c.nr == sc.nr) {
                         covered.push(sc);
@@ -251,8 +251,8 @@ impl TestWorld {
         let notify: Vec<i32> = covered.iter().map(|s| s.nr).collect();
         let rolls = engine::rolls(self.seed ^ name_hash(&svc.name));
         let slot = EngineSlot::new(Engine::assemble(&[], &covered, rolls.clone()));
-        let program =
-            crate::program::resolve(svc).map_err(|e| format!("service {:?}: {e}", svc.name))?;
+        let program = crate::sandbox::program::resolve(svc)
+            .map_err(|e| format!("service {:?}: {e}", svc.name))?;
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         let mut set = |k: &str, v: &str| {
             env.retain(|(ek, _)| ek != k);
@@ -658,7 +658,11 @@ impl World for TestWorld {
             .filter(|(name, _)| !self.scheduler.is_nondet(name))
             .map(|(_, s)| s.running.pid)
             .collect();
-        let busy = || roots.iter().any(|&pid| crate::procfs::any_running(pid));
+        let busy = || {
+            roots
+                .iter()
+                .any(|&pid| crate::engine::procfs::any_running(pid))
+        };
         // The threads of the first batch of held calls, in the order the seed (or the
         // exploration's index) ranks them. Every later decision releases the held call
         // of the highest-ranked thread, so one ranking fixes the whole interleaving;
@@ -681,7 +685,7 @@ impl World for TestWorld {
                 if self.first_batch.swap(false, Ordering::SeqCst) {
                     *self.explored.lock().unwrap_or_else(|p| p.into_inner()) = Some(held.len());
                 }
-                ranking = crate::scheduler::permutation(held.len(), self.order)
+                ranking = crate::engine::scheduler::permutation(held.len(), self.order)
                     .into_iter()
                     .map(|i| held[i].caller.clone())
                     .collect();

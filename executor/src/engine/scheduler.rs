@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_pcg::Pcg64;
 
-use crate::supervisor::{HeldCall, Holder};
+use crate::engine::supervisor::{HeldCall, Holder};
 
 /// How the first batch of held calls is ordered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,7 +34,7 @@ pub struct Held {
     pub caller: (String, i32),
 }
 
-fn describe(service: &str, event: &crate::supervisor::SyscallEvent) -> String {
+fn describe(service: &str, event: &crate::engine::supervisor::SyscallEvent) -> String {
     match &event.path {
         Some(p) => format!("{service} {} {p}", event.name),
         None => format!("{service} {}", event.name),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use faultbox_spec::model::Service;
 
-use crate::session::{self, ResolveError};
+use crate::sandbox::session::{self, ResolveError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::{hash, io, safe_relative, Bundle, BundleError};
-use crate::workdir;
+use crate::fleet::workdir;
 
 /// Marks a bundle directory whose files were all written.
 const COMPLETE: &str = ".complete";

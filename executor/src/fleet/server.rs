@@ -11,11 +11,11 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 
-use crate::actor::{Executor, ExecutorArgs};
-use crate::bundle::Store;
-use crate::identity::{Identity, IdentityError, Role};
-use crate::job::{CoordinatorMsg, ExecutorMsg};
-use crate::wire::{self, Frame, WireError, PROTOCOL_VERSION};
+use crate::fleet::actor::{Executor, ExecutorArgs};
+use crate::fleet::bundle::Store;
+use crate::fleet::identity::{Identity, IdentityError, Role};
+use crate::fleet::job::{CoordinatorMsg, ExecutorMsg};
+use crate::fleet::wire::{self, Frame, WireError, PROTOCOL_VERSION};
 
 /// Frames waiting to go out on one link; a full queue holds the slots back.
 const OUTBOX: usize = 64;
@@ -26,7 +26,7 @@ pub struct ServeConfig {
     pub name: String,
     pub slots: usize,
     /// Everything the executor writes goes under here: a directory
-    /// [`crate::workdir::claim`] accepted.
+    /// [`crate::fleet::workdir::claim`] accepted.
     pub work: PathBuf,
     pub shim: PathBuf,
 }
@@ -43,7 +43,7 @@ pub enum ServeError {
     #[error("--work {path}: {source}")]
     Work {
         path: PathBuf,
-        source: crate::bundle::BundleError,
+        source: crate::fleet::bundle::BundleError,
     },
 }
 
@@ -225,11 +225,11 @@ fn check_programs(
 ) -> Result<(), String> {
     let root = store.bundle_root(spec);
     for svc in &loaded.spec.services {
-        if let Err(e) = crate::program::resolve(svc) {
+        if let Err(e) = crate::sandbox::program::resolve(svc) {
             return Err(format!(
                 "service {:?} ({}:{}): {e} on executor {name}",
                 svc.name,
-                crate::program::relative_to(&svc.declared_at.file, &root),
+                crate::sandbox::program::relative_to(&svc.declared_at.file, &root),
                 svc.declared_at.line
             ));
         }

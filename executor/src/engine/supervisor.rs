@@ -18,9 +18,9 @@ use faultbox_shim::filter::{HANDOFF_COOKIE, HANDOFF_SYSCALL};
 use faultbox_shim::notify;
 use faultbox_shim::syscalls::{self, Arch};
 
-use crate::engine::{Decision, EngineSlot};
-use crate::procfs::Procfs;
-use crate::vclock::{self, VirtualClock};
+use crate::engine::procfs::Procfs;
+use crate::engine::rules::{Decision, EngineSlot};
+use crate::engine::vclock::{self, VirtualClock};
 
 /// One intercepted call and what was decided.
 #[derive(Debug, Clone)]
@@ -165,7 +165,7 @@ pub fn spawn(
         stop: stop.clone(),
         vclock,
         holder,
-        time_nrs: crate::vclock::SYSCALLS
+        time_nrs: crate::engine::vclock::SYSCALLS
             .iter()
             .map(|n| syscalls::number(n, Arch::native()).unwrap_or(-1))
             .collect(),
@@ -257,9 +257,10 @@ impl Supervisor {
         };
         let resolved = self.procfs.resolve(pid, chain.path_arg, &req.data.args);
         let peer_port = match chain.path_arg {
-            faultbox_shim::syscalls::PathArg::SockAddr { .. } => {
-                resolved.path.as_deref().and_then(crate::procfs::port_of)
-            }
+            faultbox_shim::syscalls::PathArg::SockAddr { .. } => resolved
+                .path
+                .as_deref()
+                .and_then(crate::engine::procfs::port_of),
             _ => None,
         };
         // The path came from memory of a thread that may have died meanwhile, its pid
@@ -281,8 +282,11 @@ impl Supervisor {
         // The C library's own calls (the loader, /proc, the name-service cache probe)
         // are not part of the order parallel() controls: which thread makes them
         // depends on locks inside the library, not on the service's logic.
-        let system =
-            |e: &SyscallEvent| e.path.as_deref().is_some_and(crate::engine::is_system_path);
+        let system = |e: &SyscallEvent| {
+            e.path
+                .as_deref()
+                .is_some_and(crate::engine::rules::is_system_path)
+        };
         let event = match &self.holder {
             Some(h) if !system(&event) => match h.hold(Box::new(HeldCall {
                 listener: self.listener.clone(),

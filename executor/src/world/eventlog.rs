@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use faultbox_spec::world::Event;
 
-use crate::stream::EventStream;
+use crate::fleet::stream::EventStream;
 
 /// The pseudo-service of the test body itself.
 pub const DRIVER: &str = "test";

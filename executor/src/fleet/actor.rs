@@ -9,10 +9,10 @@ use std::sync::Arc;
 use faultbox_spec::{Loaded, Verdict};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::cancel::Cancel;
-use crate::job::{CoordinatorMsg, ExecutorMsg, Job};
-use crate::stream::EventStream;
-use crate::testrun::{self, TestOptions, TestReport};
+use crate::fleet::job::{CoordinatorMsg, ExecutorMsg, Job};
+use crate::fleet::stream::EventStream;
+use crate::world::cancel::Cancel;
+use crate::world::run::{self as testrun, TestOptions, TestReport};
 
 /// What an executor needs to run jobs of one spec.
 pub struct ExecutorArgs {

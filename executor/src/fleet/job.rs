@@ -7,8 +7,8 @@ use ractor::ActorRef;
 
 use faultbox_spec::world::Event;
 
-use crate::scheduler::Order;
-use crate::testrun::TestReport;
+use crate::engine::scheduler::Order;
+use crate::world::run::TestReport;
 
 /// One run to do.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -6,9 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::Bundle;
-use crate::job::Job;
-use crate::testrun::TestReport;
+use crate::fleet::bundle::Bundle;
+use crate::fleet::job::Job;
+use crate::world::run::TestReport;
 use faultbox_spec::world::Event;
 
 /// Bumped whenever a frame changes shape.

@@ -66,7 +66,7 @@ pub enum BundleError {
     #[error("no contents for {0}")]
     Missing(String),
     #[error(transparent)]
-    WorkDir(#[from] crate::workdir::WorkDirError),
+    WorkDir(#[from] crate::fleet::workdir::WorkDirError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {

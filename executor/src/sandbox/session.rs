@@ -15,9 +15,9 @@ use faultbox_shim::handoff::Stage;
 use faultbox_shim::rule::FaultRule;
 use faultbox_shim::syscalls::{self, Arch};
 
-use crate::engine::{Engine, EngineError, EngineSlot};
-use crate::launch::{self, Exit, LaunchError, LaunchSpec};
-use crate::supervisor::{self, EventSink};
+use crate::engine::rules::{Engine, EngineError, EngineSlot};
+use crate::engine::supervisor::{self, EventSink};
+use crate::sandbox::launch::{self, Exit, LaunchError, LaunchSpec};
 
 /// What to run, what its filter covers, and the rules that decide its calls.
 #[derive(Clone)]
@@ -39,7 +39,7 @@ pub struct SessionConfig {
     /// The target's working directory; inherited when `None`.
     pub cwd: Option<PathBuf>,
     /// Under virtual time, the clock its time syscalls and delays use.
-    pub vclock: Option<Arc<crate::vclock::VirtualClock>>,
+    pub vclock: Option<Arc<crate::engine::vclock::VirtualClock>>,
     /// In tests: withholds answers while `parallel()` orders calls.
     pub holder: Option<Arc<dyn supervisor::Holder>>,
 }

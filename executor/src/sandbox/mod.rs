@@ -1,0 +1,10 @@
+//! Isolation and launch: a test's network namespace ([`netns`]), starting a target in
+//! its own user, PID and mount namespaces under the shim ([`launch`], [`session`]),
+//! finding a service's binary ([`program`]), and tests' scratch directories
+//! ([`scratch`]).
+
+pub mod launch;
+pub mod netns;
+pub mod program;
+pub mod scratch;
+pub mod session;
