@@ -66,7 +66,11 @@ fn run_dir_name(pid: u32) -> String {
 }
 
 fn open_run() -> std::io::Result<Run> {
-    sweep();
+    // Once per process: what dead processes left does not come back.
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        sweep();
+    });
     let dir = std::env::temp_dir().join(run_dir_name(std::process::id()));
     // A directory under our own pid is a dead process's whose pid we now have.
     if std::fs::symlink_metadata(&dir).is_ok() {
