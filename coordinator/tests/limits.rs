@@ -159,29 +159,35 @@ fn bad_timeouts_are_refused_naming_the_flag() {
     );
 }
 
+/// `faultbox test` running a body that spins in pure Starlark, once its service is up.
+fn spinning() -> std::process::Child {
+    let child = Command::new(common::faultbox())
+        .current_dir(root())
+        .args([
+            "test",
+            "coordinator/tests/specs/runaway.star",
+            "--test",
+            "spins",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_processes(
+        "debug/inventory",
+        |n| n >= 1,
+        20,
+        "the service did not start",
+    );
+    child
+}
+
 /// SIGTERM and Ctrl-C stop a run whose test body is busy in pure Starlark.
 #[test]
 fn signals_stop_a_looping_body() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        let child = Command::new(common::faultbox())
-            .current_dir(root())
-            .args([
-                "test",
-                "coordinator/tests/specs/runaway.star",
-                "--test",
-                "spins",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        common::wait_processes(
-            "debug/inventory",
-            |n| n >= 1,
-            20,
-            "the service did not start",
-        );
+        let child = spinning();
         std::thread::sleep(Duration::from_millis(500));
         let t = Instant::now();
         // SAFETY: signalling the child we started.
@@ -230,24 +236,7 @@ fn more_runs_than_a_plan_holds_are_refused_naming_the_flag() {
 #[test]
 fn the_next_run_sweeps_what_a_killed_run_left() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut child = Command::new(common::faultbox())
-        .current_dir(root())
-        .args([
-            "test",
-            "coordinator/tests/specs/runaway.star",
-            "--test",
-            "spins",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    common::wait_processes(
-        "debug/inventory",
-        |n| n >= 1,
-        20,
-        "the service did not start",
-    );
+    let mut child = spinning();
     let dir = std::env::temp_dir().join(format!("faultbox-{}", child.id()));
     assert!(
         dir.is_dir(),
