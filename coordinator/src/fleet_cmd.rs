@@ -25,6 +25,13 @@ pub fn fleet(cmd: FleetCommand) -> i32 {
             Err(e) => error(format!("fleet init: {e}")),
         },
         FleetCommand::Issue { dir, name, days } => match identity::issue(&dir, &name, days) {
+            Ok(()) if name == identity::COORDINATOR => {
+                eprintln!(
+                    "issued the coordinator's identity again: {0}/{name}.pem and {0}/{name}.key, used by faultbox test --fleet {0}",
+                    dir.display()
+                );
+                0
+            }
             Ok(()) => {
                 eprintln!(
                     "issued {name}: {0}/{name}.pem and {0}/{name}.key; copy them and {0}/ca.pem to the executor's fleet directory",
