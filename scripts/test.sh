@@ -21,7 +21,7 @@ cargo test -j2 --workspace
 
 echo "== leak check" >&2
 leaks=0
-ours='target/(debug|release|tmp)/(faultbox|probe|target|inventory|orders)( |$)|echo_svc\.py|chatty_svc\.py|swallow\.py|clocks\.py|http\.server 8000|while :; do :; done|faultbox executor'
+ours='target/(debug|release|tmp)/(faultbox|probe|target|inventory|orders)( |$)|echo_svc\.py|chatty_svc\.py|net_svc\.py|swallow\.py|clocks\.py|http\.server 8000|while :; do :; done|faultbox executor'
 if pgrep -f "$ours" >/dev/null; then
     echo "leftover processes:" >&2
     pgrep -af "$ours" >&2

@@ -5,8 +5,10 @@
 //! they interleave is not part of the system's behaviour). What changes from run to
 //! run without the system behaving differently is left out: sequence numbers,
 //! timestamps, vector clocks, pids, durations, socket and pipe inodes, the per-test
-//! scratch directory, and calls on system paths (the loader's, /proc, /dev, the C
-//! library's name-service cache probe), whose number depends on the C library.
+//! scratch directory, calls on system paths (the loader's, /proc, /dev, the C
+//! library's name-service cache probe), whose number depends on the C library, and,
+//! of the relays' connection events, the connections' numbers and their closing
+//! (whether a connection closes before the test ends is a race, not behaviour).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,7 +17,7 @@ use faultbox_executor::world::run::TestReport;
 use faultbox_spec::Verdict;
 
 /// Fields whose values differ between identical runs.
-const VOLATILE: &[&str] = &["pid", "duration_ms"];
+const VOLATILE: &[&str] = &["pid", "duration_ms", "connection"];
 
 pub fn normalize(reports: &[TestReport]) -> String {
     let mut out = String::from("# faultbox normalized trace v1\n");
@@ -32,6 +34,9 @@ pub fn normalize(reports: &[TestReport]) -> String {
                     .get("path")
                     .is_some_and(|p| faultbox_executor::engine::rules::is_system_path(p))
             {
+                continue;
+            }
+            if e.event_type == "proxy.close" {
                 continue;
             }
             let mut line = e.event_type.clone();

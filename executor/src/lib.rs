@@ -6,12 +6,15 @@
 //!   target's arguments, virtual time, `parallel()` ordering.
 //! - [`sandbox`]: isolation and launch: namespaces, the shim and its filter, the
 //!   service's binary, scratch directories.
+//! - [`network`]: the network between a test's services: a namespace per service,
+//!   relays per edge.
 //! - [`world`]: one test: the `World` its body runs against, steps, the event log.
 //! - [`fleet`]: jobs and executors: the actor, the wire, QUIC serving, identities,
 //!   bundles, the work directory.
 
 pub mod engine;
 pub mod fleet;
+pub mod network;
 pub mod sandbox;
 pub mod world;
 

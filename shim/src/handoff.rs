@@ -30,6 +30,7 @@ pub enum Stage {
     UserNamespace,
     Mounts,
     Loopback,
+    Hosts,
     Filter,
     Exec,
 }
@@ -40,6 +41,7 @@ impl Stage {
             Stage::UserNamespace => "userns",
             Stage::Mounts => "mounts",
             Stage::Loopback => "loopback",
+            Stage::Hosts => "hosts",
             Stage::Filter => "filter",
             Stage::Exec => "exec",
         }
@@ -50,6 +52,7 @@ impl Stage {
             "userns" => Stage::UserNamespace,
             "mounts" => Stage::Mounts,
             "loopback" => Stage::Loopback,
+            "hosts" => Stage::Hosts,
             "filter" => Stage::Filter,
             "exec" => Stage::Exec,
             _ => return None,
@@ -62,6 +65,7 @@ impl Stage {
             Stage::UserNamespace => "mapping the user namespace",
             Stage::Mounts => "setting up the private mount table and /proc",
             Stage::Loopback => "bringing up loopback in the network namespace",
+            Stage::Hosts => "mounting the test's hosts file on /etc/hosts",
             Stage::Filter => "installing the seccomp filter",
             Stage::Exec => "executing the target",
         }
@@ -98,6 +102,8 @@ pub struct ShimArgs {
     pub notify: Vec<i32>,
     /// The network namespace is shared and already set up (tests): leave `lo` alone.
     pub shared_net: bool,
+    /// A hosts file to mount over `/etc/hosts` (a test's service names).
+    pub hosts: Option<PathBuf>,
     /// The file to execute.
     pub program: PathBuf,
     /// The target's full argv, argv[0] included.
@@ -110,6 +116,10 @@ impl ShimArgs {
         let mut out: Vec<OsString> = Vec::new();
         if self.shared_net {
             out.push("--shared-net".into());
+        }
+        if let Some(h) = &self.hosts {
+            out.push("--hosts".into());
+            out.push(h.clone().into_os_string());
         }
         if !self.notify.is_empty() {
             out.push("--notify".into());
@@ -132,6 +142,7 @@ impl ShimArgs {
     pub fn parse(args: &[OsString]) -> Result<ShimArgs, String> {
         let mut notify = Vec::new();
         let mut shared_net = false;
+        let mut hosts = None;
         let mut i = 0;
         while i < args.len() {
             let a = args[i].as_bytes();
@@ -145,6 +156,11 @@ impl ShimArgs {
                     shared_net = true;
                     i += 1;
                     continue;
+                }
+                b"--hosts" => {
+                    hosts = Some(PathBuf::from(
+                        args.get(i + 1).ok_or("missing value after --hosts")?,
+                    ))
                 }
                 b"--notify" => {
                     notify = value()?
@@ -164,6 +180,7 @@ impl ShimArgs {
                     return Ok(ShimArgs {
                         notify,
                         shared_net,
+                        hosts,
                         program: PathBuf::from(program),
                         argv,
                     });
@@ -195,6 +212,7 @@ mod tests {
         let a = ShimArgs {
             notify: vec![1, 257],
             shared_net: true,
+            hosts: Some("/tmp/x/hosts".into()),
             program: "/bin/echo".into(),
             argv: vec!["echo".into(), "--".into(), "x y".into()],
         };

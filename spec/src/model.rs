@@ -87,7 +87,8 @@ impl Service {
         }
     }
 
-    /// `FAULTBOX_<SVC>_<IFACE>_{ADDR,HOST,PORT}` for every interface.
+    /// `FAULTBOX_<SVC>_<IFACE>_{ADDR,HOST,PORT}` for every interface: the service's
+    /// name, which resolves to its relay wherever the variable is read.
     pub fn injected_env(&self) -> Vec<(String, String)> {
         let key = |s: &str| {
             s.to_ascii_uppercase()
@@ -96,8 +97,11 @@ impl Service {
         let mut out = Vec::new();
         for i in &self.interfaces {
             let prefix = format!("FAULTBOX_{}_{}", key(&self.name), key(&i.name));
-            out.push((format!("{prefix}_ADDR"), format!("localhost:{}", i.port)));
-            out.push((format!("{prefix}_HOST"), "localhost".to_string()));
+            out.push((
+                format!("{prefix}_ADDR"),
+                format!("{}:{}", self.name, i.port),
+            ));
+            out.push((format!("{prefix}_HOST"), self.name.clone()));
             out.push((format!("{prefix}_PORT"), i.port.to_string()));
         }
         out

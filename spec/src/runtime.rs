@@ -740,10 +740,6 @@ fn start_trace(
         .map_err(|e| anyhow!("{what}: {e}"))
 }
 
-fn libc_econnrefused() -> i32 {
-    faultbox_shim::errno::from_name("ECONNREFUSED").expect("ECONNREFUSED exists")
-}
-
 /// Whether `value` matches `pattern`: `*` at either end matches any prefix/suffix.
 pub fn glob_match(pattern: &str, value: &str) -> bool {
     match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
@@ -1040,33 +1036,13 @@ pub fn testing(builder: &mut GlobalsBuilder) {
                 "partition(): a service cannot be partitioned from itself"
             )));
         }
-        let mut handles = Vec::new();
-        let mut installed = Ok(());
-        for (from, to) in [(&sa, &sb), (&sb, &sa)] {
-            let rules: Vec<FaultRule> = to
-                .interfaces
-                .iter()
-                .map(|i| FaultRule {
-                    target: "connect".into(),
-                    kind: TargetKind::Syscall,
-                    action: Action::Deny(libc_econnrefused()),
-                    probability: 100.0,
-                    path_glob: Some(format!("*:{}", i.port)),
-                    trigger: Trigger::Always,
-                    label: Some(format!("partition {}|{}", sa.name, sb.name)),
-                })
-                .collect();
-            if rules.is_empty() {
-                continue;
-            }
-            match world.fault_start(&from.name, &rules) {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    installed = Err(starlark::Error::new_other(anyhow!("partition(): {e}")));
-                    break;
-                }
-            }
-        }
+        let (handles, installed) = match world.partition(&sa.name, &sb.name) {
+            Ok(h) => (h, Ok(())),
+            Err(e) => (
+                Vec::new(),
+                Err(starlark::Error::new_other(anyhow!("partition(): {e}"))),
+            ),
+        };
         let result = installed
             .and_then(|()| eval.eval_function(run, &[], &[]))
             .and_then(|v| crate::compose::drain(eval).map(|()| v));

@@ -102,6 +102,11 @@ pub trait World {
     fn parallel_open(&self) {}
     /// Excludes services from ordering control for the rest of the test.
     fn nondet(&self, _services: &[String]) {}
+    /// Cuts `a` and `b` apart, both ways: their open connections are closed and new
+    /// ones refused, until every returned handle is removed with `fault_remove`.
+    fn partition(&self, _a: &str, _b: &str) -> Result<Vec<u64>, WorldError> {
+        Err(WorldError("this world has no network to partition".into()))
+    }
 }
 
 /// The world as a test body sees it: every call runs with the body's memory budget
@@ -152,5 +157,8 @@ impl World for Host {
     }
     fn nondet(&self, services: &[String]) {
         paused(|| self.0.nondet(services))
+    }
+    fn partition(&self, a: &str, b: &str) -> Result<Vec<u64>, WorldError> {
+        paused(|| self.0.partition(a, b))
     }
 }

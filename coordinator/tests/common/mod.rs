@@ -187,7 +187,18 @@ pub fn run_cmd(mut cmd: Command) -> Output {
 }
 
 /// Pids of processes whose command line contains `marker`.
+///
+/// Only processes of this checkout count: their executable or working directory is
+/// under the workspace root or the temp directory, so another checkout's tests on the
+/// same machine (with their own `target/debug/inventory`) are not taken for ours.
 pub fn processes_with(marker: &str) -> Vec<i32> {
+    let root = root();
+    let ours = |pid: i32| {
+        ["exe", "cwd"].iter().any(|link| {
+            std::fs::read_link(format!("/proc/{pid}/{link}"))
+                .is_ok_and(|p| p.starts_with(&root) || p.starts_with(std::env::temp_dir()))
+        })
+    };
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -197,7 +208,7 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
             continue;
         }
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(marker) {
+            if String::from_utf8_lossy(&cmd).contains(marker) && ours(pid) {
                 found.push(pid);
             }
         }

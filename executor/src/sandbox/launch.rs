@@ -33,6 +33,8 @@ pub struct LaunchSpec {
     /// Join this network namespace instead of creating one (the services of a test
     /// share one); its loopback must already be up.
     pub netns: Option<RawFd>,
+    /// A hosts file the shim mounts over `/etc/hosts`.
+    pub hosts: Option<PathBuf>,
     /// Where the target's stdout and stderr go; inherited when `None`.
     pub stdout: Option<RawFd>,
     pub stderr: Option<RawFd>,
@@ -106,6 +108,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     let shim_args = ShimArgs {
         notify: spec.notify.clone(),
         shared_net: spec.netns.is_some(),
+        hosts: spec.hosts.clone(),
         program: spec.program.clone(),
         argv: spec.argv.clone(),
     };

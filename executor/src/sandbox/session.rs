@@ -33,6 +33,8 @@ pub struct SessionConfig {
     pub notify: Vec<i32>,
     /// Join this network namespace (with loopback up) instead of a new one.
     pub netns: Option<RawFd>,
+    /// A hosts file to mount over the target's `/etc/hosts`.
+    pub hosts: Option<PathBuf>,
     /// Where the target's stdout and stderr go; inherited when `None`.
     pub stdout: Option<RawFd>,
     pub stderr: Option<RawFd>,
@@ -64,6 +66,7 @@ impl SessionConfig {
             engine: EngineSlot::new(engine),
             notify,
             netns: None,
+            hosts: None,
             stdout: None,
             stderr: None,
             cwd: None,
@@ -140,6 +143,7 @@ pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Runni
         env: cfg.env.clone(),
         notify,
         netns: cfg.netns,
+        hosts: cfg.hosts.clone(),
         stdout: cfg.stdout,
         stderr: cfg.stderr,
         cwd: cfg.cwd.clone(),

@@ -187,13 +187,19 @@ fn run_here(loaded: &Arc<Loaded>, test: &Test, opts: &TestOptions) -> TestReport
         }
     };
 
+    let t = Instant::now();
+    if let Err(e) = world.network_up(&loaded.spec, logs.path()) {
+        r.verdict = fail(e);
+        return finish(r, &world);
+    }
+    r.timings.sandbox += t.elapsed();
     let mut started = Vec::new();
     for svc in &loaded.spec.services {
         let t = Instant::now();
         if opts.cancel.is_cancelled() {
             break;
         }
-        match world.start_service(&loaded.spec, svc, &opts.shim, sandbox.netns(), logs.path()) {
+        match world.start_service(&loaded.spec, svc, &opts.shim, logs.path()) {
             Ok(state) => {
                 opts.cancel.register(state.running.pid);
                 started.push(state);
@@ -208,11 +214,9 @@ fn run_here(loaded: &Arc<Loaded>, test: &Test, opts: &TestOptions) -> TestReport
         }
         r.timings.launch += t.elapsed();
         let t = Instant::now();
-        if let Err((e, why)) = wait_ready(
-            started.last().expect("just started"),
-            &opts.runtime,
-            logs.path(),
-        ) {
+        if let Err((e, why)) =
+            wait_ready(started.last().expect("just started"), &world, logs.path())
+        {
             r.startup = Some(why);
             r.verdict = start_failed(e);
             break;
@@ -370,7 +374,7 @@ fn run_body(
 /// seen within a millisecond or two.
 fn wait_ready(
     state: &ServiceState,
-    rt: &tokio::runtime::Handle,
+    world: &TestWorld,
     logs: &std::path::Path,
 ) -> Result<(), (String, Startup)> {
     let svc: &Service = &state.decl;
@@ -406,10 +410,7 @@ fn wait_ready(
         if let Some(exit) = state.running.poll_exit() {
             return Err(exited(exit.code()));
         }
-        let ready = match hc.kind {
-            HealthcheckKind::Tcp => steps::tcp_ready(port),
-            HealthcheckKind::Http => steps::http_ready(rt, port, &path),
-        };
+        let ready = world.healthy(&svc.name, hc, port, &path);
         if ready {
             return Ok(());
         }

@@ -1,6 +1,6 @@
 //! Step clients: what `api.post(...)` and `db.main.send(...)` do on the wire. They
-//! run on the test's thread, which lives in the test's network namespace, so every
-//! socket they open reaches the services inside it.
+//! connect from the test's thread, which lives in the test's network namespace,
+//! to the relays there, so faults on the driver's edge apply to them.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,15 +14,11 @@ use hyper_util::rt::TokioIo;
 
 use faultbox_spec::world::StepResult;
 
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// One HTTP/1.1 request to `127.0.0.1:port`. Transport failures come back as a
-/// result with `ok == false` and the error, as the spec language describes.
+/// One HTTP/1.1 request to `addr`. Transport failures come back as a result with
+/// `ok == false` and the error, as the spec language describes.
 pub fn http(
     rt: &tokio::runtime::Handle,
-    port: u16,
+    addr: SocketAddr,
     method: &str,
     path: &str,
     body: &str,
@@ -31,7 +27,7 @@ pub fn http(
 ) -> StepResult {
     let start = Instant::now();
     http_result(
-        http_inner(rt, port, method, path, body, headers, timeout),
+        http_inner(rt, addr, method, path, body, headers, timeout),
         start,
     )
 }
@@ -46,9 +42,9 @@ pub fn http_result(outcome: Result<(u16, String), String>, start: Instant) -> St
 }
 
 /// A `tcp` step: the reply line as the body, or `ok == false` with the error.
-pub fn tcp(port: u16, data: &str, timeout: Duration) -> StepResult {
+pub fn tcp(addr: SocketAddr, data: &str, timeout: Duration) -> StepResult {
     let start = Instant::now();
-    tcp_result(tcp_send(port, data, timeout).and_then(tcp_reply), start)
+    tcp_result(tcp_send(addr, data, timeout).and_then(tcp_reply), start)
 }
 
 /// The result of a `tcp` exchange started at `start`: the reply line as the body.
@@ -77,17 +73,17 @@ fn step_result(outcome: Result<(i64, String), String>, start: Instant) -> StepRe
 
 fn http_inner(
     rt: &tokio::runtime::Handle,
-    port: u16,
+    addr: SocketAddr,
     method: &str,
     path: &str,
     body: &str,
     headers: &[(String, String)],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let stream = http_connect(port, timeout)?;
+    let stream = http_connect(addr, timeout)?;
     rt.block_on(http_exchange(
         stream,
-        port,
+        addr,
         method.to_string(),
         path.to_string(),
         body.to_string(),
@@ -99,8 +95,8 @@ fn http_inner(
 
 /// Connects for an HTTP step. Call it on the test's thread, so that the socket is in
 /// the test's network namespace; the exchange may then run anywhere.
-pub fn http_connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect_timeout(&local(port), timeout).map_err(|e| e.to_string())?;
+pub fn http_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     stream.set_nonblocking(true).map_err(|e| e.to_string())?;
     Ok(stream)
 }
@@ -110,11 +106,27 @@ pub fn http_connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
 #[allow(clippy::too_many_arguments)]
 pub async fn http_exchange(
     stream: TcpStream,
-    port: u16,
+    addr: SocketAddr,
     method: String,
     path: String,
     body: String,
     headers: Vec<(String, String)>,
+    timeout: Duration,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(u16, String), String> {
+    let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+    http_over(stream, addr, &method, &path, &body, &headers, timeout, sent).await
+}
+
+/// Sends one request on a connected async stream and reads the answer.
+#[allow(clippy::too_many_arguments)]
+pub async fn http_over(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(String, String)],
     timeout: Duration,
     sent: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(u16, String), String> {
@@ -127,16 +139,15 @@ pub async fn http_exchange(
         } else {
             format!("/{path}")
         })
-        .header("host", format!("localhost:{port}"))
+        .header("host", format!("localhost:{}", addr.port()))
         .header("connection", "close");
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
     }
     let req = req
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| e.to_string())?;
     {
-        let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
         let exchange = async {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(Flushed {
                 io: TokioIo::new(stream),
@@ -164,12 +175,22 @@ pub async fn http_exchange(
 
 /// Connects to `127.0.0.1:port` and sends `data` and a newline. Call it on the test's
 /// thread; the reply may then be read anywhere.
-pub fn tcp_send(port: u16, data: &str, timeout: Duration) -> Result<TcpStream, String> {
-    let mut stream =
-        TcpStream::connect_timeout(&local(port), timeout).map_err(|e| e.to_string())?;
+pub fn tcp_send(addr: SocketAddr, data: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let stream = tcp_connect(addr, timeout)?;
+    tcp_write(stream, data)
+}
+
+/// Connects for a `tcp` step, on the test's thread.
+pub fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+/// Sends a `tcp` step's `data` and a newline.
+pub fn tcp_write(mut stream: TcpStream, data: &str) -> Result<TcpStream, String> {
     stream
         .write_all(format!("{data}\n").as_bytes())
         .map_err(|e| e.to_string())?;
@@ -183,17 +204,6 @@ pub fn tcp_reply(stream: TcpStream) -> Result<String, String> {
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
-}
-
-/// Whether `127.0.0.1:port` accepts a connection.
-pub fn tcp_ready(port: u16) -> bool {
-    TcpStream::connect_timeout(&local(port), Duration::from_millis(200)).is_ok()
-}
-
-/// Whether `GET path` on `127.0.0.1:port` answers 2xx or 3xx.
-pub fn http_ready(rt: &tokio::runtime::Handle, port: u16, path: &str) -> bool {
-    let r = http(rt, port, "GET", path, "", &[], Duration::from_secs(1));
-    r.ok && (200..400).contains(&r.status)
 }
 
 /// Splits a healthcheck target, `localhost:8080/health` or `127.0.0.1:5432`, into its

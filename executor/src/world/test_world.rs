@@ -3,19 +3,24 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use faultbox_shim::rule::{Action, FaultRule};
 use faultbox_shim::syscalls::{self, Arch, Syscall};
-use faultbox_spec::model::{Service, Spec};
+use faultbox_spec::model::{Healthcheck, HealthcheckKind, Service, Spec};
 use faultbox_spec::world::{Event, StepCall, StepResult, World, WorldError};
 
 use crate::engine::rules::{self as engine, Compiled, Engine, EngineSlot, Rolls};
 use crate::engine::scheduler::{Order, Scheduler};
 use crate::engine::supervisor::{EventSink, SyscallEvent};
+use crate::network::namespace::NetNs;
+use crate::network::plan::Plan;
+use crate::network::relay::{Relays, Report, Reporter};
 use crate::sandbox::session::{self, Running, SessionConfig};
 use crate::world::eventlog::{EventLog, DRIVER};
 use crate::world::steps;
@@ -56,8 +61,8 @@ enum Installed {
 /// State shared with the services' event sinks.
 struct Shared {
     log: Arc<EventLog>,
-    /// Which service listens on which port, to follow `connect` between services.
-    ports: Mutex<HashMap<u16, String>>,
+    /// Who listens where, to follow `connect` between services.
+    plan: std::sync::OnceLock<Plan>,
     /// Fires per compiled rule id.
     hits: Mutex<HashMap<usize, u64>>,
 }
@@ -86,6 +91,61 @@ pub struct TestWorld {
     explored: Mutex<Option<usize>>,
     /// Set until the first batch of the test's first parallel() has been seen.
     first_batch: std::sync::atomic::AtomicBool,
+    /// The network between the services, once it is up.
+    net: Mutex<Option<Net>>,
+}
+
+/// A test's network: a namespace per service, the hosts file, the relays.
+struct Net {
+    spaces: BTreeMap<String, Arc<NetNs>>,
+    hosts: PathBuf,
+    relays: Relays,
+}
+
+/// Records what a relay reports as a `proxy` event of the service it leads to; a
+/// connection carries the consumer's history to the service.
+fn record_relay(log: &EventLog, r: Report) {
+    let mut fields = BTreeMap::new();
+    let (what, consumer, service) = match r {
+        Report::Open {
+            consumer,
+            service,
+            interface,
+            connection,
+        } => {
+            fields.insert("interface".to_string(), interface);
+            fields.insert("connection".to_string(), connection.to_string());
+            log.merge(&service, &consumer);
+            ("open", consumer, service)
+        }
+        Report::Close {
+            consumer,
+            service,
+            interface,
+            connection,
+            sent,
+            received,
+            error,
+        } => {
+            fields.insert("interface".to_string(), interface);
+            fields.insert("connection".to_string(), connection.to_string());
+            fields.insert("bytes_sent".to_string(), sent.to_string());
+            fields.insert("bytes_received".to_string(), received.to_string());
+            if let Some(e) = error {
+                fields.insert("error".to_string(), e);
+            }
+            ("close", consumer, service)
+        }
+    };
+    fields.insert("action".to_string(), what.to_string());
+    fields.insert("source".to_string(), consumer);
+    log.record(
+        &service,
+        "proxy",
+        format!("proxy.{what}"),
+        service.clone(),
+        fields,
+    );
 }
 
 /// A step started inside `parallel()`.
@@ -153,17 +213,17 @@ impl ServiceSink {
                 .entry(id)
                 .or_default() += 1;
         }
-        // A connect to another service brings that service's history into ours.
+        // A connect to another service (its relay) brings that service's history
+        // into ours.
         if let Some(port) = ev.peer_port {
             fields.insert("port".to_string(), port.to_string());
-            let peer = self
-                .shared
-                .ports
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&port)
-                .cloned();
-            if let Some(peer) = peer.filter(|p| *p != self.service) {
+            let peer = self.shared.plan.get().and_then(|plan| {
+                ev.path
+                    .as_deref()
+                    .and_then(|addr| plan.reached(&self.service, addr))
+                    .map(|(node, _)| node.name.clone())
+            });
+            if let Some(peer) = peer {
                 fields.insert("peer".to_string(), peer.clone());
                 self.shared.log.merge(&self.service, &peer);
             }
@@ -189,7 +249,7 @@ impl TestWorld {
         TestWorld {
             shared: Arc::new(Shared {
                 log: Arc::new(EventLog::streaming(stream)),
-                ports: Mutex::new(HashMap::new()),
+                plan: std::sync::OnceLock::new(),
                 hits: Mutex::new(HashMap::new()),
             }),
             rt,
@@ -205,6 +265,7 @@ impl TestWorld {
             pending: Mutex::new(HashMap::new()),
             explored: Mutex::new(None),
             first_batch: std::sync::atomic::AtomicBool::new(false),
+            net: Mutex::new(None),
         }
     }
 
@@ -212,24 +273,116 @@ impl TestWorld {
         &self.shared.log
     }
 
-    /// Starts `svc` in `netns`, its filter covering what `spec` can fault on it, its
-    /// output in `logs`. Does not wait for its healthcheck.
+    /// Builds the test's network before any service starts: a namespace per service,
+    /// the hosts file (in `logs`), and every relay, the driver's (in the calling
+    /// thread's namespace, the test's sandbox) included.
+    pub fn network_up(&self, spec: &Spec, logs: &Path) -> Result<(), String> {
+        let plan = Plan::new(spec);
+        let hosts = logs.join("hosts");
+        std::fs::write(&hosts, plan.hosts())
+            .map_err(|e| format!("writing the test's hosts file: {e}"))?;
+        let driver = NetNs::current().map_err(|e| format!("the test's namespace: {e}"))?;
+        let mut spaces = BTreeMap::new();
+        for node in &plan.nodes {
+            let ns = NetNs::create().map_err(|e| {
+                format!("creating service {:?}'s network namespace: {e}", node.name)
+            })?;
+            spaces.insert(node.name.clone(), Arc::new(ns));
+        }
+        let shared = self.shared.clone();
+        let report: Reporter = Arc::new(move |r| record_relay(&shared.log, r));
+        let relays = Relays::new(self.rt.clone(), report);
+        for edge in plan.edges() {
+            let listen_ns = match spaces.get(&edge.consumer) {
+                Some(ns) => ns.as_ref(),
+                None => &driver,
+            };
+            let upstream = spaces[&edge.service].clone();
+            relays
+                .open(edge, listen_ns, upstream)
+                .map_err(|e| e.to_string())?;
+        }
+        let _ = self.shared.plan.set(plan);
+        *self.net.lock().unwrap_or_else(|p| p.into_inner()) = Some(Net {
+            spaces,
+            hosts,
+            relays,
+        });
+        Ok(())
+    }
+
+    /// The namespace `service` runs in and the hosts file it sees.
+    fn home_of(&self, service: &str) -> Result<(Arc<NetNs>, PathBuf), String> {
+        let net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        let net = net
+            .as_ref()
+            .ok_or_else(|| "the test's network is not up".to_string())?;
+        let ns = net
+            .spaces
+            .get(service)
+            .cloned()
+            .ok_or_else(|| format!("service {service:?} has no network namespace"))?;
+        Ok((ns, net.hosts.clone()))
+    }
+
+    /// Whether `service` answers its healthcheck, asked inside its own namespace
+    /// (never through a relay, which would accept before the service listens).
+    pub fn healthy(&self, service: &str, hc: &Healthcheck, port: u16, path: &str) -> bool {
+        let Ok((ns, _)) = self.home_of(service) else {
+            return false;
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let probe = async {
+            let stream = ns.connect(addr, Duration::from_millis(200)).await?;
+            match hc.kind {
+                HealthcheckKind::Tcp => Ok(true),
+                HealthcheckKind::Http => {
+                    let r = steps::http_over(
+                        stream,
+                        addr,
+                        "GET",
+                        path,
+                        "",
+                        &[],
+                        Duration::from_secs(1),
+                        None,
+                    )
+                    .await;
+                    Ok::<_, std::io::Error>(r.is_ok_and(|(status, _)| (200..400).contains(&status)))
+                }
+            }
+        };
+        self.rt.block_on(probe).unwrap_or(false)
+    }
+
+    /// Fires once what the driver sends from `local` has reached the service (so that
+    /// `parallel()` branches reach the services in argument order).
+    fn forwarded(&self, local: SocketAddr) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        net.as_ref().map(|n| n.relays.forwarded(local))
+    }
+
+    /// Where the driver reaches `service`'s `port`: its relay in the test's namespace.
+    fn driver_addr(&self, service: &str, port: u16) -> SocketAddr {
+        let ip = self
+            .shared
+            .plan
+            .get()
+            .and_then(|p| p.node(service))
+            .map_or(std::net::Ipv4Addr::LOCALHOST, |n| n.address);
+        SocketAddr::from((ip, port))
+    }
+
+    /// Starts `svc` in its namespace, its filter covering what `spec` can fault on it,
+    /// its output in `logs`. Does not wait for its healthcheck.
     pub fn start_service(
         &self,
         spec: &Spec,
         svc: &Service,
         shim: &Path,
-        netns: i32,
         logs: &Path,
     ) -> Result<Arc<ServiceState>, String> {
-        {
-            let mut ports = self.shared.ports.lock().unwrap_or_else(|p| p.into_inner());
-            for other in &spec.services {
-                for i in &other.interfaces {
-                    ports.insert(i.port, other.name.clone());
-                }
-            }
-        }
+        let (netns, hosts) = self.home_of(&svc.name)?;
         let arch = Arch::native();
         let mut covered: Vec<Syscall> = Vec::new();
         for name in spec.filter_syscalls(&svc.name) {
@@ -284,7 +437,8 @@ impl TestWorld {
             shim: shim.to_path_buf(),
             engine: slot.clone(),
             notify,
-            netns: Some(netns),
+            netns: Some(netns.fd().as_raw_fd()),
+            hosts: Some(hosts),
             stdout: Some(stdout.as_raw_fd()),
             stderr: Some(stderr.as_raw_fd()),
             // Relative paths in a service's arguments mean what they mean for its binary.
@@ -473,8 +627,13 @@ impl TestWorld {
         }
     }
 
-    /// Stops every service, newest first: SIGTERM, then SIGKILL after `grace`.
+    /// Stops the relays, then every service, newest first: SIGTERM, then SIGKILL after
+    /// `grace`. The services' namespaces go with their last reference.
     pub fn stop_all(&self, grace: std::time::Duration) {
+        // Relays first: what the services do on the way out is not the test's traffic.
+        if let Some(net) = self.net.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            net.relays.stop();
+        }
         let services: Vec<Arc<ServiceState>> = {
             let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
             self.services
@@ -527,17 +686,18 @@ fn name_hash(name: &str) -> u64 {
 impl World for TestWorld {
     fn step(&self, call: &StepCall) -> Result<StepResult, WorldError> {
         let fields = self.step_sent(call);
+        let addr = self.driver_addr(&call.service, call.port);
         let result = match call.protocol.as_str() {
             "http" => steps::http(
                 &self.rt,
-                call.port,
+                addr,
                 &call.method,
                 &call.path,
                 &call.body,
                 &call.headers,
                 call.timeout,
             ),
-            "tcp" => steps::tcp(call.port, &call.body, call.timeout),
+            "tcp" => steps::tcp(addr, &call.body, call.timeout),
             other => {
                 return Err(WorldError(format!(
                     "protocol {other:?} has no step client yet"
@@ -550,6 +710,7 @@ impl World for TestWorld {
 
     fn step_start(&self, call: &StepCall) -> Result<u64, WorldError> {
         let handle = self.next.fetch_add(1, Ordering::SeqCst);
+        let addr = self.driver_addr(&call.service, call.port);
         // Each branch's request is on the wire before the next branch starts, so the
         // services see requests in argument order and create their threads in it: the
         // order a seed picks then means the same branches every run.
@@ -558,11 +719,13 @@ impl World for TestWorld {
                 let fields = self.step_sent(call);
                 let started = std::time::Instant::now();
                 let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-                let task = match steps::http_connect(call.port, call.timeout) {
+                let mut forwarded = None;
+                let task = match steps::http_connect(addr, call.timeout) {
                     Ok(stream) => self.rt.spawn({
+                        forwarded = stream.local_addr().ok().and_then(|a| self.forwarded(a));
                         let exchange = steps::http_exchange(
                             stream,
-                            call.port,
+                            addr,
                             call.method.clone(),
                             call.path.clone(),
                             call.body.clone(),
@@ -579,9 +742,15 @@ impl World for TestWorld {
                     }
                 };
                 let timeout = call.timeout;
-                let _ = self
-                    .rt
-                    .block_on(async move { tokio::time::timeout(timeout, sent_rx).await });
+                let _ = self.rt.block_on(async move {
+                    tokio::time::timeout(timeout, async {
+                        let _ = sent_rx.await;
+                        if let Some(f) = forwarded {
+                            let _ = f.await;
+                        }
+                    })
+                    .await
+                });
                 Pending::Running {
                     call: call.clone(),
                     fields,
@@ -591,7 +760,18 @@ impl World for TestWorld {
             "tcp" => {
                 let fields = self.step_sent(call);
                 let started = std::time::Instant::now();
-                let task = match steps::tcp_send(call.port, &call.body, call.timeout) {
+                let sent = steps::tcp_connect(addr, call.timeout).and_then(|stream| {
+                    let forwarded = stream.local_addr().ok().and_then(|a| self.forwarded(a));
+                    let stream = steps::tcp_write(stream, &call.body)?;
+                    if let Some(f) = forwarded {
+                        let timeout = call.timeout;
+                        let _ = self
+                            .rt
+                            .block_on(async move { tokio::time::timeout(timeout, f).await });
+                    }
+                    Ok(stream)
+                });
+                let task = match sent {
                     Ok(stream) => self.rt.spawn_blocking(move || {
                         steps::tcp_result(steps::tcp_reply(stream), started)
                     }),
@@ -834,10 +1014,68 @@ impl World for TestWorld {
         self.log().events()
     }
 
+    fn partition(&self, a: &str, b: &str) -> Result<Vec<u64>, WorldError> {
+        let plan = self
+            .shared
+            .plan
+            .get()
+            .ok_or_else(|| WorldError("the test's network is not up".into()))?;
+        let label = format!("partition {a}|{b}");
+        let mut handles = Vec::new();
+        for (from, to) in [(a, b), (b, a)] {
+            // Every address `from` reaches `to` at: its relays in `from`'s namespace.
+            let addrs: Vec<String> = plan
+                .edges()
+                .into_iter()
+                .filter(|e| e.consumer == from && e.service == to)
+                .flat_map(|e| e.listen)
+                .map(|addr| escape_glob(&addr.to_string()))
+                .collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            let rules = [FaultRule {
+                target: "connect".into(),
+                kind: faultbox_shim::rule::TargetKind::Syscall,
+                action: Action::Deny(libc::ECONNREFUSED),
+                probability: 100.0,
+                path_glob: Some(format!("{{{}}}", addrs.join(","))),
+                trigger: faultbox_shim::rule::Trigger::Always,
+                label: Some(label.clone()),
+            }];
+            match self.fault_start(from, &rules) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    for h in handles {
+                        let _ = self.fault_remove(h);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // What is already open between them is cut too.
+        if let Some(net) = self.net.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            net.relays.cut(a, b);
+        }
+        Ok(handles)
+    }
+
     fn observed(&self, service: &str) -> Option<Vec<String>> {
         let state = self.service(service).ok()?;
         Some(state.covered.iter().map(|c| c.name.clone()).collect())
     }
+}
+
+/// `text` as a glob that matches only itself (`[::1]:80` has a character class).
+fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn describe_action(a: &Action) -> String {

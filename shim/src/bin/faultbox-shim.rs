@@ -39,6 +39,11 @@ fn main() {
             status.fail(Stage::Loopback, e);
         }
     }
+    if let Some(hosts) = &args.hosts {
+        if let Err(e) = bind_hosts(hosts) {
+            status.fail(Stage::Hosts, e);
+        }
+    }
 
     let program = handoff::to_cstring(args.program.as_os_str());
     let argv: Option<Vec<CString>> = args.argv.iter().map(|a| handoff::to_cstring(a)).collect();
@@ -124,6 +129,26 @@ fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
+}
+
+/// Mounts `hosts` over `/etc/hosts` in this mount namespace (private by now): the
+/// test's service names resolve to their relays for the target only.
+fn bind_hosts(hosts: &std::path::Path) -> Result<(), i32> {
+    let src = handoff::to_cstring(hosts.as_os_str()).ok_or(libc::EINVAL)?;
+    // SAFETY: both paths are NUL-terminated; a bind mount takes no fstype or data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            c"/etc/hosts".as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_errno());
+    }
+    Ok(())
 }
 
 /// Keeps mount changes inside the namespace and mounts a /proc that shows the new PID

@@ -1,0 +1,16 @@
+//! The network between a test's services. Each service runs in a network namespace
+//! of its own; for every declared interface, a relay listens inside every other
+//! party's namespace (the other services', and the test driver's) at the service's
+//! name and, where unambiguous, at `localhost`, and dials the service inside its own
+//! namespace. So every way a client can address a service reaches a relay, with no
+//! rewriting of anyone's environment, and each relay is one edge (a consumer and an
+//! interface): the place where protocol faults act, partitions cut, and traffic is
+//! observed.
+//!
+//! - [`namespace`]: namespaces, and sockets created inside them.
+//! - [`plan`]: addresses, the hosts file, and which relays a test has.
+//! - [`relay`]: the relays themselves.
+
+pub mod namespace;
+pub mod plan;
+pub mod relay;
