@@ -87,8 +87,8 @@ impl Service {
         }
     }
 
-    /// `FAULTBOX_<SVC>_<IFACE>_{ADDR,HOST,PORT}` for every interface: the service's
-    /// name, which resolves to its relay wherever the variable is read.
+    /// `FAULTBOX_<SVC>_<IFACE>_{ADDR,HOST,PORT}` for every interface, as the spec
+    /// reference gives them (`localhost:5432`): they reach the service's relay.
     pub fn injected_env(&self) -> Vec<(String, String)> {
         let key = |s: &str| {
             s.to_ascii_uppercase()
@@ -97,11 +97,8 @@ impl Service {
         let mut out = Vec::new();
         for i in &self.interfaces {
             let prefix = format!("FAULTBOX_{}_{}", key(&self.name), key(&i.name));
-            out.push((
-                format!("{prefix}_ADDR"),
-                format!("{}:{}", self.name, i.port),
-            ));
-            out.push((format!("{prefix}_HOST"), self.name.clone()));
+            out.push((format!("{prefix}_ADDR"), format!("localhost:{}", i.port)));
+            out.push((format!("{prefix}_HOST"), "localhost".to_string()));
             out.push((format!("{prefix}_PORT"), i.port.to_string()));
         }
         out

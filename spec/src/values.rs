@@ -125,10 +125,11 @@ impl<'v> StarlarkValue<'v> for InterfaceRef {
     fn get_attr(&self, attribute: &str, heap: Heap<'v>) -> Option<Value<'v>> {
         let port = self.interface.port;
         Some(match attribute {
-            // The service's name: it resolves to the relay in every consumer's
-            // namespace, also when two services share a port.
-            "addr" | "internal_addr" => heap.alloc(format!("{}:{port}", self.service)),
-            "host" => heap.alloc(self.service.as_str()),
+            // Both reach the service's relay from any consumer; the name also when
+            // two services share a port, where `localhost` means neither.
+            "addr" => heap.alloc(format!("localhost:{port}")),
+            "internal_addr" => heap.alloc(format!("{}:{port}", self.service)),
+            "host" => heap.alloc("localhost"),
             "port" => heap.alloc(i32::from(port)),
             "name" => heap.alloc(self.interface.name.as_str()),
             "protocol" => heap.alloc(self.interface.protocol.as_str()),

@@ -45,7 +45,7 @@ fn topology_loads_in_dependency_order() {
     assert_eq!(
         api.env,
         [
-            ("DB_ADDR".into(), "db:5432".into()),
+            ("DB_ADDR".into(), "localhost:5432".into()),
             ("DB_PORT".into(), "5432".into())
         ]
     );
@@ -65,8 +65,8 @@ fn topology_loads_in_dependency_order() {
     assert_eq!(
         db.injected_env(),
         [
-            ("FAULTBOX_DB_MAIN_ADDR".into(), "db:5432".into()),
-            ("FAULTBOX_DB_MAIN_HOST".into(), "db".into()),
+            ("FAULTBOX_DB_MAIN_ADDR".into(), "localhost:5432".into()),
+            ("FAULTBOX_DB_MAIN_HOST".into(), "localhost".into()),
             ("FAULTBOX_DB_MAIN_PORT".into(), "5432".into()),
         ]
     );
