@@ -151,6 +151,12 @@ impl<K> Ledger<K> {
         Some(e)
     }
 
+    /// The entry [`Ledger::answered`] would pick for `request`, left as it is.
+    pub(crate) fn find(&self, request: &Request) -> Option<&Entry<K>> {
+        let id = request_id(request);
+        self.entries.iter().find(|e| e.id == id && !e.answered)
+    }
+
     /// The oldest request the server still owes something, if any.
     pub(crate) fn front(&mut self) -> Option<&mut K> {
         self.drop_answered();

@@ -312,7 +312,7 @@ impl Framer for HttpConversation {
     fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String> {
         let exchange = self
             .pending
-            .answered(request)
+            .find(request)
             .map(|e| e.kind)
             .unwrap_or_default();
         let (status, body, content_type) = match answer {
@@ -339,6 +339,7 @@ impl Framer for HttpConversation {
                 "http: status {status} cannot answer a request (200 to 599)"
             ));
         }
+        self.pending.answered(request);
         let close = exchange.close || exchange.expect;
         let no_body = status == 204 || status == 304;
         let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
@@ -574,5 +575,133 @@ fn reason(status: i64) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Faultbox",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{check_cuts, play_whole, Dir};
+
+    #[test]
+    fn keep_alive_pipelining_and_bodies() {
+        let client = b"GET /orders?limit=5 HTTP/1.1\r\nHost: a\r\n\r\n\
+POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+PUT /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n0\r\nT: 1\r\n\r\n\
+HEAD /h HTTP/1.1\r\n\r\n\
+DELETE http://a:80/x/y?z HTTP/1.1\r\nConnection: close\r\n\r\n"
+            .to_vec();
+        let server = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\
+HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nid\r\n0\r\n\r\n\
+HTTP/1.1 204 No Content\r\n\r\n\
+HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n\
+HTTP/1.1 500 Oops\r\n\r\nuntil close"
+            .to_vec();
+        let o = check_cuts(&Http, &[(Dir::C, client.clone()), (Dir::S, server)]);
+        let summary: Vec<_> = o
+            .requests
+            .iter()
+            .map(|r| {
+                (
+                    r.fields["method"].as_str(),
+                    r.fields["path"].as_str(),
+                    r.replies,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("GET", "/orders", 1),
+                ("POST", "/orders", 1),
+                ("PUT", "/up", 1),
+                ("HEAD", "/h", 1),
+                ("DELETE", "/x/y", 1),
+            ]
+        );
+        assert_eq!(
+            o.requests.iter().map(|r| r.len).sum::<usize>(),
+            client.len()
+        );
+        // The close-delimited response never completes.
+        assert_eq!(o.total_responses(), 4);
+    }
+
+    #[test]
+    fn expect_continue_releases_the_head() {
+        let client_head =
+            b"POST /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n".to_vec();
+        let script = [
+            (Dir::C, client_head.clone()),
+            (Dir::S, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()),
+            (Dir::C, b"data".to_vec()),
+            (
+                Dir::S,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            ),
+        ];
+        let o = check_cuts(&Http, &script);
+        assert_eq!(o.requests.len(), 2);
+        assert_eq!(o.requests[0].len, client_head.len());
+        assert!(o.requests[0].matchable && o.requests[0].replies == 1);
+        assert!(!o.requests[1].matchable && o.requests[1].replies == 0);
+        assert_eq!(o.responses, [0, 1]);
+    }
+
+    #[test]
+    fn answers() {
+        let mut c = Http.conversation();
+        let rs = c
+            .client(b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\nGET /c HTTP/1.0\r\n\r\n")
+            .unwrap();
+        let resp = Answer::Response {
+            status: Some(429),
+            body: Some("{\"error\":\"rate_limited\"}".into()),
+            value: None,
+        };
+        let text = String::from_utf8(c.answer(&rs[0], &resp).unwrap().bytes).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n\
+Content-Length: 24\r\nConnection: keep-alive\r\n\r\n{\"error\":\"rate_limited\"}"
+        );
+        let err = Answer::Error {
+            message: None,
+            status: None,
+        };
+        let head = String::from_utf8(c.answer(&rs[1], &err).unwrap().bytes).unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 500 ") && head.ends_with("\r\n\r\n"),
+            "{head}"
+        );
+        let old = String::from_utf8(c.answer(&rs[2], &err).unwrap().bytes).unwrap();
+        assert!(old.contains("Connection: close"), "{old}");
+        let bad = Answer::Error {
+            message: None,
+            status: Some(100),
+        };
+        assert!(c.answer(&rs[0], &bad).is_err());
+        // The answered requests are off the books: a real response counts for nothing.
+        assert_eq!(
+            c.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn upgrades_and_http2_are_opaque() {
+        for client in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\r\n\r\n",
+        ] {
+            assert!(play_whole(&Http, &[(Dir::C, client.to_vec())]).is_err());
+        }
+        let script = [
+            (Dir::C, b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+            (Dir::S, b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec()),
+        ];
+        assert!(play_whole(&Http, &script).is_err());
     }
 }

@@ -22,6 +22,8 @@ pub mod postgres;
 pub mod redis;
 pub mod rules;
 pub mod tcp;
+#[cfg(test)]
+mod testkit;
 
 /// The largest message a conversation holds whole. A larger one makes the
 /// connection opaque: it is relayed, never acted on.

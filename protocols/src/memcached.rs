@@ -188,7 +188,7 @@ impl Framer for MemcachedConversation {
     }
 
     fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String> {
-        let Some(entry) = self.pending.answered(request) else {
+        let Some(entry) = self.pending.find(request) else {
             // Not awaiting a reply: a `noreply` command. The client expects nothing.
             return Ok(Reply { bytes: Vec::new() });
         };
@@ -204,6 +204,7 @@ impl Framer for MemcachedConversation {
             }
             Answer::Response { value, .. } => respond(&kind, value.as_deref())?,
         };
+        self.pending.answered(request);
         Ok(Reply { bytes })
     }
 }
@@ -450,5 +451,118 @@ fn truncate(line: &str) -> &str {
     match line.char_indices().nth(80) {
         Some((i, _)) => &line[..i],
         None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{check_cuts, play_whole, Dir};
+
+    #[test]
+    fn classic_commands_pipelined() {
+        let client = b"set a 0 0 5\r\nhello\r\nget a b\r\nset q 0 0 1 noreply\r\nx\r\n\
+gets a\r\ncas a 0 0 1 99\r\ny\r\ndelete a\r\nincr n 1\r\nstats\r\nversion\r\ngat 10 a\r\n\
+touch a 10 noreply\r\nquit\r\n"
+            .to_vec();
+        let server = b"STORED\r\nVALUE a 0 5\r\nhello\r\nEND\r\nVALUE a 0 5 42\r\nhello\r\nEND\r\n\
+EXISTS\r\nDELETED\r\nNOT_FOUND\r\nSTAT pid 1\r\nSTAT uptime 2\r\nEND\r\nVERSION 1.6.18\r\n\
+VALUE a 0 3\r\nEND\r\nEND\r\n"
+            .to_vec();
+        let o = check_cuts(&Memcached, &[(Dir::C, client.clone()), (Dir::S, server)]);
+        let summary: Vec<_> = o
+            .requests
+            .iter()
+            .map(|r| {
+                (
+                    r.fields["command"].as_str(),
+                    r.fields.get("key").map(String::as_str),
+                    r.replies,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("set", Some("a"), 1),
+                ("get", Some("a"), 1),
+                ("set", Some("q"), 0),
+                ("gets", Some("a"), 1),
+                ("cas", Some("a"), 1),
+                ("delete", Some("a"), 1),
+                ("incr", Some("n"), 1),
+                ("stats", None, 1),
+                ("version", None, 1),
+                ("gat", Some("a"), 1),
+                ("touch", Some("a"), 0),
+                ("quit", None, 0),
+            ]
+        );
+        assert_eq!(
+            o.requests.iter().map(|r| r.len).sum::<usize>(),
+            client.len()
+        );
+        assert_eq!(o.total_responses(), 9);
+    }
+
+    #[test]
+    fn meta_commands_and_quiet_runs() {
+        let client =
+            b"mg a v\r\nms b 2 T0\r\nhi\r\nmg c v q k\r\nmg d v q\r\nmd e q\r\nmn\r\nma n\r\n"
+                .to_vec();
+        // c hits (VA, shown), d misses (silent), e deleted (HD suppressed).
+        let server = b"VA 1\r\nx\r\nHD\r\nVA 2 kc\r\nzz\r\nMN\r\nHD\r\n".to_vec();
+        let o = check_cuts(&Memcached, &[(Dir::C, client), (Dir::S, server)]);
+        assert_eq!(
+            o.requests.iter().map(|r| r.replies).collect::<Vec<_>>(),
+            [1, 1, 0, 0, 0, 1, 1]
+        );
+        assert_eq!(o.total_responses(), 4);
+        // A non-quiet meta command after quiet ones, before mn: ambiguous.
+        assert!(play_whole(&Memcached, &[(Dir::C, b"mg a q\r\nmg b\r\n".to_vec())]).is_err());
+    }
+
+    #[test]
+    fn answers() {
+        let mut c = Memcached.conversation();
+        let rs = c
+            .client(b"get a b\r\ngets a\r\nset k 0 0 1\r\nx\r\nset k 0 0 1 noreply\r\nx\r\nmg k v\r\nmg k v q\r\nincr n 1\r\nstats\r\n")
+            .unwrap();
+        let value = |v: Option<&str>| Answer::Response {
+            status: None,
+            body: None,
+            value: v.map(str::to_string),
+        };
+        let err = Answer::Error {
+            message: Some("out of memory".into()),
+            status: None,
+        };
+        let a = |c: &mut Box<dyn Conversation>, i: usize, ans: &Answer| {
+            String::from_utf8(c.answer(&rs[i], ans).unwrap().bytes).unwrap()
+        };
+        assert_eq!(
+            a(&mut c, 0, &value(Some("v"))),
+            "VALUE a 0 1\r\nv\r\nVALUE b 0 1\r\nv\r\nEND\r\n"
+        );
+        assert_eq!(a(&mut c, 1, &value(None)), "END\r\n");
+        assert_eq!(a(&mut c, 2, &err), "SERVER_ERROR out of memory\r\n");
+        assert_eq!(
+            a(&mut c, 3, &err),
+            "",
+            "noreply: the client waits for nothing"
+        );
+        assert_eq!(a(&mut c, 4, &value(Some("vv"))), "VA 2\r\nvv\r\n");
+        assert_eq!(a(&mut c, 5, &value(None)), "", "a quiet miss is silent");
+        assert_eq!(a(&mut c, 6, &value(Some("7"))), "7\r\n");
+        assert!(c.answer(&rs[7], &value(None)).is_err());
+        // The server never sees the answered ones: only unanswered counts remain.
+        assert_eq!(c.server(b"STAT a 1\r\nEND\r\n"), Ok(1));
+    }
+
+    #[test]
+    fn binary_protocol_is_opaque() {
+        let mut c = Memcached.conversation();
+        assert!(c.client(&[0x80, 0x00, 0x00, 0x05]).is_err());
+        assert!(c.client(b"get a\r\n").is_err(), "stays opaque");
     }
 }

@@ -580,3 +580,265 @@ impl MysqlConversation {
         Ok(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{check_cuts, play_whole, Dir};
+
+    fn pkt(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut b = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+        b.push(seq);
+        b.extend_from_slice(payload);
+        b
+    }
+
+    fn greeting(caps: u32) -> Vec<u8> {
+        let mut p = vec![10];
+        p.extend_from_slice(b"10.11.6-MariaDB\0");
+        p.extend_from_slice(&[1, 0, 0, 0]);
+        p.extend_from_slice(b"12345678\0");
+        p.extend_from_slice(&(caps as u16).to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&[2, 0]);
+        p.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+        p.push(21);
+        p.extend_from_slice(&[0; 10]);
+        p.extend_from_slice(b"123456789012\0mysql_native_password\0");
+        pkt(0, &p)
+    }
+
+    fn handshake_response(caps: u32) -> Vec<u8> {
+        let mut p = caps.to_le_bytes().to_vec();
+        p.extend_from_slice(&[0, 0, 0, 1, 45]);
+        p.extend_from_slice(&[0; 23]);
+        p.extend_from_slice(b"app\0\x14");
+        p.extend_from_slice(&[7; 20]);
+        p.extend_from_slice(b"mysql_native_password\0");
+        pkt(1, &p)
+    }
+
+    fn ok(seq: u8, status: u16) -> Vec<u8> {
+        let mut p = vec![0, 0, 0];
+        p.extend_from_slice(&status.to_le_bytes());
+        p.extend_from_slice(&[0, 0]);
+        pkt(seq, &p)
+    }
+
+    /// The end of a result set: EOF, or an OK with a 0xfe header.
+    fn end(seq: u8, status: u16, deprecate: bool) -> Vec<u8> {
+        let mut p = if deprecate {
+            vec![0xfe, 0, 0]
+        } else {
+            vec![0xfe, 0, 0]
+        };
+        p.extend_from_slice(&status.to_le_bytes());
+        if deprecate {
+            p.extend_from_slice(&[0, 0]);
+        }
+        pkt(seq, &p)
+    }
+
+    fn coldef(seq: u8, name: &str) -> Vec<u8> {
+        let mut p = b"\x03def\x00\x01t\x01t".to_vec();
+        p.push(name.len() as u8);
+        p.extend_from_slice(name.as_bytes());
+        p.push(name.len() as u8);
+        p.extend_from_slice(name.as_bytes());
+        p.extend_from_slice(&[0x0c, 0x21, 0, 0xff, 0, 0, 0, 0xfd, 0, 0, 0, 0, 0]);
+        pkt(seq, &p)
+    }
+
+    fn query(text: &str) -> Vec<u8> {
+        let mut p = vec![COM_QUERY];
+        p.extend_from_slice(text.as_bytes());
+        pkt(0, &p)
+    }
+
+    fn session(deprecate: bool) -> Vec<(Dir, Vec<u8>)> {
+        let eof_flag = if deprecate { CLIENT_DEPRECATE_EOF } else { 0 };
+        let caps = CLIENT_PROTOCOL_41 | 0x8000 | 0x80000 | 0x80 | 0x10000 | 0x20000 | eof_flag;
+        let mut s = Vec::new();
+        let c = |s: &mut Vec<(Dir, Vec<u8>)>, b: Vec<u8>| s.push((Dir::C, b));
+        let v = |s: &mut Vec<(Dir, Vec<u8>)>, parts: Vec<Vec<u8>>| s.push((Dir::S, parts.concat()));
+        // Metadata end (EOF) only without DEPRECATE_EOF.
+        let meta_end = |seq: u8| {
+            if deprecate {
+                vec![]
+            } else {
+                end(seq, 2, false)
+            }
+        };
+        v(&mut s, vec![greeting(caps | CLIENT_SSL)]);
+        c(&mut s, handshake_response(caps));
+        v(
+            &mut s,
+            vec![pkt(2, b"\xfecaching_sha2_password\0abcdefghijklmnopqrst\0")],
+        );
+        c(&mut s, pkt(3, &[9; 32]));
+        v(&mut s, vec![pkt(4, &[1, 3]), ok(5, 2)]);
+        c(&mut s, query("SELECT a, b FROM t"));
+        let mut rs = vec![pkt(1, &[2]), coldef(2, "a"), coldef(3, "b"), meta_end(4)];
+        rs.push(pkt(5, b"\xfb\x01x")); // first column NULL
+        rs.push(pkt(6, b"\x00\x01y")); // first column empty
+        rs.push(pkt(7, b"\x00\x00")); // both empty
+        rs.push(pkt(8, b"\x01z\xfb"));
+        rs.push(end(9, 2, deprecate));
+        v(&mut s, rs);
+        c(&mut s, query("CALL p()"));
+        v(
+            &mut s,
+            vec![
+                pkt(1, &[1]),
+                coldef(2, "a"),
+                meta_end(3),
+                pkt(4, b"\x011"),
+                end(5, 2 | SERVER_MORE_RESULTS_EXISTS, deprecate),
+                ok(6, 2),
+            ],
+        );
+        c(&mut s, pkt(0, b"\x16SELECT ? AS x"));
+        let mut prep = vec![1, 7, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0];
+        prep[0] = 0;
+        v(
+            &mut s,
+            vec![
+                pkt(1, &prep),
+                coldef(2, "?"),
+                meta_end(3),
+                coldef(4, "x"),
+                meta_end(5),
+            ],
+        );
+        c(
+            &mut s,
+            pkt(
+                0,
+                &[
+                    COM_STMT_EXECUTE,
+                    7,
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    0,
+                    1,
+                    0xfe,
+                    0,
+                    1,
+                    b'5',
+                ],
+            ),
+        );
+        v(
+            &mut s,
+            vec![
+                pkt(1, &[1]),
+                coldef(2, "x"),
+                meta_end(3),
+                pkt(4, b"\x00\x00\x015"),
+                end(5, 2, deprecate),
+            ],
+        );
+        c(&mut s, pkt(0, &[COM_STMT_CLOSE, 7, 0, 0, 0]));
+        c(&mut s, pkt(0, &[0x0e]));
+        v(&mut s, vec![ok(1, 2)]);
+        c(&mut s, query("LOAD DATA LOCAL INFILE 'f' INTO TABLE t"));
+        v(&mut s, vec![pkt(1, b"\xfbf")]);
+        c(&mut s, [pkt(2, b"1\n2\n"), pkt(3, b"")].concat());
+        v(&mut s, vec![ok(4, 2)]);
+        c(&mut s, query("SELECT nope"));
+        v(&mut s, vec![pkt(1, b"\xff\x7a\x04#42S22Unknown column")]);
+        c(&mut s, pkt(0, &[COM_QUIT]));
+        s
+    }
+
+    #[test]
+    fn sessions_at_every_cut() {
+        for deprecate in [false, true] {
+            let script = session(deprecate);
+            let o = check_cuts(&Mysql, &script);
+            let summary: Vec<_> = o
+                .requests
+                .iter()
+                .map(|r| (r.fields.get("query").map(String::as_str), r.replies))
+                .collect();
+            assert_eq!(
+                summary,
+                [
+                    (None, 1), // handshake response
+                    (None, 0), // auth switch data
+                    (Some("SELECT a, b FROM t"), 1),
+                    (Some("CALL p()"), 1),
+                    (Some("SELECT ? AS x"), 1),
+                    (Some("SELECT ? AS x"), 1), // execute, by statement id
+                    (None, 0),                  // close
+                    (None, 1),                  // ping
+                    (Some("LOAD DATA LOCAL INFILE 'f' INTO TABLE t"), 1),
+                    (None, 0),
+                    (None, 0),
+                    (Some("SELECT nope"), 1),
+                    (None, 0), // quit
+                ],
+                "deprecate_eof {deprecate}"
+            );
+            // One response per server segment after the greeting, none before.
+            assert_eq!(o.responses[0], 0);
+            assert!(
+                o.responses[1..].iter().all(|&n| n <= 1),
+                "{:?}",
+                o.responses
+            );
+            assert_eq!(
+                o.total_responses(),
+                o.total_replies(),
+                "deprecate_eof {deprecate}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_err_with_sequence_one() {
+        let caps = CLIENT_PROTOCOL_41 | 0x80000;
+        let mut c = Mysql.conversation();
+        assert_eq!(c.server(&greeting(caps)), Ok(0));
+        c.client(&handshake_response(caps)).unwrap();
+        assert_eq!(c.server(&ok(2, 2)), Ok(1));
+        let r = c
+            .client(&query("INSERT INTO t VALUES (1)"))
+            .unwrap()
+            .remove(0);
+        let err = Answer::Error {
+            message: Some("disk full".into()),
+            status: None,
+        };
+        let bytes = c.answer(&r, &err).unwrap().bytes;
+        assert_eq!(bytes, pkt(1, b"\xff\x51\x04#HY000disk full"));
+        let deadlock = Answer::Error {
+            message: None,
+            status: Some(1213),
+        };
+        let bytes = c.answer(&r, &deadlock).unwrap().bytes;
+        assert_eq!(&bytes[4..13], b"\xff\xbd\x04#40001");
+        let r = c
+            .client(&pkt(0, &[COM_STMT_CLOSE, 1, 0, 0, 0]))
+            .unwrap()
+            .remove(0);
+        assert!(c.answer(&r, &err).is_err(), "no response to stand in for");
+    }
+
+    #[test]
+    fn tls_compression_and_garbage_are_opaque() {
+        let caps = CLIENT_PROTOCOL_41 | CLIENT_SSL;
+        let mut ssl = caps.to_le_bytes().to_vec();
+        ssl.extend_from_slice(&[0; 28]);
+        let script = [(Dir::S, greeting(caps)), (Dir::C, pkt(1, &ssl))];
+        assert!(play_whole(&Mysql, &script).is_err());
+        let caps = CLIENT_PROTOCOL_41 | CLIENT_COMPRESS;
+        let script = [(Dir::S, greeting(caps)), (Dir::C, handshake_response(caps))];
+        assert!(play_whole(&Mysql, &script).is_err());
+        assert!(play_whole(&Mysql, &[(Dir::S, pkt(0, b"\x09old"))]).is_err());
+    }
+}

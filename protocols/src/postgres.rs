@@ -489,3 +489,265 @@ impl PostgresConversation {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{check_cuts, play_whole, Dir};
+
+    fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut b = vec![kind];
+        b.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        b.extend_from_slice(body);
+        b
+    }
+
+    fn z(status: u8) -> Vec<u8> {
+        msg(b'Z', &[status])
+    }
+
+    fn cs(parts: &[&str]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for p in parts {
+            b.extend_from_slice(p.as_bytes());
+            b.push(0);
+        }
+        b
+    }
+
+    fn untyped(code: u32, rest: &[u8]) -> Vec<u8> {
+        let mut b = ((rest.len() + 8) as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(&code.to_be_bytes());
+        b.extend_from_slice(rest);
+        b
+    }
+
+    fn parse(name: &str, q: &str) -> Vec<u8> {
+        let mut b = cs(&[name, q]);
+        b.extend_from_slice(&[0, 0]);
+        msg(b'P', &b)
+    }
+
+    fn bind(portal: &str, stmt: &str) -> Vec<u8> {
+        let mut b = cs(&[portal, stmt]);
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        msg(b'B', &b)
+    }
+
+    fn execute() -> Vec<u8> {
+        msg(b'E', &[0, 0, 0, 0, 0])
+    }
+
+    fn sync() -> Vec<u8> {
+        msg(b'S', &[])
+    }
+
+    /// A session: SSL refused, SCRAM, simple and extended queries, COPY both ways
+    /// of asking, a flush mid-batch.
+    fn session() -> Vec<(Dir, Vec<u8>)> {
+        let c = |parts: &[Vec<u8>]| (Dir::C, parts.concat());
+        let s = |parts: &[Vec<u8>]| (Dir::S, parts.concat());
+        vec![
+            c(&[untyped(SSL_REQUEST, &[])]),
+            s(&[b"N".to_vec()]),
+            c(&[untyped(
+                196608,
+                &cs(&["user", "app", "database", "app", ""]),
+            )]),
+            s(&[msg(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0")]),
+            c(&[msg(b'p', b"SCRAM-SHA-256\0\0\0\0\x04n,,x")]),
+            s(&[msg(b'R', b"\0\0\0\x0br=abc")]),
+            c(&[msg(b'p', b"c=biws,r=abc,p=xyz")]),
+            s(&[
+                msg(b'R', b"\0\0\0\x0cv=xyz"),
+                msg(b'R', &[0, 0, 0, 0]),
+                msg(b'S', &cs(&["server_version", "15"])),
+                msg(b'K', &[0, 0, 0, 1, 0, 0, 0, 2]),
+                z(b'I'),
+            ]),
+            c(&[msg(b'Q', &cs(&["BEGIN"]))]),
+            s(&[msg(b'C', &cs(&["BEGIN"])), z(b'T')]),
+            c(&[
+                parse("s1", "INSERT INTO t VALUES ($1)"),
+                bind("", "s1"),
+                msg(b'D', b"P\0"),
+                execute(),
+                sync(),
+            ]),
+            s(&[
+                msg(b'1', &[]),
+                msg(b'2', &[]),
+                msg(b'n', &[]),
+                msg(b'C', &cs(&["INSERT 0 1"])),
+                z(b'T'),
+            ]),
+            c(&[bind("", "s1"), execute(), sync()]),
+            s(&[
+                msg(b'2', &[]),
+                msg(b'E', &cs(&["SERROR", "C23505", "Mdup", ""])),
+                z(b'E'),
+            ]),
+            c(&[msg(b'Q', &cs(&["ROLLBACK"]))]),
+            s(&[msg(b'C', &cs(&["ROLLBACK"])), z(b'I')]),
+            c(&[msg(b'Q', &cs(&["COPY t FROM STDIN"]))]),
+            s(&[msg(b'G', &[0, 0, 1, 0, 0])]),
+            c(&[msg(b'd', b"1\n"), msg(b'd', b"2\n"), msg(b'c', &[])]),
+            s(&[msg(b'C', &cs(&["COPY 2"])), z(b'I')]),
+            c(&[
+                parse("", "copy t from stdin"),
+                bind("", ""),
+                execute(),
+                sync(),
+            ]),
+            s(&[msg(b'1', &[]), msg(b'2', &[]), msg(b'G', &[0, 0, 1, 0, 0])]),
+            c(&[msg(b'd', b"3\n"), msg(b'c', &[]), sync()]),
+            s(&[msg(b'C', &cs(&["COPY 1"])), z(b'I')]),
+            c(&[msg(b'Q', &cs(&["COPY t TO STDOUT"]))]),
+            s(&[
+                msg(b'H', &[0, 0, 1, 0, 0]),
+                msg(b'd', b"1\n"),
+                msg(b'c', &[]),
+                msg(b'C', &cs(&["COPY 1"])),
+                z(b'I'),
+            ]),
+            c(&[parse("", "SELECT 1"), msg(b'D', b"S\0"), msg(b'H', &[])]),
+            s(&[msg(b'1', &[]), msg(b't', &[0, 0]), msg(b'T', &[0, 0])]),
+            c(&[bind("", ""), execute(), sync()]),
+            s(&[
+                msg(b'2', &[]),
+                msg(b'D', &[0, 1, 0, 0, 0, 1, b'1']),
+                msg(b'C', &cs(&["SELECT 1"])),
+                z(b'I'),
+            ]),
+            c(&[msg(b'X', &[])]),
+        ]
+    }
+
+    #[test]
+    fn a_whole_session_at_every_cut() {
+        let script = session();
+        let o = check_cuts(&Postgres, &script);
+        let summary: Vec<_> = o
+            .requests
+            .iter()
+            .map(|r| {
+                (
+                    r.fields.get("query").map(String::as_str),
+                    r.matchable,
+                    r.replies,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (None, false, 1), // SSLRequest
+                (None, false, 1), // startup
+                (None, false, 0), // SASLInitialResponse
+                (None, false, 0), // SASLResponse
+                (Some("BEGIN"), true, 1),
+                (Some("INSERT INTO t VALUES ($1)"), true, 1),
+                (Some("INSERT INTO t VALUES ($1)"), true, 1),
+                (Some("ROLLBACK"), true, 1),
+                (Some("COPY t FROM STDIN"), true, 1),
+                (None, false, 0),
+                (None, false, 0),
+                (None, false, 0),
+                (Some("copy t from stdin"), true, 0), // its Sync is ignored
+                (None, false, 0),
+                (None, false, 0),
+                (None, false, 1), // the Sync after CopyDone
+                (Some("COPY t TO STDOUT"), true, 1),
+                (Some("SELECT 1"), true, 0), // flushed
+                (Some("SELECT 1"), true, 1),
+                (None, false, 0), // Terminate
+            ]
+        );
+        let client_bytes: usize = script
+            .iter()
+            .filter(|(d, _)| *d == Dir::C)
+            .map(|(_, b)| b.len())
+            .sum();
+        assert_eq!(
+            o.requests.iter().map(|r| r.len).sum::<usize>(),
+            client_bytes
+        );
+        assert_eq!(o.total_responses(), o.total_replies());
+    }
+
+    fn answer_bytes(status: u8) -> Vec<u8> {
+        let mut b = msg(b'E', &cs(&["SERROR", "VERROR", "C53100", "Mdisk full", ""]));
+        b.extend(z(status));
+        b
+    }
+
+    #[test]
+    fn answers_keep_the_transaction_status() {
+        let err = Answer::Error {
+            message: Some("disk full".into()),
+            status: Some(53100),
+        };
+        let mut c = Postgres.conversation();
+        c.client(&untyped(196608, &cs(&["user", "u", ""]))).unwrap();
+        assert_eq!(
+            c.server(&[msg(b'R', &[0, 0, 0, 0]), z(b'I')].concat()),
+            Ok(1)
+        );
+        let r = c
+            .client(&msg(b'Q', &cs(&["INSERT INTO t VALUES (1)"])))
+            .unwrap()
+            .remove(0);
+        assert_eq!(c.answer(&r, &err).unwrap().bytes, answer_bytes(b'I'));
+        // Pipelined: BEGIN still in flight when the INSERT is answered.
+        let rs = c
+            .client(
+                &[
+                    msg(b'Q', &cs(&["begin"])),
+                    parse("", "INSERT INTO t VALUES (2)"),
+                    bind("", ""),
+                    execute(),
+                    sync(),
+                ]
+                .concat(),
+            )
+            .unwrap();
+        assert_eq!(rs.len(), 2);
+        assert_eq!(c.answer(&rs[1], &err).unwrap().bytes, answer_bytes(b'E'));
+        assert_eq!(
+            c.server(&[msg(b'C', &cs(&["BEGIN"])), z(b'T')].concat()),
+            Ok(1)
+        );
+        let r = c.client(&msg(b'Q', &cs(&["SELECT 1"]))).unwrap().remove(0);
+        assert_eq!(c.answer(&r, &err).unwrap().bytes, answer_bytes(b'E'));
+        let default = Answer::Error {
+            message: None,
+            status: None,
+        };
+        let bytes = c.answer(&r, &default).unwrap().bytes;
+        assert!(bytes.windows(6).any(|w| w == b"CXX000"));
+        let resp = Answer::Response {
+            status: None,
+            body: None,
+            value: None,
+        };
+        assert!(c.answer(&r, &resp).is_err());
+    }
+
+    #[test]
+    fn tls_and_garbage_are_opaque() {
+        let ssl = [(Dir::C, untyped(SSL_REQUEST, &[])), (Dir::S, b"S".to_vec())];
+        assert!(play_whole(&Postgres, &ssl).is_err());
+        assert!(play_whole(
+            &Postgres,
+            &[(Dir::C, b"\x16\x03\x01\x00\x05hello".to_vec())]
+        )
+        .is_err());
+        let mut c = Postgres.conversation();
+        c.client(&untyped(196608, &cs(&["user", "u", ""]))).unwrap();
+        assert!(c.client(b"?\0\0\0\x04").is_err());
+        assert!(
+            c.client(&msg(b'Q', &cs(&["SELECT 1"]))).is_err(),
+            "stays opaque"
+        );
+    }
+}

@@ -522,3 +522,112 @@ fn parse_len(b: &[u8]) -> Result<usize, Opaque> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{check_cuts, play_whole, Dir};
+
+    fn cmd(args: &[&str]) -> Vec<u8> {
+        let mut b = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            b.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn pipelined_resp2() {
+        let mut client = cmd(&["SET", "user:1", "alice"]);
+        client.extend(cmd(&["get", "user:1"]));
+        client.extend(b"PING\r\n\r\n");
+        client.extend(cmd(&["MGET", "a", "b"]));
+        let server = b"+OK\r\n$5\r\nalice\r\n+PONG\r\n*2\r\n$-1\r\n$1\r\nx\r\n".to_vec();
+        let o = check_cuts(&Redis, &[(Dir::C, client.clone()), (Dir::S, server)]);
+        let f: Vec<_> = o.requests.iter().map(|r| r.fields.clone()).collect();
+        assert_eq!(f[0]["command"], "SET");
+        assert_eq!(f[0]["key"], "user:1");
+        assert_eq!(f[1]["command"], "get");
+        assert_eq!(f[2]["command"], "PING");
+        assert!(!f[2].contains_key("key"));
+        assert!(!o.requests[3].matchable && o.requests[3].replies == 0);
+        assert_eq!(f[4]["key"], "a");
+        assert_eq!(
+            o.requests.iter().map(|r| r.len).sum::<usize>(),
+            client.len()
+        );
+        assert_eq!(o.total_responses(), 4);
+        assert_eq!(o.total_replies(), 4);
+    }
+
+    #[test]
+    fn resp3_maps_pushes_attributes_and_streams() {
+        let mut client = cmd(&["HELLO", "3"]);
+        client.extend(cmd(&["SUBSCRIBE", "ch"]));
+        client.extend(cmd(&["GET", "k"]));
+        client.extend(cmd(&["HGETALL", "h"]));
+        client.extend(cmd(&["GET", "s"]));
+        let server = [
+            &b"%2\r\n+server\r\n+redis\r\n+proto\r\n:3\r\n"[..],
+            b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+            b"|1\r\n+ttl\r\n:3600\r\n$1\r\nv\r\n",
+            b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
+            b"%1\r\n|1\r\n+a\r\n+b\r\n+f\r\n*?\r\n:1\r\n_\r\n.\r\n",
+            b"$?\r\n;3\r\nabc\r\n;0\r\n",
+        ]
+        .concat();
+        let o = check_cuts(&Redis, &[(Dir::C, client), (Dir::S, server)]);
+        assert_eq!(
+            o.requests.iter().map(|r| r.replies).collect::<Vec<_>>(),
+            [1, 0, 1, 1, 1]
+        );
+        assert_eq!(o.total_responses(), 4);
+    }
+
+    #[test]
+    fn answers() {
+        let mut c = Redis.conversation();
+        let r = c
+            .client(&cmd(&["SET", "session:1", "x"]))
+            .unwrap()
+            .remove(0);
+        let err = |m: Option<&str>| Answer::Error {
+            message: m.map(str::to_string),
+            status: None,
+        };
+        let resp = |v: Option<&str>| Answer::Response {
+            status: None,
+            body: None,
+            value: v.map(str::to_string),
+        };
+        assert_eq!(
+            c.answer(&r, &err(Some("READONLY"))).unwrap().bytes,
+            b"-READONLY\r\n"
+        );
+        assert_eq!(
+            c.answer(&r, &err(Some("disk full"))).unwrap().bytes,
+            b"-ERR disk full\r\n"
+        );
+        assert_eq!(
+            c.answer(&r, &resp(Some("stale"))).unwrap().bytes,
+            b"$5\r\nstale\r\n"
+        );
+        assert_eq!(c.answer(&r, &resp(None)).unwrap().bytes, b"$-1\r\n");
+        c.client(&cmd(&["HELLO", "3"])).unwrap();
+        assert_eq!(c.answer(&r, &resp(None)).unwrap().bytes, b"_\r\n");
+    }
+
+    #[test]
+    fn modes_it_cannot_follow_are_opaque() {
+        for args in [
+            &["SUBSCRIBE", "a"][..],
+            &["MONITOR"],
+            &["CLIENT", "REPLY", "OFF"],
+        ] {
+            let e = play_whole(&Redis, &[(Dir::C, cmd(args))]);
+            assert!(e.is_err(), "{args:?}");
+        }
+        assert!(play_whole(&Redis, &[(Dir::C, b"*1\r\n+PING\r\n".to_vec())]).is_err());
+        assert!(play_whole(&Redis, &[(Dir::S, b"?what\r\n".to_vec())]).is_err());
+    }
+}
