@@ -98,6 +98,9 @@ struct MemcachedConversation {
     quiet_run: bool,
     server: Inbox,
     server_scanned: usize,
+    /// A meta `VA` block is being skipped; then its command's response is whole
+    /// (`Some(true)`: it counts; `Some(false)`: a quiet command's).
+    after_block: Option<bool>,
     pending: Ledger<Kind>,
 }
 
@@ -170,6 +173,18 @@ impl Framer for MemcachedConversation {
         self.server.extend(bytes);
         let mut done = 0;
         loop {
+            if self.server.skipping() {
+                return Ok(done);
+            }
+            if let Some(counted) = self.after_block.take() {
+                // A meta value block ended: its response is whole now.
+                if counted {
+                    self.pending.complete();
+                    done += 1;
+                } else {
+                    self.pending.pop();
+                }
+            }
             let data = self.server.data();
             if data.is_empty() {
                 return Ok(done);
@@ -434,6 +449,8 @@ impl MemcachedConversation {
                     if line.starts_with("VA ") {
                         let n = block_size(line, 1)?;
                         self.server.skip(n + 2);
+                        self.after_block = Some(!quiet);
+                        return Ok(0);
                     }
                     if quiet {
                         self.pending.pop();

@@ -415,8 +415,9 @@ impl MysqlConversation {
             _ => false,
         };
         match self.pending.front() {
-            None | Some(Kind::Simple) | Some(Kind::Auth) => false,
-            Some(Kind::Prepare { defs, .. }) => defs.is_none(),
+            None => false,
+            // Small packets that can end a response: it counts once whole.
+            Some(Kind::Simple) | Some(Kind::Auth) | Some(Kind::Prepare { .. }) => true,
             Some(Kind::Results { state, .. }) => match state {
                 ResultState::Start => true,
                 ResultState::Columns(_) => false,

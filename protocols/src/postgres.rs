@@ -316,6 +316,12 @@ impl Framer for PostgresConversation {
                 }
                 b'E' if !self.ready => {
                     // Startup or authentication failed; the server closes next.
+                    if data.len() < len + 1 {
+                        if len > MAX_MESSAGE {
+                            return Err(too_large("a postgres error"));
+                        }
+                        return Ok(done);
+                    }
                     self.server.skip(len + 1);
                     self.pending.complete();
                     done += 1;

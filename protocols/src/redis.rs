@@ -95,6 +95,13 @@ impl Framer for RedisConversation {
         self.server.extend(bytes);
         let mut done = 0;
         loop {
+            if self.server.skipping() {
+                return Ok(done);
+            }
+            if let Some(role) = self.replies.after_payload.take() {
+                // A bulk payload ended: its value is whole now.
+                done += self.replies.finish(role);
+            }
             let data = self.server.data();
             if data.is_empty() {
                 return Ok(done);
@@ -392,6 +399,8 @@ fn command_fields(args: &[Vec<u8>]) -> Fields {
 struct Replies {
     stack: Vec<Aggregate>,
     in_streamed_string: bool,
+    /// A bulk value whose payload is being skipped: it completes after it.
+    after_payload: Option<Role>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -447,8 +456,8 @@ impl Replies {
                     return Ok((None, self.finish(role)));
                 }
                 let len = parse_len(rest)?;
-                let replies = self.finish(role);
-                Ok((Some(len + 2), replies))
+                self.after_payload = Some(role);
+                Ok((Some(len + 2), 0))
             }
             b'*' | b'%' | b'~' | b'>' | b'|' => {
                 if rest == b"-1" {
