@@ -120,6 +120,21 @@ pub trait Conversation: Send {
     /// response counts once it is whole; one request's response may span calls).
     fn server(&mut self, bytes: &[u8]) -> Result<usize, Opaque>;
 
+    /// Like [`Conversation::server`], but says where in `bytes` each completed
+    /// response ends (offsets just past its last byte), so a relay holding an
+    /// answer for a later request can write it exactly between two responses that
+    /// arrived in one chunk. This default feeds the bytes one at a time: meant for
+    /// the moments an answer waits, not for every chunk.
+    fn server_ends(&mut self, bytes: &[u8]) -> Result<Vec<usize>, Opaque> {
+        let mut ends = Vec::new();
+        for (i, b) in bytes.iter().enumerate() {
+            for _ in 0..self.server(std::slice::from_ref(b))? {
+                ends.push(i + 1);
+            }
+        }
+        Ok(ends)
+    }
+
     /// The bytes that answer `request` (one [`Conversation::client`] returned, and
     /// that will not be forwarded) with `answer`, as the server would have: framed,
     /// with whatever state the protocol needs kept consistent (sequence numbers,
