@@ -628,11 +628,7 @@ mod tests {
 
     /// The end of a result set: EOF, or an OK with a 0xfe header.
     fn end(seq: u8, status: u16, deprecate: bool) -> Vec<u8> {
-        let mut p = if deprecate {
-            vec![0xfe, 0, 0]
-        } else {
-            vec![0xfe, 0, 0]
-        };
+        let mut p = vec![0xfe, 0, 0];
         p.extend_from_slice(&status.to_le_bytes());
         if deprecate {
             p.extend_from_slice(&[0, 0]);

@@ -80,7 +80,9 @@ pub struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let pid = self.child.id() as i32;
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -157,7 +159,14 @@ pub fn postgres() -> Server {
     run(Command::new("setpriv")
         .args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
         .arg(bin.join("initdb"))
-        .args(["-U", "postgres", "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8"])
+        .args([
+            "-U",
+            "postgres",
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "-E",
+            "UTF8",
+        ])
         .arg("--pwfile")
         .arg(&pwfile)
         .arg("-D")
@@ -170,7 +179,14 @@ pub fn postgres() -> Server {
         .arg(&data)
         .arg("-k")
         .arg(dir.path())
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=off", "-c", "fsync=off"])
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "ssl=off",
+            "-c",
+            "fsync=off",
+        ])
         .args(["-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(log_file(&dir))
@@ -182,7 +198,11 @@ pub fn postgres() -> Server {
         child,
         dir,
     };
-    wait_ready(&mut s, Some("ready to accept connections"), Duration::from_secs(30));
+    wait_ready(
+        &mut s,
+        Some("ready to accept connections"),
+        Duration::from_secs(30),
+    );
     s
 }
 
@@ -200,7 +220,12 @@ pub fn mariadb() -> Server {
     .expect("init.sql");
     dir.chown("mysql");
     run(Command::new("mariadb-install-db")
-        .args(["--no-defaults", "--user=mysql", "--skip-test-db", "--auth-root-authentication-method=normal"])
+        .args([
+            "--no-defaults",
+            "--user=mysql",
+            "--skip-test-db",
+            "--auth-root-authentication-method=normal",
+        ])
         .arg(format!("--datadir={}", data.display())));
     let port = free_port();
     let child = Command::new("mariadbd")
@@ -209,8 +234,15 @@ pub fn mariadb() -> Server {
         .arg(format!("--datadir={}", data.display()))
         .arg(format!("--socket={}", dir.path().join("sock").display()))
         .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-        .arg(format!("--init-file={}", dir.path().join("init.sql").display()))
-        .args(["--bind-address=127.0.0.1", "--skip-name-resolve", "--local-infile=1"])
+        .arg(format!(
+            "--init-file={}",
+            dir.path().join("init.sql").display()
+        ))
+        .args([
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            "--local-infile=1",
+        ])
         .arg(format!("--port={port}"))
         .args(["--innodb-buffer-pool-size=32M", "--skip-log-bin"])
         .stdout(Stdio::null())
@@ -223,7 +255,11 @@ pub fn mariadb() -> Server {
         child,
         dir,
     };
-    wait_ready(&mut s, Some("ready for connections"), Duration::from_secs(60));
+    wait_ready(
+        &mut s,
+        Some("ready for connections"),
+        Duration::from_secs(60),
+    );
     s
 }
 
@@ -253,7 +289,16 @@ pub fn memcached() -> Server {
     let dir = TempDir::new("memcached");
     let port = free_port();
     let child = Command::new("memcached")
-        .args(["-u", "memcache", "-l", "127.0.0.1", "-U", "0", "-p", &port.to_string()])
+        .args([
+            "-u",
+            "memcache",
+            "-l",
+            "127.0.0.1",
+            "-U",
+            "0",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(log_file(&dir))
         .spawn()
@@ -339,7 +384,7 @@ class Echo(BaseHTTPRequestHandler):
 
     def do_POST(self):
         data = self.body()
-        self.reply(b"POST " + self.path.encode() + b" " + str(len(data)).encode())
+        self.reply(self.command.encode() + b" " + self.path.encode() + b" " + str(len(data)).encode())
 
     do_PUT = do_POST
 
@@ -354,7 +399,7 @@ pub fn no_rules() -> Rules {
 }
 
 /// What the relay saw, over all its connections.
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 pub struct Stats {
     pub connections: usize,
     pub open: usize,
@@ -384,7 +429,9 @@ impl Drop for Relay {
 
 impl Relay {
     pub async fn start(name: &'static str, upstream: u16, rules: Rules) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("relay listen");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("relay listen");
         let port = listener.local_addr().expect("addr").port();
         let stats = Arc::new(Mutex::new(Stats::default()));
         let st = stats.clone();
@@ -395,7 +442,13 @@ impl Relay {
                     return;
                 };
                 let upstream: SocketAddr = ([127, 0, 0, 1], upstream).into();
-                conns.spawn(connection(name, client, upstream, rules.clone(), st.clone()));
+                conns.spawn(connection(
+                    name,
+                    client,
+                    upstream,
+                    rules.clone(),
+                    st.clone(),
+                ));
             }
         });
         Relay { port, stats, task }
@@ -404,7 +457,7 @@ impl Relay {
     /// Waits (a few seconds at most) until every connection closed, then checks no
     /// understood connection drifted: the server completed exactly the responses
     /// its forwarded requests announced.
-    pub async fn settle(&self) -> std::sync::MutexGuard<'_, Stats> {
+    pub async fn settle(&self) -> Stats {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             {
@@ -422,7 +475,7 @@ impl Relay {
             s.completed, s.expected,
             "responses completed vs announced (drift)"
         );
-        s
+        s.clone()
     }
 }
 
@@ -466,10 +519,11 @@ async fn connection(
         completed: 0,
         answers: VecDeque::new(),
     }));
-    // One writer to the client, fed in order by both pumps.
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // One writer to the client, fed in order by both pumps; `None` passes on the
+    // server's end of stream.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
     let writer = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
+        while let Some(Some(bytes)) = rx.recv().await {
             if cw.write_all(&bytes).await.is_err() {
                 break;
             }
@@ -510,7 +564,7 @@ async fn connection(
                                         Ok(reply) => {
                                             st.lock().unwrap().answered += 1;
                                             if g.answers.is_empty() && g.completed >= g.owed {
-                                                let _ = tx2.send(reply.bytes);
+                                                let _ = tx2.send(Some(reply.bytes));
                                             } else {
                                                 g.answers.push_back((g.owed, reply.bytes));
                                             }
@@ -545,7 +599,7 @@ async fn connection(
             let mut g = sh.lock().unwrap();
             let g = &mut *g;
             if g.opaque {
-                let _ = tx.send(data.to_vec());
+                let _ = tx.send(Some(data.to_vec()));
                 continue;
             }
             let ends = if g.answers.is_empty() {
@@ -557,31 +611,38 @@ async fn connection(
                 Err(o) => {
                     g.opaque = true;
                     st.lock().unwrap().opaque.push(o.0);
-                    let _ = tx.send(data.to_vec());
+                    let _ = tx.send(Some(data.to_vec()));
                     for (_, a) in g.answers.drain(..) {
-                        let _ = tx.send(a);
+                        let _ = tx.send(Some(a));
                     }
                 }
                 Ok(ends) => {
                     let mut at = 0;
                     for end in ends {
                         g.completed += 1;
-                        if g.answers.front().is_some_and(|(owed, _)| *owed <= g.completed) {
-                            let _ = tx.send(data[at..end].to_vec());
+                        if g.answers
+                            .front()
+                            .is_some_and(|(owed, _)| *owed <= g.completed)
+                        {
+                            let _ = tx.send(Some(data[at..end].to_vec()));
                             at = end;
-                            while g.answers.front().is_some_and(|(owed, _)| *owed <= g.completed) {
+                            while g
+                                .answers
+                                .front()
+                                .is_some_and(|(owed, _)| *owed <= g.completed)
+                            {
                                 let (_, a) = g.answers.pop_front().expect("checked");
-                                let _ = tx.send(a);
+                                let _ = tx.send(Some(a));
                             }
                         }
                     }
                     if at < n {
-                        let _ = tx.send(data[at..].to_vec());
+                        let _ = tx.send(Some(data[at..].to_vec()));
                     }
                 }
             }
         }
-        drop(tx);
+        let _ = tx.send(None);
     };
 
     tokio::join!(upward, downward);
@@ -596,24 +657,35 @@ async fn connection(
 }
 
 /// Runs a Python script with the driver virtualenv; fails the test on a non-zero
-/// exit or after `timeout` (a stalled driver is a deadlock). Returns stdout.
+/// exit or after `timeout` (a stalled driver is a deadlock), showing what the
+/// script printed either way. Returns stdout.
 pub async fn run_python(script: &str, env: &[(&str, String)], timeout: Duration) -> String {
+    let dir = TempDir::new("py");
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
     let mut cmd = tokio::process::Command::new(python());
-    cmd.arg("-c").arg(script).kill_on_drop(true);
+    cmd.arg("-u").arg("-c").arg(script).kill_on_drop(true);
+    cmd.stdout(std::fs::File::create(&out_path).expect("stdout file"));
+    cmd.stderr(std::fs::File::create(&err_path).expect("stderr file"));
     for (k, v) in env {
         cmd.env(k, v);
     }
     let started = Instant::now();
-    let out = tokio::time::timeout(timeout, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("the driver script stalled for {timeout:?} (deadlock?)"))
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "driver script failed after {:?}:\n{stdout}\n{}",
-        started.elapsed(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut child = cmd.spawn().expect("run python");
+    let status = tokio::time::timeout(timeout, child.wait()).await;
+    if status.is_err() {
+        let _ = child.kill().await;
+    }
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    match status {
+        Err(_) => {
+            panic!("the driver script stalled for {timeout:?} (deadlock?):\n{stdout}\n{stderr}")
+        }
+        Ok(status) => assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "driver script failed after {:?} ({status:?}):\n{stdout}\n{stderr}",
+            started.elapsed()
+        ),
+    }
     stdout
 }
