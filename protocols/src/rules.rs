@@ -220,3 +220,28 @@ mod tests {
         assert!(check("memcached", ActionKind::Response, &["command", "key"]).is_ok());
     }
 }
+
+#[cfg(test)]
+mod glob_reference {
+    use super::glob;
+    use proptest::prelude::*;
+
+    /// The obvious recursive definition, for small inputs only.
+    fn reference(p: &[char], v: &[char]) -> bool {
+        match p.split_first() {
+            None => v.is_empty(),
+            Some(('*', rest)) => (0..=v.len()).any(|i| reference(rest, &v[i..])),
+            Some((&c, rest)) => {
+                !v.is_empty() && (c == '?' || c == v[0]) && reference(rest, &v[1..])
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_recursive_definition(p in "[ab*?]{0,8}", v in "[ab]{0,10}") {
+            let (p, v): (Vec<char>, Vec<char>) = (p.chars().collect(), v.chars().collect());
+            prop_assert_eq!(glob(&p, &v), reference(&p, &v));
+        }
+    }
+}

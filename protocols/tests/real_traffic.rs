@@ -52,7 +52,7 @@ fn port_env(relay: &Relay) -> Vec<(&'static str, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_drivers() {
     support::python();
-    let server = tokio::task::spawn_blocking(support::postgres)
+    let server = tokio::task::spawn_blocking(|| support::postgres(false))
         .await
         .unwrap();
     let env = |relay: &Relay| {
@@ -95,6 +95,44 @@ async fn postgres_drivers() {
     assert!(s.opaque.is_empty(), "{:?}", s.opaque);
     assert!(s.answered >= 5, "answered {}", s.answered);
 }
+
+/// A server that accepts SSL: the conversation steps aside once the server says
+/// `S` (TLS follows), the driver's encrypted session passes through untouched,
+/// and no rule can act on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_passes_through() {
+    support::python();
+    let server = tokio::task::spawn_blocking(|| support::postgres(true))
+        .await
+        .unwrap();
+    let relay = Relay::start(
+        "postgres",
+        server.port,
+        rules(
+            "postgres",
+            vec![(vec![("query", "*")], error("must not fire", None))],
+        ),
+    )
+    .await;
+    let mut env = port_env(&relay);
+    env.push(("PW", support::PG_PASSWORD.to_string()));
+    run_python(PG_TLS, &env, LIMIT).await;
+    let s = relay.settle().await;
+    assert_eq!(s.answered, 0);
+    assert_eq!(s.opaque.len(), s.connections, "{:?}", s.opaque);
+    assert!(s.opaque.iter().all(|o| o.contains("TLS")), "{:?}", s.opaque);
+}
+
+const PG_TLS: &str = r#"
+import os, psycopg
+for mode in ("require", "prefer"):
+    with psycopg.connect(host="127.0.0.1", port=int(os.environ["PORT"]), user="postgres",
+                         password=os.environ["PW"], dbname="postgres", sslmode=mode) as c:
+        ssl = c.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        assert ssl == (True,), (mode, ssl)
+        assert c.execute("SELECT %s::int + 1", (1,)).fetchone() == (2,)
+print("OK")
+"#;
 
 const PG_ROUND_TRIPS: &str = r#"
 import os, psycopg, pg8000.native

@@ -146,15 +146,29 @@ fn run(cmd: &mut Command) {
 
 pub const PG_PASSWORD: &str = "s3cret-pw";
 
-/// PostgreSQL with SCRAM-SHA-256 for TCP clients (user `postgres`), SSL off (a
-/// client asking for it gets `N`), as the `postgres` user.
-pub fn postgres() -> Server {
+/// PostgreSQL with SCRAM-SHA-256 for TCP clients (user `postgres`), as the
+/// `postgres` user; with `tls`, a self-signed certificate and SSL on (a client
+/// asking for SSL gets `S`), else SSL off (it gets `N`).
+pub fn postgres(tls: bool) -> Server {
     let dir = TempDir::new("pg");
-    dir.chown("postgres");
     let data = dir.path().join("data");
     let pwfile = dir.path().join("pw");
     std::fs::write(&pwfile, PG_PASSWORD).expect("pw file");
+    let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    if tls {
+        run(Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt));
+    }
     dir.chown("postgres");
+    if tls {
+        run(Command::new("chmod").arg("600").arg(&key));
+    }
     let bin = Path::new("/usr/lib/postgresql/15/bin");
     run(Command::new("setpriv")
         .args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
@@ -179,14 +193,12 @@ pub fn postgres() -> Server {
         .arg(&data)
         .arg("-k")
         .arg(dir.path())
-        .args([
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "ssl=off",
-            "-c",
-            "fsync=off",
-        ])
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .args(["-c", if tls { "ssl=on" } else { "ssl=off" }])
+        .arg("-c")
+        .arg(format!("ssl_cert_file={}", crt.display()))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", key.display()))
         .args(["-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(log_file(&dir))
