@@ -9,6 +9,13 @@
 //! chunk it reads to the connection's [`Conversation`] and gets back what completed.
 //! Bytes the conversation cannot make sense of make it [`Opaque`]: the relay then
 //! passes the connection through untouched and reports it once.
+//!
+//! [`rules`] matches request fields against rule patterns and checks rules at spec
+//! load. Each protocol module's doc says what its requests and responses are, what
+//! is matchable, how answers are encoded, and its limits. A conversation holds at
+//! most about [`MAX_MESSAGE`] bytes of unfinished messages and [`MAX_PENDING`]
+//! requests awaiting responses; bodies and rows are counted as they pass, never
+//! held. A relay calls `answer()` for a request before it forwards any later one.
 
 use std::collections::BTreeMap;
 
