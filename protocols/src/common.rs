@@ -286,7 +286,7 @@ impl Inbox {
     /// Consumes the next `n` bytes, those not yet received included.
     pub(crate) fn skip(&mut self, n: usize) {
         let avail = self.buf.len() - self.start;
-        self.held += n;
+        self.held = self.held.saturating_add(n);
         if n <= avail {
             self.start += n;
         } else {

@@ -155,7 +155,9 @@ fn parse_head(bytes: &[u8]) -> Result<Head, Opaque> {
             "content-length" => {
                 let n: usize = value
                     .parse()
-                    .map_err(|_| Opaque(format!("http: bad Content-Length {value:?}")))?;
+                    .ok()
+                    .filter(|n| *n < 1 << 48)
+                    .ok_or_else(|| Opaque(format!("http: bad Content-Length {value:?}")))?;
                 if head.content_length.is_some_and(|m| m != n) {
                     return Err(Opaque("http: conflicting Content-Length headers".into()));
                 }
@@ -536,6 +538,7 @@ impl HttpConversation {
                     .ok()
                     .map(|l| l.split(';').next().unwrap_or("").trim())
                     .and_then(|h| usize::from_str_radix(h, 16).ok())
+                    .filter(|n| *n < 1 << 48)
                     .ok_or_else(|| Opaque("http: bad chunk size".into()))?;
                 inbox.consume(end);
                 if size == 0 {
@@ -686,6 +689,27 @@ Content-Length: 24\r\nConnection: keep-alive\r\n\r\n{\"error\":\"rate_limited\"}
             c.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
             Ok(0)
         );
+    }
+
+    #[test]
+    fn absurd_lengths_are_opaque_not_overflows() {
+        let script = [
+            (Dir::C, b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+            (
+                Dir::S,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n"
+                    .to_vec(),
+            ),
+        ];
+        assert!(play_whole(&Http, &script).is_err());
+        let script = [
+            (Dir::C, b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+            (
+                Dir::S,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n".to_vec(),
+            ),
+        ];
+        assert!(play_whole(&Http, &script).is_err());
     }
 
     #[test]

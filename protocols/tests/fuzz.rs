@@ -46,6 +46,11 @@ const TOKENS: &[&[u8]] = &[
     b"\xfb",
     b"\xff",
     b"\x0a5.7\x00",
+    b"18446744073709551615",
+    b"ffffffffffffffff",
+    b"-9223372036854775808",
+    b"9223372036854775807",
+    b"\xff\xff\xff\xff",
 ];
 
 fn chunky_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -65,7 +70,7 @@ fn steps() -> impl Strategy<Value = Vec<(bool, Vec<u8>)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_traffic_never_panics(name in prop::sample::select(&PROTOCOLS[..]), steps in steps()) {
