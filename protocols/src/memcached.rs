@@ -28,7 +28,9 @@
 //! - Limits: the binary protocol (first byte 0x80) makes the connection opaque.
 //!   After a quiet meta command, a non-quiet meta command other than `mn` makes it
 //!   opaque too, since the server's replies to both would look alike. `watch` and
-//!   `lru_crawler` dumps other than `metadump` stream without end: opaque.
+//!   `watch` streams without end: opaque. An error line the server sends for a
+//!   `noreply` command while other commands await replies is read as the next
+//!   command's reply (memcached suppresses most such errors).
 
 use crate::common::Ledger;
 use crate::common::{fields, find_line, request, too_large, trim_eol, Framer, Inbox, Latched};
@@ -346,6 +348,7 @@ impl MemcachedConversation {
             "version" | "shutdown" | "misbehave" => (line(), 1, None),
             "stats" => (Kind::Stats { started: false }, 1, None),
             "watch" => return Err(Opaque("memcached: watch streams logs".into())),
+            // Dumps end at `END`; other subcommands answer one line.
             "lru_crawler" => match tokens.get(1).copied() {
                 Some("metadump") | Some("mgdump") => (Kind::UntilEnd, 1, None),
                 _ => (line(), 1, None),
