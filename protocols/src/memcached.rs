@@ -27,8 +27,8 @@
 //!   waits for no reply, so the effect is that the command is lost.
 //! - Limits: the binary protocol (first byte 0x80) makes the connection opaque.
 //!   After a quiet meta command, a non-quiet meta command other than `mn` makes it
-//!   opaque too, since the server's replies to both would look alike. `watch` and
-//!   `watch` streams without end: opaque. An error line the server sends for a
+//!   opaque too, since the server's replies to both would look alike. `watch`
+//!   streams without end: opaque. An error line the server sends for a
 //!   `noreply` command while other commands await replies is read as the next
 //!   command's reply (memcached suppresses most such errors).
 
