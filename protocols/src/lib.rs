@@ -1,1 +1,176 @@
-pub fn placeholder() {}
+//! Protocols Faultbox understands on the wire between services: for each, how to find
+//! message boundaries in a byte stream without blocking it, what a request's match
+//! keys are, and how to answer a request in the server's place (an error, a custom
+//! response). No I/O and no Starlark here: the executor's relays feed bytes in and
+//! act on what comes out; the spec crate checks rules against [`Protocol::keys`] and
+//! [`Protocol::supports`].
+//!
+//! A relay pumps both directions at once and never waits on a framer: it hands each
+//! chunk it reads to the connection's [`Conversation`] and gets back what completed.
+//! Bytes the conversation cannot make sense of make it [`Opaque`]: the relay then
+//! passes the connection through untouched and reports it once.
+//!
+//! [`rules`] matches request fields against rule patterns and checks rules at spec
+//! load. Each protocol module's doc says what its requests and responses are, what
+//! is matchable, how answers are encoded, and its limits. A conversation holds at
+//! most about [`MAX_MESSAGE`] bytes of unfinished messages and [`MAX_PENDING`]
+//! requests awaiting responses; bodies and rows are counted as they pass, never
+//! held. A relay calls `answer()` for a request before it forwards any later one.
+
+use std::collections::BTreeMap;
+
+pub use common::MAX_PENDING;
+
+mod common;
+pub mod http;
+pub mod memcached;
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
+pub mod rules;
+pub mod tcp;
+#[cfg(test)]
+mod testkit;
+
+/// The largest message a conversation holds whole. A larger one makes the
+/// connection opaque: it is relayed, never acted on.
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// Match keys of a request as the client sent them: `method`, `path`, `query`,
+/// `command`, `key`, `topic`. A key a request does not have is absent.
+pub type Fields = BTreeMap<&'static str, String>;
+
+/// A complete request found in the client's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// How many bytes of the client's stream it spans, counted from the end of the
+    /// previous request (or message the conversation reported).
+    pub len: usize,
+    /// What rules match on. Empty for messages no rule may act on (handshakes,
+    /// authentication, session setup); those have `matchable == false`.
+    pub fields: Fields,
+    /// Whether rules may act on it.
+    pub matchable: bool,
+    /// How many responses the server sends for it, in order with the others: 1 for
+    /// most requests, 0 for those that get none (memcached `noreply`).
+    pub replies: usize,
+}
+
+/// The stream stopped making sense as the protocol (a TLS upgrade, a message larger
+/// than [`MAX_MESSAGE`], bytes the protocol does not allow): from here on the
+/// connection is relayed unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Opaque(pub String);
+
+/// What a rule answers in the server's place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A protocol error: an HTTP status (default 500 for `error()`), a
+    /// PostgreSQL/MySQL error with `message`, a Redis `-ERR`-style error, a
+    /// memcached `SERVER_ERROR`.
+    Error {
+        message: Option<String>,
+        status: Option<i64>,
+    },
+    /// A response that looks like success: an HTTP response with `status` (default
+    /// 200) and `body`; a Redis bulk string `value` (nil when absent); a memcached
+    /// `VALUE`/`END` or `STORED`.
+    Response {
+        status: Option<i64>,
+        body: Option<String>,
+        value: Option<String>,
+    },
+}
+
+/// What a rule does at a request, as the spec names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ActionKind {
+    /// `response()`: answer in the server's place with a success.
+    Response,
+    /// `error()`: answer in the server's place with a protocol error.
+    Error,
+    /// `delay()`: hold the request, then forward it.
+    Delay,
+    /// `drop()`: close the connection (a TCP reset).
+    Drop,
+    /// `duplicate()`: forward the message twice.
+    Duplicate,
+}
+
+impl ActionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionKind::Response => "response",
+            ActionKind::Error => "error",
+            ActionKind::Delay => "delay",
+            ActionKind::Drop => "drop",
+            ActionKind::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// The bytes to send the client in the server's place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Written to the client when every earlier request's responses have been.
+    pub bytes: Vec<u8>,
+}
+
+/// One connection's view of a protocol: both directions, in order.
+pub trait Conversation: Send {
+    /// The client sent `bytes` (the next chunk of its stream). Returns the messages
+    /// completed by them, in order; partial data is kept for the next call.
+    fn client(&mut self, bytes: &[u8]) -> Result<Vec<Request>, Opaque>;
+
+    /// The server sent `bytes`. Returns how many responses they completed (a
+    /// response counts once it is whole; one request's response may span calls).
+    fn server(&mut self, bytes: &[u8]) -> Result<usize, Opaque>;
+
+    /// Like [`Conversation::server`], but says where in `bytes` each completed
+    /// response ends (offsets just past its last byte), so a relay holding an
+    /// answer for a later request can write it exactly between two responses that
+    /// arrived in one chunk. This default feeds the bytes one at a time: meant for
+    /// the moments an answer waits, not for every chunk.
+    fn server_ends(&mut self, bytes: &[u8]) -> Result<Vec<usize>, Opaque> {
+        let mut ends = Vec::new();
+        for (i, b) in bytes.iter().enumerate() {
+            for _ in 0..self.server(std::slice::from_ref(b))? {
+                ends.push(i + 1);
+            }
+        }
+        Ok(ends)
+    }
+
+    /// The bytes that answer `request` (one [`Conversation::client`] returned, and
+    /// that will not be forwarded) with `answer`, as the server would have: framed,
+    /// with whatever state the protocol needs kept consistent (sequence numbers,
+    /// transaction status, a statement's later messages). `Err` names why this
+    /// protocol cannot give that answer to that request.
+    fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String>;
+}
+
+/// A protocol: its name in `interface(name, PROTOCOL, port)`, its match keys and
+/// actions (the spec reference's table), and a conversation per connection.
+pub trait Protocol: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// The keys rules may match requests on.
+    fn keys(&self) -> &'static [&'static str];
+    /// Whether rules may take `action` on this protocol.
+    fn supports(&self, action: ActionKind) -> bool;
+    /// A fresh conversation, for a new connection.
+    fn conversation(&self) -> Box<dyn Conversation>;
+}
+
+/// The protocol called `name`, if Faultbox knows it.
+pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
+    let all: [&'static dyn Protocol; 6] = [
+        &http::Http,
+        &tcp::Tcp,
+        &postgres::Postgres,
+        &mysql::Mysql,
+        &redis::Redis,
+        &memcached::Memcached,
+    ];
+    all.into_iter().find(|p| p.name() == name)
+}

@@ -1,0 +1,247 @@
+//! Matching request fields against rule patterns, and checking rules at spec load.
+//!
+//! A pattern is a glob anchored at both ends: `*` matches any run of characters
+//! (including none) and `?` exactly one, anywhere in the pattern; every other
+//! character matches itself. How a key compares depends on what it holds:
+//! - `query`: SQL text is compared case-insensitively, with leading and trailing
+//!   whitespace trimmed and every run of whitespace collapsed to one space, on both
+//!   the pattern and the value, so `INSERT*` matches `insert  into t ...`;
+//! - `method` and `command`: case-insensitive (`get` matches a Redis `GET`);
+//! - `path`, `key`, `topic` and anything else: exact case.
+//!
+//! Matching is iterative (the classic two-pointer wildcard walk that backtracks only
+//! to the last `*`), so a hostile pattern such as `*a*a*a*b` costs at most
+//! pattern × value steps, never an exponential recursion.
+
+use crate::{protocol, ActionKind};
+
+/// How a key's values compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Folding {
+    Exact,
+    CaseInsensitive,
+    Sql,
+}
+
+fn folding(key: &str) -> Folding {
+    match key {
+        "query" => Folding::Sql,
+        "method" | "command" => Folding::CaseInsensitive,
+        _ => Folding::Exact,
+    }
+}
+
+fn normalize(folding: Folding, text: &str) -> Vec<char> {
+    match folding {
+        Folding::Exact => text.chars().collect(),
+        Folding::CaseInsensitive => text.chars().flat_map(char::to_lowercase).collect(),
+        Folding::Sql => {
+            let mut out = Vec::with_capacity(text.len());
+            for word in text.split_whitespace() {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.extend(word.chars().flat_map(char::to_lowercase));
+            }
+            out
+        }
+    }
+}
+
+/// A rule's pattern for one match key, normalized once for that key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern {
+    folding: Folding,
+    glob: Vec<char>,
+}
+
+impl Pattern {
+    /// The pattern `pattern` for values of `key`.
+    pub fn new(key: &str, pattern: &str) -> Pattern {
+        let folding = folding(key);
+        Pattern {
+            folding,
+            glob: normalize(folding, pattern),
+        }
+    }
+
+    /// Whether `value` (as the request carried it) matches.
+    pub fn matches(&self, value: &str) -> bool {
+        glob(&self.glob, &normalize(self.folding, value))
+    }
+}
+
+/// Whether the value of `key` in a request of `protocol` matches `pattern`.
+/// `protocol` is accepted so a protocol may compare a key its own way later; today
+/// the comparison depends on the key alone (see the module doc).
+pub fn matches(protocol: &str, key: &str, pattern: &str, value: &str) -> bool {
+    let _ = protocol;
+    Pattern::new(key, pattern).matches(value)
+}
+
+/// Anchored glob match with `*` and `?`, iterative: on a mismatch it resumes after
+/// the last `*` with one more character consumed by it.
+fn glob(pattern: &[char], value: &[char]) -> bool {
+    let (mut p, mut v) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while v < value.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, v));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == value[v] => {
+                p += 1;
+                v += 1;
+            }
+            _ => match star {
+                Some((sp, sv)) => {
+                    p = sp + 1;
+                    v = sv + 1;
+                    star = Some((sp, sv + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+/// Refuses, at spec load, a rule for `protocol` that takes `action` or matches on a
+/// key in `keys` the protocol does not offer; the message names what it offers.
+pub fn check(protocol_name: &str, action: ActionKind, keys: &[&str]) -> Result<(), String> {
+    let Some(p) = protocol(protocol_name) else {
+        return Err(format!("unknown protocol `{protocol_name}`"));
+    };
+    if !p.supports(action) {
+        let offered: Vec<&str> = [
+            ActionKind::Response,
+            ActionKind::Error,
+            ActionKind::Delay,
+            ActionKind::Drop,
+            ActionKind::Duplicate,
+        ]
+        .into_iter()
+        .filter(|a| p.supports(*a))
+        .map(ActionKind::name)
+        .collect();
+        return Err(format!(
+            "{protocol_name} does not support {}(): it supports {}",
+            action.name(),
+            offered.join(", ")
+        ));
+    }
+    for key in keys {
+        if !p.keys().contains(key) {
+            let offered = if p.keys().is_empty() {
+                "no match keys (its rules act on the whole connection)".to_string()
+            } else {
+                format!("{}=", p.keys().join("=, "))
+            };
+            return Err(format!(
+                "{protocol_name} has no match key `{key}`: it matches on {offered}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let m = |p: &str, v: &str| matches("redis", "key", p, v);
+        assert!(m("cache:*", "cache:1"));
+        assert!(m("cache:*", "cache:"));
+        assert!(!m("cache:*", "xcache:1"));
+        assert!(m("*:1", "cache:1"));
+        assert!(m("c?che:*", "cache:9"));
+        assert!(!m("c?che", "cche"));
+        assert!(m("*", ""));
+        assert!(!m("", "a"));
+        assert!(m("a*b*c", "aXXbYYc"));
+        assert!(!m("a*b*c", "aXXbYY"));
+        assert!(m("**a**", "xay"));
+        assert!(!m("Cache:*", "cache:1"), "keys compare with case");
+    }
+
+    #[test]
+    fn no_blowup_on_hostile_patterns() {
+        let value = "a".repeat(5000);
+        let pattern = format!("{}b", "*a".repeat(50));
+        let start = std::time::Instant::now();
+        assert!(!matches("redis", "key", &pattern, &value));
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn sql_and_case_folding() {
+        assert!(matches(
+            "postgres",
+            "query",
+            "INSERT*",
+            "insert  into t values (1)"
+        ));
+        assert!(matches(
+            "mysql",
+            "query",
+            "  select *   from t ",
+            "SELECT\n\t* FROM t"
+        ));
+        assert!(matches(
+            "postgres",
+            "query",
+            "insert into *",
+            "  INSERT\ninto x"
+        ));
+        assert!(!matches("postgres", "query", "INSERT*", "UPDATE t"));
+        assert!(matches("http", "method", "post", "POST"));
+        assert!(matches("redis", "command", "GET", "get"));
+        assert!(!matches("http", "path", "/Orders", "/orders"));
+        assert!(matches("http", "path", "/orders/*", "/orders/7"));
+    }
+
+    #[test]
+    fn check_names_what_is_offered() {
+        assert!(check("postgres", ActionKind::Error, &["query"]).is_ok());
+        assert!(check("http", ActionKind::Response, &["method", "path"]).is_ok());
+        let e = check("postgres", ActionKind::Response, &["query"]).unwrap_err();
+        assert!(e.contains("error, delay, drop"), "{e}");
+        let e = check("postgres", ActionKind::Error, &["path"]).unwrap_err();
+        assert!(e.contains("query="), "{e}");
+        let e = check("tcp", ActionKind::Delay, &["path"]).unwrap_err();
+        assert!(e.contains("no match keys"), "{e}");
+        assert!(check("tcp", ActionKind::Drop, &[]).is_ok());
+        assert!(check("tcp", ActionKind::Error, &[]).is_err());
+        assert!(check("redis", ActionKind::Duplicate, &[]).is_err());
+        assert!(check("smtp", ActionKind::Drop, &[]).is_err());
+        assert!(check("memcached", ActionKind::Response, &["command", "key"]).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod glob_reference {
+    use super::glob;
+    use proptest::prelude::*;
+
+    /// The obvious recursive definition, for small inputs only.
+    fn reference(p: &[char], v: &[char]) -> bool {
+        match p.split_first() {
+            None => v.is_empty(),
+            Some(('*', rest)) => (0..=v.len()).any(|i| reference(rest, &v[i..])),
+            Some((&c, rest)) => {
+                !v.is_empty() && (c == '?' || c == v[0]) && reference(rest, &v[1..])
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_recursive_definition(p in "[ab*?]{0,8}", v in "[ab]{0,10}") {
+            let (p, v): (Vec<char>, Vec<char>) = (p.chars().collect(), v.chars().collect());
+            prop_assert_eq!(glob(&p, &v), reference(&p, &v));
+        }
+    }
+}

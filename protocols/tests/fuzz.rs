@@ -1,0 +1,173 @@
+//! Every conversation takes arbitrary bytes in arbitrary chunks from both sides
+//! without panicking or spinning, and once opaque stays opaque.
+
+use faultbox_protocols::{protocol, Answer, MAX_MESSAGE};
+use proptest::prelude::*;
+
+const PROTOCOLS: [&str; 6] = ["http", "tcp", "postgres", "mysql", "redis", "memcached"];
+
+/// Fragments that steer random input into the protocols' interesting paths.
+const TOKENS: &[&[u8]] = &[
+    b"\r\n",
+    b"\n",
+    b"*",
+    b"$",
+    b"%",
+    b">",
+    b"|",
+    b"?",
+    b";",
+    b".",
+    b"-1",
+    b"0",
+    b"3",
+    b"12",
+    b"GET ",
+    b"POST /a HTTP/1.1\r\n",
+    b"HTTP/1.1 200 OK\r\n",
+    b"Content-Length: 3\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Expect: 100-continue\r\n",
+    b"VALUE k 0 2\r\n",
+    b"END\r\n",
+    b"set k 0 0 2\r\n",
+    b"mg k v q\r\n",
+    b"mn\r\n",
+    b"VA 2\r\n",
+    b"\x00\x00\x00",
+    b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+    b"\x00\x00\x00\x09\x00\x03\x00\x00",
+    b"Q\x00\x00\x00\x05",
+    b"Z\x00\x00\x00\x05I",
+    b"S\x00\x00\x00\x04",
+    b"\x01\x00\x00\x00\x03",
+    b"\x07\x00\x00\x01",
+    b"\xfe",
+    b"\xfb",
+    b"\xff",
+    b"\x0a5.7\x00",
+    b"18446744073709551615",
+    b"ffffffffffffffff",
+    b"-9223372036854775808",
+    b"9223372036854775807",
+    b"\xff\xff\xff\xff",
+];
+
+fn chunky_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => prop::sample::select(TOKENS).prop_map(|t| t.to_vec()),
+            1 => prop::collection::vec(any::<u8>(), 0..8),
+        ],
+        0..40,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+/// Steps: which side sends, and the bytes.
+fn steps() -> impl Strategy<Value = Vec<(bool, Vec<u8>)>> {
+    prop::collection::vec((any::<bool>(), chunky_bytes()), 0..12)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_traffic_never_panics(name in prop::sample::select(&PROTOCOLS[..]), steps in steps()) {
+        let p = protocol(name).expect("known protocol");
+        let mut conv = p.conversation();
+        let mut opaque = false;
+        for (client, bytes) in &steps {
+            for chunk in bytes.chunks(3) {
+                let went_opaque = if *client {
+                    match conv.client(chunk) {
+                        Ok(reqs) => {
+                            for r in reqs {
+                                prop_assert!(r.len <= MAX_MESSAGE + bytes.len());
+                                if r.matchable {
+                                    let _ = conv.answer(&r, &Answer::Error { message: None, status: None });
+                                }
+                            }
+                            false
+                        }
+                        Err(_) => true,
+                    }
+                } else {
+                    conv.server(chunk).is_err()
+                };
+                prop_assert!(!opaque || went_opaque, "{name}: opaque must stay opaque");
+                opaque |= went_opaque;
+                prop_assert!(name != "tcp" || !opaque, "tcp is never opaque");
+            }
+        }
+    }
+
+    #[test]
+    fn fully_random_bytes(name in prop::sample::select(&PROTOCOLS[..]),
+                          client in prop::collection::vec(any::<u8>(), 0..512),
+                          server in prop::collection::vec(any::<u8>(), 0..512),
+                          cut in 1usize..64) {
+        let p = protocol(name).expect("known protocol");
+        let mut conv = p.conversation();
+        let mut opaque = false;
+        for (c, s) in client.chunks(cut).zip(server.chunks(cut)) {
+            let a = conv.client(c).is_err();
+            prop_assert!(!opaque || a);
+            opaque |= a;
+            let b = conv.server(s).is_err();
+            prop_assert!(!opaque || b);
+            opaque |= b;
+        }
+    }
+}
+
+/// A stream that never completes a message is refused once it passes
+/// MAX_MESSAGE, instead of being buffered without bound.
+#[test]
+fn endless_messages_are_refused() {
+    let chunk = vec![b'a'; 1 << 16];
+    for name in PROTOCOLS {
+        let mut conv = protocol(name).expect("known").conversation();
+        let mut refused = false;
+        for _ in 0..(MAX_MESSAGE / chunk.len() + 4) {
+            if conv.client(&chunk).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert_eq!(refused, name != "tcp", "{name}");
+    }
+}
+
+/// Large server payloads stream through without being held: a 64 MiB Redis bulk
+/// reply and HTTP body complete normally.
+#[test]
+fn large_responses_stream() {
+    let chunk = vec![b'x'; 1 << 16];
+    let n = 64 << 20;
+    for (name, request, head, tail) in [
+        (
+            "redis",
+            &b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..],
+            format!("${n}\r\n"),
+            &b"\r\n"[..],
+        ),
+        (
+            "http",
+            b"GET / HTTP/1.1\r\n\r\n",
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n"),
+            b"",
+        ),
+    ] {
+        let mut conv = protocol(name).expect("known").conversation();
+        assert_eq!(conv.client(request).expect("request").len(), 1);
+        assert_eq!(conv.server(head.as_bytes()), Ok(0));
+        for _ in 0..n / chunk.len() - 1 {
+            assert_eq!(conv.server(&chunk), Ok(0), "{name}");
+        }
+        // The response counts only once its last byte arrived.
+        assert_eq!(conv.server(&chunk[..chunk.len() - 1]), Ok(0), "{name}");
+        let last = [&chunk[..1], tail].concat();
+        assert_eq!(conv.server(&last), Ok(1), "{name}");
+    }
+}
