@@ -3,6 +3,11 @@
 //! long-lived broker thread visits a namespace (`setns`), creates the socket there,
 //! and returns home, so relays can listen in one service's namespace and dial into
 //! another's from ordinary async tasks.
+//!
+//! Creating a namespace costs about half a millisecond of kernel work, on every
+//! service of every test: a few fresh ones are kept ready, made by a thread of their
+//! own while tests run, so a test takes them without waiting. A namespace is never
+//! reused: each comes from `unshare`, with only `lo`, up.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -18,18 +23,108 @@ use socket2::{Domain, Socket, Type};
 pub struct NetNs(OwnedFd);
 
 enum Job {
-    /// A new namespace with loopback up.
-    Create,
     /// A TCP socket of this family in the namespace.
     Socket(i32, Domain),
+    /// Listeners at these addresses in the namespace, in one visit.
+    Listen(i32, Vec<SocketAddr>),
 }
 
-type Request = (Job, mpsc::SyncSender<std::io::Result<OwnedFd>>);
+type Request = (Job, mpsc::SyncSender<Vec<std::io::Result<OwnedFd>>>);
+
+/// How many fresh namespaces are kept ready.
+const SPARE: usize = 8;
+
+/// Fresh namespaces, and the signal that one was taken.
+struct Pool {
+    ready: Mutex<Vec<OwnedFd>>,
+    taken: std::sync::Condvar,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            ready: Mutex::new(Vec::new()),
+            taken: std::sync::Condvar::new(),
+        }));
+        let _ = std::thread::Builder::new()
+            .name("faultbox-netns-pool".into())
+            .spawn(move || {
+                let Ok(home) = File::open("/proc/thread-self/ns/net") else {
+                    return;
+                };
+                loop {
+                    let mut ready = pool.ready.lock().unwrap_or_else(|p| p.into_inner());
+                    while ready.len() >= SPARE {
+                        ready = pool.taken.wait(ready).unwrap_or_else(|p| p.into_inner());
+                    }
+                    drop(ready);
+                    match fresh(&home) {
+                        Ok(fd) => pool
+                            .ready
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(fd),
+                        // Creation fails the same way for the test that asks; it
+                        // then creates its own and reports why.
+                        Err(_) => return,
+                    }
+                }
+            });
+        pool
+    })
+}
+
+/// A new namespace with `lo` up, made by the calling thread, which is home again
+/// afterwards.
+fn fresh(home: &File) -> std::io::Result<OwnedFd> {
+    // SAFETY: unshare(2) of the network namespace moves only this thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let made = faultbox_shim::net::loopback_up()
+        .map_err(std::io::Error::from_raw_os_error)
+        .and_then(|()| File::open("/proc/thread-self/ns/net"))
+        .map(OwnedFd::from);
+    go_home(home);
+    made
+}
+
+fn go_home(home: &File) {
+    // SAFETY: setns(2) on a namespace descriptor; it moves only this thread.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        // A thread stuck in a test's namespace would put every later socket there.
+        panic!(
+            "could not return to the host's network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
 
 impl NetNs {
-    /// A new namespace with only `lo`, up.
+    /// A new namespace with only `lo`, up: a ready one, or one made now.
     pub fn create() -> std::io::Result<NetNs> {
-        broker(Job::Create).map(NetNs)
+        let p = pool();
+        let spare = p.ready.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        p.taken.notify_one();
+        match spare {
+            Some(fd) => Ok(NetNs(fd)),
+            None => {
+                let home = File::open("/proc/thread-self/ns/net")?;
+                std::thread::scope(|s| s.spawn(|| fresh(&home)).join())
+                    .map_err(|_| std::io::Error::other("creating a network namespace panicked"))?
+                    .map(NetNs)
+            }
+        }
+    }
+
+    /// Moves the calling thread (only it) into this namespace.
+    pub fn enter(&self) -> std::io::Result<()> {
+        // SAFETY: setns(2) on a namespace descriptor we own; it moves only this thread.
+        if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The namespace the calling thread is in (a test's sandbox).
@@ -44,20 +139,22 @@ impl NetNs {
     /// A non-blocking TCP socket in this namespace, of `addr`'s family.
     pub fn socket(&self, addr: &SocketAddr) -> std::io::Result<Socket> {
         let domain = Domain::for_address(*addr);
-        broker(Job::Socket(self.0.as_raw_fd(), domain)).map(Socket::from)
+        broker(Job::Socket(self.0.as_raw_fd(), domain))?
+            .pop()
+            .expect("one socket")
+            .map(Socket::from)
     }
 
-    /// A listener at `addr` in this namespace (address reuse on, so a cut and healed
-    /// edge can listen again at once).
-    pub fn listen(&self, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-        let s = self.socket(&addr)?;
-        s.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.bind(&addr.into())?;
-        s.listen(1024)?;
-        Ok(s.into())
+    /// Listeners at `addrs` in this namespace, made in one visit (address reuse on,
+    /// so an address can be listened on again at once).
+    pub fn listen(
+        &self,
+        addrs: &[SocketAddr],
+    ) -> std::io::Result<Vec<std::io::Result<std::net::TcpListener>>> {
+        Ok(broker(Job::Listen(self.0.as_raw_fd(), addrs.to_vec()))?
+            .into_iter()
+            .map(|r| r.map(|fd| Socket::from(fd).into()))
+            .collect())
     }
 
     /// Connects to `addr` from inside this namespace.
@@ -79,7 +176,7 @@ impl NetNs {
 }
 
 /// Runs `job` on the broker thread.
-fn broker(job: Job) -> std::io::Result<OwnedFd> {
+fn broker(job: Job) -> std::io::Result<Vec<std::io::Result<OwnedFd>>> {
     static BROKER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     let sender = BROKER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Request>();
@@ -90,7 +187,7 @@ fn broker(job: Job) -> std::io::Result<OwnedFd> {
                 for (job, reply) in rx {
                     let result = match &home {
                         Ok(home) => run(job, home),
-                        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        Err(e) => vec![Err(std::io::Error::new(e.kind(), e.to_string()))],
                     };
                     let _ = reply.send(result);
                 }
@@ -106,37 +203,36 @@ fn broker(job: Job) -> std::io::Result<OwnedFd> {
         .map_err(|_| std::io::Error::other("network namespace broker is gone"))?;
     reply_rx
         .recv()
-        .map_err(|_| std::io::Error::other("network namespace broker is gone"))?
+        .map_err(|_| std::io::Error::other("network namespace broker is gone"))
 }
 
 /// Does `job` on the broker thread, which is home again when it returns.
-fn run(job: Job, home: &File) -> std::io::Result<OwnedFd> {
-    let enter = |fd: i32| {
-        // SAFETY: setns(2) on a namespace descriptor; it moves only this thread.
-        if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+fn run(job: Job, home: &File) -> Vec<std::io::Result<OwnedFd>> {
+    let ns = match &job {
+        Job::Socket(ns, _) | Job::Listen(ns, _) => *ns,
     };
-    let result = match job {
-        Job::Create => {
-            // SAFETY: unshare(2) of the network namespace moves only this thread.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            faultbox_shim::net::loopback_up()
-                .map_err(std::io::Error::from_raw_os_error)
-                .and_then(|()| File::open("/proc/thread-self/ns/net"))
-                .map(OwnedFd::from)
-        }
-        Job::Socket(ns, domain) => {
-            enter(ns)?;
-            Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None).map(OwnedFd::from)
-        }
-    };
-    if let Err(e) = enter(home.as_raw_fd()) {
-        // A broker stuck in a test's namespace would put every later socket there.
-        panic!("the network namespace broker could not return home: {e}");
+    // SAFETY: setns(2) on a namespace descriptor; it moves only this thread.
+    if unsafe { libc::setns(ns, libc::CLONE_NEWNET) } != 0 {
+        return vec![Err(std::io::Error::last_os_error())];
     }
+    let socket =
+        |domain| Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None).map(OwnedFd::from);
+    let result = match job {
+        Job::Socket(_, domain) => vec![socket(domain)],
+        Job::Listen(_, addrs) => addrs
+            .into_iter()
+            .map(|addr| {
+                let s = Socket::from(socket(Domain::for_address(addr))?);
+                s.set_reuse_address(true)?;
+                if addr.is_ipv6() {
+                    s.set_only_v6(true)?;
+                }
+                s.bind(&addr.into())?;
+                s.listen(1024)?;
+                Ok(OwnedFd::from(s))
+            })
+            .collect(),
+    };
+    go_home(home);
     result
 }

@@ -110,20 +110,23 @@ impl Relays {
     ) -> Result<(), RelayError> {
         let connections: Arc<Mutex<HashMap<u64, JoinHandle<()>>>> = Arc::default();
         let mut listeners = Vec::new();
-        for addr in &edge.listen {
-            let listener = consumer_ns
-                .listen(*addr)
+        let failed = |addr: SocketAddr, source| RelayError::Listen {
+            consumer: edge.consumer.clone(),
+            service: edge.service.clone(),
+            interface: edge.port.interface.clone(),
+            addr,
+            source,
+        };
+        let made = consumer_ns
+            .listen(&edge.listen)
+            .map_err(|e| failed(edge.listen[0], e))?;
+        for (addr, made) in edge.listen.iter().zip(made) {
+            let listener = made
                 .and_then(|l| {
                     let _guard = self.rt.enter();
                     tokio::net::TcpListener::from_std(l)
                 })
-                .map_err(|source| RelayError::Listen {
-                    consumer: edge.consumer.clone(),
-                    service: edge.service.clone(),
-                    interface: edge.port.interface.clone(),
-                    addr: *addr,
-                    source,
-                })?;
+                .map_err(|e| failed(*addr, e))?;
             let accept = Accept {
                 edge: edge.clone(),
                 upstream: upstream.clone(),

@@ -3,34 +3,28 @@
 //! so fixed ports never collide between tests, with leftovers of earlier tests, or
 //! with a second run on the same host. It disappears with its last user.
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
+
+use crate::network::namespace::NetNs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("creating the test's network namespace: {0} (faultbox test needs root, or CAP_SYS_ADMIN, for per-test network namespaces)")]
     Unshare(std::io::Error),
-    #[error("bringing up loopback in the test's network namespace: {0}")]
-    Loopback(std::io::Error),
-    #[error("opening the test's network namespace: {0}")]
+    #[error("entering the test's network namespace: {0}")]
     Open(std::io::Error),
 }
 
 /// A network namespace the calling thread has moved into.
 pub struct Sandbox {
-    netns: File,
+    netns: NetNs,
 }
 
 impl Sandbox {
     /// Moves the calling thread (only it) into a new network namespace.
     pub fn enter() -> Result<Sandbox, SandboxError> {
-        // SAFETY: unshare of the network namespace affects the calling thread only.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(SandboxError::Unshare(std::io::Error::last_os_error()));
-        }
-        faultbox_shim::net::loopback_up()
-            .map_err(|e| SandboxError::Loopback(std::io::Error::from_raw_os_error(e)))?;
-        let netns = File::open("/proc/thread-self/ns/net").map_err(SandboxError::Open)?;
+        let netns = NetNs::create().map_err(SandboxError::Unshare)?;
+        netns.enter().map_err(SandboxError::Open)?;
         Ok(Sandbox { netns })
     }
 
@@ -47,6 +41,6 @@ impl Sandbox {
 
     /// The namespace, for launching services into it.
     pub fn netns(&self) -> RawFd {
-        self.netns.as_raw_fd()
+        self.netns.fd().as_raw_fd()
     }
 }
