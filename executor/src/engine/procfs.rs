@@ -193,6 +193,24 @@ fn read_cstr_from(file: &File, addr: u64) -> Option<Vec<u8>> {
     None
 }
 
+/// Whether `path` (`socket:[inode]`, as [`fd_path`] gives it) is a bound netlink
+/// socket of `pid`'s network namespace.
+pub fn is_netlink(pid: i32, path: &str) -> bool {
+    let Some(inode) = path
+        .strip_prefix("socket:[")
+        .and_then(|r| r.strip_suffix(']'))
+    else {
+        return false;
+    };
+    // Columns: sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode.
+    std::fs::read_to_string(format!("/proc/{pid}/net/netlink")).is_ok_and(|table| {
+        table
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(9) == Some(inode))
+    })
+}
+
 /// The path behind fd `fd` of `pid` (`/tmp/x`, `pipe:[123]`, `socket:[456]`).
 pub fn fd_path(pid: i32, fd: i32) -> Option<String> {
     if fd < 0 {
@@ -384,5 +402,34 @@ mod tests {
         let args = [f.as_raw_fd() as u64, 0, 0, 0, 0, 0];
         let r = procfs.resolve(pid, PathArg::Fd { fd: 0 }, &args);
         assert_eq!(r.path.unwrap(), format!("/proc/{pid}/status"));
+    }
+
+    #[test]
+    fn tells_netlink_sockets_apart() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let pid = std::process::id() as i32;
+        // SAFETY: socket(2) with constant arguments; the result is checked.
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) };
+        assert!(raw >= 0);
+        // SAFETY: `raw` is a fresh descriptor this test owns.
+        let netlink = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Bound, as the C library's netlink queries are (the table lists bound ones).
+        // SAFETY: a zeroed sockaddr_nl (kernel-chosen port id) of its exact size.
+        let bound = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            libc::bind(
+                raw,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        assert_eq!(bound, 0);
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nl = fd_path(pid, netlink.as_raw_fd()).unwrap();
+        let other = fd_path(pid, tcp.as_raw_fd()).unwrap();
+        assert!(is_netlink(pid, &nl), "{nl}");
+        assert!(!is_netlink(pid, &other), "{other}");
+        assert!(!is_netlink(pid, "/etc/hosts"));
     }
 }

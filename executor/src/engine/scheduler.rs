@@ -74,6 +74,11 @@ impl Holder for ServiceHolder {
         self.scheduler.changed.notify_all();
         Ok(())
     }
+
+    fn holding(&self) -> bool {
+        let s = self.scheduler.lock();
+        s.active && !s.nondet.contains(&self.service)
+    }
 }
 
 impl Scheduler {

@@ -76,6 +76,8 @@ impl HeldCall {
 pub trait Holder: Send + Sync + 'static {
     /// Keeps `call` to release later, or gives it back to be answered now.
     fn hold(&self, call: Box<HeldCall>) -> Result<(), Box<HeldCall>>;
+    /// Whether calls are being held now (a cheap check before costlier ones).
+    fn holding(&self) -> bool;
 }
 
 /// The running loop of one target.
@@ -279,16 +281,18 @@ impl Supervisor {
             label: verdict.label,
             peer_port,
         };
-        // The C library's own calls (the loader, /proc, the name-service cache probe)
-        // are not part of the order parallel() controls: which thread makes them
-        // depends on locks inside the library, not on the service's logic.
+        // The C library's own calls (the loader, /proc, the name-service cache probe,
+        // the netlink query behind getaddrinfo) are not part of the order parallel()
+        // controls: which thread makes them depends on locks inside the library, not
+        // on the service's logic, and holding one would hold every thread waiting on
+        // that lock.
         let system = |e: &SyscallEvent| {
-            e.path
-                .as_deref()
-                .is_some_and(crate::engine::rules::is_system_path)
+            e.path.as_deref().is_some_and(|p| {
+                crate::engine::rules::is_system_path(p) || crate::engine::procfs::is_netlink(pid, p)
+            })
         };
         let event = match &self.holder {
-            Some(h) if !system(&event) => match h.hold(Box::new(HeldCall {
+            Some(h) if h.holding() && !system(&event) => match h.hold(Box::new(HeldCall {
                 listener: self.listener.clone(),
                 id: req.id,
                 runtime: self.runtime.clone(),
