@@ -57,6 +57,14 @@ pub fn diagnose(r: &TestReport) -> Vec<Diagnostic> {
             .as_deref()
             .is_some_and(|l| l.starts_with("partition "));
         if f.hits == 0 && !partition {
+            if let Some(iface) = &f.interface {
+                out.push(Diagnostic {
+                    code: "FAULT_NOT_FIRED",
+                    message: format!("rule {} on {}.{iface} never fired", f.action, f.service),
+                    suggestion: "no request on that interface matched while the rule was active: compare its patterns with the requests the trace shows (proxy events carry them), and check source= names the consumer that sends them".into(),
+                });
+                continue;
+            }
             let hint = if matches!(f.syscall.as_str(), "write" | "read") {
                 " Network services often use send/recv (the sendto/recvfrom families) on sockets, not write/read."
             } else {

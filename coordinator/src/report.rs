@@ -95,7 +95,8 @@ pub fn test_json<'a>(spec: &str, r: &'a TestReport) -> TestJson<'a> {
         .iter()
         .map(|f| {
             json!({"service": f.service, "syscall": f.syscall, "action": f.action,
-                   "errno": f.errno, "delay": f.delay, "label": f.label, "hits": f.hits})
+                   "errno": f.errno, "delay": f.delay, "label": f.label, "hits": f.hits,
+                   "interface": f.interface})
         })
         .collect();
     let events = r
@@ -191,11 +192,18 @@ pub fn human(spec: &str, r: &TestReport, debug: bool) -> String {
             .as_deref()
             .map(|l| format!(" [{l}]"))
             .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "    fault {} {}={what}{label}: fired {} times",
-            f.service, f.syscall, f.hits
-        );
+        let _ = match &f.interface {
+            Some(iface) => writeln!(
+                s,
+                "    fault {}.{iface} {what}{label}: fired {} times",
+                f.service, f.hits
+            ),
+            None => writeln!(
+                s,
+                "    fault {} {}={what}{label}: fired {} times",
+                f.service, f.syscall, f.hits
+            ),
+        };
     }
     let mut decisions: BTreeMap<(String, String, String), u64> = BTreeMap::new();
     for e in r.events.iter().filter(|e| e.kind == "syscall") {

@@ -98,3 +98,96 @@ fn services_reach_each_other_only_through_relays() {
             .unwrap()
             .starts_with("deny")));
 }
+
+/// Protocol rules act on requests at the relays: the driver sees HTTP answers given
+/// in the server's place, orders sees inventory's connections dropped or delayed,
+/// and `source=` limits a rule to one consumer.
+#[test]
+fn protocol_rules_act_at_the_relays() {
+    let out = faultbox(&[
+        "test",
+        "coordinator/tests/specs/proxy_example.star",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let ev = events(&doc, "test_http_response");
+    let fired = ev
+        .iter()
+        .find(|e| e["event_type"] == "proxy.response")
+        .expect("the rule's firing is in the trace");
+    assert_eq!(fired["type"], "proxy");
+    assert_eq!(fired["service"], "orders");
+    for (k, v) in [
+        ("action", "response"),
+        ("protocol", "http"),
+        ("interface", "public"),
+        ("source", "test"),
+        ("method", "POST"),
+        ("path", "/orders"),
+        ("status", "429"),
+    ] {
+        assert_eq!(fired["fields"][k], v, "{k}: {fired}");
+    }
+    let drop = events(&doc, "test_tcp_drop_reaches_orders")
+        .iter()
+        .find(|e| e["event_type"] == "proxy.drop")
+        .expect("the drop is in the trace");
+    assert_eq!(drop["fields"]["source"], "orders");
+    let t = doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "test_source_scopes")
+        .unwrap();
+    assert_eq!(t["faults"][0]["interface"], "main");
+    assert_eq!(
+        t["faults"][0]["hits"], 1,
+        "only the driver's connection: {t}"
+    );
+}
+
+/// A rule its interface's protocol cannot take is refused at load, with file and
+/// line, before anything starts.
+#[test]
+fn rules_a_protocol_cannot_take_are_refused_at_load() {
+    let dir = common::Scratch::new("proxy-load");
+    let cases = [
+        (
+            "fault(orders.public, error(query = 'INSERT*'), run = lambda: None)",
+            "error() on orders.public (http): http has no match key `query`: it matches on method=, path=",
+        ),
+        (
+            "fault(inventory.main, error(), run = lambda: None)",
+            "inventory.main (tcp): tcp does not support error()",
+        ),
+        (
+            "fault(orders.public, error(qurey = 'x'), run = lambda: None)",
+            "error(): unknown argument \"qurey\"",
+        ),
+        (
+            "fault(orders.public, duplicate(), run = lambda: None)",
+            "http does not support duplicate()",
+        ),
+    ];
+    for (line, expect) in cases {
+        let path = dir.path("spec.star");
+        std::fs::write(
+            &path,
+            format!(
+                "load({:?}, \"inventory\", \"orders\")\n\ndef test_t():\n    {line}\n",
+                root().join("examples/faultbox.star").to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let out = faultbox(&["test", &path, "--dry-run"]);
+        assert_eq!(out.code, 1, "{line}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("spec.star:4: "),
+            "{line}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(expect), "{line}: {}", out.stderr);
+    }
+}

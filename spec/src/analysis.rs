@@ -25,6 +25,7 @@ const QUERY_CALLS: &[&str] = &["events", "assert_eventually", "assert_never", "m
 /// Keywords of those calls that are not syscalls.
 const NOT_SYSCALLS: &[&str] = &[
     "run",
+    "source",
     "syscalls",
     "target",
     "rules",
@@ -70,6 +71,20 @@ pub enum Literal {
         text: String,
         at: String,
     },
+    /// A protocol rule builtin's keyword names.
+    RuleKeywords {
+        builtin: String,
+        names: Vec<String>,
+        at: String,
+    },
+    /// Protocol rules installed on `service.interface`, checked against its protocol
+    /// once the file is evaluated.
+    ProxyRules {
+        service: String,
+        interface: String,
+        /// (builtin, match keys, where).
+        rules: Vec<(String, Vec<String>, String)>,
+    },
     /// A query's literal `syscall=` filter: a syscall, family or glob.
     QuerySyscall {
         pattern: String,
@@ -94,6 +109,16 @@ fn walk(ast: &AstModule, e: &AstExpr, out: &mut (Vec<Site>, Vec<Literal>)) {
     if let ExprP::Call(callee, args) = &e.node {
         if let ExprP::Identifier(id) = &callee.node {
             let name = id.node.ident.as_str();
+            if let Some(rule) = rule_call(ast, e) {
+                out.1.push(Literal::RuleKeywords {
+                    builtin: rule.0,
+                    names: rule.1,
+                    at: rule.2,
+                });
+            }
+            if ["fault", "fault_start", "fault_all", "fault_assumption"].contains(&name) {
+                proxy_site(ast, name, &args.args, out);
+            }
             // deny() and delay() often sit in test bodies, which run only later:
             // their literal arguments are checked now.
             if name == "deny" || name == "delay" {
@@ -185,6 +210,81 @@ fn walk(ast: &AstModule, e: &AstExpr, out: &mut (Vec<Site>, Vec<Literal>)) {
     e.visit_expr(|c| walk(ast, c, out));
 }
 
+/// A call to a protocol rule builtin (`error(...)`, `delay(delay=...)` without a
+/// positional duration): its name, keyword names, and where it is.
+fn rule_call(ast: &AstModule, e: &AstExpr) -> Option<(String, Vec<String>, String)> {
+    let ExprP::Call(callee, args) = &e.node else {
+        return None;
+    };
+    let ExprP::Identifier(id) = &callee.node else {
+        return None;
+    };
+    let name = id.node.ident.as_str();
+    if !crate::proxy::BUILTINS.contains(&name) {
+        return None;
+    }
+    let mut names = Vec::new();
+    for a in &args.args {
+        match &a.node {
+            ArgumentP::Named(k, _) => names.push(k.node.clone()),
+            // delay("500ms") is a syscall fault; **kwargs hides the names.
+            _ => return None,
+        }
+    }
+    Some((name.to_string(), names, at(ast, e)))
+}
+
+/// Records the protocol rules a `fault*` call installs on `service.interface`, when
+/// the target is written that way and the rules are calls of the rule builtins.
+fn proxy_site(
+    ast: &AstModule,
+    call: &str,
+    args: &[starlark::syntax::ast::AstArgument],
+    out: &mut (Vec<Site>, Vec<Literal>),
+) {
+    let mut target = None;
+    let mut rules = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        match &a.node {
+            ArgumentP::Positional(x) if i == 0 && call != "fault_assumption" => target = Some(x),
+            ArgumentP::Positional(x) => rules.extend(rule_call(ast, x)),
+            ArgumentP::Named(k, x) if k.node == "target" => target = Some(x),
+            ArgumentP::Named(k, x) if k.node == "rules" => {
+                if let ExprP::List(items) = &x.node {
+                    rules.extend(items.iter().filter_map(|i| rule_call(ast, i)));
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(target) = target else { return };
+    let targets: Vec<&AstExpr> = match &target.node {
+        ExprP::List(items) => items.iter().collect(),
+        _ => vec![target],
+    };
+    for t in targets {
+        if let ExprP::Dot(obj, iface) = &t.node {
+            if let ExprP::Identifier(svc) = &obj.node {
+                out.1.push(Literal::ProxyRules {
+                    service: svc.node.ident.clone(),
+                    interface: iface.node.clone(),
+                    rules: rules
+                        .iter()
+                        .map(|(b, names, at)| {
+                            let keys = names
+                                .iter()
+                                .filter(|n| crate::proxy::MATCH_KEYS.contains(&n.as_str()))
+                                .cloned()
+                                .collect();
+                            (b.clone(), keys, at.clone())
+                        })
+                        .collect(),
+                });
+            }
+        }
+    }
+}
+
 /// Records a query's literal `syscall=` filter as a site observing it on the
 /// services its `service=` filter names (every service without one, or when the
 /// service is computed).
@@ -250,6 +350,40 @@ pub fn check(
             }
             Literal::QuerySyscall { pattern, at } => {
                 crate::faults::query_syscalls(pattern).map_err(|e| format!("{at}: {e}"))?;
+            }
+            Literal::RuleKeywords { builtin, names, at } => {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                crate::proxy::check_keywords(builtin, &names).map_err(|e| format!("{at}: {e}"))?;
+            }
+            Literal::ProxyRules {
+                service,
+                interface,
+                rules,
+            } => {
+                let Some(svc) = module
+                    .get(service)
+                    .ok()
+                    .and_then(|v| v.value().downcast_ref::<ServiceValue>().cloned())
+                else {
+                    continue;
+                };
+                let Some(iface) = svc.interfaces.iter().find(|i| &i.name == interface) else {
+                    continue;
+                };
+                for (builtin, keys, at) in rules {
+                    let Some(kind) = crate::proxy::kind(builtin) else {
+                        continue;
+                    };
+                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    faultbox_protocols::rules::check(&iface.protocol, kind, &keys).map_err(
+                        |e| {
+                            format!(
+                                "{at}: {builtin}() on {}.{} ({}): {e}",
+                                svc.name, iface.name, iface.protocol
+                            )
+                        },
+                    )?;
+                }
             }
         }
     }

@@ -215,6 +215,7 @@ pub fn composition(builder: &mut GlobalsBuilder) {
             );
         }
         let heap = eval.heap();
+        let mut interface = None;
         let target_name = match target {
             None => None,
             Some(t) => match (
@@ -222,7 +223,10 @@ pub fn composition(builder: &mut GlobalsBuilder) {
                 t.downcast_ref::<InterfaceRef>(),
             ) {
                 (Some(s), _) => Some((s.name.clone(), false)),
-                (_, Some(i)) => Some((i.service.clone(), true)),
+                (_, Some(i)) => {
+                    interface = Some(i.clone());
+                    Some((i.service.clone(), true))
+                }
                 _ => bail!(
                     "{what}: target= must be a service or a service's interface, got {}",
                     t.get_type()
@@ -234,8 +238,20 @@ pub fn composition(builder: &mut GlobalsBuilder) {
             if !protocol_target {
                 bail!("{what}: rules= are protocol-level and need an interface as target= (for example target = db.main)");
             }
-            if ListRef::from_value(r).is_none() {
-                bail!("{what}: rules= must be a list");
+            let items = ListRef::from_value(r)
+                .ok_or_else(|| anyhow!("{what}: rules= must be a list"))?
+                .content()
+                .to_vec();
+            let iface = interface
+                .as_ref()
+                .expect("a protocol target is an interface");
+            for rule in crate::proxy::rules(&items, &format!("{what}: rules="))? {
+                crate::proxy::check(&iface.interface.protocol, &rule).map_err(|e| {
+                    anyhow!(
+                        "{what}: {rule} on {iface} ({}): {e}",
+                        iface.interface.protocol
+                    )
+                })?;
             }
         }
         if protocol_target && !syscall_faults.is_empty() {
@@ -284,6 +300,13 @@ pub fn composition(builder: &mut GlobalsBuilder) {
                 },
             ),
             ("faults", tuple(heap, fault_pairs)),
+            (
+                "interface",
+                match &interface {
+                    Some(i) => heap.alloc(i.interface.name.as_str()),
+                    None => Value::new_none(),
+                },
+            ),
             (
                 "rules",
                 match rules {
@@ -682,11 +705,24 @@ pub fn apply<'v>(
     for a in &all {
         let name = text(*a, "name").unwrap_or("?");
         monitors.extend(items(*a, "monitors"));
-        if field(*a, "rules").is_some_and(|r| !r.is_none()) {
-            failed = Some(anyhow!(
-                "fault assumption {name:?} has protocol-level rules=, which need protocol proxies; they are not available yet"
-            ));
-            break;
+        if let Some(rules) = field(*a, "rules").filter(|r| !r.is_none()) {
+            let (Some(service), Some(interface)) = (text(*a, "target"), text(*a, "interface"))
+            else {
+                continue;
+            };
+            let installed = crate::proxy::rules(&seq(rules), "rules=").and_then(|rules| {
+                world
+                    .proxy_start(service, interface, None, &rules)
+                    .map_err(|e| anyhow!("{e}"))
+            });
+            match installed {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    failed = Some(anyhow!("fault assumption {name:?}: {e}"));
+                    break;
+                }
+            }
+            continue;
         }
         let Some(target) = text(*a, "target") else {
             continue;

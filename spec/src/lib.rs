@@ -8,6 +8,7 @@ pub mod faults;
 pub mod limits;
 pub mod loader;
 pub mod model;
+pub mod proxy;
 pub mod run;
 pub mod runtime;
 pub mod values;

@@ -51,6 +51,7 @@ pub fn globals() -> Globals {
     .with(runtime::assertions)
     .with(runtime::testing)
     .with(crate::compose::composition)
+    .with(crate::proxy::proxy_rules)
     .build()
 }
 
@@ -61,6 +62,7 @@ pub fn builtin_names() -> Vec<String> {
         .with(runtime::assertions)
         .with(runtime::testing)
         .with(crate::compose::composition)
+        .with(crate::proxy::proxy_rules)
         .build();
     let mut names: Vec<String> = g.names().map(|n| n.as_str().to_string()).collect();
     names.sort();

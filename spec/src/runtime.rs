@@ -234,19 +234,41 @@ pub fn topology(builder: &mut GlobalsBuilder) {
         })
     }
 
-    /// `delay(duration, probability=, label=)`.
-    fn delay(
-        #[starlark(require = pos)] duration: &str,
-        #[starlark(require = named)] probability: Option<&str>,
-        #[starlark(require = named)] label: Option<&str>,
-    ) -> anyhow::Result<FaultValue> {
+    /// `delay(duration, probability=, label=)` delays syscalls; without a positional
+    /// duration, `delay(delay=, method=, path=, query=, ...)` is a protocol-level
+    /// rule that holds matching requests.
+    fn delay<'v>(
+        #[starlark(require = pos)] duration: Option<&str>,
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
+        let Some(duration) = duration else {
+            let rule = crate::proxy::make_rule("delay", &kwargs)?;
+            return Ok(eval.heap().alloc(crate::proxy::ProxyRuleValue(rule)));
+        };
+        let mut probability = None;
+        let mut label = None;
+        for (k, v) in kwargs.iter() {
+            let slot = match k.as_str() {
+                "probability" => &mut probability,
+                "label" => &mut label,
+                other => bail!(
+                    "delay({duration:?}): unexpected {other}= (a syscall delay takes probability= and label=; protocol rules are delay(delay=..., {other}=...))"
+                ),
+            };
+            *slot = Some(
+                v.unpack_str()
+                    .ok_or_else(|| anyhow!("delay(): {k}= must be a string"))?
+                    .to_string(),
+            );
+        }
         let d = faultbox_shim::rule::parse_duration(duration)
             .map_err(|e| anyhow!("bad duration {duration:?}: {e}"))?;
-        Ok(FaultValue {
+        Ok(eval.heap().alloc(FaultValue {
             action: FaultAction::Delay(d),
-            probability: parse_probability(probability)?,
-            label: label.map(str::to_string),
-        })
+            probability: parse_probability(probability.as_deref())?,
+            label,
+        }))
     }
 
     /// `op(syscalls=[...], path=)`: a named operation for `ops=`.
@@ -665,11 +687,79 @@ pub(crate) fn service_of<'a>(ctx: &'a TestContext, v: Value) -> anyhow::Result<&
 
 /// Installs faults on every service in `targets`, runs `run`, and removes them again
 /// whatever `run` did.
+/// What a `fault*` call asks for besides its targets: protocol rules (for interface
+/// targets) and syscall faults (for service targets).
+struct Wanted<'a, 'v> {
+    rules: &'a [Value<'v>],
+    source: Option<Value<'v>>,
+    faults: &'a SmallMap<String, Value<'v>>,
+}
+
+/// The consumer a `source=` names: a service, or `"test"` for the driver's steps.
+fn source_of(ctx: &TestContext, v: Value) -> anyhow::Result<String> {
+    if let Some(s) = v.downcast_ref::<ServiceValue>() {
+        return Ok(s.name.clone());
+    }
+    match v.unpack_str() {
+        Some(crate::world::DRIVER) => Ok(crate::world::DRIVER.to_string()),
+        Some(name) if ctx.services.iter().any(|s| s.name == name) => Ok(name.to_string()),
+        Some(name) => bail!("source={name:?} names no service (nor \"test\", the driver)"),
+        None => bail!("source= must be a service, got {}", v.get_type()),
+    }
+}
+
+/// Installs what `wanted` asks for on one target: protocol rules on an interface
+/// (`db.main`), or syscall faults on a service. Returns the handle.
+fn install(ctx: &TestContext, target: Value, wanted: &Wanted) -> anyhow::Result<u64> {
+    if let Some(iface) = target.downcast_ref::<crate::values::InterfaceRef>() {
+        if !wanted.faults.is_empty() {
+            let names: Vec<&str> = wanted.faults.keys().map(String::as_str).collect();
+            bail!(
+                "syscall faults ({}=...) act on a service, not on its interface {iface}: fault({}, ...)",
+                names.join("=, "),
+                iface.service
+            );
+        }
+        let rules = crate::proxy::rules(wanted.rules, &iface.to_string())?;
+        if rules.is_empty() {
+            bail!("no rules given for {iface} (for example error(...) or delay(delay=\"500ms\"))");
+        }
+        for r in &rules {
+            crate::proxy::check(&iface.interface.protocol, r)
+                .map_err(|e| anyhow!("{r} on {iface} ({}): {e}", iface.interface.protocol))?;
+        }
+        let source = wanted.source.map(|v| source_of(ctx, v)).transpose()?;
+        return ctx
+            .world
+            .proxy_start(
+                &iface.service,
+                &iface.interface.name,
+                source.as_deref(),
+                &rules,
+            )
+            .map_err(|e| anyhow!("{e}"));
+    }
+    if !wanted.rules.is_empty() {
+        bail!(
+            "protocol rules act on an interface: fault({}.<interface>, ...), not on the service",
+            target
+        );
+    }
+    if wanted.source.is_some() {
+        bail!("source= scopes protocol rules on an interface; syscall faults act on the whole service");
+    }
+    let svc = service_of(ctx, target)?;
+    let rules = rules_for(svc, wanted.faults)?;
+    ctx.world
+        .fault_start(&svc.name, &rules)
+        .map_err(|e| anyhow!("{e}"))
+}
+
 fn with_faults<'v>(
     eval: &mut Evaluator<'v, '_, '_>,
     targets: &[Value<'v>],
     run: Value<'v>,
-    faults: &SmallMap<String, Value<'v>>,
+    wanted: &Wanted<'_, 'v>,
     what: &str,
 ) -> starlark::Result<Value<'v>> {
     let rt = Runtime::get(eval).map_err(starlark::Error::new_other)?;
@@ -680,7 +770,7 @@ fn with_faults<'v>(
     let mut assumptions = Vec::new();
     for t in targets {
         if crate::compose::kind(*t) == Some(crate::compose::KIND_ASSUMPTION) {
-            if !faults.is_empty() {
+            if !wanted.faults.is_empty() || !wanted.rules.is_empty() {
                 installed = Err(starlark::Error::new_other(anyhow!(
                     "{what}: give faults either in the assumption or as keywords, not both"
                 )));
@@ -689,14 +779,7 @@ fn with_faults<'v>(
             assumptions.push(*t);
             continue;
         }
-        let r = service_of(ctx, *t)
-            .and_then(|svc| Ok((svc, rules_for(svc, faults)?)))
-            .and_then(|(svc, rules)| {
-                world
-                    .fault_start(&svc.name, &rules)
-                    .map_err(|e| anyhow!("{e}"))
-            });
-        match r {
+        match install(ctx, *t, wanted) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 installed = Err(starlark::Error::new_other(anyhow!("{what}: {e}")));
@@ -908,28 +991,47 @@ const EVENTUALLY: Duration = Duration::from_secs(2);
 
 #[starlark_module]
 pub fn testing(builder: &mut GlobalsBuilder) {
-    /// `fault(service, run=fn, **syscall_faults)`: faults active only while `run` runs.
+    /// `fault(service, run=fn, **syscall_faults)`: faults active only while `run` runs;
+    /// `fault(db.main, *rules, run=fn, source=)`: protocol rules on an interface, for
+    /// one consumer when `source=` names it.
     fn fault<'v>(
-        #[starlark(require = pos)] service: Value<'v>,
+        #[starlark(require = pos)] target: Value<'v>,
+        #[starlark(args)] rules: UnpackTuple<Value<'v>>,
         #[starlark(require = named)] run: Value<'v>,
+        #[starlark(require = named)] source: Option<Value<'v>>,
         #[starlark(kwargs)] faults: SmallMap<String, Value<'v>>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<Value<'v>> {
-        with_faults(eval, &[service], run, &faults, "fault()")
+        let wanted = Wanted {
+            rules: &rules.items,
+            source,
+            faults: &faults,
+        };
+        with_faults(eval, &[target], run, &wanted, "fault()")
     }
 
-    /// `fault_all([services], run=fn, **syscall_faults)`.
+    /// `fault_all([services], run=fn, **syscall_faults)`, or on interfaces,
+    /// `fault_all([db.main, cache.main], *rules, run=fn, source=)`.
     fn fault_all<'v>(
         #[starlark(require = pos)] services: Value<'v>,
+        #[starlark(args)] rules: UnpackTuple<Value<'v>>,
         #[starlark(require = named)] run: Value<'v>,
+        #[starlark(require = named)] source: Option<Value<'v>>,
         #[starlark(kwargs)] faults: SmallMap<String, Value<'v>>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<Value<'v>> {
         let list = ListRef::from_value(services).ok_or_else(|| {
-            starlark::Error::new_other(anyhow!("fault_all(): expected a list of services"))
+            starlark::Error::new_other(anyhow!(
+                "fault_all(): expected a list of services or interfaces"
+            ))
         })?;
         let targets: Vec<Value> = list.iter().collect();
-        with_faults(eval, &targets, run, &faults, "fault_all()")
+        let wanted = Wanted {
+            rules: &rules.items,
+            source,
+            faults: &faults,
+        };
+        with_faults(eval, &targets, run, &wanted, "fault_all()")
     }
 
     /// `parallel(fn, ...)`: runs the branches concurrently and returns their results
@@ -1052,19 +1154,23 @@ pub fn testing(builder: &mut GlobalsBuilder) {
         result
     }
 
-    /// `fault_start(service, **syscall_faults)`: faults until `fault_stop(service)`.
+    /// `fault_start(service, **syscall_faults)` or `fault_start(db.main, *rules,
+    /// source=)`: faults until `fault_stop(...)` of the same target.
     fn fault_start<'v>(
-        #[starlark(require = pos)] service: Value<'v>,
+        #[starlark(require = pos)] target: Value<'v>,
+        #[starlark(args)] rules: UnpackTuple<Value<'v>>,
+        #[starlark(require = named)] source: Option<Value<'v>>,
         #[starlark(kwargs)] faults: SmallMap<String, Value<'v>>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> anyhow::Result<NoneType> {
         let rt = Runtime::get(eval)?;
         let ctx = rt.test("fault_start()")?;
-        let svc = service_of(ctx, service)?;
-        let rules = rules_for(svc, &faults).map_err(|e| anyhow!("fault_start(): {e}"))?;
-        ctx.world
-            .fault_start(&svc.name, &rules)
-            .map_err(|e| anyhow!("fault_start(): {e}"))?;
+        let wanted = Wanted {
+            rules: &rules.items,
+            source,
+            faults: &faults,
+        };
+        install(ctx, target, &wanted).map_err(|e| anyhow!("fault_start(): {e}"))?;
         Ok(NoneType)
     }
 
@@ -1075,6 +1181,12 @@ pub fn testing(builder: &mut GlobalsBuilder) {
     ) -> anyhow::Result<NoneType> {
         let rt = Runtime::get(eval)?;
         let ctx = rt.test("fault_stop()")?;
+        if let Some(iface) = service.downcast_ref::<crate::values::InterfaceRef>() {
+            ctx.world
+                .proxy_stop(&iface.service, &iface.interface.name)
+                .map_err(|e| anyhow!("fault_stop(): {e}"))?;
+            return Ok(NoneType);
+        }
         let svc = service_of(ctx, service)?;
         ctx.world
             .fault_stop(&svc.name)

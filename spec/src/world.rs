@@ -8,6 +8,10 @@ use faultbox_shim::rule::FaultRule;
 
 use crate::limits::memory::paused;
 
+/// The name the test driver goes by: its events' `service`, and the consumer of its
+/// steps (`source="test"`).
+pub const DRIVER: &str = "test";
+
 /// One step call: `api.post(path=..., body=...)`, `db.main.send(data=...)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepCall {
@@ -56,6 +60,88 @@ pub struct Event {
 #[error("{0}")]
 pub struct WorldError(pub String);
 
+/// What a protocol-level rule does to a request it matches.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProxyAction {
+    /// `response(...)`: a success in the server's place.
+    Response {
+        status: Option<i64>,
+        body: Option<String>,
+        value: Option<String>,
+    },
+    /// `error(...)`: a protocol error in the server's place.
+    Error {
+        message: Option<String>,
+        status: Option<i64>,
+    },
+    /// `delay(delay=...)`: hold the request, then forward it.
+    Delay(std::time::Duration),
+    /// `drop(...)`: close the connection.
+    Drop,
+    /// `duplicate(...)`: forward the message twice.
+    Duplicate,
+}
+
+impl ProxyAction {
+    pub fn kind(&self) -> faultbox_protocols::ActionKind {
+        use faultbox_protocols::ActionKind as A;
+        match self {
+            ProxyAction::Response { .. } => A::Response,
+            ProxyAction::Error { .. } => A::Error,
+            ProxyAction::Delay(_) => A::Delay,
+            ProxyAction::Drop => A::Drop,
+            ProxyAction::Duplicate => A::Duplicate,
+        }
+    }
+}
+
+/// A protocol-level rule: an action on the requests whose fields match every
+/// pattern (globs; `query` ignores case and whitespace runs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyRule {
+    pub action: ProxyAction,
+    /// (key, glob): `method`, `path`, `query`, `command`, `key`, `topic`.
+    pub matches: Vec<(String, String)>,
+    /// Chance to act, in percent.
+    pub probability: f64,
+    pub label: Option<String>,
+}
+
+impl std::fmt::Display for ProxyRule {
+    /// The form the reports use: `error(query="INSERT*", message="disk full")`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = self
+            .matches
+            .iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
+        match &self.action {
+            ProxyAction::Response {
+                status,
+                body,
+                value,
+            } => {
+                parts.extend(status.map(|s| format!("status={s}")));
+                parts.extend(body.as_ref().map(|b| format!("body={b:?}")));
+                parts.extend(value.as_ref().map(|v| format!("value={v:?}")));
+            }
+            ProxyAction::Error { message, status } => {
+                parts.extend(message.as_ref().map(|m| format!("message={m:?}")));
+                parts.extend(status.map(|s| format!("status={s}")));
+            }
+            ProxyAction::Delay(d) => parts.push(format!(
+                "delay={:?}",
+                faultbox_shim::rule::format_duration(*d)
+            )),
+            ProxyAction::Drop | ProxyAction::Duplicate => {}
+        }
+        if self.probability < 100.0 {
+            parts.push(format!("probability=\"{}%\"", self.probability));
+        }
+        write!(f, "{}({})", self.action.kind().name(), parts.join(", "))
+    }
+}
+
 /// What a test body can do to the system under test.
 pub trait World {
     /// Runs one step against a service's interface.
@@ -102,6 +188,24 @@ pub trait World {
     fn parallel_open(&self) {}
     /// Excludes services from ordering control for the rest of the test.
     fn nondet(&self, _services: &[String]) {}
+    /// Adds protocol-level `rules` on `service`'s `interface`, for the connections of
+    /// `source` only when given (a service name, or `test` for the driver's steps),
+    /// and returns a handle to remove them with `fault_remove`.
+    fn proxy_start(
+        &self,
+        _service: &str,
+        _interface: &str,
+        _source: Option<&str>,
+        _rules: &[ProxyRule],
+    ) -> Result<u64, WorldError> {
+        Err(WorldError(
+            "this world has no relays for protocol faults".into(),
+        ))
+    }
+    /// Removes every protocol-level rule of `service`'s `interface`.
+    fn proxy_stop(&self, _service: &str, _interface: &str) -> Result<(), WorldError> {
+        Ok(())
+    }
     /// Cuts `a` and `b` apart, both ways: their open connections are closed and new
     /// ones refused, until every returned handle is removed with `fault_remove`.
     fn partition(&self, _a: &str, _b: &str) -> Result<Vec<u64>, WorldError> {
@@ -160,5 +264,17 @@ impl World for Host {
     }
     fn partition(&self, a: &str, b: &str) -> Result<Vec<u64>, WorldError> {
         paused(|| self.0.partition(a, b))
+    }
+    fn proxy_start(
+        &self,
+        service: &str,
+        interface: &str,
+        source: Option<&str>,
+        rules: &[ProxyRule],
+    ) -> Result<u64, WorldError> {
+        paused(|| self.0.proxy_start(service, interface, source, rules))
+    }
+    fn proxy_stop(&self, service: &str, interface: &str) -> Result<(), WorldError> {
+        paused(|| self.0.proxy_stop(service, interface))
     }
 }

@@ -9,8 +9,12 @@
 //!
 //! - [`namespace`]: namespaces, and sockets created inside them.
 //! - [`plan`]: addresses, the hosts file, and which relays a test has.
-//! - [`relay`]: the relays themselves.
+//! - [`relay`]: the relays themselves: listeners, connections, the pumps.
+//! - [`pump`]: a relayed connection's two directions, framed by its protocol.
+//! - [`rules`]: protocol-level rules on the relays, and the decision per request.
 
 pub mod namespace;
 pub mod plan;
+pub mod pump;
 pub mod relay;
+pub mod rules;

@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 
 use super::namespace::NetNs;
 use super::plan::Edge;
+use super::pump::{self, Fired};
+use super::rules::Rules;
 
 /// How long a relay waits for a service to accept before it resets the consumer.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +42,24 @@ pub enum Report {
         /// Why it ended, when not a clean close by either side.
         error: Option<String>,
     },
+    /// A rule acted on a request.
+    Rule {
+        consumer: String,
+        service: String,
+        interface: String,
+        protocol: String,
+        connection: u64,
+        fired: Fired,
+    },
+    /// The connection stopped making sense as its protocol: relayed untouched now.
+    Opaque {
+        consumer: String,
+        service: String,
+        interface: String,
+        protocol: String,
+        connection: u64,
+        reason: String,
+    },
 }
 
 /// Where reports go (the test's event log).
@@ -52,14 +72,40 @@ struct Running {
     connections: Arc<Mutex<HashMap<u64, JoinHandle<()>>>>,
 }
 
-/// Who waits for a consumer's first bytes to reach the service, by the consumer's
-/// address (its end of the connection to the relay).
-type Waiters = Arc<Mutex<HashMap<SocketAddr, oneshot::Sender<()>>>>;
+/// How far each consumer connection has been forwarded, and who waits for it, by
+/// the consumer's address (its end of the connection to the relay).
+type Waiters = Arc<Mutex<HashMap<SocketAddr, Progress>>>;
+
+#[derive(Default)]
+struct Progress {
+    /// Bytes written to the service so far, or accounted for by a rule that holds
+    /// them on purpose; `u64::MAX` once the connection is over.
+    forwarded: u64,
+    /// (bytes, who waits until that many have been forwarded).
+    waiting: Vec<(u64, oneshot::Sender<()>)>,
+}
+
+/// Records that `total` bytes from `peer` have reached the service, and wakes whoever
+/// waited for that many.
+fn progressed(waiters: &Waiters, peer: SocketAddr, total: u64) {
+    let mut all = waiters.lock().unwrap_or_else(|p| p.into_inner());
+    let p = all.entry(peer).or_default();
+    p.forwarded = p.forwarded.max(total);
+    let total = p.forwarded;
+    let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut p.waiting)
+        .into_iter()
+        .partition(|(n, _)| *n <= total);
+    p.waiting = still;
+    for (_, tx) in done {
+        let _ = tx.send(());
+    }
+}
 
 /// The relays of one test.
 pub struct Relays {
     rt: tokio::runtime::Handle,
     report: Reporter,
+    rules: Arc<Rules>,
     edges: Mutex<Vec<Running>>,
     next: Arc<AtomicU64>,
     waiters: Waiters,
@@ -78,25 +124,29 @@ pub enum RelayError {
 }
 
 impl Relays {
-    pub fn new(rt: tokio::runtime::Handle, report: Reporter) -> Relays {
+    pub fn new(rt: tokio::runtime::Handle, report: Reporter, rules: Arc<Rules>) -> Relays {
         Relays {
             rt,
             report,
+            rules,
             edges: Mutex::new(Vec::new()),
             next: Arc::new(AtomicU64::new(1)),
             waiters: Waiters::default(),
         }
     }
 
-    /// Fires once the first bytes the consumer at `client` sends have been written to
-    /// the service: the request is then where it would be without a relay. Register
-    /// before sending.
-    pub fn forwarded(&self, client: SocketAddr) -> oneshot::Receiver<()> {
+    /// Fires once `bytes` bytes the consumer at `client` sent have been written to the
+    /// service (or held there on purpose by a rule): what it sent is then where it would be
+    /// without a relay. Fires too once the connection is over.
+    pub fn forwarded(&self, client: SocketAddr, bytes: u64) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        self.waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(client, tx);
+        let mut all = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let p = all.entry(client).or_default();
+        if p.forwarded >= bytes {
+            let _ = tx.send(());
+        } else {
+            p.waiting.push((bytes, tx));
+        }
         rx
     }
 
@@ -131,6 +181,7 @@ impl Relays {
                 edge: edge.clone(),
                 upstream: upstream.clone(),
                 report: self.report.clone(),
+                rules: self.rules.clone(),
                 next: self.next.clone(),
                 connections: connections.clone(),
                 waiters: self.waiters.clone(),
@@ -197,6 +248,7 @@ struct Accept {
     edge: Edge,
     upstream: Arc<NetNs>,
     report: Reporter,
+    rules: Arc<Rules>,
     next: Arc<AtomicU64>,
     connections: Arc<Mutex<HashMap<u64, JoinHandle<()>>>>,
     waiters: Waiters,
@@ -214,6 +266,7 @@ impl Accept {
                 edge: self.edge.clone(),
                 upstream: self.upstream.clone(),
                 report: self.report.clone(),
+                rules: self.rules.clone(),
                 id,
                 peer,
                 waiters: self.waiters.clone(),
@@ -238,6 +291,7 @@ struct Connection {
     edge: Edge,
     upstream: Arc<NetNs>,
     report: Reporter,
+    rules: Arc<Rules>,
     id: u64,
     /// The consumer's end.
     peer: SocketAddr,
@@ -247,11 +301,9 @@ struct Connection {
 impl Connection {
     async fn run(self, client: tokio::net::TcpStream) {
         self.relay(client).await;
-        // Whoever waited for bytes that never went through learns it now.
-        self.waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.peer);
+        // Whoever waits for bytes that will never go through learns it now, and so
+        // does whoever asks later (the entry stays for the test's life).
+        progressed(&self.waiters, self.peer, u64::MAX);
     }
 
     async fn relay(&self, client: tokio::net::TcpStream) {
@@ -271,6 +323,56 @@ impl Connection {
             received,
             error,
         };
+        // A protocol with no messages to match (tcp) takes its rules per connection:
+        // a delay holds the connection before it reaches the service, a drop resets it.
+        let protocol = faultbox_protocols::protocol(&e.port.protocol);
+        if protocol.is_some_and(|p| p.keys().is_empty()) {
+            let edge = (
+                e.consumer.as_str(),
+                e.service.as_str(),
+                e.port.interface.as_str(),
+            );
+            let rules = self.rules.for_edge(edge.0, edge.1, edge.2);
+            let events = ConnectionEvents {
+                edge: e.clone(),
+                connection: self.id,
+                report: self.report.clone(),
+            };
+            if let Some(rule) = self.rules.decide(edge, &rules, &Default::default()) {
+                let mut detail = std::collections::BTreeMap::new();
+                let action = match &rule.rule.action {
+                    faultbox_spec::world::ProxyAction::Delay(d) => {
+                        detail.insert("delay_ms".to_string(), d.as_millis().to_string());
+                        "delay"
+                    }
+                    _ => "drop",
+                };
+                pump::Events::fired(
+                    &events,
+                    Fired {
+                        action,
+                        fields: Default::default(),
+                        detail,
+                        label: rule.rule.label.clone(),
+                        rule: rule.id,
+                    },
+                );
+                match &rule.rule.action {
+                    faultbox_spec::world::ProxyAction::Delay(d) => {
+                        // The rule decides when this connection goes on: the driver's
+                        // parallel() branches need not wait for it.
+                        progressed(&self.waiters, self.peer, u64::MAX);
+                        tokio::time::sleep(*d).await
+                    }
+                    _ => {
+                        let _ = client.set_zero_linger();
+                        drop(client);
+                        (self.report)(close(0, 0, Some("dropped by a rule".into())));
+                        return;
+                    }
+                }
+            }
+        }
         let server = match self.dial().await {
             Ok(s) => s,
             Err(err) => {
@@ -283,28 +385,44 @@ impl Connection {
         };
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
-        let (client_r, client_w) = client.into_split();
-        let (server_r, server_w) = server.into_split();
-        let first = {
-            let waiters = self.waiters.clone();
-            let peer = self.peer;
-            move || {
-                if let Some(tx) = waiters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&peer)
-                {
-                    let _ = tx.send(());
-                }
+        // Only the driver waits on its bytes (to start parallel() branches in order).
+        let on_sent: Option<Box<dyn Fn(u64) + Send + Sync>> = (e.consumer == super::plan::DRIVER)
+            .then(|| {
+                let waiters = self.waiters.clone();
+                let peer = self.peer;
+                Box::new(move |total| progressed(&waiters, peer, total))
+                    as Box<dyn Fn(u64) + Send + Sync>
+            });
+        let outcome = match protocol {
+            Some(protocol) => {
+                let framed = pump::Framed {
+                    edge: e.clone(),
+                    requests: !protocol.keys().is_empty(),
+                    rules: self.rules.clone(),
+                    events: Arc::new(ConnectionEvents {
+                        edge: e.clone(),
+                        connection: self.id,
+                        report: self.report.clone(),
+                    }),
+                    on_sent,
+                };
+                pump::framed(framed, protocol.conversation(), client, server)
+                    .await
+                    .map_err(|err| err.to_string())
+            }
+            None => {
+                let (client_r, client_w) = client.into_split();
+                let (server_r, server_w) = server.into_split();
+                tokio::try_join!(
+                    plain(client_r, server_w, on_sent),
+                    plain(server_r, client_w, None)
+                )
+                .map_err(|err| err.to_string())
             }
         };
-        let outcome = tokio::try_join!(
-            pump(client_r, server_w, Some(first)),
-            pump(server_r, client_w, None::<fn()>)
-        );
         (self.report)(match outcome {
             Ok((sent, received)) => close(sent, received, None),
-            Err(err) => close(0, 0, Some(err.to_string())),
+            Err(err) => close(0, 0, Some(err)),
         });
     }
 
@@ -327,12 +445,45 @@ impl Connection {
     }
 }
 
+/// A connection's pump events, as reports of its edge.
+struct ConnectionEvents {
+    edge: Edge,
+    connection: u64,
+    report: Reporter,
+}
+
+impl pump::Events for ConnectionEvents {
+    fn fired(&self, fired: Fired) {
+        (self.report)(Report::Rule {
+            consumer: self.edge.consumer.clone(),
+            service: self.edge.service.clone(),
+            interface: self.edge.port.interface.clone(),
+            protocol: self.edge.port.protocol.clone(),
+            connection: self.connection,
+            fired,
+        });
+    }
+
+    fn opaque(&self, reason: String) {
+        (self.report)(Report::Opaque {
+            consumer: self.edge.consumer.clone(),
+            service: self.edge.service.clone(),
+            interface: self.edge.port.interface.clone(),
+            protocol: self.edge.port.protocol.clone(),
+            connection: self.connection,
+            reason,
+        });
+    }
+}
+
 /// Copies one direction until end of file, then half-closes the other side, as the
-/// peer did. `first` runs once the first bytes are written. Returns the bytes copied.
-async fn pump(
+/// peer did. `on_sent` is told the running total after each write. Returns the bytes
+/// copied.
+/// For protocols Faultbox does not frame.
+async fn plain(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut first: Option<impl FnOnce()>,
+    on_sent: Option<Box<dyn Fn(u64) + Send + Sync>>,
 ) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
@@ -344,8 +495,8 @@ async fn pump(
         }
         to.write_all(&buf[..n]).await?;
         total += n as u64;
-        if let Some(f) = first.take() {
-            f();
+        if let Some(f) = &on_sent {
+            f(total);
         }
     }
 }

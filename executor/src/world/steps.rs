@@ -101,8 +101,8 @@ pub fn http_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, St
     Ok(stream)
 }
 
-/// Sends one request on a connected stream and reads the answer. `sent` fires once the
-/// request has been handed to the kernel.
+/// Sends one request on a connected stream and reads the answer. `sent` gets the
+/// request's size once it has been handed to the kernel.
 #[allow(clippy::too_many_arguments)]
 pub async fn http_exchange(
     stream: TcpStream,
@@ -112,7 +112,7 @@ pub async fn http_exchange(
     body: String,
     headers: Vec<(String, String)>,
     timeout: Duration,
-    sent: Option<tokio::sync::oneshot::Sender<()>>,
+    sent: Option<tokio::sync::oneshot::Sender<u64>>,
 ) -> Result<(u16, String), String> {
     let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
     http_over(stream, addr, &method, &path, &body, &headers, timeout, sent).await
@@ -128,7 +128,7 @@ pub async fn http_over(
     body: &str,
     headers: &[(String, String)],
     timeout: Duration,
-    sent: Option<tokio::sync::oneshot::Sender<()>>,
+    sent: Option<tokio::sync::oneshot::Sender<u64>>,
 ) -> Result<(u16, String), String> {
     let method = hyper::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|e| e.to_string())?;
@@ -152,6 +152,7 @@ pub async fn http_over(
             let (mut sender, conn) = hyper::client::conn::http1::handshake(Flushed {
                 io: TokioIo::new(stream),
                 sent,
+                written: 0,
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -218,11 +219,12 @@ pub fn parse_target(target: &str) -> Option<(u16, String)> {
     Some((port.parse().ok()?, path))
 }
 
-/// A connection that reports its first completed flush: hyper flushes once the
-/// request's head and (small, known-length) body are written.
+/// A connection that reports how many bytes were written by its first completed
+/// flush: hyper flushes once the request's head and known-length body are written.
 struct Flushed<T> {
     io: T,
-    sent: Option<tokio::sync::oneshot::Sender<()>>,
+    sent: Option<tokio::sync::oneshot::Sender<u64>>,
+    written: u64,
 }
 
 impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Flushed<T> {
@@ -241,14 +243,18 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Flushed<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let r = Pin::new(&mut self.io).poll_flush(cx);
         if matches!(r, Poll::Ready(Ok(()))) {
             if let Some(tx) = self.sent.take() {
-                let _ = tx.send(());
+                let _ = tx.send(self.written);
             }
         }
         r
@@ -267,7 +273,11 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Flushed<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
     }
 }
 

@@ -21,6 +21,7 @@ use crate::engine::supervisor::{EventSink, SyscallEvent};
 use crate::network::namespace::NetNs;
 use crate::network::plan::Plan;
 use crate::network::relay::{Relays, Report, Reporter};
+use crate::network::rules::{Active, Rules};
 use crate::sandbox::session::{self, Running, SessionConfig};
 use crate::world::eventlog::{EventLog, DRIVER};
 use crate::world::steps;
@@ -29,13 +30,17 @@ use crate::world::steps;
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FaultReport {
     pub service: String,
+    /// The syscall (or op) a syscall fault acts on; empty for a protocol rule.
     pub syscall: String,
-    /// `deny` or `delay`.
+    /// `deny` or `delay`; for a protocol rule, the rule (`error(query="INSERT*")`).
     pub action: String,
     pub errno: Option<String>,
     pub delay: Option<String>,
     pub label: Option<String>,
     pub hits: u64,
+    /// The interface a protocol rule acts on.
+    #[serde(default)]
+    pub interface: Option<String>,
 }
 
 /// A running service of the test.
@@ -52,6 +57,10 @@ enum Installed {
     Faults {
         service: String,
         rules: Vec<(Arc<Compiled>, Vec<Syscall>)>,
+    },
+    Proxy {
+        service: String,
+        interface: String,
     },
     Trace {
         service: String,
@@ -93,6 +102,10 @@ pub struct TestWorld {
     first_batch: std::sync::atomic::AtomicBool,
     /// The network between the services, once it is up.
     net: Mutex<Option<Net>>,
+    /// Protocol-level rules on the relays.
+    rules: Arc<Rules>,
+    /// Every protocol rule ever installed, for its hit count.
+    proxy_rules: Mutex<Vec<Arc<Active>>>,
 }
 
 /// A test's network: a namespace per service, the hosts file, the relays.
@@ -135,6 +148,38 @@ fn record_relay(log: &EventLog, r: Report) {
                 fields.insert("error".to_string(), e);
             }
             ("close", consumer, service)
+        }
+        Report::Rule {
+            consumer,
+            service,
+            interface,
+            protocol,
+            connection,
+            fired,
+        } => {
+            fields.insert("interface".to_string(), interface);
+            fields.insert("protocol".to_string(), protocol);
+            fields.insert("connection".to_string(), connection.to_string());
+            fields.extend(fired.fields);
+            fields.extend(fired.detail);
+            if let Some(l) = fired.label {
+                fields.insert("label".to_string(), l);
+            }
+            (fired.action, consumer, service)
+        }
+        Report::Opaque {
+            consumer,
+            service,
+            interface,
+            protocol,
+            connection,
+            reason,
+        } => {
+            fields.insert("interface".to_string(), interface);
+            fields.insert("protocol".to_string(), protocol);
+            fields.insert("connection".to_string(), connection.to_string());
+            fields.insert("reason".to_string(), reason);
+            ("opaque", consumer, service)
         }
     };
     fields.insert("action".to_string(), what.to_string());
@@ -266,6 +311,8 @@ impl TestWorld {
             explored: Mutex::new(None),
             first_batch: std::sync::atomic::AtomicBool::new(false),
             net: Mutex::new(None),
+            rules: Arc::new(Rules::new(seed)),
+            proxy_rules: Mutex::new(Vec::new()),
         }
     }
 
@@ -291,7 +338,7 @@ impl TestWorld {
         }
         let shared = self.shared.clone();
         let report: Reporter = Arc::new(move |r| record_relay(&shared.log, r));
-        let relays = Relays::new(self.rt.clone(), report);
+        let relays = Relays::new(self.rt.clone(), report, self.rules.clone());
         for edge in plan.edges() {
             let listen_ns = match spaces.get(&edge.consumer) {
                 Some(ns) => ns.as_ref(),
@@ -355,11 +402,15 @@ impl TestWorld {
         self.rt.block_on(probe).unwrap_or(false)
     }
 
-    /// Fires once what the driver sends from `local` has reached the service (so that
-    /// `parallel()` branches reach the services in argument order).
-    fn forwarded(&self, local: SocketAddr) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    /// Fires once the first `bytes` the driver sent from `local` have reached the
+    /// service (so that `parallel()` branches reach the services in argument order).
+    fn forwarded(
+        &self,
+        local: SocketAddr,
+        bytes: u64,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let net = self.net.lock().unwrap_or_else(|p| p.into_inner());
-        net.as_ref().map(|n| n.relays.forwarded(local))
+        net.as_ref().map(|n| n.relays.forwarded(local, bytes))
     }
 
     /// Where the driver reaches `service`'s `port`: its relay in the test's namespace.
@@ -665,12 +716,16 @@ impl TestWorld {
     /// The faults installed during the test, with how often each fired.
     pub fn fault_reports(&self) -> Vec<FaultReport> {
         let hits = self.shared.hits.lock().unwrap_or_else(|p| p.into_inner());
+        let proxy = self.proxy_rules.lock().unwrap_or_else(|p| p.into_inner());
         self.reports
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(id, r)| FaultReport {
-                hits: hits.get(id).copied().unwrap_or(0),
+                hits: match proxy.iter().find(|a| a.id == *id) {
+                    Some(a) => a.hits.load(Ordering::Relaxed),
+                    None => hits.get(id).copied().unwrap_or(0),
+                },
                 ..r.clone()
             })
             .collect()
@@ -719,10 +774,10 @@ impl World for TestWorld {
                 let fields = self.step_sent(call);
                 let started = std::time::Instant::now();
                 let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-                let mut forwarded = None;
+                let mut local = None;
                 let task = match steps::http_connect(addr, call.timeout) {
                     Ok(stream) => self.rt.spawn({
-                        forwarded = stream.local_addr().ok().and_then(|a| self.forwarded(a));
+                        local = stream.local_addr().ok();
                         let exchange = steps::http_exchange(
                             stream,
                             addr,
@@ -744,8 +799,8 @@ impl World for TestWorld {
                 let timeout = call.timeout;
                 let _ = self.rt.block_on(async move {
                     tokio::time::timeout(timeout, async {
-                        let _ = sent_rx.await;
-                        if let Some(f) = forwarded {
+                        let Ok(bytes) = sent_rx.await else { return };
+                        if let Some(f) = local.and_then(|a| self.forwarded(a, bytes)) {
                             let _ = f.await;
                         }
                     })
@@ -761,7 +816,12 @@ impl World for TestWorld {
                 let fields = self.step_sent(call);
                 let started = std::time::Instant::now();
                 let sent = steps::tcp_connect(addr, call.timeout).and_then(|stream| {
-                    let forwarded = stream.local_addr().ok().and_then(|a| self.forwarded(a));
+                    // The step writes its data and a newline.
+                    let bytes = call.body.len() as u64 + 1;
+                    let forwarded = stream
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| self.forwarded(a, bytes));
                     let stream = steps::tcp_write(stream, &call.body)?;
                     if let Some(f) = forwarded {
                         let timeout = call.timeout;
@@ -931,6 +991,7 @@ impl World for TestWorld {
                     },
                     label: rule.label.clone(),
                     hits: 0,
+                    interface: None,
                 },
             ));
             compiled.push((c, scs));
@@ -988,8 +1049,85 @@ impl World for TestWorld {
                 self.fault_event("fault_removed", &service, String::new());
                 Ok(())
             }
+            Some(Installed::Proxy { service, interface }) => {
+                self.rules.remove(handle);
+                self.fault_event("fault_removed", &service, interface);
+                Ok(())
+            }
             _ => Ok(()),
         }
+    }
+
+    fn proxy_start(
+        &self,
+        service: &str,
+        interface: &str,
+        source: Option<&str>,
+        rules: &[faultbox_spec::world::ProxyRule],
+    ) -> Result<u64, WorldError> {
+        let state = self.service(service)?;
+        if !state.decl.interfaces.iter().any(|i| i.name == interface) {
+            return Err(WorldError(format!(
+                "service {service:?} has no interface {interface:?}"
+            )));
+        }
+        let mut actives = Vec::new();
+        for rule in rules {
+            let id = self.next.fetch_add(1, Ordering::SeqCst) as usize;
+            let active = Arc::new(Active::new(id, rule.clone()));
+            self.reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((
+                    id,
+                    FaultReport {
+                        service: service.to_string(),
+                        syscall: String::new(),
+                        action: rule.to_string(),
+                        errno: None,
+                        delay: None,
+                        label: rule.label.clone(),
+                        hits: 0,
+                        interface: Some(interface.to_string()),
+                    },
+                ));
+            self.proxy_rules
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(active.clone());
+            actives.push(active);
+        }
+        let handle = self.next.fetch_add(1, Ordering::SeqCst);
+        self.rules
+            .install(handle, service, interface, source, actives);
+        self.installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                handle,
+                Installed::Proxy {
+                    service: service.to_string(),
+                    interface: interface.to_string(),
+                },
+            );
+        let mut text: Vec<String> = rules.iter().map(|r| format!("{interface}: {r}")).collect();
+        if let Some(s) = source {
+            text.push(format!("source={s}"));
+        }
+        self.fault_event("fault_applied", service, text.join(" "));
+        Ok(handle)
+    }
+
+    fn proxy_stop(&self, service: &str, interface: &str) -> Result<(), WorldError> {
+        self.rules.clear(service, interface);
+        self.installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, i| {
+                !matches!(i, Installed::Proxy { service: s, interface: f } if s == service && f == interface)
+            });
+        self.fault_event("fault_removed", service, interface.to_string());
+        Ok(())
     }
 
     fn fault_stop(&self, service: &str) -> Result<(), WorldError> {
