@@ -90,6 +90,15 @@ pub fn run(args: TestArgs) -> i32 {
         if let Err(e) = found {
             return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
         }
+        // Users, like binaries, are looked up where the service runs.
+        if let (Some(user), None) = (&svc.user, &args.executors) {
+            if let Err(e) = faultbox_executor::sandbox::user::resolve(user) {
+                return error(format!(
+                    "{}: service {:?}: user {user:?}: {e}",
+                    svc.declared_at, svc.name
+                ));
+            }
+        }
     }
     let runs = args
         .runs

@@ -191,3 +191,39 @@ fn rules_a_protocol_cannot_take_are_refused_at_load() {
         assert!(out.stderr.contains(expect), "{line}: {}", out.stderr);
     }
 }
+
+#[test]
+fn services_run_as_the_users_they_name() {
+    let out = faultbox(&["test", "coordinator/tests/specs/users.star"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    // A user that does not exist is a mistake in the spec, found before anything
+    // starts, with --dry-run too.
+    let dir = common::Scratch::new("users");
+    let spec = dir.path("bad.star");
+    std::fs::write(
+        &spec,
+        "svc = service(\"svc\", \"/bin/true\",\n    user = \"no-such-user-here\")\ndef test_x():\n    pass\n",
+    )
+    .unwrap();
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let mut args = vec!["test", spec.as_str()];
+        args.extend_from_slice(extra);
+        let out = faultbox(&args);
+        assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr
+                .contains("bad.star:1: service \"svc\": user \"no-such-user-here\": no user"),
+            "{}",
+            out.stderr
+        );
+    }
+    // A malformed one is refused at load.
+    std::fs::write(
+        &spec,
+        "svc = service(\"svc\", \"/bin/true\", user = \"a:b:c\")\n",
+    )
+    .unwrap();
+    let out = faultbox(&["test", spec.as_str()]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("user must be"), "{}", out.stderr);
+}

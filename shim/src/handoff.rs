@@ -30,6 +30,7 @@ pub enum Stage {
     UserNamespace,
     Mounts,
     Loopback,
+    User,
     Hosts,
     Filter,
     Exec,
@@ -41,6 +42,7 @@ impl Stage {
             Stage::UserNamespace => "userns",
             Stage::Mounts => "mounts",
             Stage::Loopback => "loopback",
+            Stage::User => "user",
             Stage::Hosts => "hosts",
             Stage::Filter => "filter",
             Stage::Exec => "exec",
@@ -52,6 +54,7 @@ impl Stage {
             "userns" => Stage::UserNamespace,
             "mounts" => Stage::Mounts,
             "loopback" => Stage::Loopback,
+            "user" => Stage::User,
             "hosts" => Stage::Hosts,
             "filter" => Stage::Filter,
             "exec" => Stage::Exec,
@@ -65,6 +68,7 @@ impl Stage {
             Stage::UserNamespace => "mapping the user namespace",
             Stage::Mounts => "setting up the private mount table and /proc",
             Stage::Loopback => "bringing up loopback in the network namespace",
+            Stage::User => "switching to the service's user",
             Stage::Hosts => "mounting the test's hosts file on /etc/hosts",
             Stage::Filter => "installing the seccomp filter",
             Stage::Exec => "executing the target",
@@ -104,6 +108,8 @@ pub struct ShimArgs {
     pub shared_net: bool,
     /// A hosts file to mount over `/etc/hosts` (a test's service names).
     pub hosts: Option<PathBuf>,
+    /// Who to become before exec: `name`, `uid`, `name:group` or `uid:gid`.
+    pub user: Option<String>,
     /// The file to execute.
     pub program: PathBuf,
     /// The target's full argv, argv[0] included.
@@ -120,6 +126,10 @@ impl ShimArgs {
         if let Some(h) = &self.hosts {
             out.push("--hosts".into());
             out.push(h.clone().into_os_string());
+        }
+        if let Some(u) = &self.user {
+            out.push("--user".into());
+            out.push(u.into());
         }
         if !self.notify.is_empty() {
             out.push("--notify".into());
@@ -143,6 +153,7 @@ impl ShimArgs {
         let mut notify = Vec::new();
         let mut shared_net = false;
         let mut hosts = None;
+        let mut user = None;
         let mut i = 0;
         while i < args.len() {
             let a = args[i].as_bytes();
@@ -162,6 +173,7 @@ impl ShimArgs {
                         args.get(i + 1).ok_or("missing value after --hosts")?,
                     ))
                 }
+                b"--user" => user = Some(value()?.to_string()),
                 b"--notify" => {
                     notify = value()?
                         .split(',')
@@ -181,6 +193,7 @@ impl ShimArgs {
                         notify,
                         shared_net,
                         hosts,
+                        user,
                         program: PathBuf::from(program),
                         argv,
                     });
@@ -213,12 +226,14 @@ mod tests {
             notify: vec![1, 257],
             shared_net: true,
             hosts: Some("/tmp/x/hosts".into()),
+            user: Some("postgres:postgres".into()),
             program: "/bin/echo".into(),
             argv: vec!["echo".into(), "--".into(), "x y".into()],
         };
         assert_eq!(ShimArgs::parse(&a.to_args()).unwrap(), a);
         let none = ShimArgs {
             notify: vec![],
+            user: None,
             ..a
         };
         assert_eq!(ShimArgs::parse(&none.to_args()).unwrap(), none);

@@ -59,6 +59,9 @@ pub struct Service {
     pub depends_on: Vec<String>,
     pub healthcheck: Option<Healthcheck>,
     pub ops: BTreeMap<String, Op>,
+    /// Who the service runs as (`service(user=)`): `name`, `uid`, `name:group` or
+    /// `uid:gid`; Faultbox's own user when `None`.
+    pub user: Option<String>,
     pub declared_at: Location,
 }
 

@@ -307,6 +307,7 @@ pub fn topology(builder: &mut GlobalsBuilder) {
         #[starlark(require = named)] build: Option<&str>,
         #[starlark(require = named)] volumes: Option<Value<'v>>,
         #[starlark(require = named)] observe: Option<Value<'v>>,
+        #[starlark(require = named)] user: Option<&str>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> anyhow::Result<ServiceValue> {
         let rt = Runtime::get(eval)?;
@@ -368,6 +369,14 @@ pub fn topology(builder: &mut GlobalsBuilder) {
         }
         if observe.is_some() {
             bail!("service {name:?}: observe= (event sources) is not yet supported");
+        }
+        if let Some(u) = user {
+            let (who, group) = u.split_once(':').unwrap_or((u, "x"));
+            if who.is_empty() || group.is_empty() || group.contains(':') || u.contains('\0') {
+                bail!(
+                    "service {name:?}: user must be \"name\", \"uid\", \"name:group\" or \"uid:gid\", got {u:?}"
+                );
+            }
         }
         let binary = positional_binary
             .or(binary.map(str::to_string))
@@ -453,6 +462,7 @@ pub fn topology(builder: &mut GlobalsBuilder) {
             depends_on: deps,
             healthcheck,
             ops: op_map,
+            user: user.map(str::to_string),
             declared_at: location(eval),
         });
         Ok(ServiceValue {

@@ -3,6 +3,7 @@ PING                 -> PONG from $NAME
 FETCH host:port MSG  -> what host:port answers to MSG (a fresh connection), or ERR ...
 OPEN host:port       -> OK once a connection is open and kept
 USE MSG              -> the kept connection's answer to MSG, or ERR ...
+WHOAMI               -> uid gid supplementary-groups, and whether $TMPDIR is writable
 """
 import os
 import socket
@@ -41,12 +42,17 @@ class Handler(socketserver.StreamRequestHandler):
                 elif words[0] == "OPEN":
                     kept["c"] = dial(os.path.expandvars(words[1]))
                     out = "OK"
+                elif words[0] == "WHOAMI":
+                    probe = os.path.join(os.environ["TMPDIR"], "whoami-" + NAME)
+                    open(probe, "w").close()
+                    out = "%d %d %s tmp-ok" % (
+                        os.getuid(), os.getgid(), ",".join(map(str, sorted(os.getgroups()))))
                 elif words[0] == "USE":
                     out = ask(kept["c"], line.split(" ", 1)[1])
                 else:
                     out = "ERR unknown " + words[0]
             except Exception as e:  # every failure is an answer
-                out = "ERR " + type(e).__name__
+                out = "ERR " + type(e).__name__ + (" " + str(e) if words[0] == "WHOAMI" else "")
             self.wfile.write((out + "\n").encode())
             self.wfile.flush()
 

@@ -40,6 +40,9 @@ pub struct LaunchSpec {
     pub stderr: Option<RawFd>,
     /// The target's working directory; inherited when `None`.
     pub cwd: Option<PathBuf>,
+    /// The ids the target runs as, `uid:gid[:groups]` (see `sandbox::user`); the
+    /// shim switches before exec.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         notify: spec.notify.clone(),
         shared_net: spec.netns.is_some(),
         hosts: spec.hosts.clone(),
+        user: spec.user.clone(),
         program: spec.program.clone(),
         argv: spec.argv.clone(),
     };
@@ -127,9 +131,23 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     }
 
     let (read_end, write_end) = pipe()?;
+    // Root maps every host id into the target's namespace, as it is outside, so a
+    // service can drop privileges to its own user the ordinary way (PostgreSQL
+    // refuses to run as root). Only a process with CAP_SETUID in the parent
+    // namespace may write such a map, so the launcher writes it while the child
+    // waits; anyone else can only map themselves, which the child does.
+    // SAFETY: geteuid cannot fail.
+    let maps = if unsafe { libc::geteuid() } == 0 {
+        let (wait, go) = pipe()?;
+        Maps::ByParent { wait, go }
+    } else {
+        Maps::Own {
+            uid_map: CString::new(format!("0 {uid} 1")).expect("no NUL"),
+            gid_map: CString::new(format!("0 {gid} 1")).expect("no NUL"),
+        }
+    };
     let child = Prepared {
-        uid_map: CString::new(format!("0 {uid} 1")).expect("no NUL"),
-        gid_map: CString::new(format!("0 {gid} 1")).expect("no NUL"),
+        maps,
         shim,
         argv,
         envp,
@@ -331,9 +349,7 @@ fn wait(pidfd: &OwnedFd, flags: i32) -> std::io::Result<Option<Exit>> {
 /// Everything the cloned child needs, prepared before the clone so that the child
 /// never allocates.
 struct Prepared {
-    /// `0 <uid> 1`: the caller becomes root inside the user namespace.
-    uid_map: CString,
-    gid_map: CString,
+    maps: Maps,
     shim: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
@@ -343,6 +359,19 @@ struct Prepared {
     stderr: Option<RawFd>,
     cwd: Option<CString>,
 }
+
+/// Who writes the child's uid and gid maps.
+enum Maps {
+    /// The child, `0 <uid> 1`: the caller becomes root inside the user namespace
+    /// and no other id exists there.
+    Own { uid_map: CString, gid_map: CString },
+    /// The launcher, identity over every id (it runs as root); the child blocks
+    /// reading `wait` until the launcher writes a byte to `go`.
+    ByParent { wait: OwnedFd, go: OwnedFd },
+}
+
+/// Every id, mapped to itself.
+const IDENTITY_MAP: &str = "0 0 4294967295";
 
 type Request = (Prepared, mpsc::SyncSender<std::io::Result<(i32, OwnedFd)>>);
 
@@ -436,7 +465,28 @@ fn clone_child(p: &Prepared) -> std::io::Result<(i32, OwnedFd)> {
         unsafe { child_exec(p, &argv, &envp) }
     }
     // SAFETY: CLONE_PIDFD stored a new pidfd that we own.
-    Ok((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    if let Maps::ByParent { go, .. } = &p.maps {
+        if let Err(e) = map_identity(pid as i32, go) {
+            kill(&pidfd, libc::SIGKILL);
+            reap(&pidfd);
+            return Err(e);
+        }
+    }
+    Ok((pid as i32, pidfd))
+}
+
+/// Writes the identity uid and gid maps of child `pid`, then lets it go on.
+fn map_identity(pid: i32, go: &OwnedFd) -> std::io::Result<()> {
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{map}"), IDENTITY_MAP)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("writing {map}: {e}")))?;
+    }
+    // SAFETY: writing one byte from a valid buffer to a pipe we own.
+    if unsafe { libc::write(go.as_raw_fd(), b"1".as_ptr().cast(), 1) } != 1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The child side of the clone: tie our life to the launcher thread, put the status
@@ -472,10 +522,31 @@ unsafe fn child_exec(
     } else {
         libc::dup2(p.status_fd, handoff::STATUS_FD);
     }
-    if write_proc(c"/proc/self/setgroups", c"deny").is_err()
-        || write_proc(c"/proc/self/uid_map", &p.uid_map).is_err()
-        || write_proc(c"/proc/self/gid_map", &p.gid_map).is_err()
-    {
+    let mapped = match &p.maps {
+        Maps::Own { uid_map, gid_map } => {
+            write_proc(c"/proc/self/setgroups", c"deny").is_ok()
+                && write_proc(c"/proc/self/uid_map", uid_map).is_ok()
+                && write_proc(c"/proc/self/gid_map", gid_map).is_ok()
+        }
+        Maps::ByParent { wait, go } => {
+            // Only the launcher's copy may keep the pipe open.
+            libc::close(go.as_raw_fd());
+            let mut byte = 0u8;
+            loop {
+                let n = libc::read(wait.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                if n == 1 {
+                    break true;
+                }
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                // The launcher closed the pipe without mapping us.
+                *libc::__errno_location() = libc::EPERM;
+                break false;
+            }
+        }
+    };
+    if !mapped {
         let errno = *libc::__errno_location();
         let mut line = *b"E userns 000\n";
         line[9] = b'0' + (errno / 100 % 10) as u8;

@@ -8,3 +8,4 @@ pub mod netns;
 pub mod program;
 pub mod scratch;
 pub mod session;
+pub mod user;

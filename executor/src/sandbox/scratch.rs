@@ -61,6 +61,17 @@ pub fn test_dir(test: &str) -> std::io::Result<TestDir> {
     Ok(TestDir(dir))
 }
 
+/// Opens a test's directory to services that run as other users (`service(user=)`):
+/// the directory becomes writable by all and sticky, like /tmp, and the process's
+/// directory above it searchable (not listable), so other tests stay private.
+pub fn share(test_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(run) = test_dir.parent() {
+        std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o711))?;
+    }
+    std::fs::set_permissions(test_dir, std::fs::Permissions::from_mode(0o1777))
+}
+
 fn run_dir_name(pid: u32) -> String {
     format!("faultbox-{pid}")
 }

@@ -40,6 +40,8 @@ pub struct SessionConfig {
     pub stderr: Option<RawFd>,
     /// The target's working directory; inherited when `None`.
     pub cwd: Option<PathBuf>,
+    /// The ids the target runs as (`service(user=)`); the caller's when `None`.
+    pub user: Option<crate::sandbox::user::Ids>,
     /// Under virtual time, the clock its time syscalls and delays use.
     pub vclock: Option<Arc<crate::engine::vclock::VirtualClock>>,
     /// In tests: withholds answers while `parallel()` orders calls.
@@ -70,6 +72,7 @@ impl SessionConfig {
             stdout: None,
             stderr: None,
             cwd: None,
+            user: None,
             vclock: None,
             holder: None,
         })
@@ -147,6 +150,7 @@ pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Runni
         stdout: cfg.stdout,
         stderr: cfg.stderr,
         cwd: cfg.cwd.clone(),
+        user: cfg.user.as_ref().map(|u| u.to_arg()),
     };
     let started = Instant::now();
     let launched = tokio::task::spawn_blocking(move || launch::launch(&spec))

@@ -473,6 +473,17 @@ impl TestWorld {
         for (k, v) in &svc.env {
             set(k, v);
         }
+        let user = match &svc.user {
+            None => None,
+            Some(u) => {
+                let ids = crate::sandbox::user::resolve(u)
+                    .map_err(|e| format!("service {:?}: user {u:?}: {e}", svc.name))?;
+                // The test's temporary directory is the service's $TMPDIR too.
+                crate::sandbox::scratch::share(logs)
+                    .map_err(|e| format!("service {:?}: sharing $TMPDIR: {e}", svc.name))?;
+                Some(ids)
+            }
+        };
         let mut argv: Vec<OsString> = vec![svc.binary.clone().into()];
         argv.extend(svc.args.iter().map(OsString::from));
         let open = |ext: &str| -> Result<OwnedFd, String> {
@@ -494,6 +505,7 @@ impl TestWorld {
             stderr: Some(stderr.as_raw_fd()),
             // Relative paths in a service's arguments mean what they mean for its binary.
             cwd: Some(svc.home()),
+            user,
             vclock: self.vclock.clone(),
             holder: Some(self.scheduler.holder(&svc.name)),
         };

@@ -45,6 +45,13 @@ fn main() {
         }
     }
 
+    // Before the filter: these calls are the shim's, not the target's.
+    if let Some(user) = &args.user {
+        if let Err(e) = become_user(user) {
+            status.fail(Stage::User, e);
+        }
+    }
+
     let program = handoff::to_cstring(args.program.as_os_str());
     let argv: Option<Vec<CString>> = args.argv.iter().map(|a| handoff::to_cstring(a)).collect();
     let (Some(program), Some(argv)) = (program, argv) else {
@@ -149,6 +156,37 @@ fn bind_hosts(hosts: &std::path::Path) -> Result<(), i32> {
         return Err(last_errno());
     }
     Ok(())
+}
+
+/// Switches to `uid:gid[:g1,g2,...]` (resolved by the executor): supplementary groups,
+/// then group, then user, since each step needs the privilege the next one drops.
+fn become_user(spec: &str) -> Result<(), i32> {
+    let mut parts = spec.splitn(3, ':');
+    let mut id = || -> Result<u32, i32> {
+        parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or(libc::EINVAL)
+    };
+    let (uid, gid) = (id()?, id()?);
+    let groups: Vec<libc::gid_t> = match parts.next() {
+        None => vec![gid],
+        Some(list) => list
+            .split(',')
+            .map(|g| g.parse().map_err(|_| libc::EINVAL))
+            .collect::<Result<_, _>>()?,
+    };
+    // SAFETY: `groups` holds groups.len() ids; setgid/setuid take plain numbers.
+    let ok = unsafe {
+        libc::setgroups(groups.len(), groups.as_ptr()) == 0
+            && libc::setgid(gid) == 0
+            && libc::setuid(uid) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
 }
 
 /// Keeps mount changes inside the namespace and mounts a /proc that shows the new PID
