@@ -22,6 +22,8 @@ cargo test -j2 --workspace
 echo "== leak check" >&2
 leaks=0
 ours='target/(debug|release|tmp)/(faultbox|probe|target|inventory|orders)( |$)|echo_svc\.py|chatty_svc\.py|net_svc\.py|swallow\.py|clocks\.py|http\.server 8000|while :; do :; done|faultbox executor'
+# The protocol specs' real servers and system under test.
+ours+='|sut\.py|postgres -D /tmp/faultbox-|datadir=/tmp/faultbox-|requirepass s3cret|memcached -l 127\.0\.0\.1 -p 11211 -U 0'
 if pgrep -f "$ours" >/dev/null; then
     echo "leftover processes:" >&2
     pgrep -af "$ours" >&2

@@ -319,7 +319,11 @@ impl Framer for HttpConversation {
             .unwrap_or_default();
         let (status, body, content_type) = match answer {
             Answer::Error { message, status } => {
-                let status = status.unwrap_or(500);
+                let status = match status {
+                    None => 500,
+                    Some(crate::Code::Number(n)) => *n,
+                    Some(t) => return Err(format!("http: status {t} is not a number")),
+                };
                 let body = message
                     .clone()
                     .unwrap_or_else(|| reason(status).to_string());
@@ -681,7 +685,7 @@ Content-Length: 24\r\nConnection: keep-alive\r\n\r\n{\"error\":\"rate_limited\"}
         assert!(old.contains("Connection: close"), "{old}");
         let bad = Answer::Error {
             message: None,
-            status: Some(100),
+            status: Some(crate::Code::Number(100)),
         };
         assert!(c.answer(&rs[0], &bad).is_err());
         // The answered requests are off the books: a real response counts for nothing.

@@ -63,6 +63,23 @@ pub struct Request {
 #[error("{0}")]
 pub struct Opaque(pub String);
 
+/// An error's code as a spec gives it (`error(status=)`): a number (HTTP status,
+/// MySQL error number, gRPC code) or text (a PostgreSQL SQLSTATE such as `42P01`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Code {
+    Number(i64),
+    Text(String),
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Code::Number(n) => write!(f, "{n}"),
+            Code::Text(t) => f.write_str(t),
+        }
+    }
+}
+
 /// What a rule answers in the server's place.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -71,7 +88,7 @@ pub enum Answer {
     /// memcached `SERVER_ERROR`.
     Error {
         message: Option<String>,
-        status: Option<i64>,
+        status: Option<Code>,
     },
     /// A response that looks like success: an HTTP response with `status` (default
     /// 200) and `body`; a Redis bulk string `value` (nil when absent); a memcached

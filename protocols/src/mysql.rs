@@ -275,7 +275,7 @@ impl Framer for MysqlConversation {
         }
         let code = match status {
             None => 1105,
-            Some(s) if (1..=65535).contains(s) => *s as u16,
+            Some(crate::Code::Number(s)) if (1..=65535).contains(s) => *s as u16,
             Some(s) => return Err(format!("mysql: error code {s} is not within 1..=65535")),
         };
         let sqlstate = match code {
@@ -815,7 +815,7 @@ mod tests {
         assert_eq!(bytes, pkt(1, b"\xff\x51\x04#HY000disk full"));
         let deadlock = Answer::Error {
             message: None,
-            status: Some(1213),
+            status: Some(crate::Code::Number(1213)),
         };
         let bytes = c.answer(&r, &deadlock).unwrap().bytes;
         assert_eq!(&bytes[4..13], b"\xff\xbd\x04#40001");

@@ -346,8 +346,7 @@ impl Framer for PostgresConversation {
         }
         let sqlstate = match status {
             None => "XX000".to_string(),
-            Some(s) if (0..=99_999).contains(s) => format!("{s:05}"),
-            Some(s) => return Err(format!("postgres: SQLSTATE {s} is not five digits")),
+            Some(s) => sqlstate(s)?,
         };
         // The status the client sees once every earlier request is answered.
         let mut tx = if self.status == 0 { b'I' } else { self.status };
@@ -493,6 +492,24 @@ impl PostgresConversation {
         self.pending.push(&r, effect)?;
         out.push(r);
         Ok(())
+    }
+}
+
+/// The SQLSTATE `error(status=)` gives: five digits or capital letters (`42P01`), or
+/// a number written with up to five digits (`53100`).
+pub fn sqlstate(code: &crate::Code) -> Result<String, String> {
+    match code {
+        crate::Code::Number(n) if (0..=99_999).contains(n) => Ok(format!("{n:05}")),
+        crate::Code::Text(t)
+            if t.len() == 5
+                && t.bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) =>
+        {
+            Ok(t.clone())
+        }
+        other => Err(format!(
+            "postgres: SQLSTATE {other} is not five digits or capital letters (such as 42P01)"
+        )),
     }
 }
 
@@ -688,10 +705,21 @@ mod tests {
     }
 
     #[test]
+    fn sqlstates() {
+        use crate::Code;
+        assert_eq!(sqlstate(&Code::Number(53100)).unwrap(), "53100");
+        assert_eq!(sqlstate(&Code::Number(1)).unwrap(), "00001");
+        assert_eq!(sqlstate(&Code::Text("42P01".into())).unwrap(), "42P01");
+        assert!(sqlstate(&Code::Text("42p01".into())).is_err());
+        assert!(sqlstate(&Code::Text("4201".into())).is_err());
+        assert!(sqlstate(&Code::Number(100_000)).is_err());
+    }
+
+    #[test]
     fn answers_keep_the_transaction_status() {
         let err = Answer::Error {
             message: Some("disk full".into()),
-            status: Some(53100),
+            status: Some(crate::Code::Number(53100)),
         };
         let mut c = Postgres.conversation();
         c.client(&untyped(196608, &cs(&["user", "u", ""]))).unwrap();

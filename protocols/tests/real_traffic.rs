@@ -33,7 +33,7 @@ fn rules(protocol: &'static str, list: Vec<(Vec<(&'static str, &'static str)>, A
 fn error(message: &str, status: Option<i64>) -> Answer {
     Answer::Error {
         message: Some(message.to_string()),
-        status,
+        status: status.map(faultbox_protocols::Code::Number),
     }
 }
 

@@ -18,6 +18,7 @@ use starlark_derive::{starlark_module, starlark_value, StarlarkPagablePanic};
 use faultbox_protocols::ActionKind;
 
 use crate::world::{ProxyAction, ProxyRule};
+use faultbox_protocols::Code;
 
 /// The keys requests are matched on, across protocols.
 pub const MATCH_KEYS: &[&str] = &["method", "path", "query", "command", "key", "topic"];
@@ -99,14 +100,27 @@ pub fn make_rule(builtin: &str, kwargs: &SmallMap<String, Value>) -> anyhow::Res
             matches.push((key.to_string(), pattern));
         }
     }
-    let status = match get("status") {
+    let code = match get("status") {
         None => None,
-        Some(v) => Some(v.unpack_i32().map(i64::from).ok_or_else(|| {
-            anyhow!(
-                "{builtin}(): status= must be a number, got {}",
+        Some(v) => Some(match (v.unpack_i32(), v.unpack_str()) {
+            (Some(n), _) => Code::Number(n.into()),
+            (_, Some(t)) => match t.parse::<i64>() {
+                Ok(n) => Code::Number(n),
+                Err(_) => Code::Text(t.to_string()),
+            },
+            _ => bail!(
+                "{builtin}(): status= must be a number or, for a PostgreSQL SQLSTATE, a string; got {}",
                 v.get_type()
-            )
-        })?),
+            ),
+        }),
+    };
+    let status = match &code {
+        None => None,
+        Some(Code::Number(n)) => Some(*n),
+        Some(Code::Text(t)) if builtin == "response" => {
+            bail!("response(): status={t:?} must be a number")
+        }
+        Some(Code::Text(_)) => None,
     };
     let opt_text = |k: &str| -> anyhow::Result<Option<String>> {
         get(k)
@@ -121,7 +135,7 @@ pub fn make_rule(builtin: &str, kwargs: &SmallMap<String, Value>) -> anyhow::Res
         },
         "error" => ProxyAction::Error {
             message: opt_text("message")?,
-            status,
+            status: code,
         },
         "delay" => {
             let d = opt_text("delay")?.ok_or_else(|| {
@@ -155,16 +169,27 @@ pub fn check(protocol: &str, rule: &ProxyRule) -> anyhow::Result<()> {
     let keys: Vec<&str> = rule.matches.iter().map(|(k, _)| k.as_str()).collect();
     faultbox_protocols::rules::check(protocol, rule.action.kind(), &keys)
         .map_err(|e| anyhow!(e))?;
-    if let ProxyAction::Response {
-        status: Some(s), ..
-    }
-    | ProxyAction::Error {
-        status: Some(s), ..
-    } = &rule.action
-    {
-        if protocol == "http" && !(100..=599).contains(s) {
-            bail!("status={s} is not an HTTP status (100 to 599)");
+    let code = match &rule.action {
+        ProxyAction::Response {
+            status: Some(s), ..
+        } => Some(Code::Number(*s)),
+        ProxyAction::Error {
+            status: Some(c), ..
+        } => Some(c.clone()),
+        _ => None,
+    };
+    match (protocol, code) {
+        (_, None) => {}
+        ("http", Some(Code::Number(s))) if !(100..=599).contains(&s) => {
+            bail!("status={s} is not an HTTP status (100 to 599)")
         }
+        ("postgres", Some(c)) => {
+            faultbox_protocols::postgres::sqlstate(&c).map_err(|e| anyhow!(e))?;
+        }
+        (_, Some(Code::Text(t))) => {
+            bail!("status={t:?}: {protocol} error codes are numbers")
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -72,7 +72,7 @@ pub enum ProxyAction {
     /// `error(...)`: a protocol error in the server's place.
     Error {
         message: Option<String>,
-        status: Option<i64>,
+        status: Option<faultbox_protocols::Code>,
     },
     /// `delay(delay=...)`: hold the request, then forward it.
     Delay(std::time::Duration),
@@ -127,7 +127,10 @@ impl std::fmt::Display for ProxyRule {
             }
             ProxyAction::Error { message, status } => {
                 parts.extend(message.as_ref().map(|m| format!("message={m:?}")));
-                parts.extend(status.map(|s| format!("status={s}")));
+                parts.extend(status.as_ref().map(|s| match s {
+                    faultbox_protocols::Code::Number(n) => format!("status={n}"),
+                    faultbox_protocols::Code::Text(t) => format!("status={t:?}"),
+                }));
             }
             ProxyAction::Delay(d) => parts.push(format!(
                 "delay={:?}",

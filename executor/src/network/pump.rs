@@ -322,13 +322,17 @@ async fn act(
                     )
                 }
                 ProxyAction::Error { message, status } => {
-                    detail.extend(status.map(|s| ("status".to_string(), s.to_string())));
+                    detail.extend(
+                        status
+                            .as_ref()
+                            .map(|s| ("status".to_string(), s.to_string())),
+                    );
                     detail.extend(message.clone().map(|m| ("error".to_string(), m)));
                     (
                         "error",
                         Answer::Error {
                             message: message.clone(),
-                            status: *status,
+                            status: status.clone(),
                         },
                     )
                 }

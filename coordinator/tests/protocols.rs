@@ -1,0 +1,147 @@
+//! Protocol-level faults against real servers (PostgreSQL, MariaDB, Redis, memcached
+//! from Debian) run as Faultbox services, and a system under test with real Python
+//! drivers that sees every fault itself. The specs in `specs/protocols/` carry the
+//! assertions; these tests run them, check nothing is left behind, and check that a
+//! seed replays the relays' probabilistic decisions.
+
+mod common;
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::{root, Out};
+
+/// Specs whose leftovers are checked by process name run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What the specs start: a process whose command line holds one of these outlived
+/// its test.
+const MARKERS: &[&str] = &[
+    "sut.py",
+    "postgres -D",
+    "mariadbd",
+    "redis-server",
+    "memcached",
+];
+
+/// Installs the servers and the drivers' virtualenv (idempotent).
+fn servers() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(root().join("scripts/servers.sh"))
+            .status()
+            .expect("run scripts/servers.sh");
+        assert!(status.success(), "scripts/servers.sh failed");
+    });
+}
+
+fn faultbox(args: &[&str]) -> Out {
+    servers();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = common::faultbox_at(&root(), args);
+    for m in MARKERS {
+        let left = common::processes_with(m);
+        assert!(left.is_empty(), "{m} outlived its test: {left:?}");
+    }
+    let left = common::scratch_leftovers();
+    assert!(left.is_empty(), "{left:?}");
+    out
+}
+
+fn spec(name: &str) -> String {
+    format!("coordinator/tests/specs/protocols/{name}.star")
+}
+
+/// Runs every test of a protocol's spec; all must pass.
+fn passes(protocol: &str) {
+    let out = faultbox(&["test", &spec(protocol), "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    for t in doc["tests"].as_array().unwrap() {
+        assert_eq!(
+            t["result"], "pass",
+            "{protocol} {}: {}\n{}",
+            t["name"], t["reason"], out.stderr
+        );
+    }
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// The `ok` of each of test_probabilistic's twelve requests under `seed`.
+fn rolls(protocol: &str, seed: u64) -> Vec<bool> {
+    let out = faultbox(&[
+        "test",
+        &spec(protocol),
+        "--test",
+        "probabilistic",
+        "--seed",
+        &seed.to_string(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let t = &doc["tests"][0];
+    let value: serde_json::Value = serde_json::from_str(
+        &t["return_value"]
+            .as_str()
+            .unwrap()
+            .replace("True", "true")
+            .replace("False", "false"),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", t["return_value"]));
+    let oks: Vec<bool> = value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_bool().unwrap())
+        .collect();
+    // Every failed request is one firing of the rule, and its event is in the trace.
+    let fired = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "proxy.error")
+        .count();
+    assert_eq!(fired, oks.iter().filter(|ok| !**ok).count(), "{t}");
+    oks
+}
+
+/// The same seed replays the same decisions; another seed makes others.
+fn replays(protocol: &str) {
+    let first = rolls(protocol, 7);
+    assert_eq!(rolls(protocol, 7), first, "{protocol}: seed 7 replays");
+    assert!(
+        first.contains(&true) && first.contains(&false),
+        "{protocol}: a 50% rule both fires and passes over twelve requests: {first:?}"
+    );
+    assert!(
+        (8..12).any(|s| rolls(protocol, s) != first),
+        "{protocol}: other seeds decide differently"
+    );
+}
+
+#[test]
+fn postgres_faults_reach_the_system_under_test() {
+    passes("postgres");
+    replays("postgres");
+}
+
+#[test]
+fn mysql_faults_reach_the_system_under_test() {
+    passes("mysql");
+    replays("mysql");
+}
+
+#[test]
+fn redis_faults_reach_the_system_under_test() {
+    passes("redis");
+    replays("redis");
+}
+
+#[test]
+fn memcached_faults_reach_the_system_under_test() {
+    passes("memcached");
+    replays("memcached");
+}

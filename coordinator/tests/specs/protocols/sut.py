@@ -1,0 +1,178 @@
+"""A system under test for the protocol specs: a small HTTP API whose handlers use real
+client drivers (psycopg, pg8000, PyMySQL, mysql-connector, redis-py, pymemcache) to
+talk to a database service through the address in $TARGET (host:port).
+
+POST /run with a JSON body runs one operation and answers 200 with
+{"ok": true, "result": ...} or {"ok": false, "error": "..."}: the driver's own error,
+so a spec can see exactly what the system under test saw.
+
+Environment: PORT, KIND (postgres|mysql|redis|memcached), TARGET, USER_NAME,
+PASSWORD, DATABASE.
+"""
+
+import json
+import os
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+KIND = os.environ["KIND"]
+HOST, PORT = os.environ["TARGET"].rsplit(":", 1)
+PORT = int(PORT)
+USER = os.environ.get("USER_NAME", "")
+PASSWORD = os.environ.get("PASSWORD", "")
+DATABASE = os.environ.get("DATABASE", "")
+
+
+def jsonable(v):
+    if isinstance(v, (bytes, bytearray)):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {jsonable(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def postgres(req):
+    sql, params = req["sql"], req.get("params")
+    if req.get("driver") == "pg8000":
+        import pg8000.dbapi
+
+        conn = pg8000.dbapi.connect(
+            host=HOST, port=PORT, user=USER, password=PASSWORD, database=DATABASE, timeout=10
+        )
+        try:
+            cur = conn.cursor()
+            cur.execute(sql, params or ())
+            rows = cur.fetchall() if cur.description else cur.rowcount
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+    import psycopg
+
+    conn = psycopg.connect(
+        host=HOST,
+        port=PORT,
+        user=USER,
+        password=PASSWORD,
+        dbname=DATABASE,
+        sslmode="prefer",
+        connect_timeout=10,
+        autocommit=True,
+    )
+    try:
+        # ClientCursor sends the query text (simple protocol); the default cursor
+        # binds parameters on the server (extended protocol: Parse/Bind/Execute).
+        cur = psycopg.ClientCursor(conn) if req.get("simple") else conn.cursor()
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else cur.rowcount
+    finally:
+        conn.close()
+
+
+def mysql(req):
+    sql, params = req["sql"], req.get("params")
+    if req.get("driver") == "connector":
+        import mysql.connector
+
+        conn = mysql.connector.connect(
+            host=HOST, port=PORT, user=USER, password=PASSWORD, database=DATABASE,
+            use_pure=True, connection_timeout=10,
+        )
+        try:
+            # Server-side prepared statements: COM_STMT_PREPARE / COM_STMT_EXECUTE.
+            cur = conn.cursor(prepared=True)
+            cur.execute(sql, params or ())
+            rows = cur.fetchall() if cur.description else cur.rowcount
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+    import pymysql
+
+    conn = pymysql.connect(
+        host=HOST, port=PORT, user=USER, password=PASSWORD, database=DATABASE,
+        connect_timeout=10, autocommit=True,
+    )
+    try:
+        cur = conn.cursor()
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else cur.rowcount
+    finally:
+        conn.close()
+
+
+def redis_(req):
+    import redis
+
+    r = redis.Redis(
+        host=HOST, port=PORT, password=PASSWORD or None, protocol=req.get("resp", 2),
+        socket_timeout=10, decode_responses=True,
+    )
+    try:
+        if req.get("pipeline"):
+            # Every command is sent before any reply is read; each reply, error or
+            # not, must come back in its command's place.
+            p = r.pipeline(transaction=False)
+            for c in req["cmds"]:
+                p.execute_command(*c)
+            return [
+                "error: %s" % x if isinstance(x, Exception) else x
+                for x in p.execute(raise_on_error=False)
+            ]
+        return [r.execute_command(*c) for c in req["cmds"]]
+    finally:
+        r.close()
+
+
+def memcached(req):
+    from pymemcache.client.base import Client
+
+    c = Client((HOST, PORT), connect_timeout=10, timeout=10)
+    try:
+        op = req["op"]
+        if op == "set":
+            return c.set(req["key"], req["value"], noreply=req.get("noreply", False))
+        if op == "get":
+            return c.get(req["key"])
+        if op == "delete":
+            return c.delete(req["key"], noreply=False)
+        raise ValueError("unknown op " + op)
+    finally:
+        c.close()
+
+
+HANDLERS = {"postgres": postgres, "mysql": mysql, "redis": redis_, "memcached": memcached}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.answer(200, {"ok": True})
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        try:
+            result = {"ok": True, "result": jsonable(HANDLERS[KIND](json.loads(body)))}
+        except Exception as e:  # the driver's error is the answer
+            result = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+        self.answer(200, result)
+
+    def answer(self, status, doc):
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+if __name__ == "__main__":
+    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+    print("sut: %s through %s:%d" % (KIND, HOST, PORT), file=sys.stderr, flush=True)
+    server.serve_forever()
