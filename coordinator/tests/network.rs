@@ -104,13 +104,27 @@ fn services_reach_each_other_only_through_relays() {
 /// and `source=` limits a rule to one consumer.
 #[test]
 fn protocol_rules_act_at_the_relays() {
+    let dir = common::Scratch::new("proxy-traces");
+    let (norm, shiviz) = (dir.path("t.norm"), dir.path("t.shiviz"));
     let out = faultbox(&[
         "test",
         "coordinator/tests/specs/proxy_example.star",
         "--format",
         "json",
+        "--normalize",
+        &norm,
+        "--shiviz",
+        &shiviz,
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // Firings are in every trace format.
+    let norm = std::fs::read_to_string(&norm).unwrap();
+    assert!(
+        norm.contains("proxy.response action=response interface=public method=POST path=/orders protocol=http source=test status=429"),
+        "{norm}"
+    );
+    let shiviz = std::fs::read_to_string(&shiviz).unwrap();
+    assert!(shiviz.contains("proxy.response"), "{shiviz}");
     let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let ev = events(&doc, "test_http_response");
     let fired = ev
@@ -169,6 +183,10 @@ fn rules_a_protocol_cannot_take_are_refused_at_load() {
         (
             "fault(orders.public, duplicate(), run = lambda: None)",
             "http does not support duplicate()",
+        ),
+        (
+            "fault(orders.public, error(status = '42P01'), run = lambda: None)",
+            "status=\"42P01\": http error codes are numbers",
         ),
     ];
     for (line, expect) in cases {

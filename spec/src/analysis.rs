@@ -82,8 +82,13 @@ pub enum Literal {
     ProxyRules {
         service: String,
         interface: String,
-        /// (builtin, match keys, where).
-        rules: Vec<(String, Vec<String>, String)>,
+        /// (builtin, match keys, literal `status=`, where).
+        rules: Vec<(
+            String,
+            Vec<String>,
+            Option<faultbox_protocols::Code>,
+            String,
+        )>,
     },
     /// A query's literal `syscall=` filter: a syscall, family or glob.
     QuerySyscall {
@@ -113,7 +118,7 @@ fn walk(ast: &AstModule, e: &AstExpr, out: &mut (Vec<Site>, Vec<Literal>)) {
                 out.1.push(Literal::RuleKeywords {
                     builtin: rule.0,
                     names: rule.1,
-                    at: rule.2,
+                    at: rule.3,
                 });
             }
             if ["fault", "fault_start", "fault_all", "fault_assumption"].contains(&name) {
@@ -212,7 +217,7 @@ fn walk(ast: &AstModule, e: &AstExpr, out: &mut (Vec<Site>, Vec<Literal>)) {
 
 /// A call to a protocol rule builtin (`error(...)`, `delay(delay=...)` without a
 /// positional duration): its name, keyword names, and where it is.
-fn rule_call(ast: &AstModule, e: &AstExpr) -> Option<(String, Vec<String>, String)> {
+fn rule_call(ast: &AstModule, e: &AstExpr) -> Option<RuleCall> {
     let ExprP::Call(callee, args) = &e.node else {
         return None;
     };
@@ -224,14 +229,42 @@ fn rule_call(ast: &AstModule, e: &AstExpr) -> Option<(String, Vec<String>, Strin
         return None;
     }
     let mut names = Vec::new();
+    let mut status = None;
     for a in &args.args {
         match &a.node {
-            ArgumentP::Named(k, _) => names.push(k.node.clone()),
+            ArgumentP::Named(k, v) => {
+                names.push(k.node.clone());
+                if k.node == "status" {
+                    status = literal_code(v);
+                }
+            }
             // delay("500ms") is a syscall fault; **kwargs hides the names.
             _ => return None,
         }
     }
-    Some((name.to_string(), names, at(ast, e)))
+    Some((name.to_string(), names, status, at(ast, e)))
+}
+
+/// A rule builtin call: (builtin, keyword names, literal `status=`, where).
+type RuleCall = (
+    String,
+    Vec<String>,
+    Option<faultbox_protocols::Code>,
+    String,
+);
+
+/// A literal `status=` value, as `error()` reads it.
+fn literal_code(e: &AstExpr) -> Option<faultbox_protocols::Code> {
+    use faultbox_protocols::Code;
+    use starlark::syntax::ast::AstLiteral;
+    match &e.node {
+        ExprP::Literal(AstLiteral::Int(i)) => i.node.to_string().parse().ok().map(Code::Number),
+        ExprP::Literal(AstLiteral::String(t)) => Some(match t.node.parse::<i64>() {
+            Ok(n) => Code::Number(n),
+            Err(_) => Code::Text(t.node.clone()),
+        }),
+        _ => None,
+    }
 }
 
 /// Records the protocol rules a `fault*` call installs on `service.interface`, when
@@ -270,13 +303,13 @@ fn proxy_site(
                     interface: iface.node.clone(),
                     rules: rules
                         .iter()
-                        .map(|(b, names, at)| {
+                        .map(|(b, names, status, at)| {
                             let keys = names
                                 .iter()
                                 .filter(|n| crate::proxy::MATCH_KEYS.contains(&n.as_str()))
                                 .cloned()
                                 .collect();
-                            (b.clone(), keys, at.clone())
+                            (b.clone(), keys, status.clone(), at.clone())
                         })
                         .collect(),
                 });
@@ -370,19 +403,22 @@ pub fn check(
                 let Some(iface) = svc.interfaces.iter().find(|i| &i.name == interface) else {
                     continue;
                 };
-                for (builtin, keys, at) in rules {
+                for (builtin, keys, status, at) in rules {
                     let Some(kind) = crate::proxy::kind(builtin) else {
                         continue;
                     };
                     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    faultbox_protocols::rules::check(&iface.protocol, kind, &keys).map_err(
-                        |e| {
-                            format!(
-                                "{at}: {builtin}() on {}.{} ({}): {e}",
-                                svc.name, iface.name, iface.protocol
-                            )
-                        },
-                    )?;
+                    let on = |e: String| {
+                        format!(
+                            "{at}: {builtin}() on {}.{} ({}): {e}",
+                            svc.name, iface.name, iface.protocol
+                        )
+                    };
+                    faultbox_protocols::rules::check(&iface.protocol, kind, &keys).map_err(on)?;
+                    if let Some(code) = status {
+                        crate::proxy::check_code(&iface.protocol, code)
+                            .map_err(|e| on(e.to_string()))?;
+                    }
                 }
             }
         }

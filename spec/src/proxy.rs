@@ -178,15 +178,22 @@ pub fn check(protocol: &str, rule: &ProxyRule) -> anyhow::Result<()> {
         } => Some(c.clone()),
         _ => None,
     };
+    match code {
+        Some(c) => check_code(protocol, &c),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a `status=` the protocol cannot give.
+pub fn check_code(protocol: &str, code: &Code) -> anyhow::Result<()> {
     match (protocol, code) {
-        (_, None) => {}
-        ("http", Some(Code::Number(s))) if !(100..=599).contains(&s) => {
+        ("http", Code::Number(s)) if !(100..=599).contains(s) => {
             bail!("status={s} is not an HTTP status (100 to 599)")
         }
-        ("postgres", Some(c)) => {
-            faultbox_protocols::postgres::sqlstate(&c).map_err(|e| anyhow!(e))?;
+        ("postgres", c) => {
+            faultbox_protocols::postgres::sqlstate(c).map_err(|e| anyhow!(e))?;
         }
-        (_, Some(Code::Text(t))) => {
+        (_, Code::Text(t)) => {
             bail!("status={t:?}: {protocol} error codes are numbers")
         }
         _ => {}
