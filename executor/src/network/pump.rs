@@ -153,7 +153,7 @@ pub async fn framed(
     let (server_r, server_w) = server.into_split();
     let on_sent = f.on_sent.take();
     let up = upstream(&f, on_sent, &shared, client_r, server_w);
-    let down = downstream(&shared, server_r, client_w);
+    let down = downstream(&f, &shared, server_r, client_w);
     // On a drop, dropping the halves closes both sides; the client sees a reset, for
     // upstream set a zero linger before it gave up.
     tokio::try_join!(up, down)
@@ -367,6 +367,7 @@ async fn act(
 /// Server to client: forwards at once, counts responses, and writes answers given
 /// in the server's place when their turn comes.
 async fn downstream(
+    f: &Framed,
     shared: &Shared,
     mut server: OwnedReadHalf,
     mut client: OwnedWriteHalf,
@@ -396,8 +397,10 @@ async fn downstream(
                 let ends = match ends {
                     Ok(e) => e,
                     Err(opaque) => {
-                        *lock(&shared.conv) = None;
-                        let _ = opaque;
+                        // Once per connection: upstream may have given up first.
+                        if lock(&shared.conv).take().is_some() {
+                            f.events.opaque(opaque.0);
+                        }
                         Vec::new()
                     }
                 };
@@ -459,4 +462,226 @@ async fn write(
 
 fn fields(f: &Fields) -> BTreeMap<String, String> {
     f.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pumps between a real client socket and a real server socket on loopback:
+    //! garbage, oversized messages, a peer that leaves mid-message, and answers among
+    //! pipelined responses.
+    use super::*;
+    use crate::network::plan::Port;
+    use faultbox_protocols::MAX_MESSAGE;
+    use faultbox_spec::world::ProxyRule;
+    use std::time::Duration;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[derive(Default)]
+    struct Seen {
+        fired: Mutex<Vec<Fired>>,
+        opaque: Mutex<Vec<String>>,
+    }
+
+    impl Events for Seen {
+        fn fired(&self, fired: Fired) {
+            lock(&self.fired).push(fired);
+        }
+        fn opaque(&self, reason: String) {
+            lock(&self.opaque).push(reason);
+        }
+    }
+
+    fn edge(protocol: &str) -> Edge {
+        Edge {
+            consumer: "app".into(),
+            service: "db".into(),
+            port: Port {
+                interface: "main".into(),
+                protocol: protocol.into(),
+                port: 1,
+            },
+            listen: Vec::new(),
+        }
+    }
+
+    /// Two connected pairs: (the client's end, the pump's client end) and (the pump's
+    /// server end, the server's end).
+    async fn pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
+        async fn pair() -> (TcpStream, TcpStream) {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (b, _) = l.accept().await.unwrap();
+            (a, b)
+        }
+        (pair().await, pair().await)
+    }
+
+    /// Starts pumps for `protocol` with `rules` installed on the edge; returns the
+    /// client's and the server's ends, what the pumps reported, and the pumps' task.
+    async fn start(
+        protocol: &str,
+        rules: Vec<ProxyRule>,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        Arc<Seen>,
+        tokio::task::JoinHandle<Result<(u64, u64), PumpError>>,
+    ) {
+        let ((client, pump_client), (pump_server, server)) = pairs().await;
+        let table = Arc::new(Rules::new(1));
+        let active = rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| Arc::new(Active::new(i, r)))
+            .collect();
+        table.install(1, "db", "main", None, active);
+        let seen = Arc::new(Seen::default());
+        let p = faultbox_protocols::protocol(protocol).unwrap();
+        let f = Framed {
+            edge: edge(protocol),
+            requests: !p.keys().is_empty(),
+            rules: table,
+            events: seen.clone(),
+            on_sent: None,
+        };
+        let task = tokio::spawn(framed(f, p.conversation(), pump_client, pump_server));
+        (client, server, seen, task)
+    }
+
+    fn error_rule(key: &str, pattern: &str, message: &str) -> ProxyRule {
+        ProxyRule {
+            action: ProxyAction::Error {
+                message: Some(message.into()),
+                status: None,
+            },
+            matches: vec![(key.into(), pattern.into())],
+            probability: 100.0,
+            label: None,
+        }
+    }
+
+    async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .expect("bytes within 5s")
+            .unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn garbage_is_relayed_unchanged_and_reported_once() {
+        let (mut client, mut server, seen, task) =
+            start("redis", vec![error_rule("command", "GET", "x")]).await;
+        // Not RESP: a type byte no RESP message starts with.
+        client.write_all(b"\x01\x02garbage\r\n").await.unwrap();
+        assert_eq!(read_exactly(&mut server, 11).await, b"\x01\x02garbage\r\n");
+        server.write_all(b"whatever\n").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 9).await, b"whatever\n");
+        // From here on nothing is parsed, so not even a GET is answered by the rule.
+        client
+            .write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            read_exactly(&mut server, 20).await,
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        );
+        let opaque = lock(&seen.opaque).clone();
+        assert_eq!(opaque.len(), 1, "{opaque:?}");
+        assert!(lock(&seen.fired).is_empty());
+        drop((client, server));
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the pumps end when both peers have gone")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_goes_opaque_not_into_memory() {
+        let (mut client, mut server, seen, task) =
+            start("redis", vec![error_rule("command", "SET", "x")]).await;
+        let big = MAX_MESSAGE + 1;
+        let head = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${big}\r\n");
+        client.write_all(head.as_bytes()).await.unwrap();
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'v'; 1 << 20];
+            let mut left = big + 2;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                client.write_all(&chunk[..n]).await.unwrap();
+                left -= n;
+            }
+            client
+        });
+        // Everything reaches the server, though the message was never whole in the
+        // relay's hands.
+        let mut got = 0usize;
+        let total = head.len() + big + 2;
+        let mut buf = vec![0; 1 << 16];
+        while got < total {
+            let n = tokio::time::timeout(Duration::from_secs(10), server.read(&mut buf))
+                .await
+                .expect("no stall")
+                .unwrap();
+            assert!(n > 0);
+            got += n;
+        }
+        let client = writer.await.unwrap();
+        assert_eq!(lock(&seen.opaque).len(), 1);
+        drop((client, server));
+        let _ = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the pumps end");
+    }
+
+    #[tokio::test]
+    async fn a_client_leaving_mid_message_ends_the_connection() {
+        let (mut client, mut server, _seen, task) =
+            start("postgres", vec![error_rule("query", "INSERT*", "x")]).await;
+        // The start of a Query message, then gone.
+        client.write_all(b"Q\x00\x00\x01\x00INSERT").await.unwrap();
+        drop(client);
+        // The server sees the connection end without a hang.
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("the server's side closes")
+            .unwrap_or(0);
+        assert!(n <= 11, "at most the partial message: {n}");
+        drop(server);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the pumps end")
+            .unwrap()
+            .ok();
+    }
+
+    #[tokio::test]
+    async fn answers_take_their_place_among_pipelined_responses() {
+        let (mut client, mut server, seen, task) =
+            start("redis", vec![error_rule("key", "bad*", "ERR injected")]).await;
+        let get = |k: &str| format!("*2\r\n$3\r\nGET\r\n${}\r\n{k}\r\n", k.len());
+        // Three pipelined requests; the middle one is answered by the rule.
+        let batch = [get("a"), get("bad"), get("c")].concat();
+        client.write_all(batch.as_bytes()).await.unwrap();
+        let forwarded = [get("a"), get("c")].concat();
+        assert_eq!(
+            read_exactly(&mut server, forwarded.len()).await,
+            forwarded.as_bytes()
+        );
+        // The server answers its two; the client gets three, in request order.
+        server.write_all(b"$1\r\nA\r\n$1\r\nC\r\n").await.unwrap();
+        let want = b"$1\r\nA\r\n-ERR injected\r\n$1\r\nC\r\n";
+        assert_eq!(read_exactly(&mut client, want.len()).await, want);
+        assert_eq!(lock(&seen.fired).len(), 1);
+        assert_eq!(lock(&seen.fired)[0].fields["key"], "bad");
+        drop((client, server));
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the pumps end")
+            .unwrap()
+            .unwrap();
+    }
 }
