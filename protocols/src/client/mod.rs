@@ -161,6 +161,10 @@ pub enum ClientError {
     /// The server's bytes were not what the protocol allows.
     #[error("{0}")]
     Protocol(String),
+    /// A driver's own failure, in its words: the connection broke, a message it
+    /// did not expect.
+    #[error("{0}")]
+    Driver(String),
     /// A request the client refuses to send (a memcached key with spaces, say).
     #[error("{0}")]
     Invalid(String),
@@ -173,7 +177,8 @@ pub enum ClientError {
 }
 
 impl Operation {
-    fn name(&self) -> &'static str {
+    /// What the operation is called in errors.
+    pub fn name(&self) -> &'static str {
         match self {
             Operation::Query { .. } => "query",
             Operation::Exec { .. } => "exec",
@@ -184,10 +189,6 @@ impl Operation {
         }
     }
 }
-
-/// The protocols with a step client here (`http` and `tcp` steps live with the
-/// executor's relays).
-pub const PROTOCOLS: &[&str] = &["postgres", "mysql", "redis", "memcached"];
 
 /// Runs `op` against the `protocol` server at `addr` within `timeout` (connecting
 /// and logging in included).

@@ -87,7 +87,7 @@ fn error(e: mysql_async::Error) -> ClientError {
         mysql_async::Error::Server(s) => {
             ClientError::Server(format!("{} ({}): {}", s.code, s.state, s.message))
         }
-        other => ClientError::Server(other.to_string()),
+        other => ClientError::Driver(other.to_string()),
     }
 }
 

@@ -90,7 +90,7 @@ fn error(e: tokio_postgres::Error) -> ClientError {
         text = format!("{text}: {c}");
         cause = c.source();
     }
-    ClientError::Server(text)
+    ClientError::Driver(text)
 }
 
 async fn query(client: &Client, sql: &str, args: &[SqlArg]) -> Result<String, ClientError> {

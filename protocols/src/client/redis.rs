@@ -123,7 +123,7 @@ fn error(e: redis::RedisError) -> ClientError {
     match (e.code(), e.detail()) {
         (Some(code), Some(detail)) => ClientError::Server(format!("{code} {detail}")),
         (Some(code), None) => ClientError::Server(code.to_string()),
-        _ => ClientError::Server(e.to_string()),
+        _ => ClientError::Driver(e.to_string()),
     }
 }
 
