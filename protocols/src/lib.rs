@@ -3,7 +3,8 @@
 //! keys are, and how to answer a request in the server's place (an error, a custom
 //! response). No I/O and no Starlark here: the executor's relays feed bytes in and
 //! act on what comes out; the spec crate checks rules against [`Protocol::keys`] and
-//! [`Protocol::supports`].
+//! [`Protocol::supports`]. The exception is [`client`]: the step clients and
+//! readiness probes, whose I/O (and real drivers) come with the `client` feature.
 //!
 //! A relay pumps both directions at once and never waits on a framer: it hands each
 //! chunk it reads to the connection's [`Conversation`] and gets back what completed.
@@ -21,6 +22,7 @@ use std::collections::BTreeMap;
 
 pub use common::MAX_PENDING;
 
+pub mod client;
 mod common;
 pub mod http;
 pub mod memcached;

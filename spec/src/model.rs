@@ -31,6 +31,10 @@ pub enum HealthcheckKind {
     Tcp,
     /// GET `host:port/path`; 2xx or 3xx is healthy.
     Http,
+    /// `ready()`: a round trip in the interface's own protocol, logged in with the
+    /// service's credentials. `service()` fills in the interface (the first declared
+    /// when `ready()` names none) and sets the target to its `localhost:PORT`.
+    Ready { interface: Option<String> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

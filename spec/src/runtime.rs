@@ -36,7 +36,7 @@ use crate::world::{Event, StepCall};
 /// How long one step may take at most.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Default timeout of `tcp()` and `http()` healthchecks.
+/// Default timeout of `tcp()`, `http()` and `ready()` healthchecks.
 pub const DEFAULT_HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the spec's top level declared, in declaration order.
@@ -214,6 +214,21 @@ pub fn topology(builder: &mut GlobalsBuilder) {
         Ok(HealthcheckValue(Healthcheck {
             kind: HealthcheckKind::Http,
             target: url.to_string(),
+            timeout: parse_timeout(timeout)?,
+        }))
+    }
+
+    /// `ready(timeout=, interface=)`: ready once the service answers a round trip in
+    /// its interface's protocol (the first interface unless `interface=` names one).
+    fn ready(
+        #[starlark(require = named)] timeout: Option<&str>,
+        #[starlark(require = named)] interface: Option<&str>,
+    ) -> anyhow::Result<HealthcheckValue> {
+        Ok(HealthcheckValue(Healthcheck {
+            kind: HealthcheckKind::Ready {
+                interface: interface.map(str::to_string),
+            },
+            target: String::new(),
             timeout: parse_timeout(timeout)?,
         }))
     }
@@ -420,17 +435,19 @@ pub fn topology(builder: &mut GlobalsBuilder) {
         }
         let healthcheck = match healthcheck {
             None => None,
-            Some(v) => Some(
-                v.downcast_ref::<HealthcheckValue>()
+            Some(v) => {
+                let hc = v
+                    .downcast_ref::<HealthcheckValue>()
                     .ok_or_else(|| {
                         anyhow!(
-                            "service {name:?}: healthcheck must be tcp(...) or http(...), got {}",
+                            "service {name:?}: healthcheck must be tcp(...), http(...) or ready(...), got {}",
                             v.get_type()
                         )
                     })?
                     .0
-                    .clone(),
-            ),
+                    .clone();
+                Some(resolve_ready(name, hc, &interfaces)?)
+            }
         };
         let mut op_map = BTreeMap::new();
         if let Some(v) = ops {
@@ -470,6 +487,55 @@ pub fn topology(builder: &mut GlobalsBuilder) {
             interfaces,
         })
     }
+}
+
+/// The protocols `ready()` can speak.
+pub const READY_PROTOCOLS: &[&str] = &["http", "tcp", "postgres", "mysql", "redis", "memcached"];
+
+/// Points a `ready()` healthcheck at its interface: the one it names, else the
+/// service's first. Other healthchecks pass unchanged.
+fn resolve_ready(
+    service: &str,
+    mut hc: Healthcheck,
+    interfaces: &[Interface],
+) -> anyhow::Result<Healthcheck> {
+    let HealthcheckKind::Ready { interface } = &hc.kind else {
+        return Ok(hc);
+    };
+    let names = || {
+        interfaces
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen = match interface {
+        Some(n) => interfaces.iter().find(|i| i.name == *n).ok_or_else(|| {
+            anyhow!(
+                "service {service:?}: ready(interface={n:?}) names no interface of it (it has {})",
+                names()
+            )
+        })?,
+        None => interfaces.first().ok_or_else(|| {
+            anyhow!(
+                "service {service:?}: ready() needs an interface to speak to, and it declares none"
+            )
+        })?,
+    };
+    if !READY_PROTOCOLS.contains(&chosen.protocol.as_str()) {
+        bail!(
+            "service {service:?}: ready() speaks {}; interface {:?} is {}: use tcp(\"localhost:{}\")",
+            READY_PROTOCOLS.join(", "),
+            chosen.name,
+            chosen.protocol,
+            chosen.port
+        );
+    }
+    hc.target = format!("localhost:{}", chosen.port);
+    hc.kind = HealthcheckKind::Ready {
+        interface: Some(chosen.name.clone()),
+    };
+    Ok(hc)
 }
 
 #[starlark_module]
@@ -532,8 +598,8 @@ pub fn assertions(builder: &mut GlobalsBuilder) {
     }
 }
 
-/// Calls a step method through the World: `http` methods return a response, `tcp`
-/// `send` returns the first reply line.
+/// Calls a step method through the World: `tcp` `send` returns the first reply
+/// line, every other step a response.
 pub fn invoke_step<'v>(
     step: &StepMethod,
     args: &Arguments<'v, '_>,
@@ -555,6 +621,8 @@ pub fn invoke_step<'v>(
         body: String::new(),
         headers: Vec::new(),
         timeout: STEP_TIMEOUT,
+        op: None,
+        credentials: Default::default(),
     };
     if let Some((deadline, limit)) = rt.deadline.get() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -570,11 +638,21 @@ pub fn invoke_step<'v>(
     }
     rt.halt().map_err(starlark::Error::new_other)?;
     call.timeout = rt.time_left(call.timeout);
+    let kwargs = args.names_map()?;
     let allowed: &[&str] = match call.protocol.as_str() {
         "tcp" => &["data"],
-        _ => &["path", "body", "headers"],
+        "http" => &["path", "body", "headers"],
+        _ => {
+            let given: Vec<(&str, Value)> = kwargs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            let (op, credentials) =
+                crate::steps::operation(&step.to_string(), &call.protocol, &step.method, &given)
+                    .map_err(starlark::Error::new_other)?;
+            call.op = Some(op);
+            call.credentials = credentials;
+            &[]
+        }
     };
-    for (name, value) in args.names_map()?.iter() {
+    for (name, value) in kwargs.iter().filter(|_| call.op.is_none()) {
         let name = name.as_str();
         if !allowed.contains(&name) {
             return Err(starlark::Error::new_other(anyhow!(

@@ -98,7 +98,7 @@ pub fn methods(protocol: &str) -> &'static [&'static str] {
     match protocol {
         "http" => &["get", "post", "put", "delete", "patch"],
         "tcp" => &["send"],
-        _ => &[],
+        other => crate::steps::methods(other),
     }
 }
 

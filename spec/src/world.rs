@@ -12,8 +12,9 @@ use crate::limits::memory::paused;
 /// steps (`source="test"`).
 pub const DRIVER: &str = "test";
 
-/// One step call: `api.post(path=..., body=...)`, `db.main.send(data=...)`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One step call: `api.post(path=..., body=...)`, `db.main.send(data=...)`,
+/// `db.main.query(sql=...)`.
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepCall {
     pub service: String,
     pub interface: String,
@@ -25,9 +26,15 @@ pub struct StepCall {
     pub headers: Vec<(String, String)>,
     /// How long the step may take: 30 s, or less when a scenario's `timeout=` is near.
     pub timeout: std::time::Duration,
+    /// For protocols past `http` and `tcp`: what to ask the service.
+    pub op: Option<faultbox_protocols::client::Operation>,
+    /// Credentials the step's keywords gave (`user=`, `password=`, `database=`); the
+    /// world fills in the rest from the service's environment.
+    pub credentials: faultbox_protocols::client::Credentials,
 }
 
-/// An HTTP-style result; `tcp` steps fill `body` with the reply line.
+/// An HTTP-style result; `tcp` steps fill `body` with the reply line, the other
+/// protocols with their answer as JSON (`status` is 0 for them).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct StepResult {
     pub status: i64,

@@ -75,6 +75,74 @@ fn topology_loads_in_dependency_order() {
 }
 
 #[test]
+fn ready_points_at_its_interface() {
+    let loaded = load_src(
+        "ready",
+        "db = service('db', '/bin/db', interface('main', 'postgres', 5432),\n\
+         \x20   interface('metrics', 'http', 9187), healthcheck = ready())\n\
+         api = service('api', '/bin/api', interface('admin', 'tcp', 9000),\n\
+         \x20   interface('public', 'http', 8080),\n\
+         \x20   healthcheck = ready(interface = 'public', timeout = '30s'))\n",
+    )
+    .unwrap();
+    let hc = |name: &str| {
+        loaded
+            .spec
+            .service(name)
+            .unwrap()
+            .healthcheck
+            .clone()
+            .unwrap()
+    };
+    let db = hc("db");
+    assert_eq!(
+        db.kind,
+        HealthcheckKind::Ready {
+            interface: Some("main".into())
+        },
+        "the first interface"
+    );
+    assert_eq!(db.target, "localhost:5432");
+    assert_eq!(db.timeout, std::time::Duration::from_secs(10));
+    let api = hc("api");
+    assert_eq!(
+        api.kind,
+        HealthcheckKind::Ready {
+            interface: Some("public".into())
+        }
+    );
+    assert_eq!(api.target, "localhost:8080");
+    assert_eq!(api.timeout, std::time::Duration::from_secs(30));
+
+    let cases = [
+        (
+            "ready_unknown",
+            "service('a', '/bin/a', interface('main', 'redis', 6379), healthcheck = ready(interface = 'x'))\n",
+            "spec.star:1: service \"a\": ready(interface=\"x\") names no interface of it (it has main)",
+        ),
+        (
+            "ready_none",
+            "service('a', '/bin/a', healthcheck = ready())\n",
+            "ready() needs an interface to speak to, and it declares none",
+        ),
+        (
+            "ready_grpc",
+            "service('a', '/bin/a', interface('rpc', 'grpc', 9090), healthcheck = ready())\n",
+            "interface \"rpc\" is grpc: use tcp(\"localhost:9090\")",
+        ),
+        (
+            "ready_kw",
+            "service('a', '/bin/a', interface('m', 'redis', 1), healthcheck = ready('5s'))\n",
+            "spec.star:1:",
+        ),
+    ];
+    for (name, src, expect) in cases {
+        let e = error(name, src);
+        assert!(e.contains(expect), "{name}: expected {expect:?} in {e:?}");
+    }
+}
+
+#[test]
 fn errors_name_the_file_and_line() {
     let cases: &[(&str, &str, &str)] = &[
         ("syntax", "x = (\n", "spec.star:"),

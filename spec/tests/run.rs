@@ -16,6 +16,17 @@ struct FakeWorld {
 
 impl World for FakeWorld {
     fn step(&self, call: &StepCall) -> Result<StepResult, WorldError> {
+        if let Some(op) = &call.op {
+            self.log.lock().unwrap().push(format!(
+                "step {} {} {op:?} {:?}",
+                call.service, call.method, call.credentials
+            ));
+            return Ok(StepResult {
+                body: r#"{"value": "v"}"#.into(),
+                ok: true,
+                ..Default::default()
+            });
+        }
         self.log.lock().unwrap().push(format!(
             "step {} {} {} {:?}",
             call.service, call.method, call.path, call.headers
@@ -150,6 +161,51 @@ fn steps_reach_the_world_and_return_responses() {
     assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
     assert_eq!(log[0], "step api post /orders [(\"X\", \"1\")]");
     assert_eq!(log[1], "step db send / []");
+}
+
+#[test]
+fn protocol_steps_build_their_operations() {
+    let (out, log) = run("test_protocol_steps");
+    assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
+    let none = "Credentials { user: None, password: None, database: None }";
+    let redis = |command: &str| format!("Redis {{ command: [{command}], bare: false }}");
+    let expected = [
+        format!("step pg query Query {{ sql: \"SELECT $1\", args: [Int(1), Text(\"a\"), Null, Bool(true), Float(1.5)] }} {none}"),
+        "step pg exec Exec { sql: \"DELETE FROM t\", args: [] } Credentials { user: Some(\"app\"), password: Some(\"pw\"), database: Some(\"shop\") }".to_string(),
+        format!("step cache get {} {none}", redis("\"GET\", \"k\"")),
+        format!("step cache set {} {none}", redis("\"SET\", \"k\", \"7\", \"EX\", \"90\"")),
+        format!("step cache delete {} {none}", redis("\"DEL\", \"k\"")),
+        format!("step cache del {} {none}", redis("\"DEL\", \"a\", \"b\"")),
+        format!("step cache keys Redis {{ command: [\"KEYS\", \"*\"], bare: true }} {none}"),
+        format!("step cache lrange {} {none}", redis("\"LRANGE\", \"l\", \"0\", \"-1\"")),
+        format!("step cache rpush {} {none}", redis("\"RPUSH\", \"l\", \"a\", \"2\"")),
+        format!("step cache command {} Credentials {{ user: None, password: None, database: Some(\"2\") }}", redis("\"HSET\", \"h\", \"f\", \"1\"")),
+        format!("step mc set MemcachedSet {{ key: \"k\", value: \"v\", ttl: 60 }} {none}"),
+        format!("step mc delete MemcachedDelete {{ key: \"k\" }} {none}"),
+    ];
+    assert_eq!(log, expected);
+}
+
+#[test]
+fn protocol_step_mistakes_name_the_step() {
+    for (test, expect) in [
+        (
+            "test_step_unknown_kwarg",
+            "cache.main.get(): unexpected keyword argument \"path\" (expected key, user, password, database)",
+        ),
+        ("test_step_missing_kwarg", "pg.main.query(): sql= is required"),
+        ("test_step_wrong_type", "cache.main.lrange(): start must be an int, got string"),
+        (
+            "test_step_memcached_login",
+            "mc.main.get(): unexpected keyword argument \"password\" (expected key)",
+        ),
+        ("test_step_bad_arg", "pg.main.query(): args holds None, bools, ints, floats and strings, not dict"),
+        ("test_step_no_method", "Object of type `interface_ref` has no attribute `send`"),
+    ] {
+        let (why, kind) = reason(&run(test).0);
+        assert_eq!(kind, FailureType::Error, "{test}: {why}");
+        assert!(why.contains(expect), "{test}: {why}");
+    }
 }
 
 #[test]

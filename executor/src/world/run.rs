@@ -410,20 +410,24 @@ fn wait_ready(
         if let Some(exit) = state.running.poll_exit() {
             return Err(exited(exit.code()));
         }
-        let ready = world.healthy(&svc.name, hc, port, &path);
-        if ready {
-            return Ok(());
-        }
+        let last = match world.probe(&svc.name, hc, port, &path) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
         if Instant::now() >= deadline {
-            let kind = match hc.kind {
-                HealthcheckKind::Tcp => "tcp",
-                HealthcheckKind::Http => "http",
+            let check = match &hc.kind {
+                HealthcheckKind::Tcp => format!("tcp({:?})", hc.target),
+                HealthcheckKind::Http => format!("http({:?})", hc.target),
+                HealthcheckKind::Ready { interface } => format!(
+                    "ready(interface={:?}) on {}",
+                    interface.as_deref().unwrap_or_default(),
+                    hc.target
+                ),
             };
             return Err((
                 format!(
-                    "service {:?}: healthcheck {kind}({:?}) did not pass within {:?} (declared at {}){}",
+                    "service {:?}: healthcheck {check} did not pass within {:?} (declared at {}; last try: {last}){}",
                     svc.name,
-                    hc.target,
                     hc.timeout,
                     svc.declared_at,
                     tail(logs, &svc.name)

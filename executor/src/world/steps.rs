@@ -1,6 +1,7 @@
-//! Step clients: what `api.post(...)` and `db.main.send(...)` do on the wire. They
-//! connect from the test's thread, which lives in the test's network namespace,
-//! to the relays there, so faults on the driver's edge apply to them.
+//! Step clients: what `api.post(...)` and `db.main.send(...)` do on the wire (the
+//! other protocols' clients live in `faultbox_protocols::client`). They connect
+//! from the test's thread, which lives in the test's network namespace, to the
+//! relays there, so faults on the driver's edge apply to them.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
+use faultbox_protocols::client;
 use faultbox_spec::world::StepResult;
 
 /// One HTTP/1.1 request to `addr`. Transport failures come back as a result with
@@ -50,6 +52,28 @@ pub fn tcp(addr: SocketAddr, data: &str, timeout: Duration) -> StepResult {
 /// The result of a `tcp` exchange started at `start`: the reply line as the body.
 pub fn tcp_result(outcome: Result<String, String>, start: Instant) -> StepResult {
     step_result(outcome.map(|line| (0, line)), start)
+}
+
+/// A step of a protocol with a client in [`faultbox_protocols::client`] (postgres,
+/// mysql, redis, memcached). Its socket is made by the calling thread, so call it on
+/// a thread in the test's network namespace: the step then goes through the relays.
+pub fn protocol(
+    rt: &tokio::runtime::Handle,
+    protocol: &str,
+    addr: SocketAddr,
+    credentials: &client::Credentials,
+    op: &client::Operation,
+    timeout: Duration,
+) -> StepResult {
+    let start = Instant::now();
+    let o = rt.block_on(client::run(protocol, addr, credentials, op, timeout));
+    StepResult {
+        status: 0,
+        body: o.body,
+        ok: o.ok,
+        error: o.error,
+        duration_ms: start.elapsed().as_millis() as i64,
+    }
 }
 
 /// A step's (status, body), or its transport error, timed from `start`.

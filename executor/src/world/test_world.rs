@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use faultbox_protocols::client::{self, Credentials};
 use faultbox_shim::rule::{Action, FaultRule};
 use faultbox_shim::syscalls::{self, Arch, Syscall};
 use faultbox_spec::model::{Healthcheck, HealthcheckKind, Service, Spec};
@@ -25,6 +26,9 @@ use crate::network::rules::{Active, Rules};
 use crate::sandbox::session::{self, Running, SessionConfig};
 use crate::world::eventlog::{EventLog, DRIVER};
 use crate::world::steps;
+
+/// How long one `ready()` round trip may take: a login and one request.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A fault installed during a test, and how often it fired.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -196,7 +200,7 @@ fn record_relay(log: &EventLog, r: Report) {
 /// A step started inside `parallel()`.
 enum Pending {
     Running {
-        call: StepCall,
+        call: Box<StepCall>,
         /// The fields of its `step_send` event, for its `step_recv`.
         fields: BTreeMap<String, String>,
         task: tokio::task::JoinHandle<StepResult>,
@@ -373,33 +377,82 @@ impl TestWorld {
     }
 
     /// Whether `service` answers its healthcheck, asked inside its own namespace
-    /// (never through a relay, which would accept before the service listens).
-    pub fn healthy(&self, service: &str, hc: &Healthcheck, port: u16, path: &str) -> bool {
-        let Ok((ns, _)) = self.home_of(service) else {
-            return false;
-        };
+    /// (never through a relay, which would accept before the service listens); if
+    /// not, why.
+    pub fn probe(
+        &self,
+        service: &str,
+        hc: &Healthcheck,
+        port: u16,
+        path: &str,
+    ) -> Result<(), String> {
+        let (ns, _) = self.home_of(service)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let probe = async {
-            let stream = ns.connect(addr, Duration::from_millis(200)).await?;
-            match hc.kind {
-                HealthcheckKind::Tcp => Ok(true),
-                HealthcheckKind::Http => {
-                    let r = steps::http_over(
-                        stream,
-                        addr,
-                        "GET",
-                        path,
-                        "",
-                        &[],
-                        Duration::from_secs(1),
-                        None,
-                    )
-                    .await;
-                    Ok::<_, std::io::Error>(r.is_ok_and(|(status, _)| (200..400).contains(&status)))
-                }
-            }
+        let state = self.service(service).map_err(|e| e.0)?;
+        let (protocol, healthy): (&str, fn(u16) -> bool) = match &hc.kind {
+            HealthcheckKind::Tcp => ("tcp", |_| true),
+            HealthcheckKind::Http => ("http", |s| (200..400).contains(&s)),
+            // ready() on HTTP: anything but a server error means it serves.
+            HealthcheckKind::Ready { interface } => (
+                state
+                    .decl
+                    .interfaces
+                    .iter()
+                    .find(|i| interface.as_deref() == Some(i.name.as_str()))
+                    .map_or("tcp", |i| i.protocol.as_str()),
+                |s| s < 500,
+            ),
         };
-        self.rt.block_on(probe).unwrap_or(false)
+        if let "tcp" | "http" = protocol {
+            let probe = async {
+                let stream = ns
+                    .connect(addr, Duration::from_millis(200))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if protocol == "tcp" {
+                    return Ok(());
+                }
+                let (status, _) = steps::http_over(
+                    stream,
+                    addr,
+                    "GET",
+                    path,
+                    "",
+                    &[],
+                    Duration::from_secs(1),
+                    None,
+                )
+                .await?;
+                match healthy(status) {
+                    true => Ok(()),
+                    false => Err(format!("GET {path} answered {status}")),
+                }
+            };
+            return self.rt.block_on(probe);
+        }
+        let credentials = Credentials::default().or_env(protocol, &state.decl.env);
+        // The probe's socket must be made inside the service's namespace: a thread of
+        // its own enters it, and ends there.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                ns.enter()
+                    .map_err(|e| format!("entering {service:?}'s network namespace: {e}"))?;
+                self.rt
+                    .block_on(client::ready(protocol, addr, &credentials, PROBE_TIMEOUT))
+                    .map_err(|e| e.to_string())
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the probe panicked".into()))
+        })
+    }
+
+    /// Credentials for `call`: its keywords', else those in its service's environment.
+    fn credentials(&self, call: &StepCall) -> Credentials {
+        let env = self
+            .service(&call.service)
+            .map(|s| s.decl.env.clone())
+            .unwrap_or_default();
+        call.credentials.or_env(&call.protocol, &env)
     }
 
     /// Fires once the first `bytes` the driver sent from `local` have reached the
@@ -765,11 +818,21 @@ impl World for TestWorld {
                 call.timeout,
             ),
             "tcp" => steps::tcp(addr, &call.body, call.timeout),
-            other => {
-                return Err(WorldError(format!(
-                    "protocol {other:?} has no step client yet"
-                )))
-            }
+            other => match &call.op {
+                Some(op) => steps::protocol(
+                    &self.rt,
+                    other,
+                    addr,
+                    &self.credentials(call),
+                    op,
+                    call.timeout,
+                ),
+                None => {
+                    return Err(WorldError(format!(
+                        "protocol {other:?} has no step client yet"
+                    )))
+                }
+            },
         };
         self.step_received(call, fields, &result);
         Ok(result)
@@ -819,7 +882,7 @@ impl World for TestWorld {
                     .await
                 });
                 Pending::Running {
-                    call: call.clone(),
+                    call: Box::new(call.clone()),
                     fields,
                     task,
                 }
@@ -852,7 +915,45 @@ impl World for TestWorld {
                         .spawn(async move { steps::tcp_result(Err(e), started) }),
                 };
                 Pending::Running {
-                    call: call.clone(),
+                    call: Box::new(call.clone()),
+                    fields,
+                    task,
+                }
+            }
+            protocol if call.op.is_some() => {
+                let fields = self.step_sent(call);
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let rt = self.rt.clone();
+                let protocol = protocol.to_string();
+                let credentials = self.credentials(call);
+                let op = call.op.clone().expect("checked above");
+                let timeout = call.timeout;
+                // A thread started here is in the test's network namespace, where the
+                // step's socket must be made; it runs beside the other branches. Its
+                // request is not awaited: it goes out once the service accepts.
+                let spawned = std::thread::Builder::new()
+                    .name("faultbox-step".into())
+                    .spawn(move || {
+                        let r = steps::protocol(&rt, &protocol, addr, &credentials, &op, timeout);
+                        let _ = tx.send(r);
+                    });
+                let task = match spawned {
+                    Ok(_) => self.rt.spawn(async move {
+                        rx.await.unwrap_or_else(|_| StepResult {
+                            error: "the step's thread ended without an answer".into(),
+                            ..StepResult::default()
+                        })
+                    }),
+                    Err(e) => {
+                        let r = StepResult {
+                            error: format!("starting the step: {e}"),
+                            ..StepResult::default()
+                        };
+                        self.rt.spawn(async move { r })
+                    }
+                };
+                Pending::Running {
+                    call: Box::new(call.clone()),
                     fields,
                     task,
                 }

@@ -276,11 +276,17 @@ pub fn mariadb() -> Server {
 }
 
 pub fn redis() -> Server {
+    redis_with(&[])
+}
+
+/// redis-server with more arguments (`--requirepass pw`).
+pub fn redis_with(extra: &[&str]) -> Server {
     let dir = TempDir::new("redis");
     let port = free_port();
     let child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
         .arg("--dir")
         .arg(dir.path())
         .stdout(log_file(&dir))

@@ -1,0 +1,316 @@
+//! The step methods of `postgres`, `mysql`, `redis` and `memcached` interfaces: the
+//! keywords each takes, checked when the spec calls it (a wrong keyword or type is
+//! an error naming the step), and the operation it asks the step client for.
+//!
+//! | protocol | method | keywords |
+//! |---|---|---|
+//! | postgres, mysql | `query`, `exec` | `sql=`, `args=[...]` |
+//! | redis | `get`, `incr` | `key=` |
+//! | redis | `set` | `key=`, `value=`, `ttl=` |
+//! | redis | `del` / `delete` | `key=` (a string or a list) |
+//! | redis | `ping` | |
+//! | redis | `keys` | `pattern=` (default `*`) |
+//! | redis | `lpush`, `rpush` | `key=`, `value=` (a value or a list) |
+//! | redis | `lrange` | `key=`, `start=` (0), `stop=` (-1) |
+//! | redis | `command` | `args=[...]` |
+//! | memcached | `get`, `delete` | `key=` |
+//! | memcached | `set` | `key=`, `value=`, `ttl=` |
+//!
+//! postgres, mysql and redis steps also take `user=`, `password=` and `database=`.
+//! `del` is a Starlark keyword (`r.main.del(...)` does not parse): `delete` is the
+//! same method.
+
+use anyhow::{anyhow, bail};
+use starlark::values::list::ListRef;
+use starlark::values::tuple::TupleRef;
+use starlark::values::{UnpackValue, Value};
+
+use faultbox_protocols::client::{Credentials, Operation, SqlArg};
+
+/// The step methods of a protocol with a step client in `faultbox_protocols::client`.
+pub fn methods(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "postgres" | "mysql" => &["query", "exec"],
+        "redis" => &[
+            "get", "set", "del", "delete", "ping", "keys", "lpush", "rpush", "lrange", "incr",
+            "command",
+        ],
+        "memcached" => &["get", "set", "delete"],
+        _ => &[],
+    }
+}
+
+const LOGIN: &[&str] = &["user", "password", "database"];
+
+/// The keywords `method` of `protocol` takes, login keywords aside.
+fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
+    match (protocol, method) {
+        ("postgres" | "mysql", _) => &["sql", "args"],
+        ("redis", "get" | "incr" | "del" | "delete") => &["key"],
+        ("redis", "set") | ("memcached", "set") => &["key", "value", "ttl"],
+        ("redis", "keys") => &["pattern"],
+        ("redis", "lpush" | "rpush") => &["key", "value"],
+        ("redis", "lrange") => &["key", "start", "stop"],
+        ("redis", "command") => &["args"],
+        ("memcached", "get" | "delete") => &["key"],
+        _ => &[],
+    }
+}
+
+/// A step's keyword arguments, read with errors that name the step.
+struct Kwargs<'a, 'v> {
+    step: &'a str,
+    given: &'a [(&'a str, Value<'v>)],
+}
+
+impl<'v> Kwargs<'_, 'v> {
+    fn get(&self, name: &str) -> Option<Value<'v>> {
+        self.given.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+
+    fn required(&self, name: &str) -> anyhow::Result<Value<'v>> {
+        self.get(name)
+            .ok_or_else(|| anyhow!("{}(): {name}= is required", self.step))
+    }
+
+    fn wrong(&self, name: &str, want: &str, v: Value) -> anyhow::Error {
+        anyhow!(
+            "{}(): {name} must be {want}, got {}",
+            self.step,
+            v.get_type()
+        )
+    }
+
+    fn string(&self, name: &str, v: Value) -> anyhow::Result<String> {
+        v.unpack_str()
+            .map(str::to_string)
+            .ok_or_else(|| self.wrong(name, "a string", v))
+    }
+
+    fn opt_string(&self, name: &str) -> anyhow::Result<Option<String>> {
+        self.get(name).map(|v| self.string(name, v)).transpose()
+    }
+
+    fn int(&self, name: &str, v: Value) -> anyhow::Result<i64> {
+        if v.get_type() != "int" {
+            return Err(self.wrong(name, "an int", v));
+        }
+        i64::unpack_value(v)
+            .ok()
+            .flatten()
+            .ok_or_else(|| anyhow!("{}(): {name} is out of range", self.step))
+    }
+
+    /// A value stored as text: a string, or an int or float written out.
+    fn text(&self, name: &str, v: Value) -> anyhow::Result<String> {
+        match v.get_type() {
+            "string" | "int" | "float" => Ok(v.to_str()),
+            _ => Err(self.wrong(name, "a string, an int or a float", v)),
+        }
+    }
+
+    /// The items of a list or tuple.
+    fn items(&self, name: &str, v: Value<'v>) -> anyhow::Result<Vec<Value<'v>>> {
+        if let Some(l) = ListRef::from_value(v) {
+            return Ok(l.iter().collect());
+        }
+        if let Some(t) = TupleRef::from_value(v) {
+            return Ok(t.iter().collect());
+        }
+        Err(self.wrong(name, "a list", v))
+    }
+
+    /// One value or a list of them, as text.
+    fn texts(&self, name: &str, v: Value<'v>) -> anyhow::Result<Vec<String>> {
+        let items = match v.get_type() {
+            "list" | "tuple" => self.items(name, v)?,
+            _ => vec![v],
+        };
+        if items.is_empty() {
+            bail!("{}(): {name}= must not be an empty list", self.step);
+        }
+        items.into_iter().map(|i| self.text(name, i)).collect()
+    }
+
+    /// `ttl=`: whole seconds, as an int or a duration (`"30s"`, `"1m"`).
+    fn ttl_secs(&self) -> anyhow::Result<Option<u64>> {
+        let Some(v) = self.get("ttl") else {
+            return Ok(None);
+        };
+        let secs = match v.get_type() {
+            "int" => u64::try_from(self.int("ttl", v)?).ok(),
+            "string" => {
+                let text = self.string("ttl", v)?;
+                let d = faultbox_shim::rule::parse_duration(&text)
+                    .map_err(|e| anyhow!("{}(): bad ttl {text:?}: {e}", self.step))?;
+                // Expiries here are whole seconds: round up, so a key never expires
+                // before the time given.
+                Some(d.as_millis().div_ceil(1000) as u64)
+            }
+            _ => return Err(self.wrong("ttl", "an int (seconds) or a duration string", v)),
+        };
+        secs.map(Some)
+            .ok_or_else(|| anyhow!("{}(): ttl must not be negative", self.step))
+    }
+
+    fn sql_args(&self) -> anyhow::Result<Vec<SqlArg>> {
+        let Some(v) = self.get("args") else {
+            return Ok(Vec::new());
+        };
+        self.items("args", v)?
+            .into_iter()
+            .map(|a| {
+                Ok(match a.get_type() {
+                    "NoneType" => SqlArg::Null,
+                    "bool" => SqlArg::Bool(a.to_bool()),
+                    "int" => SqlArg::Int(self.int("args", a)?),
+                    "float" => SqlArg::Float(
+                        starlark::values::float::StarlarkFloat::unpack_value(a)
+                            .ok()
+                            .flatten()
+                            .map(|f| f.0)
+                            .unwrap_or_default(),
+                    ),
+                    "string" => SqlArg::Text(self.string("args", a)?),
+                    _ => {
+                        return Err(anyhow!(
+                            "{}(): args holds None, bools, ints, floats and strings, not {}",
+                            self.step,
+                            a.get_type()
+                        ))
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+/// The operation `step` (`db.main.query`, a `method` of `protocol`) asks for with
+/// the keyword arguments `given`, and the credentials they name.
+pub fn operation(
+    step: &str,
+    protocol: &str,
+    method: &str,
+    given: &[(&str, Value)],
+) -> anyhow::Result<(Operation, Credentials)> {
+    let own = keywords(protocol, method);
+    let login = if protocol == "memcached" {
+        &[][..]
+    } else {
+        LOGIN
+    };
+    for (name, _) in given {
+        if !own.contains(name) && !login.contains(name) {
+            let expected: Vec<&str> = own.iter().chain(login).copied().collect();
+            bail!(
+                "{step}(): unexpected keyword argument {name:?} (expected {})",
+                if expected.is_empty() {
+                    "none".to_string()
+                } else {
+                    expected.join(", ")
+                }
+            );
+        }
+    }
+    let k = Kwargs { step, given };
+    let credentials = Credentials {
+        user: k.opt_string("user")?,
+        password: k.opt_string("password")?,
+        database: match k.get("database") {
+            Some(v) if protocol == "redis" => Some(match v.get_type() {
+                "int" => k.int("database", v)?.to_string(),
+                _ => k.string("database", v)?,
+            }),
+            Some(v) => Some(k.string("database", v)?),
+            None => None,
+        },
+    };
+    let key = || -> anyhow::Result<String> { k.string("key", k.required("key")?) };
+    let op = match (protocol, method) {
+        ("postgres" | "mysql", "query" | "exec") => {
+            let sql = k.string("sql", k.required("sql")?)?;
+            if sql.trim().is_empty() {
+                bail!("{step}(): sql= is empty");
+            }
+            let args = k.sql_args()?;
+            if method == "query" {
+                Operation::Query { sql, args }
+            } else {
+                Operation::Exec { sql, args }
+            }
+        }
+        ("redis", _) => {
+            let command: Vec<String> = match method {
+                "get" => vec!["GET".into(), key()?],
+                "incr" => vec!["INCR".into(), key()?],
+                "set" => {
+                    let mut c = vec!["SET".into(), key()?, k.text("value", k.required("value")?)?];
+                    if let Some(s) = k.ttl_secs()?.filter(|s| *s > 0) {
+                        c.extend(["EX".to_string(), s.to_string()]);
+                    }
+                    c
+                }
+                "del" | "delete" => {
+                    let mut c = vec!["DEL".to_string()];
+                    c.extend(k.texts("key", k.required("key")?)?);
+                    c
+                }
+                "ping" => vec!["PING".into()],
+                "keys" => vec![
+                    "KEYS".into(),
+                    k.opt_string("pattern")?.unwrap_or_else(|| "*".into()),
+                ],
+                "lpush" | "rpush" => {
+                    let mut c = vec![method.to_ascii_uppercase(), key()?];
+                    c.extend(k.texts("value", k.required("value")?)?);
+                    c
+                }
+                "lrange" => {
+                    let bound = |name: &str, default: i64| -> anyhow::Result<String> {
+                        Ok(match k.get(name) {
+                            Some(v) => k.int(name, v)?,
+                            None => default,
+                        }
+                        .to_string())
+                    };
+                    vec![
+                        "LRANGE".into(),
+                        key()?,
+                        bound("start", 0)?,
+                        bound("stop", -1)?,
+                    ]
+                }
+                "command" => {
+                    let args = k.items("args", k.required("args")?)?;
+                    if args.is_empty() {
+                        bail!("{step}(): args= names the command and its arguments, so it must not be empty");
+                    }
+                    args.into_iter()
+                        .map(|a| k.text("args", a))
+                        .collect::<anyhow::Result<_>>()?
+                }
+                other => bail!("{step}(): redis has no step {other:?}"),
+            };
+            Operation::Redis {
+                command,
+                bare: method == "keys",
+            }
+        }
+        ("memcached", "get") => Operation::MemcachedGet { key: key()? },
+        ("memcached", "delete") => Operation::MemcachedDelete { key: key()? },
+        ("memcached", "set") => {
+            let ttl = k.ttl_secs()?.unwrap_or(0);
+            // Past 30 days memcached reads the number as a Unix time.
+            if ttl > 30 * 86_400 {
+                bail!("{step}(): memcached expiries are at most 30 days (2592000 seconds)");
+            }
+            Operation::MemcachedSet {
+                key: key()?,
+                value: k.text("value", k.required("value")?)?,
+                ttl: ttl as u32,
+            }
+        }
+        (p, m) => bail!("{step}(): {p} has no step {m:?}"),
+    };
+    Ok((op, credentials))
+}
