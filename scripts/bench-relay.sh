@@ -15,7 +15,8 @@
 # Usage: scripts/bench-relay.sh   (as root; BENCH_SECONDS per measurement, default 5;
 #        BENCH_ROUNDS, default 1; BENCH_CLIENTS, default 16; BENCH_ONLY, a subset of
 #        "http redis postgres"; RELAY_BENCH, a relay_bench binary to use instead of
-#        building one)
+#        building one; RELAY_BASELINE, another relay_bench binary (an earlier
+#        build) measured in the same rounds as "baseline" and "baseline + rule")
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -90,8 +91,12 @@ wait_port() {
     return 1
 }
 
+# Servers (p), haproxy (h), the relay without (r) and with (q) a rule, the baseline
+# relay without (b) and with (c) a rule.
 read -r p_http p_redis p_pg h_http h_redis h_pg r_http r_redis r_pg q_http q_redis q_pg \
-    <<<"$(free_ports 12)"
+    b_http b_redis b_pg c_http c_redis c_pg <<<"$(free_ports 18)"
+paths="direct haproxy relay rule"
+[[ -z ${RELAY_BASELINE:-} ]] || paths+=" base base-rule"
 
 # --- servers ---
 mkdir -p "$tmp/nginx"
@@ -167,12 +172,28 @@ pids+=($!)
     >"$tmp/relay.out" 2>"$tmp/relay.err" &
 relay_pid=$!
 pids+=($relay_pid)
-# It prints "ready" once every listener is open.
-for ((i = 0; i < 300; i++)); do
-    grep -q ready "$tmp/relay.out" && break
-    kill -0 "$relay_pid" 2>/dev/null || { cat "$tmp/relay.err" >&2; exit 1; }
-    sleep 0.1
-done
+# Each prints "ready" once every listener is open.
+wait_ready() { # pid out err
+    for ((i = 0; i < 300; i++)); do
+        grep -q ready "$2" && return 0
+        kill -0 "$1" 2>/dev/null || { cat "$3" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "bench-relay: the relay never said ready" >&2
+    return 1
+}
+wait_ready "$relay_pid" "$tmp/relay.out" "$tmp/relay.err"
+base_pid=
+if [[ -n ${RELAY_BASELINE:-} ]]; then
+    "$RELAY_BASELINE" \
+        --edge "http:$b_http:$p_http" --edge "http:$c_http:$p_http:rule" \
+        --edge "redis:$b_redis:$p_redis" --edge "redis:$c_redis:$p_redis:rule" \
+        --edge "postgres:$b_pg:$p_pg" --edge "postgres:$c_pg:$p_pg:rule" \
+        >"$tmp/base.out" 2>"$tmp/base.err" &
+    base_pid=$!
+    pids+=($base_pid)
+    wait_ready "$base_pid" "$tmp/base.out" "$tmp/base.err"
+fi
 
 for p in "$p_http" "$p_redis" "$p_pg" "$h_http" "$h_redis" "$h_pg"; do
     wait_port "$p"
@@ -192,6 +213,8 @@ declare -A port_of=(
     [http direct]=$p_http [http haproxy]=$h_http [http relay]=$r_http [http rule]=$q_http
     [redis direct]=$p_redis [redis haproxy]=$h_redis [redis relay]=$r_redis [redis rule]=$q_redis
     [postgres direct]=$p_pg [postgres haproxy]=$h_pg [postgres relay]=$r_pg [postgres rule]=$q_pg
+    [http base]=$b_http [http base-rule]=$c_http [redis base]=$b_redis [redis base-rule]=$c_redis
+    [postgres base]=$b_pg [postgres base-rule]=$c_pg
 )
 
 # wrk's latency to ms: 12.34us, 1.20ms, 1.00s.
@@ -252,7 +275,7 @@ for proto in $only; do
             redis_n[$clients]=$((rps * secs))
         fi
         for ((round = 1; round <= rounds; round++)); do
-            for path in direct haproxy relay rule; do
+            for path in $paths; do
                 echo "bench-relay: $proto, $clients client(s), $path, round $round" >&2
                 line=$("run_$proto" "${port_of[$proto $path]}" "$clients")
                 echo "$proto $clients $path $round $line" >>"$results"
@@ -261,11 +284,16 @@ for proto in $only; do
     done
 done
 
-kill "$relay_pid"
-wait "$relay_pid" || true
-if grep -E 'fired|opaque|panicked' "$tmp/relay.err" | grep -vE ' 0 fired, 0 opaque$' | grep -q .; then
+# Each relay prints a summary per edge when stopped: no rule may have fired and no
+# connection gone opaque, or the framed path was not what was measured.
+for p in "$relay_pid" $base_pid; do
+    kill "$p"
+    wait "$p" || true
+done
+if cat "$tmp"/relay.err "$tmp"/base.err 2>/dev/null | grep -E 'fired|opaque|panicked' |
+    grep -vE ' 0 fired, 0 opaque$' | grep -q .; then
     echo "bench-relay: the relay did not pass the traffic through as expected:" >&2
-    cat "$tmp/relay.err" >&2
+    cat "$tmp"/relay.err "$tmp"/base.err >&2 2>/dev/null || true
     exit 1
 fi
 
@@ -291,7 +319,9 @@ med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v i
 protos = list(dict.fromkeys(k[0] for k in med))
 loads = sorted(set(k[1] for k in med))
 names = {"direct": "direct", "haproxy": "haproxy", "relay": "relay, no rules",
-         "rule": "relay, non-matching rule"}
+         "rule": "relay, non-matching rule", "base": "baseline relay, no rules",
+         "base-rule": "baseline relay, non-matching rule"}
+paths = [p for p in names if any(k[2] == p for k in med)]
 unit = {"http": "req/s", "redis": "req/s", "postgres": "tx/s"}
 
 print("| protocol | clients | path | p50 ms | p99 ms | throughput | p50 × direct | throughput × direct | throughput × haproxy |")
@@ -299,7 +329,7 @@ print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
 for proto in protos:
     for c in loads:
         d, h = med[(proto, c, "direct")], med[(proto, c, "haproxy")]
-        for path in ["direct", "haproxy", "relay", "rule"]:
+        for path in paths:
             p50, p99, thr = med[(proto, c, path)]
             print(f"| {proto} | {c} | {names[path]} | {p50:.3f} | {p99:.3f} | {thr:,.0f} {unit[proto]} "
                   f"| {p50 / d[0]:.2f} | {thr / d[2]:.2f} | {thr / h[2]:.2f} |")
@@ -316,4 +346,15 @@ for proto in protos:
         ratio = lambda x: f"{add(x) / add(h):.2f}" if add(h) > 0 else "-"
         print(f"| {proto} | {c} | {add(h):.1f} | {add(r):.1f} | {add(q):.1f} | {ratio(r)} | {ratio(q)} "
               f"| {r[2] / h[2]:.2f} | {q[2] / h[2]:.2f} |")
+if "base" in paths:
+    print()
+    print("This build against the baseline build, same run:")
+    print()
+    print("| protocol | clients | p50 ms, baseline → this | throughput, baseline → this | × | with the rule: p50 ms | throughput | × |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for proto in protos:
+        for c in loads:
+            b, r, bq, q = (med[(proto, c, p)] for p in ["base", "relay", "base-rule", "rule"])
+            print(f"| {proto} | {c} | {b[0]:.3f} → {r[0]:.3f} | {b[2]:,.0f} → {r[2]:,.0f} | {r[2] / b[2]:.2f} "
+                  f"| {bq[0]:.3f} → {q[0]:.3f} | {bq[2]:,.0f} → {q[2]:,.0f} | {q[2] / bq[2]:.2f} |")
 PY
