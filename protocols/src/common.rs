@@ -2,7 +2,6 @@
 //! connection opaque, the ledger of requests awaiting responses, and small parsing
 //! helpers.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
@@ -95,8 +94,46 @@ pub(crate) struct Entry<K> {
     pub(crate) kind: K,
 }
 
+/// A fast, non-keyed hasher for [`request_id`]: ids are compared only among one
+/// connection's pending requests, and computing one is paid on every request.
+struct Fx(u64);
+
+impl Fx {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("eight bytes")));
+        }
+        let tail = chunks.remainder();
+        if !tail.is_empty() {
+            let mut word = [0u8; 8];
+            word[..tail.len()].copy_from_slice(tail);
+            // The length keeps "a" and "a\0" apart.
+            self.add(u64::from_le_bytes(word) ^ ((tail.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 pub(crate) fn request_id(request: &Request) -> u64 {
-    let mut h = DefaultHasher::new();
+    let mut h = Fx(0);
     request.len.hash(&mut h);
     request.fields.hash(&mut h);
     request.matchable.hash(&mut h);
@@ -210,7 +247,12 @@ pub(crate) fn request(len: usize, fields: Fields, matchable: bool, replies: usiz
 
 /// Fields from pairs.
 pub(crate) fn fields<const N: usize>(pairs: [(&'static str, String); N]) -> Fields {
-    pairs.into_iter().collect()
+    // Inserted one by one: collecting would sort them in a vector first.
+    let mut f = Fields::new();
+    for (k, v) in pairs {
+        f.insert(k, v);
+    }
+    f
 }
 
 /// A message that would make a conversation hold more than [`MAX_MESSAGE`] bytes.

@@ -92,9 +92,30 @@ struct HttpConversation {
     pending: Ledger<Exchange>,
 }
 
+/// Which side's message a head starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// A message's start line, checked, with what the conversation keeps of it.
+enum Start {
+    Request {
+        method: String,
+        /// The target's path ([`target_path`]).
+        path: String,
+        /// `HTTP/1.0`: keep-alive only when asked for.
+        http10: bool,
+    },
+    Response {
+        status: u16,
+    },
+}
+
 /// A parsed start line and the headers that matter here.
 struct Head {
-    start: Vec<String>,
+    start: Start,
     content_length: Option<usize>,
     chunked: bool,
     close: bool,
@@ -124,74 +145,129 @@ fn head_end(buf: &[u8], scanned: &mut usize) -> Option<usize> {
     None
 }
 
-fn parse_head(bytes: &[u8]) -> Result<Head, Opaque> {
+/// The next line of `rest` without its `\r\n` or `\n`, and `rest` past it. Split on
+/// the byte: `\n` is ASCII, so the cut is a char boundary.
+fn next_line<'a>(rest: &mut &'a str) -> &'a str {
+    let (line, after) = match rest.as_bytes().iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (*rest, ""),
+    };
+    *rest = after;
+    line.strip_suffix('\r').unwrap_or(line)
+}
+
+/// Parses a head of `side`'s message. Nothing is allocated but the request's match
+/// keys: a head goes by on every request and response.
+fn parse_head(bytes: &[u8], side: Side) -> Result<Head, Opaque> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Opaque("http: a message head is not text".into()))?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let start: Vec<String> = lines
-        .next()
-        .unwrap_or("")
-        .splitn(3, ' ')
-        .map(str::to_string)
-        .collect();
-    let mut head = Head {
-        start,
-        content_length: None,
-        chunked: false,
-        close: false,
-        keep_alive: false,
-        expect: false,
-        upgrade: false,
-    };
-    for line in lines {
-        if line.is_empty() || line.starts_with([' ', '\t']) {
+    let mut rest = text;
+    let first = next_line(&mut rest);
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut expect = false;
+    let mut upgrade = false;
+    loop {
+        let line = next_line(&mut rest);
+        if line.is_empty() {
+            if rest.is_empty() {
+                break;
+            }
             continue;
         }
-        let Some((name, value)) = line.split_once(':') else {
+        if line.starts_with([' ', '\t']) {
+            continue;
+        }
+        let Some(colon) = line.as_bytes().iter().position(|&b| b == b':') else {
             return Err(Opaque(format!("http: a header without a colon: {line:?}")));
         };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => {
-                let n: usize = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n < 1 << 48)
-                    .ok_or_else(|| Opaque(format!("http: bad Content-Length {value:?}")))?;
-                if head.content_length.is_some_and(|m| m != n) {
-                    return Err(Opaque("http: conflicting Content-Length headers".into()));
-                }
-                head.content_length = Some(n);
+        let name = line[..colon].trim();
+        // Only the headers read below have their value trimmed.
+        let value = || line[colon + 1..].trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let value = value();
+            let n: usize = value
+                .parse()
+                .ok()
+                .filter(|n| *n < 1 << 48)
+                .ok_or_else(|| Opaque(format!("http: bad Content-Length {value:?}")))?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(Opaque("http: conflicting Content-Length headers".into()));
             }
-            "transfer-encoding" => {
-                let last = value.rsplit(',').next().unwrap_or("").trim();
-                head.chunked = last.eq_ignore_ascii_case("chunked");
-                if !head.chunked && !value.is_empty() {
-                    head.chunked = false;
-                    head.content_length = None;
-                    // A transfer coding other than chunked last: delimited by close.
-                    head.close = true;
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            let value = value();
+            let last = value.rsplit(',').next().unwrap_or("").trim();
+            chunked = last.eq_ignore_ascii_case("chunked");
+            if !chunked && !value.is_empty() {
+                content_length = None;
+                // A transfer coding other than chunked last: delimited by close.
+                close = true;
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value().split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive = true;
                 }
             }
-            "connection" => {
-                for token in value.split(',') {
-                    let token = token.trim();
-                    if token.eq_ignore_ascii_case("close") {
-                        head.close = true;
-                    } else if token.eq_ignore_ascii_case("keep-alive") {
-                        head.keep_alive = true;
-                    }
-                }
-            }
-            "expect" => head.expect = value.eq_ignore_ascii_case("100-continue"),
-            "upgrade" => head.upgrade = true,
-            _ => {}
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect = value().eq_ignore_ascii_case("100-continue");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
         }
     }
-    if head.chunked {
-        head.content_length = None;
+    if chunked {
+        content_length = None;
     }
-    Ok(head)
+    let mut parts = first.splitn(3, ' ');
+    let start = match side {
+        Side::Client => {
+            let (Some(method), Some(target), Some(version), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(Opaque("http: not an HTTP/1 request line".into()));
+            };
+            if !version.starts_with("HTTP/1.") {
+                return Err(Opaque(format!("http: unsupported version {version:?}")));
+            }
+            if method.eq_ignore_ascii_case("CONNECT") {
+                return Err(Opaque("http: CONNECT tunnels the connection".into()));
+            }
+            Start::Request {
+                method: method.to_string(),
+                path: target_path(target),
+                http10: version == "HTTP/1.0",
+            }
+        }
+        Side::Server => {
+            let (Some(version), Some(status)) = (parts.next(), parts.next()) else {
+                return Err(Opaque("http: not an HTTP/1 status line".into()));
+            };
+            if !version.starts_with("HTTP/1.") {
+                return Err(Opaque(format!(
+                    "http: unsupported response version {version:?}"
+                )));
+            }
+            let status: u16 = status
+                .parse()
+                .map_err(|_| Opaque(format!("http: bad status {status:?}")))?;
+            Start::Response { status }
+        }
+    };
+    Ok(Head {
+        start,
+        content_length,
+        chunked,
+        close,
+        keep_alive,
+        expect,
+        upgrade,
+    })
 }
 
 /// The path of a request target: no query string or fragment; for absolute-form,
@@ -242,7 +318,7 @@ impl Framer for HttpConversation {
                     }
                     return Ok(out);
                 };
-                let head = parse_head(&data[..end])?;
+                let head = parse_head(&data[..end], Side::Client)?;
                 self.client.consume(end);
                 self.request_head(head, &mut out)?;
                 continue;
@@ -294,7 +370,7 @@ impl Framer for HttpConversation {
                         }
                         return Ok(done);
                     };
-                    let head = parse_head(&data[..end])?;
+                    let head = parse_head(&data[..end], Side::Server)?;
                     self.server.consume(end);
                     done += self.response_head(head)?;
                 }
@@ -368,35 +444,28 @@ impl Framer for HttpConversation {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Client,
-    Server,
-}
-
 impl HttpConversation {
     fn request_head(&mut self, head: Head, out: &mut Vec<Request>) -> Result<(), Opaque> {
-        let [method, target, version] = &head.start[..] else {
+        let Start::Request {
+            method,
+            path,
+            http10,
+        } = head.start
+        else {
             return Err(Opaque("http: not an HTTP/1 request line".into()));
         };
-        if !version.starts_with("HTTP/1.") {
-            return Err(Opaque(format!("http: unsupported version {version:?}")));
-        }
-        if method.eq_ignore_ascii_case("CONNECT") {
-            return Err(Opaque("http: CONNECT tunnels the connection".into()));
-        }
         if head.upgrade {
             return Err(Opaque(
                 "http: the client asks to upgrade the protocol".into(),
             ));
         }
-        let close = head.close || (version == "HTTP/1.0" && !head.keep_alive);
+        let close = head.close || (http10 && !head.keep_alive);
         let exchange = Exchange {
             head: method.eq_ignore_ascii_case("HEAD"),
             close,
             expect: false,
         };
-        let f = fields([("method", method.clone()), ("path", target_path(target))]);
+        let f = fields([("method", method), ("path", path)]);
         let length = if head.chunked {
             None
         } else {
@@ -446,17 +515,9 @@ impl HttpConversation {
 
     /// Reads a response head; returns 1 if it completed a response.
     fn response_head(&mut self, head: Head) -> Result<usize, Opaque> {
-        let [version, status, ..] = &head.start[..] else {
+        let Start::Response { status } = head.start else {
             return Err(Opaque("http: not an HTTP/1 status line".into()));
         };
-        if !version.starts_with("HTTP/1.") {
-            return Err(Opaque(format!(
-                "http: unsupported response version {version:?}"
-            )));
-        }
-        let status: u16 = status
-            .parse()
-            .map_err(|_| Opaque(format!("http: bad status {status:?}")))?;
         if status == 101 {
             return Err(Opaque("http: the server switched protocols".into()));
         }
@@ -475,7 +536,10 @@ impl HttpConversation {
 
     /// Sets up reading a response body; returns 1 if the response is complete.
     fn response_body(&mut self, head: &Head, head_request: bool) -> Result<usize, Opaque> {
-        let status: u16 = head.start[1].parse().unwrap_or(0);
+        let status = match head.start {
+            Start::Response { status } => status,
+            Start::Request { .. } => 0,
+        };
         if head_request || status == 204 || status == 304 {
             return Ok(self.response_done());
         }

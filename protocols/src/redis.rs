@@ -112,9 +112,8 @@ impl Framer for RedisConversation {
                 }
                 return Ok(done);
             };
-            let line = trim_eol(&data[..end]).to_vec();
+            let (skip, replies) = self.replies.line(trim_eol(&data[..end]))?;
             self.server.consume(end);
-            let (skip, replies) = self.replies.line(&line)?;
             done += replies;
             if let Some(n) = skip {
                 self.server.skip(n);

@@ -20,7 +20,7 @@ use faultbox_protocols::{Answer, Conversation, Fields, Request};
 use faultbox_spec::world::ProxyAction;
 
 use super::plan::Edge;
-use super::rules::{Active, Rules};
+use super::rules::{Active, EdgeRules, Rules};
 
 /// Bytes read at a time from either side.
 const CHUNK: usize = 64 * 1024;
@@ -163,7 +163,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Client to server: frames requests, lets rules act on whole ones.
+/// Client to server: frames requests, lets rules act on whole ones. Bytes go to
+/// the server straight from the chunk read when nothing holds them, and the
+/// requests of one chunk that no rule acts on go in one write.
 async fn upstream(
     f: &Framed,
     on_sent: Option<Box<dyn Fn(u64) + Send + Sync>>,
@@ -172,11 +174,13 @@ async fn upstream(
     mut server: OwnedWriteHalf,
 ) -> Result<u64, PumpError> {
     let mut buf = vec![0u8; CHUNK];
+    // The start of a request rules might act on, kept until it is whole.
     let mut held: Vec<u8> = Vec::new();
     // Bytes of the current, incomplete request already forwarded (it arrived while
     // no rule applied): it can no longer be acted on.
     let mut forwarded_part = 0usize;
     let mut sent = 0u64;
+    let mut cache = EdgeRules::default();
     let edge = (
         f.edge.consumer.as_str(),
         f.edge.service.as_str(),
@@ -213,45 +217,61 @@ async fn upstream(
             write(&mut server, chunk, &mut sent, &on_sent).await?;
             continue;
         };
-        held.extend_from_slice(chunk);
-        let rules = if f.requests {
-            f.rules.for_edge(edge.0, edge.1, edge.2)
+        let rules: &[Arc<Active>] = if f.requests {
+            f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache)
         } else {
-            Vec::new()
+            &[]
         };
+        // What was held, then this chunk; or the chunk alone.
+        let mut joined = std::mem::take(&mut held);
+        if !joined.is_empty() {
+            joined.extend_from_slice(chunk);
+        }
+        let data: &[u8] = if joined.is_empty() { chunk } else { &joined };
+        // data[..pos] is accounted for; data[run..pos] is to forward, not yet written.
+        let mut pos = 0;
+        let mut run = 0;
         for req in requests {
             let already = std::mem::take(&mut forwarded_part);
-            let own = req.len.saturating_sub(already).min(held.len());
-            let bytes: Vec<u8> = held.drain(..own).collect();
+            let own = req.len.saturating_sub(already).min(data.len() - pos);
             let rule = (already == 0 && req.matchable && !rules.is_empty())
-                .then(|| f.rules.decide(edge, &rules, &req.fields))
+                .then(|| f.rules.decide(edge, rules, &req.fields))
                 .flatten();
             match rule {
-                None => {
-                    lock(&shared.order).push_server(req.replies);
-                    write(&mut server, &bytes, &mut sent, &on_sent).await?;
-                }
+                None => lock(&shared.order).push_server(req.replies),
                 Some(rule) => {
+                    write(&mut server, &data[run..pos], &mut sent, &on_sent).await?;
+                    let bytes = &data[pos..pos + own];
                     act(
                         f,
                         shared,
                         &rule,
                         &req,
-                        &bytes,
+                        bytes,
                         &mut server,
                         &mut client,
                         &mut sent,
                         &on_sent,
                     )
-                    .await?
+                    .await?;
+                    run = pos + own;
                 }
             }
+            pos += own;
         }
         // A request in progress is held only while rules might act on it.
-        if !held.is_empty() && rules.is_empty() {
-            forwarded_part += held.len();
-            let h = std::mem::take(&mut held);
-            write(&mut server, &h, &mut sent, &on_sent).await?;
+        if pos < data.len() && rules.is_empty() {
+            forwarded_part += data.len() - pos;
+            pos = data.len();
+        }
+        write(&mut server, &data[run..pos], &mut sent, &on_sent).await?;
+        if pos < data.len() {
+            held = if joined.is_empty() {
+                chunk[pos..].to_vec()
+            } else {
+                joined.drain(..pos);
+                joined
+            };
         }
     }
 }
@@ -386,12 +406,35 @@ async fn downstream(
                 }
                 let chunk = &buf[..n];
                 let waiting = lock(&shared.order).answer_waiting();
+                if !waiting {
+                    // Nothing to place between responses: the chunk goes out whole,
+                    // then the responses it completed are counted.
+                    let done = {
+                        let mut conv = lock(&shared.conv);
+                        match conv.as_mut().map(|c| c.server(chunk)) {
+                            None => 0,
+                            Some(Ok(count)) => count,
+                            Some(Err(opaque)) => {
+                                // Once per connection: upstream may have given up first.
+                                *conv = None;
+                                f.events.opaque(opaque.0);
+                                0
+                            }
+                        }
+                    };
+                    client.write_all(chunk).await?;
+                    received += n as u64;
+                    for _ in 0..done {
+                        lock(&shared.order).complete();
+                        flush(shared, &mut client, &mut received).await?;
+                    }
+                    continue;
+                }
                 let ends = {
                     let mut conv = lock(&shared.conv);
                     match conv.as_mut() {
                         None => Ok(Vec::new()),
-                        Some(c) if waiting => c.server_ends(chunk),
-                        Some(c) => c.server(chunk).map(|count| vec![n; count]),
+                        Some(c) => c.server_ends(chunk),
                     }
                 };
                 let ends = match ends {
@@ -683,5 +726,172 @@ mod tests {
             .expect("the pumps end")
             .unwrap()
             .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    //! The fast path: bytes no rule holds go straight through, in order, and a rule
+    //! installed while a connection is open applies at its next message.
+    use super::*;
+    use crate::network::plan::Port;
+    use faultbox_spec::world::ProxyRule;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl Events for Seen {
+        fn fired(&self, fired: Fired) {
+            lock(&self.0).push(format!("{} {:?}", fired.action, fired.fields));
+        }
+        fn opaque(&self, reason: String) {
+            lock(&self.0).push(format!("opaque {reason}"));
+        }
+    }
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    fn edge() -> Edge {
+        Edge {
+            consumer: "api".into(),
+            service: "cache".into(),
+            port: Port {
+                interface: "main".into(),
+                protocol: "redis".into(),
+                port: 6379,
+            },
+            listen: Vec::new(),
+        }
+    }
+
+    fn error_on(key: &str) -> Vec<Arc<Active>> {
+        vec![Arc::new(Active::new(
+            1,
+            ProxyRule {
+                action: ProxyAction::Error {
+                    message: Some("injected".into()),
+                    status: None,
+                },
+                matches: vec![("key".into(), key.into())],
+                probability: 100.0,
+                label: None,
+            },
+        ))]
+    }
+
+    fn get(key: &str) -> String {
+        format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len())
+    }
+
+    /// A relay between a client socket and a server socket, returning both far ends
+    /// (the client's and the server's) and what the pump reported.
+    async fn relay(
+        rules: Arc<Rules>,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        Arc<Seen>,
+        tokio::task::JoinHandle<Result<(u64, u64), PumpError>>,
+    ) {
+        let (client, relay_client) = pair().await;
+        let (relay_server, server) = pair().await;
+        let seen = Arc::new(Seen::default());
+        let f = Framed {
+            edge: edge(),
+            requests: true,
+            rules,
+            events: seen.clone(),
+            on_sent: None,
+        };
+        let conv = faultbox_protocols::protocol("redis")
+            .unwrap()
+            .conversation();
+        let pump = tokio::spawn(framed(f, conv, relay_client, relay_server));
+        (client, server, seen, pump)
+    }
+
+    async fn read_exactly(s: &mut TcpStream, n: usize) -> String {
+        let mut b = vec![0u8; n];
+        s.read_exact(&mut b).await.unwrap();
+        String::from_utf8(b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_around_an_answered_one_keep_their_order() {
+        let rules = Arc::new(Rules::new(1));
+        rules.install(1, "cache", "main", None, error_on("b"));
+        let (mut client, mut server, seen, pump) = relay(rules).await;
+        let sent = format!("{}{}{}", get("a"), get("b"), get("c"));
+        client.write_all(sent.as_bytes()).await.unwrap();
+        // The server sees a and c, never b.
+        let want = format!("{}{}", get("a"), get("c"));
+        assert_eq!(read_exactly(&mut server, want.len()).await, want);
+        server.write_all(b"$1\r\nA\r\n$1\r\nC\r\n").await.unwrap();
+        let answer = "$1\r\nA\r\n-ERR injected\r\n$1\r\nC\r\n";
+        assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
+        drop(client);
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        drop(server);
+        let (up, down) = pump.await.unwrap().unwrap();
+        assert_eq!(up as usize, want.len());
+        assert_eq!(down as usize, answer.len());
+        assert_eq!(lock(&seen.0).len(), 1, "{:?}", lock(&seen.0));
+    }
+
+    #[tokio::test]
+    async fn a_request_split_over_reads_is_held_while_a_rule_may_act() {
+        let rules = Arc::new(Rules::new(1));
+        rules.install(1, "cache", "main", None, error_on("b*"));
+        let (mut client, mut server, _seen, _pump) = relay(rules).await;
+        let whole = get("bb");
+        let (head, tail) = whole.split_at(whole.len() - 5);
+        client.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        client.write_all(tail.as_bytes()).await.unwrap();
+        let answer = "-ERR injected\r\n";
+        assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
+        // Nothing reached the server; a request no rule takes goes through whole.
+        client.write_all(get("x").as_bytes()).await.unwrap();
+        assert_eq!(read_exactly(&mut server, get("x").len()).await, get("x"));
+    }
+
+    #[tokio::test]
+    async fn without_rules_a_partial_request_is_not_held() {
+        let (mut client, mut server, seen, _pump) = relay(Arc::new(Rules::new(1))).await;
+        let whole = get("key");
+        let (head, tail) = whole.split_at(whole.len() - 4);
+        client.write_all(head.as_bytes()).await.unwrap();
+        assert_eq!(read_exactly(&mut server, head.len()).await, head);
+        client.write_all(tail.as_bytes()).await.unwrap();
+        assert_eq!(read_exactly(&mut server, tail.len()).await, tail);
+        server.write_all(b"$-1\r\n").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 5).await, "$-1\r\n");
+        assert!(lock(&seen.0).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rule_installed_while_connected_acts_on_the_next_request() {
+        let rules = Arc::new(Rules::new(1));
+        let (mut client, mut server, _seen, _pump) = relay(rules.clone()).await;
+        client.write_all(get("b").as_bytes()).await.unwrap();
+        assert_eq!(read_exactly(&mut server, get("b").len()).await, get("b"));
+        server.write_all(b"$1\r\nB\r\n").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 7).await, "$1\r\nB\r\n");
+        rules.install(7, "cache", "main", None, error_on("b"));
+        client.write_all(get("b").as_bytes()).await.unwrap();
+        let answer = "-ERR injected\r\n";
+        assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
+        assert!(rules.remove(7));
+        client.write_all(get("b").as_bytes()).await.unwrap();
+        assert_eq!(read_exactly(&mut server, get("b").len()).await, get("b"));
     }
 }

@@ -62,7 +62,26 @@ struct Installed {
 pub struct Rules {
     seed: u64,
     installed: RwLock<HashMap<(String, String), Vec<Installed>>>,
+    /// Bumped after every change to `installed`, so a connection looks its edge's
+    /// rules up again only when they may have changed.
+    generation: AtomicU64,
     rolls: Mutex<HashMap<(String, String, String), Pcg64>>,
+}
+
+/// One edge's rules as a connection last looked them up ([`Rules::for_edge_cached`]).
+pub struct EdgeRules {
+    generation: u64,
+    rules: Vec<Arc<Active>>,
+}
+
+impl Default for EdgeRules {
+    fn default() -> Self {
+        EdgeRules {
+            // No generation yet: the first lookup always happens.
+            generation: u64::MAX,
+            rules: Vec::new(),
+        }
+    }
 }
 
 impl Rules {
@@ -81,16 +100,21 @@ impl Rules {
         source: Option<&str>,
         rules: Vec<Arc<Active>>,
     ) {
-        self.installed
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((service.to_string(), interface.to_string()))
+        let mut all = self.installed.write().unwrap_or_else(|p| p.into_inner());
+        all.entry((service.to_string(), interface.to_string()))
             .or_default()
             .push(Installed {
                 handle,
                 source: source.map(str::to_string),
                 rules,
             });
+        self.changed();
+    }
+
+    /// Called with the write lock held, after the change: a reader that sees the new
+    /// generation then waits for the lock and sees the change.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Removes the rules installed under `handle`; whether there were any.
@@ -102,15 +126,15 @@ impl Rules {
             list.retain(|i| i.handle != handle);
             found |= list.len() != before;
         }
+        self.changed();
         found
     }
 
     /// Removes every rule of `service`'s `interface`.
     pub fn clear(&self, service: &str, interface: &str) {
-        self.installed
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(service.to_string(), interface.to_string()));
+        let mut all = self.installed.write().unwrap_or_else(|p| p.into_inner());
+        all.remove(&(service.to_string(), interface.to_string()));
+        self.changed();
     }
 
     /// The rules that apply to `consumer`'s connections to `service`'s `interface`,
@@ -123,6 +147,24 @@ impl Rules {
             .filter(|i| i.source.as_deref().is_none_or(|s| s == consumer))
             .flat_map(|i| i.rules.iter().cloned())
             .collect()
+    }
+
+    /// [`Rules::for_edge`] through `cache`: one atomic load while nothing was
+    /// installed or removed since the last call, which is what a connection pays per
+    /// chunk it reads.
+    pub fn for_edge_cached<'a>(
+        &self,
+        consumer: &str,
+        service: &str,
+        interface: &str,
+        cache: &'a mut EdgeRules,
+    ) -> &'a [Arc<Active>] {
+        let now = self.generation.load(Ordering::Acquire);
+        if cache.generation != now {
+            cache.rules = self.for_edge(consumer, service, interface);
+            cache.generation = now;
+        }
+        &cache.rules
     }
 
     /// The rule that acts on a request with `fields` on an edge: the first of `rules`
@@ -213,6 +255,29 @@ mod tests {
         assert_eq!(r.for_edge("api", "db", "main").len(), 1);
         r.clear("db", "main");
         assert!(r.for_edge("api", "db", "main").is_empty());
+    }
+
+    #[test]
+    fn the_cached_lookup_follows_installs_and_removals() {
+        let r = Rules::new(1);
+        let mut cache = EdgeRules::default();
+        assert!(r
+            .for_edge_cached("api", "db", "main", &mut cache)
+            .is_empty());
+        let one = Arc::new(Active::new(1, rule(&[("query", "x*")], 100.0)));
+        r.install(10, "db", "main", None, vec![one]);
+        assert_eq!(r.for_edge_cached("api", "db", "main", &mut cache).len(), 1);
+        r.install(11, "db", "main", Some("worker"), vec![]);
+        assert_eq!(r.for_edge_cached("api", "db", "main", &mut cache).len(), 1);
+        assert!(r.remove(10));
+        assert!(r
+            .for_edge_cached("api", "db", "main", &mut cache)
+            .is_empty());
+        r.install(12, "db", "main", None, vec![]);
+        r.clear("db", "main");
+        assert!(r
+            .for_edge_cached("api", "db", "main", &mut cache)
+            .is_empty());
     }
 
     #[test]
