@@ -48,26 +48,64 @@ fn normalize(folding: Folding, text: &str) -> Vec<char> {
     }
 }
 
+/// Whitespace as `char::is_whitespace` sees it, for ASCII bytes.
+fn ascii_space(b: u8) -> bool {
+    b == b' ' || (0x09..=0x0d).contains(&b)
+}
+
+/// [`normalize`] for ASCII text, a byte per character: what every request of a
+/// relayed connection pays while a rule matches on its key.
+fn normalize_ascii(folding: Folding, text: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    match folding {
+        Folding::Exact => out.extend_from_slice(text),
+        Folding::CaseInsensitive => out.extend(text.iter().map(u8::to_ascii_lowercase)),
+        Folding::Sql => {
+            for word in text.split(|&b| ascii_space(b)).filter(|w| !w.is_empty()) {
+                if !out.is_empty() {
+                    out.push(b' ');
+                }
+                out.extend(word.iter().map(u8::to_ascii_lowercase));
+            }
+        }
+    }
+}
+
 /// A rule's pattern for one match key, normalized once for that key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pattern {
     folding: Folding,
     glob: Vec<char>,
+    /// The same glob a byte per character, when the pattern is ASCII.
+    ascii: Option<Vec<u8>>,
 }
 
 impl Pattern {
     /// The pattern `pattern` for values of `key`.
     pub fn new(key: &str, pattern: &str) -> Pattern {
         let folding = folding(key);
+        let ascii = pattern.is_ascii().then(|| {
+            let mut out = Vec::with_capacity(pattern.len());
+            normalize_ascii(folding, pattern.as_bytes(), &mut out);
+            out
+        });
         Pattern {
             folding,
             glob: normalize(folding, pattern),
+            ascii,
         }
     }
 
     /// Whether `value` (as the request carried it) matches.
     pub fn matches(&self, value: &str) -> bool {
-        glob(&self.glob, &normalize(self.folding, value))
+        match &self.ascii {
+            Some(pattern) if value.is_ascii() => {
+                let mut v = Vec::with_capacity(value.len());
+                normalize_ascii(self.folding, value.as_bytes(), &mut v);
+                glob(pattern, &v, b'*', b'?')
+            }
+            _ => glob(&self.glob, &normalize(self.folding, value), '*', '?'),
+        }
     }
 }
 
@@ -81,16 +119,16 @@ pub fn matches(protocol: &str, key: &str, pattern: &str, value: &str) -> bool {
 
 /// Anchored glob match with `*` and `?`, iterative: on a mismatch it resumes after
 /// the last `*` with one more character consumed by it.
-fn glob(pattern: &[char], value: &[char]) -> bool {
+fn glob<T: Copy + PartialEq>(pattern: &[T], value: &[T], any: T, one: T) -> bool {
     let (mut p, mut v) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while v < value.len() {
         match pattern.get(p) {
-            Some('*') => {
+            Some(&c) if c == any => {
                 star = Some((p, v));
                 p += 1;
             }
-            Some(&c) if c == '?' || c == value[v] => {
+            Some(&c) if c == one || c == value[v] => {
                 p += 1;
                 v += 1;
             }
@@ -104,7 +142,7 @@ fn glob(pattern: &[char], value: &[char]) -> bool {
             },
         }
     }
-    pattern[p..].iter().all(|&c| c == '*')
+    pattern[p..].iter().all(|&c| c == any)
 }
 
 /// Refuses, at spec load, a rule for `protocol` that takes `action` or matches on a
@@ -241,7 +279,28 @@ mod glob_reference {
         #[test]
         fn agrees_with_the_recursive_definition(p in "[ab*?]{0,8}", v in "[ab]{0,10}") {
             let (p, v): (Vec<char>, Vec<char>) = (p.chars().collect(), v.chars().collect());
-            prop_assert_eq!(glob(&p, &v), reference(&p, &v));
+            prop_assert_eq!(glob(&p, &v, '*', '?'), reference(&p, &v));
+        }
+
+        /// The byte path for ASCII text folds and matches exactly as the char path.
+        #[test]
+        fn ascii_path_agrees_with_the_char_path(
+            key in "(query|command|path)",
+            p in "[aB \t\x0b*?]{0,8}",
+            v in "[Ab \t\n\x0b]{0,12}",
+        ) {
+            let f = super::folding(&key);
+            let mut pat = Vec::new();
+            let mut val = Vec::new();
+            super::normalize_ascii(f, p.as_bytes(), &mut pat);
+            super::normalize_ascii(f, v.as_bytes(), &mut val);
+            let chars = |b: &[u8]| b.iter().map(|&c| c as char).collect::<Vec<char>>();
+            prop_assert_eq!(chars(&pat), super::normalize(f, &p));
+            prop_assert_eq!(chars(&val), super::normalize(f, &v));
+            prop_assert_eq!(
+                glob(&pat, &val, b'*', b'?'),
+                glob(&super::normalize(f, &p), &super::normalize(f, &v), '*', '?')
+            );
         }
     }
 }
