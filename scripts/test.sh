@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Sets up the machine and runs every test: formatting, lints, unit tests and the
 # integration tests that run real programs under real seccomp filters. Fails if any
-# process, scratch directory or report file of the tests is left behind.
+# process, scratch directory or report file of the tests is left behind, or any Docker
+# container, network or volume of a container service (label faultbox.run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup.sh
+
+echo "== images (Docker and the local images container services run; quick when up to date)" >&2
+scripts/images.sh
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
@@ -35,6 +39,17 @@ if compgen -G '/tmp/fbtest-*' >/dev/null || compgen -G '/dev/shm/faultbox-test-*
     ls -d /tmp/fbtest-* /dev/shm/faultbox-test-* /tmp/faultbox-[0-9]* /tmp/fbspec-* 2>/dev/null >&2 || true
     leaks=1
 fi
+# Container services' containers, networks and volumes: all labelled faultbox.run.
+for kind in container network volume; do
+    all=()
+    [[ $kind == container ]] && all=(-a)
+    left=$(docker "$kind" ls -q "${all[@]}" --filter label=faultbox.run)
+    if [[ -n $left ]]; then
+        echo "leftover docker ${kind}s:" >&2
+        docker "$kind" ls "${all[@]}" --filter label=faultbox.run >&2
+        leaks=1
+    fi
+done
 if ((leaks)); then
     exit 1
 fi
