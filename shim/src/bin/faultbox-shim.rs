@@ -58,6 +58,14 @@ fn main() {
         status.fail(Stage::Exec, libc::EINVAL);
     };
 
+    // Rust ignores SIGPIPE for itself, and an ignored signal stays ignored across
+    // exec: give the target the default a shell would. Before the filter, since a
+    // rule could name rt_sigaction.
+    // SAFETY: restoring a default disposition installs no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+
     if !args.notify.is_empty() {
         let prog = match filter::build(&args.notify) {
             Ok(p) => p,
