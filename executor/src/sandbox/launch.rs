@@ -115,6 +115,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         user: spec.user.clone(),
         program: spec.program.clone(),
         argv: spec.argv.clone(),
+        socket: None,
     };
     let cstr = |s: &std::ffi::OsStr| CString::new(s.as_bytes()).map_err(|_| LaunchError::Nul);
     let shim = cstr(spec.shim.as_os_str())?;
