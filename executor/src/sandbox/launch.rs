@@ -257,7 +257,8 @@ fn exited(pidfd: RawFd) -> bool {
     unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
 }
 
-fn is_listener(fd: RawFd) -> bool {
+/// Whether `fd` is a seccomp listener, and not some other fd that took its number.
+pub(crate) fn is_listener(fd: RawFd) -> bool {
     std::fs::read_link(format!("/proc/self/fd/{fd}"))
         .map(|p| p.as_os_str().as_bytes() == b"anon_inode:seccomp notify")
         .unwrap_or(false)
