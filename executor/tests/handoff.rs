@@ -333,3 +333,128 @@ fn a_failed_setup_names_its_stage() {
     assert_eq!(shim.wait().code(), Some(127));
     assert!(shim.stderr().contains("cannot execute"));
 }
+
+/// Removes a Docker image or container when the test ends, however it ends.
+struct DockerThing(&'static str, String);
+
+impl Drop for DockerThing {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args([self.0, "-f", &self.1])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The same hand-off with the static shim as the entrypoint of a real container,
+/// whose own seccomp profile (Docker's default) stays in force under ours.
+/// `FAULTBOX_STATIC_SHIM=$(scripts/build-static-shim.sh) cargo test -p
+/// faultbox-executor --test handoff -- --ignored`
+#[test]
+#[ignore = "needs a running Docker and FAULTBOX_STATIC_SHIM (scripts/build-static-shim.sh)"]
+fn in_a_docker_container() {
+    let static_shim = PathBuf::from(
+        std::env::var_os("FAULTBOX_STATIC_SHIM").expect("FAULTBOX_STATIC_SHIM is set"),
+    );
+    let dir = Scratch::new("docker");
+    let tag = format!("faultbox-handoff-test:{}", std::process::id());
+
+    // An image with nothing but a static target; the shim is mounted into it, as it
+    // will be into any image.
+    let context = dir.0.join("image");
+    std::fs::create_dir(&context).unwrap();
+    let st = Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(context.join("calls"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/calls.c"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "compiling calls.c statically");
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM scratch\nCOPY calls /calls\n",
+    )
+    .unwrap();
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", &tag])
+        .arg(&context)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _image = DockerThing("rmi", tag.clone());
+
+    let sockets = dir.0.join("run");
+    std::fs::create_dir(&sockets).unwrap();
+    // The shim's own calls are named too: inside a container as well, none of them
+    // may be under the filter before the supervisor holds the listener.
+    let engine = engine(&[
+        "getppid=EPERM:100%",
+        "connect=EIO:100%",
+        "sendto=EIO:100%",
+        "sendmsg=EIO:100%",
+        "write=EIO:100%",
+    ]);
+    let sock = HandoffSocket::bind(&sockets, "in-docker").unwrap();
+    let args = ShimArgs {
+        notify: engine.syscalls(),
+        shared_net: false,
+        hosts: None,
+        user: None,
+        program: "/calls".into(),
+        argv: vec!["calls".into(), "sigpipe".into(), "getppid".into()],
+        socket: Some(SocketHandoff {
+            path: Path::new("/run/faultbox").join(sock.file_name()),
+            token: sock.token().to_string(),
+        }),
+    };
+    let name = format!("faultbox-handoff-test-{}", std::process::id());
+    let _container = DockerThing("rm", name.clone());
+    let mut docker = Shim(
+        Command::new("docker")
+            .args(["run", "--rm", "--name", &name, "-v"])
+            .arg(format!("{}:/run/faultbox", sockets.display()))
+            .arg("-v")
+            .arg(format!("{}:/faultbox-shim:ro", static_shim.display()))
+            .args(["--entrypoint", "/faultbox-shim", &tag])
+            .args(args.to_args())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut accepted = match sock.accept(Duration::from_secs(60)) {
+        Ok(a) => a,
+        Err(e) => panic!("{e}; docker said: {}", docker.stderr()),
+    };
+    assert_ne!(
+        accepted.peer_pid, 1,
+        "the pid is the host's, not the container's"
+    );
+    let rt = runtime();
+    let events = Arc::new(Events::default());
+    let sup = supervisor::spawn(
+        accepted.listener.take().expect("a listener"),
+        EngineSlot::new(engine),
+        rt.handle().clone(),
+        events.clone(),
+        accepted.peer_pid,
+        None,
+        None,
+    )
+    .unwrap();
+    accepted.conn.wait_exec(LIMIT).unwrap();
+    let status = docker.wait();
+    sup.stop();
+    assert_eq!(
+        status.code(),
+        Some(libc::EPERM),
+        "{status}: {}",
+        docker.stderr()
+    );
+    assert_eq!(events.names(), ["getppid"]);
+}
