@@ -5,6 +5,7 @@
 //! This crate is kept small because the shim binary is also copied into containers.
 
 pub mod errno;
+pub mod fdpass;
 pub mod filter;
 pub mod handoff;
 pub mod net;

@@ -115,6 +115,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         user: spec.user.clone(),
         program: spec.program.clone(),
         argv: spec.argv.clone(),
+        socket: None,
     };
     let cstr = |s: &std::ffi::OsStr| CString::new(s.as_bytes()).map_err(|_| LaunchError::Nul);
     let shim = cstr(spec.shim.as_os_str())?;
@@ -256,7 +257,8 @@ fn exited(pidfd: RawFd) -> bool {
     unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
 }
 
-fn is_listener(fd: RawFd) -> bool {
+/// Whether `fd` is a seccomp listener, and not some other fd that took its number.
+pub(crate) fn is_listener(fd: RawFd) -> bool {
     std::fs::read_link(format!("/proc/self/fd/{fd}"))
         .map(|p| p.as_os_str().as_bytes() == b"anon_inode:seccomp notify")
         .unwrap_or(false)

@@ -3,13 +3,20 @@
 //! when asked, hands the listener over, and then becomes the target with `execve`.
 //!
 //! Failures before exec are reported on the status pipe (fd 3) and exit 127.
+//!
+//! With `--handoff-socket` it is a container's entrypoint instead: the container
+//! runtime made the namespaces, so mounts and loopback are left alone; status goes to
+//! the socket, and the listener is sent over it by a helper thread (see
+//! [`socket_handoff`]).
 
 use std::ffi::{CString, OsString};
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
-use faultbox_shim::filter;
-use faultbox_shim::handoff::{self, ShimArgs, Stage, Status};
+use faultbox_shim::handoff::{self, Hello, ShimArgs, Stage, Status};
+use faultbox_shim::{fdpass, filter};
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -21,22 +28,50 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // SAFETY: fcntl on an fd number; failure (fd not open) is checked.
-    if unsafe { libc::fcntl(handoff::STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        eprintln!(
-            "faultbox-shim: status fd {} is not open",
-            handoff::STATUS_FD
-        );
-        std::process::exit(2);
-    }
-    let status = Reporter(handoff::STATUS_FD);
+    let status = match &args.socket {
+        None => {
+            // SAFETY: fcntl on an fd number; failure (fd not open) is checked.
+            if unsafe { libc::fcntl(handoff::STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+                eprintln!(
+                    "faultbox-shim: status fd {} is not open",
+                    handoff::STATUS_FD
+                );
+                std::process::exit(2);
+            }
+            Reporter::Pipe(handoff::STATUS_FD)
+        }
+        // Connected before any filter exists: a rule on connect cannot trap it.
+        Some(s) => match std::os::unix::net::UnixStream::connect(&s.path) {
+            // Close-on-exec (std sets it): end-of-file tells the executor we exec'd.
+            Ok(sock) => {
+                let status = Reporter::Socket(sock.into_raw_fd());
+                status.send_line(
+                    &Hello {
+                        token: s.token.clone(),
+                        listener: !args.notify.is_empty(),
+                    }
+                    .encode(),
+                );
+                status
+            }
+            Err(e) => {
+                eprintln!(
+                    "faultbox-shim: cannot connect to the hand-off socket {}: {e}",
+                    s.path.display()
+                );
+                std::process::exit(2);
+            }
+        },
+    };
 
-    if let Err(e) = private_mounts() {
-        status.fail(Stage::Mounts, e);
-    }
-    if !args.shared_net {
-        if let Err(e) = faultbox_shim::net::loopback_up() {
-            status.fail(Stage::Loopback, e);
+    if args.socket.is_none() {
+        if let Err(e) = private_mounts() {
+            status.fail(Stage::Mounts, e);
+        }
+        if !args.shared_net {
+            if let Err(e) = faultbox_shim::net::loopback_up() {
+                status.fail(Stage::Loopback, e);
+            }
         }
     }
     if let Some(hosts) = &args.hosts {
@@ -58,6 +93,14 @@ fn main() {
         status.fail(Stage::Exec, libc::EINVAL);
     };
 
+    // Rust ignores SIGPIPE for itself, and an ignored signal stays ignored across
+    // exec: give the target the default a shell would. Before the filter, since a
+    // rule could name rt_sigaction.
+    // SAFETY: restoring a default disposition installs no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+
     if !args.notify.is_empty() {
         let prog = match filter::build(&args.notify) {
             Ok(p) => p,
@@ -66,20 +109,29 @@ fn main() {
                 status.fail(Stage::Filter, libc::EINVAL);
             }
         };
-        // The listener will take the lowest free fd: find it, announce it, then
-        // install. The supervisor fetches it with pidfd_getfd while we block in the
-        // hand-off call, so no syscall a rule might trap runs in between.
-        let next = lowest_free_fd();
-        status.send(&Status::Installing { listener_fd: next });
-        match filter::install(&prog) {
-            Ok(fd) if fd == next => {}
-            Ok(_) => std::process::exit(handoff::EXIT_CANNOT_EXEC),
-            Err(e) => {
-                eprintln!("faultbox-shim: {e}");
-                status.fail(Stage::Filter, e.errno());
+        match status {
+            Reporter::Pipe(fd) => {
+                // The listener will take the lowest free fd: find it, announce it, then
+                // install. The supervisor fetches it with pidfd_getfd while we block in
+                // the hand-off call, so no syscall a rule might trap runs in between.
+                let next = lowest_free_fd(fd);
+                status.send(&Status::Installing { listener_fd: next });
+                match filter::install(&prog) {
+                    Ok(fd) if fd == next => {}
+                    Ok(_) => std::process::exit(handoff::EXIT_CANNOT_EXEC),
+                    Err(e) => {
+                        eprintln!("faultbox-shim: {e}");
+                        status.fail(Stage::Filter, e.errno());
+                    }
+                }
             }
+            Reporter::Socket(sock) => socket_handoff(sock, &prog, &status),
         }
         filter::handoff_wait();
+    } else if let Reporter::Socket(sock) = status {
+        // No filter, so reading is safe: the executor's go is its gate (it sets up
+        // the container's network first).
+        wait_for_go(sock);
     }
 
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
@@ -99,15 +151,28 @@ fn main() {
     status.fail(Stage::Exec, errno);
 }
 
-/// Writes status lines on the inherited pipe.
-struct Reporter(RawFd);
+/// Writes status lines on the inherited pipe or the hand-off socket.
+#[derive(Clone, Copy)]
+enum Reporter {
+    Pipe(RawFd),
+    Socket(RawFd),
+}
 
 impl Reporter {
     fn send(&self, s: &Status) {
-        let line = s.encode();
-        // SAFETY: line is a valid buffer of line.len() bytes.
+        self.send_line(&s.encode());
+    }
+
+    fn send_line(&self, line: &str) {
+        // SAFETY: line is a valid buffer of line.len() bytes. On the socket, a closed
+        // peer is an error rather than SIGPIPE.
         unsafe {
-            libc::write(self.0, line.as_ptr().cast(), line.len());
+            match *self {
+                Reporter::Pipe(fd) => libc::write(fd, line.as_ptr().cast(), line.len()),
+                Reporter::Socket(fd) => {
+                    libc::send(fd, line.as_ptr().cast(), line.len(), libc::MSG_NOSIGNAL)
+                }
+            };
         }
     }
 
@@ -222,11 +287,94 @@ fn private_mounts() -> Result<(), i32> {
 }
 
 /// The fd number the kernel will hand out next.
-fn lowest_free_fd() -> i32 {
+fn lowest_free_fd(open: RawFd) -> i32 {
     // SAFETY: dup of an open fd; the copy is closed right away.
     unsafe {
-        let fd = libc::dup(handoff::STATUS_FD);
+        let fd = libc::dup(open);
         libc::close(fd);
         fd
+    }
+}
+
+/// The listener's fd once the main thread has installed the filter: 0 while it has
+/// not, negative if installing failed (the main thread reports that itself).
+static LISTENER: AtomicI32 = AtomicI32::new(0);
+
+/// How long the helper waits for the filter; installing takes microseconds.
+const INSTALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// Installs the filter on this thread and has a helper thread send the listener over
+/// `sock`, then returns so that the caller blocks in the hand-off call.
+///
+/// A filter installed without `SECCOMP_FILTER_FLAG_TSYNC` (see [`filter::install`])
+/// applies to the calling thread only, while threads share the fd table: the helper
+/// can `sendmsg` the listener with no rule able to trap it, and this thread makes no
+/// syscall between `seccomp()` and the hand-off call (the fd number passes through
+/// memory). After the supervisor answers, `execve` ends the helper if it has not
+/// ended already, and the filter covers the whole target.
+fn socket_handoff(sock: RawFd, prog: &filter::Program, status: &Reporter) {
+    let helper = std::thread::Builder::new()
+        .name("faultbox-handoff".into())
+        .spawn(move || send_listener(sock));
+    if let Err(e) = helper {
+        eprintln!("faultbox-shim: starting the hand-off thread: {e}");
+        status.fail(Stage::Filter, e.raw_os_error().unwrap_or(libc::EAGAIN));
+    }
+    match filter::install(prog) {
+        Ok(fd) => LISTENER.store(fd, Ordering::Release),
+        Err(e) => {
+            LISTENER.store(-1, Ordering::Release);
+            eprintln!("faultbox-shim: {e}");
+            status.fail(Stage::Filter, e.errno());
+        }
+    }
+}
+
+/// The helper thread: waits for the listener, sends it with its `L` line, and ends.
+/// If it cannot, it ends the whole shim, whose main thread is blocked for good.
+fn send_listener(sock: RawFd) {
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(20);
+    let fd = loop {
+        match LISTENER.load(Ordering::Acquire) {
+            0 => {}
+            fd if fd > 0 => break fd,
+            _ => return,
+        }
+        if start.elapsed() > INSTALL_LIMIT {
+            eprintln!(
+                "faultbox-shim: the seccomp filter was not installed within {INSTALL_LIMIT:?}"
+            );
+            Reporter::Socket(sock).fail(Stage::Filter, libc::ETIMEDOUT);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(1));
+    };
+    let line = Status::Installing { listener_fd: fd }.encode();
+    if let Err(e) = fdpass::send_with_fd(sock, line.as_bytes(), fd) {
+        eprintln!("faultbox-shim: handing over the seccomp listener: {e}");
+        std::process::exit(handoff::EXIT_CANNOT_EXEC);
+    }
+}
+
+/// Blocks until the executor sends [`handoff::GO`]; exits if it hangs up instead.
+fn wait_for_go(sock: RawFd) {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reading one byte into a valid one-byte buffer.
+        let n = unsafe { libc::recv(sock, (&mut byte as *mut u8).cast(), 1, 0) };
+        if n == 1 && byte == handoff::GO {
+            return;
+        }
+        if n < 0 && last_errno() == libc::EINTR {
+            continue;
+        }
+        let why = match n {
+            0 => "it closed the socket".to_string(),
+            1 => format!("unexpected byte {byte:#04x}"),
+            _ => std::io::Error::last_os_error().to_string(),
+        };
+        eprintln!("faultbox-shim: the executor did not release the target: {why}");
+        std::process::exit(handoff::EXIT_CANNOT_EXEC);
     }
 }
