@@ -11,22 +11,32 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 
 /// A network namespace, kept alive by its descriptor.
+///
+/// A container service's namespace is Docker's, known only once its container runs:
+/// until then the service has a fresh one like any other, and [`NetNs::adopt`] puts
+/// the container's in its place, so whoever holds this value (the relays dialing the
+/// service, its healthcheck) reaches the container from then on.
 #[derive(Debug)]
-pub struct NetNs(OwnedFd);
+pub struct NetNs {
+    current: Mutex<Arc<OwnedFd>>,
+    /// Namespaces adopted over: their descriptors stay open while this value lives,
+    /// so a number handed out by [`NetNs::raw_fd`] never names another file.
+    retired: Mutex<Vec<Arc<OwnedFd>>>,
+}
 
 enum Job {
     /// A TCP socket of this family in the namespace.
-    Socket(i32, Domain),
+    Socket(Arc<OwnedFd>, Domain),
     /// Listeners at these addresses in the namespace, in one visit.
-    Listen(i32, Vec<SocketAddr>),
+    Listen(Arc<OwnedFd>, Vec<SocketAddr>),
 }
 
 type Request = (Job, mpsc::SyncSender<Vec<std::io::Result<OwnedFd>>>);
@@ -108,20 +118,56 @@ impl NetNs {
         let spare = p.ready.lock().unwrap_or_else(|p| p.into_inner()).pop();
         p.taken.notify_one();
         match spare {
-            Some(fd) => Ok(NetNs(fd)),
+            Some(fd) => Ok(NetNs::from_fd(fd)),
             None => {
                 let home = File::open("/proc/thread-self/ns/net")?;
                 std::thread::scope(|s| s.spawn(|| fresh(&home)).join())
                     .map_err(|_| std::io::Error::other("creating a network namespace panicked"))?
-                    .map(NetNs)
+                    .map(NetNs::from_fd)
             }
         }
     }
 
+    fn from_fd(fd: OwnedFd) -> NetNs {
+        NetNs {
+            current: Mutex::new(Arc::new(fd)),
+            retired: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The namespace process `pid` is in (a container's main process).
+    pub fn of_process(pid: i32) -> std::io::Result<NetNs> {
+        Ok(NetNs::from_fd(
+            File::open(format!("/proc/{pid}/ns/net"))?.into(),
+        ))
+    }
+
+    /// From now on this value stands for `other`'s namespace. Work already under way
+    /// in the old one finishes there (it holds its own reference).
+    pub fn adopt(&self, other: NetNs) {
+        let fd = other.handle();
+        let old = std::mem::replace(
+            &mut *self.current.lock().unwrap_or_else(|p| p.into_inner()),
+            fd,
+        );
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(old);
+    }
+
+    fn handle(&self) -> Arc<OwnedFd> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Moves the calling thread (only it) into this namespace.
     pub fn enter(&self) -> std::io::Result<()> {
-        // SAFETY: setns(2) on a namespace descriptor we own; it moves only this thread.
-        if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let fd = self.handle();
+        // SAFETY: setns(2) on a namespace descriptor we hold; it moves only this thread.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
@@ -129,17 +175,21 @@ impl NetNs {
 
     /// The namespace the calling thread is in (a test's sandbox).
     pub fn current() -> std::io::Result<NetNs> {
-        Ok(NetNs(File::open("/proc/thread-self/ns/net")?.into()))
+        Ok(NetNs::from_fd(
+            File::open("/proc/thread-self/ns/net")?.into(),
+        ))
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+    /// The descriptor, for a child cloned into the namespace; it stays open while
+    /// this value lives.
+    pub fn raw_fd(&self) -> RawFd {
+        self.handle().as_raw_fd()
     }
 
     /// A non-blocking TCP socket in this namespace, of `addr`'s family.
     pub fn socket(&self, addr: &SocketAddr) -> std::io::Result<Socket> {
         let domain = Domain::for_address(*addr);
-        broker(Job::Socket(self.0.as_raw_fd(), domain))?
+        broker(Job::Socket(self.handle(), domain))?
             .pop()
             .expect("one socket")
             .map(Socket::from)
@@ -151,7 +201,7 @@ impl NetNs {
         &self,
         addrs: &[SocketAddr],
     ) -> std::io::Result<Vec<std::io::Result<std::net::TcpListener>>> {
-        Ok(broker(Job::Listen(self.0.as_raw_fd(), addrs.to_vec()))?
+        Ok(broker(Job::Listen(self.handle(), addrs.to_vec()))?
             .into_iter()
             .map(|r| r.map(|fd| Socket::from(fd).into()))
             .collect())
@@ -209,7 +259,7 @@ fn broker(job: Job) -> std::io::Result<Vec<std::io::Result<OwnedFd>>> {
 /// Does `job` on the broker thread, which is home again when it returns.
 fn run(job: Job, home: &File) -> Vec<std::io::Result<OwnedFd>> {
     let ns = match &job {
-        Job::Socket(ns, _) | Job::Listen(ns, _) => *ns,
+        Job::Socket(ns, _) | Job::Listen(ns, _) => ns.as_raw_fd(),
     };
     // SAFETY: setns(2) on a namespace descriptor; it moves only this thread.
     if unsafe { libc::setns(ns, libc::CLONE_NEWNET) } != 0 {

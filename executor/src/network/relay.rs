@@ -68,6 +68,7 @@ pub type Reporter = Arc<dyn Fn(Report) + Send + Sync>;
 /// A running edge.
 struct Running {
     edge: Edge,
+    upstream: Arc<NetNs>,
     listeners: Vec<JoinHandle<()>>,
     connections: Arc<Mutex<HashMap<u64, JoinHandle<()>>>>,
 }
@@ -191,9 +192,39 @@ impl Relays {
         }
         self.lock().push(Running {
             edge,
+            upstream,
             listeners,
             connections,
         });
+        Ok(())
+    }
+
+    /// Opens again, in `consumer_ns`, every edge `consumer` listens on: a container
+    /// consumer's namespace is known only once its container runs. What was open in
+    /// the namespace it had before is closed.
+    pub fn reopen_consumer(&self, consumer: &str, consumer_ns: &NetNs) -> Result<(), RelayError> {
+        let moved: Vec<Running> = {
+            let mut all = self.lock();
+            let (moved, kept) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|r| r.edge.consumer == consumer);
+            *all = kept;
+            moved
+        };
+        for r in moved {
+            for l in &r.listeners {
+                l.abort();
+            }
+            for (_, c) in r
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+            {
+                c.abort();
+            }
+            self.open(r.edge, consumer_ns, r.upstream)?;
+        }
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! so fixed ports never collide between tests, with leftovers of earlier tests, or
 //! with a second run on the same host. It disappears with its last user.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 
 use crate::network::namespace::NetNs;
 
@@ -41,6 +41,6 @@ impl Sandbox {
 
     /// The namespace, for launching services into it.
     pub fn netns(&self) -> RawFd {
-        self.netns.fd().as_raw_fd()
+        self.netns.raw_fd()
     }
 }

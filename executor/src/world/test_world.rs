@@ -552,7 +552,7 @@ impl TestWorld {
             shim: shim.to_path_buf(),
             engine: slot.clone(),
             notify,
-            netns: Some(netns.fd().as_raw_fd()),
+            netns: Some(netns.raw_fd()),
             hosts: Some(hosts),
             stdout: Some(stdout.as_raw_fd()),
             stderr: Some(stderr.as_raw_fd()),
