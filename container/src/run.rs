@@ -101,6 +101,12 @@ impl Daemon {
             host_config: Some(HostConfig {
                 binds: Some(binds),
                 network_mode: Some(spec.network_mode.clone()),
+                // Docker turns IPv6 off in a container's namespace; `localhost` is
+                // `::1` first for many clients, and the relays listen there too.
+                sysctls: Some(HashMap::from([(
+                    "net.ipv6.conf.all.disable_ipv6".to_string(),
+                    "0".to_string(),
+                )])),
                 ..Default::default()
             }),
             ..Default::default()

@@ -2,6 +2,8 @@
 //! supervisor that answers their notified syscalls and the rules that decide each
 //! call, running a test against them, and serving jobs to a fleet's coordinator.
 //!
+//! - [`container`]: container services: the shim as entrypoint, the hand-off over a
+//!   socket, the container's namespace joined to the network, removal.
 //! - [`engine`]: interception: the notification loop, the rule chain, reading the
 //!   target's arguments, virtual time, `parallel()` ordering.
 //! - [`sandbox`]: isolation and launch: namespaces, the shim and its filter, the
@@ -12,6 +14,7 @@
 //! - [`fleet`]: jobs and executors: the actor, the wire, QUIC serving, identities,
 //!   bundles, the work directory.
 
+pub mod container;
 pub mod engine;
 pub mod fleet;
 pub mod network;

@@ -66,7 +66,29 @@ pub struct Service {
     /// Who the service runs as (`service(user=)`): `name`, `uid`, `name:group` or
     /// `uid:gid`; Faultbox's own user when `None`.
     pub user: Option<String>,
+    /// A container service's image (`image=`, or the tag Faultbox builds `build=` as).
+    pub container: Option<Container>,
     pub declared_at: Location,
+}
+
+/// Where a container service's image comes from, and what it mounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    pub source: ImageSource,
+    /// `volumes={host: container}`: host paths as written (relative ones are relative
+    /// to the declaring file), in declaration order.
+    pub volumes: Vec<(String, String)>,
+    /// `seccomp=False`: no filter and no hand-off for this container; faults and
+    /// traces on it are refused at load.
+    pub seccomp: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageSource {
+    /// An image present on the host.
+    Image(String),
+    /// A directory with a Dockerfile, as written.
+    Build(String),
 }
 
 impl Service {
@@ -79,6 +101,16 @@ impl Service {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
         std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+    }
+
+    /// A path as the spec wrote it, relative to the declaring file's directory.
+    pub fn from_home(&self, path: &str) -> std::path::PathBuf {
+        let p = std::path::Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.home().join(p)
+        }
     }
 
     /// The binary to execute: a relative path with a `/` is relative to the declaring

@@ -26,7 +26,9 @@ use starlark_derive::starlark_module;
 use faultbox_shim::rule::{Action, FaultRule, TargetKind, Trigger};
 use starlark::collections::SmallMap;
 
-use crate::model::{Healthcheck, HealthcheckKind, Interface, Location, Op, Service};
+use crate::model::{
+    Container, Healthcheck, HealthcheckKind, ImageSource, Interface, Location, Op, Service,
+};
 use crate::values::{
     EventValue, FaultAction, FaultValue, HealthcheckValue, InterfaceDecl, OpValue, ResponseValue,
     ServiceValue, StepMethod,
@@ -323,6 +325,7 @@ pub fn topology(builder: &mut GlobalsBuilder) {
         #[starlark(require = named)] volumes: Option<Value<'v>>,
         #[starlark(require = named)] observe: Option<Value<'v>>,
         #[starlark(require = named)] user: Option<&str>,
+        #[starlark(require = named)] seccomp: Option<bool>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> anyhow::Result<ServiceValue> {
         let rt = Runtime::get(eval)?;
@@ -353,9 +356,23 @@ pub fn topology(builder: &mut GlobalsBuilder) {
                 );
             }
         }
+        let mut volume_pairs = Vec::new();
         if let Some(v) = volumes {
-            if DictRef::from_value(v).is_none() {
-                bail!("service {name:?}: volumes must be a dict {{host_path: container_path}}");
+            let d = DictRef::from_value(v).ok_or_else(|| {
+                anyhow!("service {name:?}: volumes must be a dict {{host_path: container_path}}")
+            })?;
+            for (k, val) in d.iter() {
+                let (Some(host), Some(inside)) = (k.unpack_str(), val.unpack_str()) else {
+                    bail!("service {name:?}: volumes must map host paths to container paths (strings)");
+                };
+                if host.is_empty()
+                    || !inside.starts_with('/')
+                    || host.contains(':')
+                    || inside.contains(':')
+                {
+                    bail!("service {name:?}: volume {host:?}: {inside:?}: the host path must be non-empty and the container path absolute, neither with ':'");
+                }
+                volume_pairs.push((host.to_string(), inside.to_string()));
             }
         }
         if let Some(v) = observe {
@@ -376,11 +393,28 @@ pub fn topology(builder: &mut GlobalsBuilder) {
             1 => {}
             _ => bail!("service {name:?}: give only one of a binary, image= or build="),
         }
-        if image.is_some() || build.is_some() {
-            bail!("service {name:?}: container services (image=, build=) are not yet supported; use a binary");
+        let container = match (image, build) {
+            (Some(i), None) => {
+                if i.is_empty() || i.chars().any(char::is_whitespace) {
+                    bail!("service {name:?}: image {i:?} is not an image name");
+                }
+                Some(ImageSource::Image(i.to_string()))
+            }
+            (None, Some(b)) => {
+                if b.is_empty() {
+                    bail!("service {name:?}: build= needs a directory with a Dockerfile");
+                }
+                Some(ImageSource::Build(b.to_string()))
+            }
+            _ => None,
+        };
+        if container.is_none() && (volumes.is_some() || seccomp.is_some()) {
+            bail!("service {name:?}: volumes= and seccomp= apply to container services (image= or build=)");
         }
-        if volumes.is_some() {
-            bail!("service {name:?}: volumes= applies to container services, which are not yet supported");
+        if container.is_some() && user.is_some() {
+            bail!(
+                "service {name:?}: user= applies to binaries; a container runs as its image's USER"
+            );
         }
         if observe.is_some() {
             bail!("service {name:?}: observe= (event sources) is not yet supported");
@@ -480,6 +514,11 @@ pub fn topology(builder: &mut GlobalsBuilder) {
             healthcheck,
             ops: op_map,
             user: user.map(str::to_string),
+            container: container.map(|source| Container {
+                source,
+                volumes: volume_pairs,
+                seccomp: seccomp.unwrap_or(true),
+            }),
             declared_at: location(eval),
         });
         Ok(ServiceValue {

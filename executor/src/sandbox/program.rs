@@ -23,6 +23,35 @@ pub enum ProgramError {
         file.display()
     )]
     Ambiguous { name: String, file: PathBuf },
+    #[error("build={dir:?}: {} has no Dockerfile", path.display())]
+    NoDockerfile { dir: String, path: PathBuf },
+    #[error("volume {host:?}: {} does not exist", path.display())]
+    NoVolume { host: String, path: PathBuf },
+}
+
+/// What can be checked of a container service without Docker: its build directory
+/// has a Dockerfile and its volumes' host paths exist. (The image is looked up when
+/// the test starts, where the service runs.)
+fn check_container(svc: &Service, c: &faultbox_spec::model::Container) -> Result<(), ProgramError> {
+    if let faultbox_spec::model::ImageSource::Build(dir) = &c.source {
+        let path = svc.from_home(dir);
+        if !path.join("Dockerfile").is_file() {
+            return Err(ProgramError::NoDockerfile {
+                dir: dir.clone(),
+                path,
+            });
+        }
+    }
+    for (host, _) in &c.volumes {
+        let path = svc.from_home(host);
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Err(ProgramError::NoVolume {
+                host: host.clone(),
+                path,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a bare name that is also a file beside the declaring spec file.
@@ -55,8 +84,13 @@ fn in_path(name: &str) -> Result<PathBuf, ProgramError> {
     Err(first_problem.map_or_else(|| ProgramError::NotInPath(name.to_string()), Into::into))
 }
 
-/// The program to run for `svc` on this host.
+/// The program to run for `svc` on this host (empty for a container service, once
+/// what can be checked of it without Docker holds).
 pub fn resolve(svc: &Service) -> Result<PathBuf, ProgramError> {
+    if let Some(c) = &svc.container {
+        check_container(svc, c)?;
+        return Ok(PathBuf::new());
+    }
     if svc.binary.contains('/') {
         return Ok(session::resolve_program(&svc.binary_path())?);
     }
@@ -69,7 +103,9 @@ pub fn resolve(svc: &Service) -> Result<PathBuf, ProgramError> {
 /// absolute path or a bare name is the executor host's to find; executors check
 /// them when they load the bundle.
 pub fn check_before_shipping(svc: &Service) -> Result<(), ProgramError> {
-    if svc.binary.starts_with('/') {
+    if let Some(c) = &svc.container {
+        check_container(svc, c)
+    } else if svc.binary.starts_with('/') {
         Ok(())
     } else if svc.binary.contains('/') {
         session::resolve_program(&svc.binary_path()).map(drop)?;

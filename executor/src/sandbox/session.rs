@@ -2,7 +2,7 @@
 //! when rules name syscalls), supervise it, and report how it ended.
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -113,6 +113,52 @@ pub struct Running {
     emulated: AtomicI32,
     /// The exit status, once collected.
     exit: std::sync::Mutex<Option<Exit>>,
+    /// How the exit status is learned when the process is not our child (a
+    /// container's, whose parent is the container runtime): asked once it has ended.
+    foreign: Option<ExitOf>,
+}
+
+/// Asks whoever reaped a process that is not ours how it ended. Blocking.
+pub type ExitOf = Arc<dyn Fn() -> Exit + Send + Sync>;
+
+/// Takes charge of `pid`, which another process started and will reap (a
+/// container's main process, already past its hand-off): signals and waits go
+/// through a pidfd, and `exit_of` says how it ended.
+pub fn adopt(
+    pid: i32,
+    supervisor: Option<supervisor::SupervisorHandle>,
+    exit_of: ExitOf,
+) -> Result<Running, SessionError> {
+    // SAFETY: pidfd_open with flags 0; a non-negative return is a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(SessionError::Supervisor(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by pidfd_open and is owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(Running {
+        pid,
+        supervisor: std::sync::Mutex::new(supervisor),
+        reaped: std::sync::atomic::AtomicBool::new(false),
+        // SAFETY: as in `start`: the AsyncFd keeps the descriptor while registered.
+        pidfd: unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+            .map_err(|e| SessionError::Supervisor(std::io::Error::other(e.to_string())))?,
+        started: Instant::now(),
+        emulated: AtomicI32::new(0),
+        exit: std::sync::Mutex::new(None),
+        foreign: Some(exit_of),
+    })
+}
+
+/// Whether the process behind `pidfd` has ended (its pidfd polls readable).
+fn ended(pidfd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 }
 }
 
 /// How a session ended.
@@ -209,6 +255,7 @@ pub async fn start(cfg: SessionConfig, sink: Arc<dyn EventSink>) -> Result<Runni
         started,
         emulated: AtomicI32::new(0),
         exit: std::sync::Mutex::new(None),
+        foreign: None,
     })
 }
 
@@ -246,7 +293,10 @@ impl Running {
     pub fn poll_exit(&self) -> Option<Exit> {
         let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
         if exit.is_none() {
-            *exit = launch::try_reap(self.pidfd.get_ref()).ok().flatten();
+            *exit = match &self.foreign {
+                Some(exit_of) => ended(self.pidfd.get_ref()).then(|| exit_of()),
+                None => launch::try_reap(self.pidfd.get_ref()).ok().flatten(),
+            };
             if exit.is_some() {
                 self.reaped.store(true, Ordering::SeqCst);
             }
@@ -262,6 +312,13 @@ impl Running {
             e
         } else {
             loop {
+                if let Some(exit_of) = &self.foreign {
+                    let _ = self.pidfd.readable().await;
+                    let exit_of = exit_of.clone();
+                    break tokio::task::spawn_blocking(move || exit_of())
+                        .await
+                        .unwrap_or(Exit::Code(1));
+                }
                 match self.pidfd.readable().await {
                     Ok(mut guard) => match launch::try_reap(self.pidfd.get_ref()) {
                         Ok(Some(exit)) => break exit,

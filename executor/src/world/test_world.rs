@@ -51,6 +51,8 @@ pub struct FaultReport {
 pub struct ServiceState {
     pub decl: Service,
     pub running: Running,
+    /// A container service's container, removed with this value at the latest.
+    container: Option<crate::container::Guard>,
     slot: EngineSlot,
     rolls: Rolls,
     /// The syscalls its filter notifies.
@@ -505,9 +507,15 @@ impl TestWorld {
                 }
             }
         }
+        if svc.container.as_ref().is_some_and(|c| !c.seccomp) {
+            covered.clear();
+        }
         let notify: Vec<i32> = covered.iter().map(|s| s.nr).collect();
         let rolls = engine::rolls(self.seed ^ name_hash(&svc.name));
         let slot = EngineSlot::new(Engine::assemble(&[], &covered, rolls.clone()));
+        if svc.container.is_some() {
+            return self.start_container(spec, svc, logs, hosts, covered, notify, slot, rolls);
+        }
         let program = crate::sandbox::program::resolve(svc)
             .map_err(|e| format!("service {:?}: {e}", svc.name))?;
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
@@ -578,6 +586,96 @@ impl TestWorld {
         let state = Arc::new(ServiceState {
             decl: svc.clone(),
             running,
+            container: None,
+            slot,
+            rolls,
+            covered,
+        });
+        self.services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(svc.name.clone(), state.clone());
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(state.clone());
+        Ok(state)
+    }
+
+    /// [`TestWorld::start_service`] for a container service (`crate::container`).
+    #[allow(clippy::too_many_arguments)]
+    fn start_container(
+        &self,
+        spec: &Spec,
+        svc: &Service,
+        logs: &Path,
+        hosts: PathBuf,
+        covered: Vec<Syscall>,
+        notify: Vec<i32>,
+        slot: EngineSlot,
+        rolls: Rolls,
+    ) -> Result<Arc<ServiceState>, String> {
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut set = |k: &str, v: &str| {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.into(), v.into()));
+        };
+        for other in &spec.services {
+            for (k, v) in other.injected_env() {
+                set(&k, &v);
+            }
+        }
+        for (k, v) in &svc.env {
+            set(k, v);
+        }
+        let run = format!(
+            "{}-{}",
+            std::process::id(),
+            logs.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let sink = Arc::new(ServiceSink {
+            service: svc.name.clone(),
+            shared: self.shared.clone(),
+            early: Mutex::new(Some(Vec::new())),
+        });
+        let cfg = crate::container::ContainerConfig {
+            svc,
+            run,
+            notify,
+            env,
+            hosts,
+            scratch: logs.to_path_buf(),
+            engine: slot.clone(),
+            vclock: self.vclock.clone(),
+            holder: Some(self.scheduler.holder(&svc.name)),
+        };
+        let join = |pid: i32| -> Result<(), String> {
+            let ns = NetNs::of_process(pid)
+                .map_err(|e| format!("the container's network namespace: {e}"))?;
+            let net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+            let net = net
+                .as_ref()
+                .ok_or_else(|| "the test's network is not up".to_string())?;
+            let mine = net
+                .spaces
+                .get(&svc.name)
+                .ok_or_else(|| format!("service {:?} has no network namespace", svc.name))?;
+            mine.adopt(ns);
+            net.relays
+                .reopen_consumer(&svc.name, mine)
+                .map_err(|e| e.to_string())
+        };
+        let started = crate::container::start(cfg, &self.rt, sink.clone(), &join)
+            .map_err(|e| format!("service {:?}: {e}", svc.name))?;
+        let mut fields = BTreeMap::new();
+        fields.insert("pid".to_string(), started.running.pid.to_string());
+        sink.open(|| self.lifecycle(&svc.name, "started", fields));
+        let state = Arc::new(ServiceState {
+            decl: svc.clone(),
+            running: started.running,
+            container: Some(started.guard),
             slot,
             rolls,
             covered,
@@ -772,6 +870,9 @@ impl TestWorld {
                 s.running.kill();
             }
             let outcome = self.rt.block_on(s.running.wait());
+            if let Some(c) = &s.container {
+                c.remove();
+            }
             let mut fields = BTreeMap::new();
             fields.insert("exit_code".to_string(), outcome.exit.code().to_string());
             self.lifecycle(&s.decl.name, "stopped", fields);

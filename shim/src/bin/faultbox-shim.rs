@@ -136,10 +136,17 @@ fn main() {
 
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
+    // A bare name is looked up in the target's PATH, as a container runtime does with
+    // an image's entrypoint; the executor resolves binaries' paths itself.
+    let bare = !args.program.as_os_str().as_encoded_bytes().contains(&b'/');
     // SAFETY: program and every argv entry are NUL-terminated C strings that outlive the
     // call; argv_ptrs is NULL-terminated; environ is the process environment.
     unsafe {
-        libc::execv(program.as_ptr(), argv_ptrs.as_ptr());
+        if bare {
+            libc::execvp(program.as_ptr(), argv_ptrs.as_ptr());
+        } else {
+            libc::execv(program.as_ptr(), argv_ptrs.as_ptr());
+        }
     }
     let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
     let _ = writeln!(

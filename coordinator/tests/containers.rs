@@ -1,0 +1,106 @@
+//! Container services against the real Docker daemon and the local test images
+//! (`scripts/images.sh`, `scripts/build-static-shim.sh`): the same faults, protocol
+//! rules and events as binaries, one clear error for an image that is not there,
+//! and nothing left in Docker after a run, even one that was killed.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::root;
+
+/// Tests that count containers run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Containers, networks and volumes any Faultbox run made that still exist.
+fn docker_leftovers() -> String {
+    let mut all = String::new();
+    for what in [
+        &["ps", "-aq"][..],
+        &["network", "ls", "-q"],
+        &["volume", "ls", "-q"],
+    ] {
+        let out = Command::new("docker")
+            .args(what)
+            .args(["--filter", "label=faultbox.run"])
+            .output()
+            .expect("docker runs");
+        all.push_str(String::from_utf8_lossy(&out.stdout).trim());
+    }
+    all
+}
+
+fn spec(name: &str) -> String {
+    format!("coordinator/tests/specs/containers/{name}.star")
+}
+
+fn faultbox(args: &[&str]) -> common::Out {
+    let out = common::faultbox_at(&root(), args);
+    assert_eq!(docker_leftovers(), "", "containers outlived the run");
+    assert!(common::scratch_leftovers().is_empty());
+    assert!(common::processes_with("sut.py").is_empty());
+    out
+}
+
+#[test]
+fn a_container_service_takes_the_same_faults_as_a_binary() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = faultbox(&["test", &spec("redis"), "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let tests = doc["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 3);
+    for t in tests {
+        assert_eq!(
+            t["result"], "pass",
+            "{}: {}\n{}",
+            t["name"], t["reason"], out.stderr
+        );
+    }
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn an_image_that_is_not_there_is_one_clear_error() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = faultbox(&["test", &spec("missing"), "--format", "json"]);
+    assert_ne!(out.code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let reason = doc["tests"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("service \"db\"")
+            && reason.contains("faultbox-test/no-such-image:1")
+            && reason.contains("not on this host"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_killed_run_leaves_containers_the_next_run_removes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut child = Command::new(common::faultbox())
+        .current_dir(root())
+        .args(["test", &spec("waits")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while docker_leftovers().is_empty() {
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Past start: give the test body time to block.
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_ne!(docker_leftovers(), "", "a SIGKILL leaves the container");
+    // The next run sweeps what the dead one left, then cleans up after itself.
+    let out = faultbox(&["test", &spec("redis"), "--test", "pass_through"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
