@@ -104,3 +104,31 @@ fn a_killed_run_leaves_containers_the_next_run_removes() {
     let out = faultbox(&["test", &spec("redis"), "--test", "pass_through"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+#[test]
+fn the_containers_chapter_demo_runs_as_the_chapter_says() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = faultbox(&[
+        "test",
+        "examples/containers/faultbox.star",
+        "--format",
+        "json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let tests = doc["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 4, "{}", out.stdout);
+    for t in tests {
+        assert_eq!(
+            t["result"], "pass",
+            "{}: {}\n{}",
+            t["name"], t["reason"], out.stderr
+        );
+    }
+    // pwrite64 is denied on Postgres itself, as the chapter shows.
+    let disk_full = tests
+        .iter()
+        .find(|t| t["name"] == "test_postgres_disk_full")
+        .unwrap();
+    assert!(disk_full.to_string().contains("pwrite64"), "{disk_full}");
+}
