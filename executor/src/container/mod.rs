@@ -109,7 +109,9 @@ impl Drop for Guard {
 /// `scripts/build-static-shim.sh` builds in the target directory beside it.
 pub fn find_static_shim() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("FAULTBOX_CONTAINER_SHIM") {
-        return Ok(PathBuf::from(p));
+        // Docker takes a relative source for a volume's name.
+        let p = PathBuf::from(p);
+        return Ok(std::path::absolute(&p).unwrap_or(p));
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
