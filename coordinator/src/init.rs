@@ -156,6 +156,10 @@ struct ComposeService {
     ports: Vec<u16>,
     env: Vec<(String, String)>,
     depends_on: Vec<String>,
+    /// `command:`, as arguments (it replaces the image's command, as `args=` does).
+    command: Option<Vec<String>>,
+    /// Bind mounts (`./data:/var/lib/x`); named volumes are left out.
+    volumes: Vec<(String, String)>,
 }
 
 fn parse_compose(path: &Path, text: &str) -> Result<Vec<ComposeService>, String> {
@@ -218,7 +222,28 @@ fn parse_compose(path: &Path, text: &str) -> Result<Vec<ComposeService>, String>
             Yaml::Hash(h) => h.keys().filter_map(text_of).collect(),
             _ => Vec::new(),
         };
+        let command = match &v["command"] {
+            Yaml::String(c) => Some(c.split_whitespace().map(str::to_string).collect()),
+            Yaml::Array(a) => Some(a.iter().filter_map(text_of).collect()),
+            _ => None,
+        };
+        let volumes = v["volumes"]
+            .as_vec()
+            .map(|vs| {
+                vs.iter()
+                    .filter_map(|y| y.as_str())
+                    .filter_map(|m| {
+                        let mut parts = m.splitn(3, ':');
+                        let (host, inside) = (parts.next()?, parts.next()?);
+                        (host.starts_with('.') || host.starts_with('/'))
+                            .then(|| (host.to_string(), inside.to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         out.push(ComposeService {
+            command,
+            volumes,
             name: name.to_string(),
             image: v["image"].as_str().unwrap_or("").to_string(),
             build: match &v["build"] {
@@ -272,7 +297,7 @@ pub fn from_compose(file: &Path, output: Option<&Path>, existing: Existing) -> i
     );
     let _ = writeln!(
         s,
-        "# Container services need Faultbox's container support to run.\n"
+        "# Images are not pulled: build or load them on this host first (docs/containers.md).\n"
     );
     let mut http_service = None;
     for svc in &services {
@@ -287,6 +312,18 @@ pub fn from_compose(file: &Path, output: Option<&Path>, existing: Existing) -> i
         } else if let Some(b) = &svc.build {
             args.push(format!("build = {b:?}"));
         }
+        if let Some(c) = &svc.command {
+            let items: Vec<String> = c.iter().map(|a| format!("{a:?}")).collect();
+            args.push(format!("args = [{}]", items.join(", ")));
+        }
+        if !svc.volumes.is_empty() {
+            let pairs: Vec<String> = svc
+                .volumes
+                .iter()
+                .map(|(h, c)| format!("{h:?}: {c:?}"))
+                .collect();
+            args.push(format!("volumes = {{{}}}", pairs.join(", ")));
+        }
         if !svc.env.is_empty() {
             let pairs: Vec<String> = svc
                 .env
@@ -300,9 +337,14 @@ pub fn from_compose(file: &Path, output: Option<&Path>, existing: Existing) -> i
             args.push(format!("depends_on = [{}]", deps.join(", ")));
         }
         if let Some(p) = port {
+            // A database is ready when it answers a login, not when it accepts (official
+            // images start a temporary server while they initialize); an HTTP service
+            // when it accepts, since its `/` may well be a 404.
             args.push(match proto {
-                "http" => format!("healthcheck = http(\"localhost:{p}/\")"),
-                _ => format!("healthcheck = tcp(\"localhost:{p}\")"),
+                "postgres" | "mysql" | "redis" | "memcached" => {
+                    "healthcheck = ready(timeout = \"60s\")".to_string()
+                }
+                _ => format!("healthcheck = tcp(\"localhost:{p}\", timeout = \"60s\")"),
             });
             if proto == "http" && http_service.is_none() {
                 http_service = Some(var.clone());
@@ -314,7 +356,7 @@ pub fn from_compose(file: &Path, output: Option<&Path>, existing: Existing) -> i
         Some(var) => {
             let _ = writeln!(
                 s,
-                "def happy_path():\n    return {var}.get(path = \"/\")\n\nscenario(happy_path)\n\ndef test_happy_path():\n    assert_true(happy_path().status < 500)"
+                "def happy_path():\n    return {var}.get(path = \"/\")\n\nscenario(happy_path)\n\ndef test_happy_path_answers():\n    assert_true(happy_path().status < 500)"
             );
         }
         None => {

@@ -132,3 +132,71 @@ fn the_containers_chapter_demo_runs_as_the_chapter_says() {
         .unwrap();
     assert!(disk_full.to_string().contains("pwrite64"), "{disk_full}");
 }
+
+#[test]
+fn faultbox_init_from_compose_writes_a_spec_that_runs_unchanged() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("fbtest-compose-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("api")).unwrap();
+    for f in ["Dockerfile", "app.py"] {
+        std::fs::copy(
+            root().join("examples/containers/api").join(f),
+            dir.join("api").join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        r#"services:
+  api:
+    build: ./api
+    ports: ["8080:8080"]
+    depends_on: [postgres, cache]
+    environment:
+      PORT: "8080"
+      DATABASE_URL: postgres://postgres:test@postgres:5432/testdb?sslmode=disable
+      REDIS_ADDR: cache:6379
+  postgres:
+    image: faultbox-test/postgres:15
+    command: ["-c", "fsync=off"]
+    environment:
+      POSTGRES_PASSWORD: test
+      POSTGRES_DB: testdb
+  cache:
+    image: faultbox-test/redis:7
+    ports: ["6379"]
+"#,
+    )
+    .unwrap();
+    let init = common::faultbox_at(
+        &dir,
+        &["init", "--from-compose", "--output", "faultbox.star"],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let out = faultbox(&[
+        "test",
+        dir.join("faultbox.star").to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let tests = doc["tests"].as_array().unwrap();
+    let names: Vec<&str> = tests.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["test_happy_path", "test_happy_path_answers"],
+        "{}",
+        out.stdout
+    );
+    for t in tests {
+        assert_eq!(
+            t["result"], "pass",
+            "{}: {}\n{}",
+            t["name"], t["reason"], out.stderr
+        );
+    }
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

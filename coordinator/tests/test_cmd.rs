@@ -971,7 +971,7 @@ fn init_from_compose() {
     );
     assert!(
         spec.contains("interface(\"main\", \"redis\", 6379)")
-            && spec.contains("healthcheck = tcp(\"localhost:6379\")"),
+            && spec.contains("healthcheck = ready(timeout = \"60s\")"),
         "{spec}"
     );
     assert!(
@@ -980,21 +980,26 @@ fn init_from_compose() {
     );
     assert!(
         spec.contains("\"POSTGRES_PASSWORD\": \"test\"")
-            && spec.contains("healthcheck = http(\"localhost:8080/\")"),
+            && spec.contains("healthcheck = tcp(\"localhost:8080\", timeout = \"60s\")"),
         "{spec}"
     );
     assert!(spec.contains("scenario(happy_path)"), "{spec}");
-    // It loads as far as containers go: they are not supported yet.
+    // It loads; --dry-run checks what can be checked without Docker: the build
+    // directory needs a Dockerfile.
     let file = dir.join("from-compose.star");
     std::fs::write(&file, spec).unwrap();
     let dry = test_cmd(&[file.to_str().unwrap(), "--dry-run"]);
     assert_eq!(dry.code, 1);
     assert!(
-        dry.stderr
-            .contains("container services (image=, build=) are not yet supported"),
+        dry.stderr.contains("service \"api\": build=\"./api\"")
+            && dry.stderr.contains("has no Dockerfile"),
         "{}",
         dry.stderr
     );
+    std::fs::create_dir_all(dir.join("api")).unwrap();
+    std::fs::write(dir.join("api/Dockerfile"), "FROM scratch\n").unwrap();
+    let dry = test_cmd(&[file.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
     std::fs::write(dir.join("bad.yml"), "services:\n  a: [1, 2\n").unwrap();
     let bad = init(&dir, &["--from-compose", "bad.yml"]);
     assert_eq!(bad.code, 1);
