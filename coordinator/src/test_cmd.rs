@@ -90,6 +90,19 @@ pub fn run(args: TestArgs) -> i32 {
         if let Err(e) = found {
             return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
         }
+        // A container without a filter cannot take a fault or trace: refuse, rather
+        // than run a test whose faults are silently inert.
+        if svc.container.as_ref().is_some_and(|c| !c.seccomp) {
+            let wanted = loaded.spec.filter_syscalls(&svc.name);
+            if !wanted.is_empty() {
+                return error(format!(
+                    "{}: service {:?}: seccomp=False, but the spec faults or traces it ({}): remove seccomp=False or those calls",
+                    svc.declared_at,
+                    svc.name,
+                    wanted.join(", ")
+                ));
+            }
+        }
         // Users, like binaries, are looked up where the service runs.
         if let (Some(user), None) = (&svc.user, &args.executors) {
             if let Err(e) = faultbox_executor::sandbox::user::resolve(user) {

@@ -65,7 +65,7 @@ fn a_container_service_takes_the_same_faults_as_a_binary() {
 fn an_image_that_is_not_there_is_one_clear_error() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let out = faultbox(&["test", &spec("missing"), "--format", "json"]);
-    assert_ne!(out.code, 0);
+    assert_eq!(out.code, 2);
     let doc: serde_json::Value = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
     let reason = doc["tests"][0]["reason"]
@@ -199,4 +199,84 @@ fn faultbox_init_from_compose_writes_a_spec_that_runs_unchanged() {
         );
     }
     assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn volumes_and_a_named_user_from_the_image() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("fbtest-volume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("redis")).unwrap();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    // The image's user writes there.
+    std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(
+        dir.join("redis/Dockerfile"),
+        "FROM faultbox-test/redis:7\nUSER redis\nENTRYPOINT [\"redis-server\"]\n\
+         CMD [\"--bind\", \"127.0.0.1 -::1\", \"--protected-mode\", \"no\", \"--dir\", \"/data\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("spec.star"),
+        "cache = service(\"cache\", interface(\"main\", \"redis\", 6379), build = \"./redis\",\n\
+         \x20   volumes = {\"./data\": \"/data\"}, healthcheck = ready(timeout = \"20s\"))\n\
+         def test_saves_into_the_volume():\n\
+         \x20   assert_true(cache.main.command(args = [\"SAVE\"]).ok)\n",
+    )
+    .unwrap();
+    let out = faultbox(&["test", dir.join("spec.star").to_str().unwrap()]);
+    let dump = std::fs::metadata(dir.join("data/dump.rdb"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let dump = dump.expect("Redis saved into the host directory");
+    // Written by the image's USER (redis), resolved by name inside the image.
+    assert_ne!(dump.uid(), 0, "the container ran as root");
+}
+
+#[test]
+fn bad_container_input_is_one_clear_error_with_its_place() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // A fault on a container declared without a filter.
+    let out = faultbox(&["test", &spec("unfiltered")]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unfiltered.star:2:")
+            && out
+                .stderr
+                .contains("seccomp=False, but the spec faults or traces it (write"),
+        "{}",
+        out.stderr
+    );
+    // A binary and an image together.
+    let out = faultbox(&["test", &spec("both")]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("both.star:2")
+            && out
+                .stderr
+                .contains("give only one of a binary, image= or build="),
+        "{}",
+        out.stderr
+    );
+    // No Docker daemon: the test fails naming the service, where it is declared, and
+    // what to do.
+    let out = common::faultbox_at_env(
+        &root(),
+        &["test", &spec("redis"), "--test", "pass_through"],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    // Exit 2: the test that starts the service fails, as when a binary cannot start.
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("redis.star:6:")
+            && out
+                .stderr
+                .contains("no Docker daemon at unix:///nonexistent/docker.sock")
+            && out.stderr.contains("start dockerd"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(docker_leftovers(), "");
 }

@@ -249,9 +249,16 @@ pub struct Out {
 
 /// Runs `faultbox <args>` in `dir`.
 pub fn faultbox_at(dir: &Path, args: &[&str]) -> Out {
+    faultbox_at_env(dir, args, &[])
+}
+
+/// Runs `faultbox <args>` in `dir` with `env` added to its environment.
+#[allow(dead_code)]
+pub fn faultbox_at_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
     let out = Command::new(faultbox())
         .current_dir(dir)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("faultbox runs");
     Out {

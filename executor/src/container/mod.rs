@@ -148,23 +148,12 @@ fn container_name(run: &str, service: &str) -> String {
     format!("faultbox-{}-{}", clean(run), clean(service))
 }
 
-/// The image's user as the shim's `--user uid:gid`, when it names one by number; a
-/// named user needs the image's own account files, which are not read yet.
-fn shim_user(image_user: Option<&str>) -> Result<Option<String>, String> {
-    let Some(u) = image_user.filter(|u| !u.is_empty()) else {
-        return Ok(None);
-    };
-    let (uid, gid) = u.split_once(':').unwrap_or((u, u));
-    if uid == "root" || uid == "0" {
-        return Ok(None);
-    }
-    match (uid.parse::<u32>(), gid.parse::<u32>()) {
-        (Ok(uid), Ok(gid)) => Ok(Some(format!("{uid}:{gid}:{gid}"))),
-        _ => Err(format!(
-            "its image runs as user {u:?}; container services whose image names its USER \
-             by name are not supported yet (use a numeric USER uid:gid)"
-        )),
-    }
+/// The image's USER for the shim's `--user`, which reads names from the image's own
+/// account files; `None` for root.
+fn shim_user(image_user: Option<&str>) -> Option<String> {
+    let u = image_user.filter(|u| !u.is_empty())?;
+    let who = u.split(':').next().unwrap_or(u);
+    (who != "root" && who != "0").then(|| u.to_string())
 }
 
 /// Starts `cfg.svc`'s container. Blocking: call it off the runtime `rt`.
@@ -206,7 +195,7 @@ pub fn start(
     let Some(program) = command.first().cloned() else {
         return Err("its image has no entrypoint or command, and no args= were given".into());
     };
-    let user = shim_user(image.user.as_deref())?;
+    let user = shim_user(image.user.as_deref());
     let shim = find_static_shim()?;
 
     let handoff_dir = cfg.scratch.join(format!("{}.handoff", svc.name));
@@ -389,13 +378,11 @@ mod tests {
     #[test]
     fn names_and_users() {
         assert_eq!(container_name("job 7/a", "db"), "faultbox-job-7-a-db");
-        assert_eq!(shim_user(None).unwrap(), None);
-        assert_eq!(shim_user(Some("root")).unwrap(), None);
-        assert_eq!(
-            shim_user(Some("999:998")).unwrap().as_deref(),
-            Some("999:998:998")
-        );
-        assert!(shim_user(Some("postgres")).unwrap_err().contains("by name"));
+        assert_eq!(shim_user(None), None);
+        assert_eq!(shim_user(Some("root")), None);
+        assert_eq!(shim_user(Some("0:0")), None);
+        assert_eq!(shim_user(Some("999:998")).as_deref(), Some("999:998"));
+        assert_eq!(shim_user(Some("postgres")).as_deref(), Some("postgres"));
         assert_eq!(token("my db!"), "mydb");
     }
 }

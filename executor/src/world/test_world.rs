@@ -668,7 +668,7 @@ impl TestWorld {
                 .map_err(|e| e.to_string())
         };
         let started = crate::container::start(cfg, &self.rt, sink.clone(), &join)
-            .map_err(|e| format!("service {:?}: {e}", svc.name))?;
+            .map_err(|e| format!("{}: service {:?}: {e}", svc.declared_at, svc.name))?;
         let mut fields = BTreeMap::new();
         fields.insert("pid".to_string(), started.running.pid.to_string());
         sink.open(|| self.lifecycle(&svc.name, "started", fields));

@@ -233,32 +233,98 @@ fn bind_hosts(hosts: &std::path::Path) -> Result<(), i32> {
 /// Switches to `uid:gid[:g1,g2,...]` (resolved by the executor): supplementary groups,
 /// then group, then user, since each step needs the privilege the next one drops.
 fn become_user(spec: &str) -> Result<(), i32> {
-    let mut parts = spec.splitn(3, ':');
-    let mut id = || -> Result<u32, i32> {
-        parts
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or(libc::EINVAL)
-    };
-    let (uid, gid) = (id()?, id()?);
-    let groups: Vec<libc::gid_t> = match parts.next() {
-        None => vec![gid],
-        Some(list) => list
-            .split(',')
-            .map(|g| g.parse().map_err(|_| libc::EINVAL))
-            .collect::<Result<_, _>>()?,
-    };
+    let (uid, gid, groups, home) = resolve_user(spec)?;
     // SAFETY: `groups` holds groups.len() ids; setgid/setuid take plain numbers.
     let ok = unsafe {
         libc::setgroups(groups.len(), groups.as_ptr()) == 0
             && libc::setgid(gid) == 0
             && libc::setuid(uid) == 0
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(last_errno())
+    if !ok {
+        return Err(last_errno());
     }
+    // As a container runtime does for its USER: HOME from the account, unless set.
+    if let Some(home) = home {
+        if std::env::var_os("HOME").is_none() {
+            std::env::set_var("HOME", home);
+        }
+    }
+    Ok(())
+}
+
+/// `uid:gid[:groups]` as numbers (the executor resolved them), or an image's USER as
+/// a container runtime reads it: `name`, `uid`, `name:group` or `uid:gid`, names
+/// looked up in this root's /etc/passwd and /etc/group (a static shim has no NSS).
+/// A user without a group takes its account's primary group (0 if it has none) and
+/// the groups that list it.
+fn resolve_user(spec: &str) -> Result<(u32, u32, Vec<libc::gid_t>, Option<String>), i32> {
+    let mut parts = spec.splitn(3, ':');
+    let who = parts.next().unwrap_or("");
+    let group = parts.next();
+    let listed = parts.next();
+    if let (Ok(uid), Some(Ok(gid))) = (who.parse::<u32>(), group.map(str::parse::<u32>)) {
+        let groups = match listed {
+            None => vec![gid],
+            Some(list) => list
+                .split(',')
+                .map(|g| g.parse().map_err(|_| libc::EINVAL))
+                .collect::<Result<_, _>>()?,
+        };
+        return Ok((uid, gid, groups, None));
+    }
+    if listed.is_some() {
+        return Err(libc::EINVAL);
+    }
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let passwd = read("/etc/passwd");
+    let account = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| {
+            f.len() >= 7
+                && (f[0] == who
+                    || f[2].parse::<u32>().ok()
+                        == who.parse::<u32>().ok().filter(|_| !who.is_empty()))
+        });
+    let uid = match (who.parse::<u32>(), &account) {
+        (Ok(n), _) => n,
+        (Err(_), Some(f)) => f[2].parse().map_err(|_| libc::EINVAL)?,
+        (Err(_), None) => return Err(libc::ENOENT),
+    };
+    let name = account.as_ref().map(|f| f[0].to_string());
+    let etc_group = read("/etc/group");
+    let gid = match group {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => etc_group
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or(libc::ENOENT)?,
+        },
+        None => account
+            .as_ref()
+            .and_then(|f| f[3].parse().ok())
+            .unwrap_or(0),
+    };
+    let mut groups = vec![gid];
+    if let (None, Some(name)) = (group, &name) {
+        for f in etc_group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+            if f.len() >= 4 && f[3].split(',').any(|m| m == name) {
+                if let Ok(g) = f[2].parse::<u32>() {
+                    if !groups.contains(&g) {
+                        groups.push(g);
+                    }
+                }
+            }
+        }
+    }
+    let home = account
+        .as_ref()
+        .map(|f| f[5].to_string())
+        .filter(|h| !h.is_empty());
+    Ok((uid, gid, groups, home))
 }
 
 /// Keeps mount changes inside the namespace and mounts a /proc that shows the new PID
