@@ -297,12 +297,13 @@ fn a_failed_setup_names_its_stage() {
     let notify = engine(&["getppid=EPERM:100%"]).syscalls();
     let mut shim = Shim::start(&sock, notify, Some("nobody-by-name"), &[target]);
     let e = sock.accept(LIMIT).err().expect("the user switch fails");
+    // A name the root's /etc/passwd does not know.
     assert!(
         matches!(
             e,
             HandoffError::Setup {
                 stage: Stage::User,
-                errno: libc::EINVAL
+                errno: libc::ENOENT
             }
         ),
         "{e}"
