@@ -280,3 +280,42 @@ fn bad_container_input_is_one_clear_error_with_its_place() {
     );
     assert_eq!(docker_leftovers(), "");
 }
+
+#[test]
+fn two_slots_and_a_timeout_leave_nothing_behind() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Two runs of a container test at once on one host: no names or ports collide.
+    let out = faultbox(&[
+        "test",
+        &spec("redis"),
+        "--test",
+        "protocol_fault_reaches_the_app",
+        "--runs",
+        "4",
+        "--slots",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["tests"].as_array().unwrap().len(), 4);
+    // A test over its time limit with its container running: it fails as a timeout
+    // and the container goes (checked by `faultbox`).
+    let t = Instant::now();
+    let out = faultbox(&[
+        "test",
+        &spec("waits"),
+        "--timeout",
+        "3s",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["tests"][0]["failure_type"], "timeout", "{}", out.stdout);
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "stopped at its limit"
+    );
+}
