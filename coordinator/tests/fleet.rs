@@ -6,6 +6,8 @@ mod common;
 // certificate roles, and how names are found on each host.
 #[path = "fleet/bundles.rs"]
 mod bundles;
+#[path = "fleet/containers.rs"]
+mod containers;
 #[path = "fleet/names.rs"]
 mod names;
 #[path = "fleet/roles.rs"]

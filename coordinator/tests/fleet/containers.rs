@@ -1,0 +1,41 @@
+//! Container services on a fleet: the spec's folder (with its `build=` directory)
+//! ships in the bundle, and the executor runs the containers with its own Docker,
+//! its hand-off sockets deep in its work directory.
+
+use super::*;
+
+#[test]
+fn the_containers_demo_runs_on_an_executor() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("fleet-containers");
+    let dir = s.0.join("fleet");
+    fleet(&dir, &["e1"]);
+    let e1 = Executor::start(&dir, "e1", 7741, &s.0.join("w1"), "2");
+    let out = faultbox_cmd(&[
+        "test",
+        "examples/containers/faultbox.star",
+        "--format",
+        "json",
+        "--executors",
+        &e1.addr,
+        "--fleet",
+        dir.to_str().unwrap(),
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let tests = doc["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 4, "{}", out.stdout);
+    for t in tests {
+        assert_eq!(
+            t["result"], "pass",
+            "{}: {}\n{}",
+            t["name"], t["reason"], out.stderr
+        );
+    }
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=faultbox.run"])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "containers left behind");
+}
