@@ -319,3 +319,12 @@ fn two_slots_and_a_timeout_leave_nothing_behind() {
         "stopped at its limit"
     );
 }
+
+#[test]
+fn virtual_time_reaches_into_containers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // DEBUG SLEEP 5 inside Redis: instant with --virtual-time, 5 s without (the spec's
+    // own assertion fails then, which is what makes this a test of the container).
+    let out = faultbox(&["test", &spec("vtime"), "--virtual-time"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
