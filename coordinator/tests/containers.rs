@@ -50,7 +50,7 @@ fn a_container_service_takes_the_same_faults_as_a_binary() {
     let doc: serde_json::Value = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
     let tests = doc["tests"].as_array().unwrap();
-    assert_eq!(tests.len(), 3);
+    assert_eq!(tests.len(), 5);
     for t in tests {
         assert_eq!(
             t["result"], "pass",
