@@ -213,7 +213,7 @@ fn volumes_and_a_named_user_from_the_image() {
     std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::write(
         dir.join("redis/Dockerfile"),
-        "FROM faultbox-test/redis:7\nUSER redis\nENTRYPOINT [\"redis-server\"]\n\
+        "FROM faultbox-test/redis:7\nVOLUME /scratch\nUSER redis\nENTRYPOINT [\"redis-server\"]\n\
          CMD [\"--bind\", \"127.0.0.1 -::1\", \"--protected-mode\", \"no\", \"--dir\", \"/data\"]\n",
     )
     .unwrap();
@@ -225,7 +225,21 @@ fn volumes_and_a_named_user_from_the_image() {
          \x20   assert_true(cache.main.command(args = [\"SAVE\"]).ok)\n",
     )
     .unwrap();
+    let volumes = || {
+        let out = Command::new("docker")
+            .args(["volume", "ls", "-q"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let before = volumes();
     let out = faultbox(&["test", dir.join("spec.star").to_str().unwrap()]);
+    // The image's VOLUME made an anonymous volume; it went with the container.
+    assert_eq!(
+        volumes(),
+        before,
+        "an anonymous volume outlived its container"
+    );
     let dump = std::fs::metadata(dir.join("data/dump.rdb"));
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

@@ -359,6 +359,26 @@ fn hash(path: &Path) -> u64 {
     h.finish()
 }
 
+/// At an executor's start: removes the containers Faultbox processes that died left
+/// (a killed executor's own included), if this host has a Docker daemon at all.
+pub async fn sweep_at_start() {
+    if std::env::var_os("DOCKER_HOST").is_none() && !Path::new("/var/run/docker.sock").exists() {
+        return;
+    }
+    match Daemon::connect().await {
+        Ok(d) => match d.sweep().await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(target: "engine", containers = ?removed, "removed containers of runs that ended without cleaning up")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(target: "engine", error = %e, "sweeping containers of dead runs")
+            }
+        },
+        Err(e) => tracing::debug!(target: "engine", error = %e, "no Docker daemon to sweep"),
+    }
+}
+
 /// Removes, once per process, the containers of Faultbox processes that died.
 fn sweep_once(rt: &tokio::runtime::Handle, daemon: &Daemon) {
     static SWEPT: Once = Once::new();

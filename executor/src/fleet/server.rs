@@ -63,6 +63,8 @@ pub async fn serve(
             addr: cfg.listen,
             source,
         })?;
+    // A killed executor's containers go when it starts again.
+    crate::container::sweep_at_start().await;
     tracing::info!(
         name = %cfg.name,
         listen = %cfg.listen,
