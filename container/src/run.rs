@@ -187,6 +187,28 @@ impl Daemon {
         }
     }
 
+    /// Copies `c`'s output into `stdout` and `stderr` as it comes, until the container
+    /// ends: the same files a binary service writes.
+    pub async fn follow_output(
+        &self,
+        c: &Container,
+        mut stdout: impl std::io::Write,
+        mut stderr: impl std::io::Write,
+    ) {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .build();
+        let mut stream = self.api.logs(&c.id, Some(opts));
+        while let Some(Ok(chunk)) = stream.next().await {
+            let _ = match chunk {
+                bollard::container::LogOutput::StdErr { message } => stderr.write_all(&message),
+                other => stdout.write_all(&other.into_bytes()),
+            };
+        }
+    }
+
     /// The last `lines` lines of `c`'s output, stdout and stderr together, for
     /// messages about a container that failed.
     pub async fn logs(&self, c: &Container, lines: usize) -> String {

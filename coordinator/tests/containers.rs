@@ -342,3 +342,27 @@ fn virtual_time_reaches_into_containers() {
     let out = faultbox(&["test", &spec("vtime"), "--virtual-time"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+#[test]
+fn trace_and_ops_reach_into_containers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = faultbox(&["test", &spec("more")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("2 passed, 0 failed"), "{}", out.stderr);
+}
+
+#[test]
+fn a_container_that_exits_at_start_says_why() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = faultbox(&["test", &spec("exits")]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // The failure names the service, where it is declared, and its own last words.
+    assert!(
+        out.stderr
+            .contains("service \"cache\" exited with code 1 during startup")
+            && out.stderr.contains("exits.star:2")
+            && out.stderr.contains("FATAL CONFIG FILE ERROR"),
+        "{}",
+        out.stderr
+    );
+}

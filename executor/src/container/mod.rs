@@ -63,32 +63,25 @@ pub struct Started {
 }
 
 /// Removes its container when dropped (or at [`Guard::remove`]), with the
-/// container's anonymous volumes, after saving its output in the test's scratch.
+/// container's anonymous volumes.
 pub struct Guard {
     daemon: Daemon,
     container: Container,
     rt: tokio::runtime::Handle,
-    log: PathBuf,
     removed: AtomicBool,
 }
 
 impl Guard {
-    /// Saves the container's output and removes it. Idempotent.
+    /// Removes the container. Idempotent.
     pub fn remove(&self) {
         if self.removed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (daemon, c, log) = (
-            self.daemon.clone(),
-            self.container.clone(),
-            self.log.clone(),
-        );
+        let (daemon, c) = (self.daemon.clone(), self.container.clone());
         let rt = self.rt.clone();
         // A thread of its own: the caller may be on the runtime.
         let _ = std::thread::spawn(move || {
             rt.block_on(async {
-                let out = daemon.logs(&c, 10_000).await;
-                let _ = std::fs::write(&log, out);
                 if let Err(e) = daemon.remove(&c).await {
                     tracing::warn!(target: "engine", container = %c.name, error = %e, "removing the container");
                 }
@@ -265,11 +258,16 @@ pub fn start(
         daemon: daemon.clone(),
         container: container.clone(),
         rt: rt.clone(),
-        log: cfg.scratch.join(format!("{}.log", svc.name)),
         removed: AtomicBool::new(false),
     };
     rt.block_on(daemon.start(&container))
         .map_err(|e| e.to_string())?;
+    // Its output goes where a binary's does: SERVICE.stdout and SERVICE.stderr.
+    let open = |ext: &str| std::fs::File::create(cfg.scratch.join(format!("{}.{ext}", svc.name)));
+    if let (Ok(out), Ok(err)) = (open("stdout"), open("stderr")) {
+        let (d, c) = (daemon.clone(), container.clone());
+        rt.spawn(async move { d.follow_output(&c, out, err).await });
+    }
     let failed = |e: HandoffError| -> String {
         let logs = rt.block_on(daemon.logs(&container, 20));
         let logs = logs.trim();
