@@ -366,3 +366,42 @@ fn a_container_that_exits_at_start_says_why() {
         out.stderr
     );
 }
+
+#[test]
+fn ctrl_c_and_a_missing_volume_leave_nothing_behind() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // A volume path that does not exist: refused before anything runs, with its place.
+    let out = faultbox(&["test", &spec("novolume"), "--dry-run"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("novolume.star:2")
+            && out.stderr.contains("volume \"./no-such-dir\"")
+            && out.stderr.contains("does not exist"),
+        "{}",
+        out.stderr
+    );
+    // Ctrl-C while the container runs: the run is cancelled and the container goes.
+    let child = Command::new(common::faultbox())
+        .current_dir(root())
+        .args(["test", &spec("waits")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while docker_leftovers().is_empty() {
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(docker_leftovers(), "", "the container outlived Ctrl-C");
+}
