@@ -580,26 +580,37 @@ impl TestWorld {
             .block_on(session::start(config, sink.clone()))
             .map_err(|e| format!("service {:?}: {e}", svc.name))?;
         drop((stdout, stderr));
+        Ok(self.started(
+            &sink,
+            ServiceState {
+                decl: svc.clone(),
+                running,
+                container: None,
+                slot,
+                rolls,
+                covered,
+            },
+        ))
+    }
+
+    /// Records that a service started and makes it the test's: its `started` event
+    /// (the calls it made before that are then logged), and its place among the
+    /// running services.
+    fn started(&self, sink: &ServiceSink, state: ServiceState) -> Arc<ServiceState> {
         let mut fields = BTreeMap::new();
-        fields.insert("pid".to_string(), running.pid.to_string());
-        sink.open(|| self.lifecycle(&svc.name, "started", fields));
-        let state = Arc::new(ServiceState {
-            decl: svc.clone(),
-            running,
-            container: None,
-            slot,
-            rolls,
-            covered,
-        });
+        fields.insert("pid".to_string(), state.running.pid.to_string());
+        sink.open(|| self.lifecycle(&state.decl.name, "started", fields));
+        let name = state.decl.name.clone();
+        let state = Arc::new(state);
         self.services
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(svc.name.clone(), state.clone());
+            .insert(name, state.clone());
         self.started
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(state.clone());
-        Ok(state)
+        state
     }
 
     /// [`TestWorld::start_service`] for a container service (`crate::container`).
@@ -669,26 +680,17 @@ impl TestWorld {
         };
         let started = crate::container::start(cfg, &self.rt, sink.clone(), &join)
             .map_err(|e| format!("{}: service {:?}: {e}", svc.declared_at, svc.name))?;
-        let mut fields = BTreeMap::new();
-        fields.insert("pid".to_string(), started.running.pid.to_string());
-        sink.open(|| self.lifecycle(&svc.name, "started", fields));
-        let state = Arc::new(ServiceState {
-            decl: svc.clone(),
-            running: started.running,
-            container: Some(started.guard),
-            slot,
-            rolls,
-            covered,
-        });
-        self.services
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(svc.name.clone(), state.clone());
-        self.started
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(state.clone());
-        Ok(state)
+        Ok(self.started(
+            &sink,
+            ServiceState {
+                decl: svc.clone(),
+                running: started.running,
+                container: Some(started.guard),
+                slot,
+                rolls,
+                covered,
+            },
+        ))
     }
 
     fn service(&self, name: &str) -> Result<Arc<ServiceState>, WorldError> {
