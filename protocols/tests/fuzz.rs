@@ -4,7 +4,15 @@
 use faultbox_protocols::{protocol, Answer, MAX_MESSAGE};
 use proptest::prelude::*;
 
-const PROTOCOLS: [&str; 6] = ["http", "tcp", "postgres", "mysql", "redis", "memcached"];
+const PROTOCOLS: [&str; 7] = [
+    "http",
+    "tcp",
+    "postgres",
+    "mysql",
+    "redis",
+    "memcached",
+    "amqp",
+];
 
 /// Fragments that steer random input into the protocols' interesting paths.
 const TOKENS: &[&[u8]] = &[
@@ -51,6 +59,17 @@ const TOKENS: &[&[u8]] = &[
     b"-9223372036854775808",
     b"9223372036854775807",
     b"\xff\xff\xff\xff",
+    // AMQP: the protocol header, frame heads (method, header, body, heartbeat on
+    // channel 1 or 0), the frame end, Basic.Publish/Deliver/GetOk ids.
+    b"AMQP\x00\x00\x09\x01",
+    b"\x01\x00\x01\x00\x00\x00",
+    b"\x02\x00\x01\x00\x00\x00\x0e\x00\x3c\x00\x00",
+    b"\x03\x00\x01\x00\x00\x00\x01",
+    b"\x08\x00\x00\x00\x00\x00\x00\xce",
+    b"\xce",
+    b"\x00\x3c\x00\x28\x00\x00\x00\x01k",
+    b"\x00\x3c\x00\x3c\x01t",
+    b"\x00\x3c\x00\x47",
 ];
 
 fn chunky_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -169,5 +188,76 @@ fn large_responses_stream() {
         assert_eq!(conv.server(&chunk[..chunk.len() - 1]), Ok(0), "{name}");
         let last = [&chunk[..1], tail].concat();
         assert_eq!(conv.server(&last), Ok(1), "{name}");
+    }
+}
+
+/// An AMQP method frame on `channel`.
+fn amqp_method(channel: u16, class: u16, method: u16, args: &[u8]) -> Vec<u8> {
+    let mut p = class.to_be_bytes().to_vec();
+    p.extend_from_slice(&method.to_be_bytes());
+    p.extend_from_slice(args);
+    amqp_frame(1, channel, &p)
+}
+
+fn amqp_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![kind];
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.push(0xCE);
+    f
+}
+
+/// Basic.Publish with its content header and body frames of at most `max` bytes.
+fn amqp_publish(channel: u16, key: &str, body: &[u8], max: usize) -> Vec<u8> {
+    let mut a = vec![0, 0, 0, key.len() as u8];
+    a.extend_from_slice(key.as_bytes());
+    a.push(0);
+    let mut out = amqp_method(channel, 60, 40, &a);
+    let mut h = vec![0, 60, 0, 0];
+    h.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    out.extend(amqp_frame(2, channel, &h));
+    for part in body.chunks(max) {
+        out.extend(amqp_frame(3, channel, part));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Publishes among other frames, cut anywhere: each publish is one matchable
+    /// request with its routing key, and the requests cover the stream exactly.
+    #[test]
+    fn amqp_publishes_survive_any_cut(
+        items in prop::collection::vec(
+            (any::<bool>(), "[a-z.]{0,12}", prop::collection::vec(any::<u8>(), 0..300), 1usize..64, 0u16..4),
+            0..12),
+        cut in 1usize..97,
+    ) {
+        let mut stream = b"AMQP\x00\x00\x09\x01".to_vec();
+        let mut keys = Vec::new();
+        for (is_publish, key, body, max, channel) in &items {
+            if *is_publish {
+                stream.extend(amqp_publish(*channel, key, body, *max));
+                keys.push(key.clone());
+            } else {
+                stream.extend(amqp_method(*channel, 50, 10, &[0; 5]));
+                stream.extend(amqp_frame(8, 0, &[]));
+            }
+        }
+        let mut conv = protocol("amqp").expect("known").conversation();
+        let mut requests = Vec::new();
+        for chunk in stream.chunks(cut) {
+            requests.extend(conv.client(chunk).expect("valid AMQP"));
+        }
+        prop_assert_eq!(requests.iter().map(|r| r.len).sum::<usize>(), stream.len());
+        let topics: Vec<String> = requests
+            .iter()
+            .filter(|r| r.matchable)
+            .map(|r| r.fields["topic"].clone())
+            .collect();
+        prop_assert_eq!(topics, keys);
     }
 }
