@@ -94,16 +94,16 @@ const REMEMBERED: usize = 4096;
 
 /// One frame's head.
 #[derive(Clone, Copy, Debug)]
-struct Frame {
-    kind: u8,
-    channel: u16,
+pub(crate) struct Frame {
+    pub(crate) kind: u8,
+    pub(crate) channel: u16,
     /// The whole frame's length, head and end byte included.
-    len: usize,
+    pub(crate) len: usize,
 }
 
 /// The next whole frame at the start of `data`: `Ok(None)` when more bytes are
 /// needed.
-fn frame<'a>(data: &'a [u8], side: &str) -> Result<Option<(Frame, &'a [u8])>, Opaque> {
+pub(crate) fn frame<'a>(data: &'a [u8], side: &str) -> Result<Option<(Frame, &'a [u8])>, Opaque> {
     if data.len() < 7 {
         return Ok(None);
     }
@@ -135,10 +135,10 @@ fn frame<'a>(data: &'a [u8], side: &str) -> Result<Option<(Frame, &'a [u8])>, Op
 }
 
 /// Reads a method's arguments.
-struct Args<'a>(&'a [u8]);
+pub(crate) struct Args<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Args<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -146,14 +146,14 @@ impl<'a> Args<'a> {
         self.0 = b;
         Some(a)
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub(crate) fn u16(&mut self) -> Option<u16> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         self.take(8)
             .map(|b| u64::from_be_bytes(b.try_into().expect("eight bytes")))
     }
-    fn short(&mut self) -> Option<String> {
+    pub(crate) fn short(&mut self) -> Option<String> {
         let n = *self.take(1)?.first()? as usize;
         self.take(n)
             .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -161,7 +161,7 @@ impl<'a> Args<'a> {
 }
 
 /// A method frame's class and method ids, and its arguments.
-fn method(payload: &[u8]) -> Result<((u16, u16), Args<'_>), Opaque> {
+pub(crate) fn method(payload: &[u8]) -> Result<((u16, u16), Args<'_>), Opaque> {
     let mut a = Args(payload);
     match (a.u16(), a.u16()) {
         (Some(c), Some(m)) => Ok(((c, m), a)),
@@ -468,7 +468,7 @@ pub fn connection_close(code: u16, text: &str, about: (u16, u16)) -> Vec<u8> {
     method_frame(0, &args)
 }
 
-fn method_frame(channel: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn method_frame(channel: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![METHOD];
     f.extend_from_slice(&channel.to_be_bytes());
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes());

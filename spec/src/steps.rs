@@ -15,8 +15,14 @@
 //! | redis | `command` | `args=[...]` |
 //! | memcached | `get`, `delete` | `key=` |
 //! | memcached | `set` | `key=`, `value=`, `ttl=` |
+//! | amqp | `publish` | `routing_key=`, `exchange=` (""), `body=` (""), `declare=`, `durable=` (False) |
+//! | amqp | `get` | `queue=`, `declare=` (True), `durable=` (False) |
+//! | amqp | `consume` | `queue=`, `declare=` (True), `durable=` (False), `wait=` ("5s") |
 //!
-//! postgres, mysql and redis steps also take `user=`, `password=` and `database=`.
+//! postgres, mysql and redis steps also take `user=`, `password=` and `database=`;
+//! amqp steps `user=`, `password=` and `vhost=`. An amqp `publish` declares the
+//! queue its routing key names when it goes to the default exchange (`declare=`
+//! defaults to `exchange == ""`).
 //! `del` is a Starlark keyword (`r.main.del(...)` does not parse): `delete` is the
 //! same method.
 
@@ -36,11 +42,13 @@ pub fn methods(protocol: &str) -> &'static [&'static str] {
             "command",
         ],
         "memcached" => &["get", "set", "delete"],
+        "amqp" => &["publish", "get", "consume"],
         _ => &[],
     }
 }
 
 const LOGIN: &[&str] = &["user", "password", "database"];
+const AMQP_LOGIN: &[&str] = &["user", "password", "vhost"];
 
 /// The keywords `method` of `protocol` takes, login keywords aside.
 fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
@@ -53,6 +61,9 @@ fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
         ("redis", "lrange") => &["key", "start", "stop"],
         ("redis", "command") => &["args"],
         ("memcached", "get" | "delete") => &["key"],
+        ("amqp", "publish") => &["exchange", "routing_key", "body", "declare", "durable"],
+        ("amqp", "get") => &["queue", "declare", "durable"],
+        ("amqp", "consume") => &["queue", "declare", "durable", "wait"],
         _ => &[],
     }
 }
@@ -89,6 +100,14 @@ impl<'v> Kwargs<'_, 'v> {
 
     fn opt_string(&self, name: &str) -> anyhow::Result<Option<String>> {
         self.get(name).map(|v| self.string(name, v)).transpose()
+    }
+
+    fn opt_bool(&self, name: &str) -> anyhow::Result<Option<bool>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) if v.get_type() == "bool" => Ok(Some(v.to_bool())),
+            Some(v) => Err(self.wrong(name, "a bool", v)),
+        }
     }
 
     fn int(&self, name: &str, v: Value) -> anyhow::Result<i64> {
@@ -194,10 +213,10 @@ pub fn operation(
     given: &[(&str, Value)],
 ) -> anyhow::Result<(Operation, Credentials)> {
     let own = keywords(protocol, method);
-    let login = if protocol == "memcached" {
-        &[][..]
-    } else {
-        LOGIN
+    let login = match protocol {
+        "memcached" => &[][..],
+        "amqp" => AMQP_LOGIN,
+        _ => LOGIN,
     };
     for (name, _) in given {
         if !own.contains(name) && !login.contains(name) {
@@ -216,7 +235,7 @@ pub fn operation(
     let credentials = Credentials {
         user: k.opt_string("user")?,
         password: k.opt_string("password")?,
-        database: match k.get("database") {
+        database: match k.get(if protocol == "amqp" { "vhost" } else { "database" }) {
             Some(v) if protocol == "redis" => Some(match v.get_type() {
                 "int" => k.int("database", v)?.to_string(),
                 _ => k.string("database", v)?,
@@ -308,6 +327,43 @@ pub fn operation(
                 key: key()?,
                 value: k.text("value", k.required("value")?)?,
                 ttl: ttl as u32,
+            }
+        }
+        ("amqp", "publish") => {
+            let exchange = k.opt_string("exchange")?.unwrap_or_default();
+            Operation::AmqpPublish {
+                routing_key: k.string("routing_key", k.required("routing_key")?)?,
+                body: match k.get("body") {
+                    Some(v) => k.text("body", v)?,
+                    None => String::new(),
+                },
+                declare: k.opt_bool("declare")?.unwrap_or(exchange.is_empty()),
+                durable: k.opt_bool("durable")?.unwrap_or(false),
+                exchange,
+            }
+        }
+        ("amqp", "get" | "consume") => {
+            let queue = k.string("queue", k.required("queue")?)?;
+            let declare = k.opt_bool("declare")?.unwrap_or(true);
+            let durable = k.opt_bool("durable")?.unwrap_or(false);
+            if method == "get" {
+                Operation::AmqpGet {
+                    queue,
+                    declare,
+                    durable,
+                }
+            } else {
+                let wait = match k.opt_string("wait")? {
+                    Some(text) => faultbox_shim::rule::parse_duration(&text)
+                        .map_err(|e| anyhow!("{step}(): bad wait {text:?}: {e}"))?,
+                    None => std::time::Duration::from_secs(5),
+                };
+                Operation::AmqpConsume {
+                    queue,
+                    declare,
+                    durable,
+                    wait,
+                }
             }
         }
         (p, m) => bail!("{step}(): {p} has no step {m:?}"),

@@ -19,6 +19,8 @@
 use std::time::Duration;
 
 #[cfg(feature = "client")]
+mod amqp;
+#[cfg(feature = "client")]
 mod decimal;
 #[cfg(feature = "client")]
 mod memcached;
@@ -88,6 +90,21 @@ impl Credentials {
                 }
                 out.user = Some(user);
             }
+            "amqp" => {
+                // As the official RabbitMQ image names them; guest/guest and `/`
+                // otherwise. The password goes with the user it belongs to.
+                let env_user = var("RABBITMQ_DEFAULT_USER").unwrap_or_else(|| "guest".into());
+                let user = out.user.clone().unwrap_or_else(|| env_user.clone());
+                if out.password.is_none() && user == env_user {
+                    out.password =
+                        Some(var("RABBITMQ_DEFAULT_PASS").unwrap_or_else(|| "guest".into()));
+                }
+                if out.database.is_none() {
+                    out.database =
+                        Some(var("RABBITMQ_DEFAULT_VHOST").unwrap_or_else(|| "/".into()));
+                }
+                out.user = Some(user);
+            }
             "redis" if out.password.is_none() && out.user.is_none() => {
                 out.password = var("REDIS_PASSWORD");
             }
@@ -131,6 +148,28 @@ pub enum Operation {
     },
     /// memcached `delete`: `{"value": "DELETED"}` or `{"value": "NOT_FOUND"}`.
     MemcachedDelete { key: String },
+    /// AMQP publish with confirms, `mandatory` set: `{"published": true}`. With
+    /// `declare`, the queue named `routing_key` is declared first.
+    AmqpPublish {
+        exchange: String,
+        routing_key: String,
+        body: String,
+        declare: bool,
+        durable: bool,
+    },
+    /// AMQP `Basic.Get` with auto-ack: the message, or `None` on an empty queue.
+    AmqpGet {
+        queue: String,
+        declare: bool,
+        durable: bool,
+    },
+    /// AMQP `Basic.Consume`: the first delivery within `wait`, acknowledged.
+    AmqpConsume {
+        queue: String,
+        declare: bool,
+        durable: bool,
+        wait: Duration,
+    },
 }
 
 /// What a step came back with: `body` is the answer as JSON text (what `.data`
@@ -186,6 +225,9 @@ impl Operation {
             Operation::MemcachedGet { .. } => "memcached get",
             Operation::MemcachedSet { .. } => "memcached set",
             Operation::MemcachedDelete { .. } => "memcached delete",
+            Operation::AmqpPublish { .. } => "amqp publish",
+            Operation::AmqpGet { .. } => "amqp get",
+            Operation::AmqpConsume { .. } => "amqp consume",
         }
     }
 }
@@ -206,6 +248,7 @@ pub async fn run(
             "mysql" => mysql::run(addr, credentials, op).await,
             "redis" => redis::run(addr, credentials, op).await,
             "memcached" => memcached::run(addr, op).await,
+            "amqp" => amqp::run(addr, credentials, op).await,
             other => Err(ClientError::Unsupported {
                 protocol: other.to_string(),
                 operation: op.name(),
@@ -245,6 +288,7 @@ pub async fn ready(
             "mysql" => mysql::ping(addr, credentials).await,
             "redis" => redis::ping(addr, credentials).await,
             "memcached" => memcached::ping(addr).await,
+            "amqp" => amqp::ping(addr, credentials).await,
             other => Err(ClientError::Unsupported {
                 protocol: other.to_string(),
                 operation: "ready",

@@ -1,12 +1,12 @@
 """A system under test for the protocol specs: a small HTTP API whose handlers use real
-client drivers (psycopg, pg8000, PyMySQL, mysql-connector, redis-py, pymemcache) to
+client drivers (psycopg, pg8000, PyMySQL, mysql-connector, redis-py, pymemcache, pika) to
 talk to a database service through the address in $TARGET (host:port).
 
 POST /run with a JSON body runs one operation and answers 200 with
 {"ok": true, "result": ...} or {"ok": false, "error": "..."}: the driver's own error,
 so a spec can see exactly what the system under test saw.
 
-Environment: PORT, KIND (postgres|mysql|redis|memcached), TARGET, USER_NAME,
+Environment: PORT, KIND (postgres|mysql|redis|memcached|amqp), TARGET, USER_NAME,
 PASSWORD, DATABASE.
 """
 
@@ -145,7 +145,79 @@ def memcached(req):
         c.close()
 
 
-HANDLERS = {"postgres": postgres, "mysql": mysql, "redis": redis_, "memcached": memcached}
+def amqp(req):
+    """One pika BlockingConnection per operation. `setup` declares queues, exchanges
+    and bindings first; then `op`:
+    - publish: `messages` ([routing_key, body] pairs) to `exchange`, with publisher
+      confirms unless `confirm` is false (then a round trip after the publishes
+      makes the broker's reaction, if any, surface here);
+    - get: one Basic.Get on `queue` (`ack`: acknowledged by the client after
+      receipt, else auto-ack), None on an empty queue;
+    - consume: up to `count` deliveries from `queue` within `wait` seconds, each
+      acknowledged.
+    """
+    import pika
+
+    params = pika.ConnectionParameters(
+        host=HOST, port=PORT, virtual_host=DATABASE or "/",
+        credentials=pika.PlainCredentials(USER or "guest", PASSWORD or "guest"),
+        connection_attempts=1, socket_timeout=10, blocked_connection_timeout=10,
+        heartbeat=0,
+    )
+    conn = pika.BlockingConnection(params)
+    try:
+        ch = conn.channel()
+        for q in req.get("queues", []):
+            ch.queue_declare(q)
+        for ex, kind in req.get("exchanges", []):
+            ch.exchange_declare(ex, exchange_type=kind)
+        for q, ex, key in req.get("bindings", []):
+            ch.queue_bind(q, ex, routing_key=key)
+        op = req["op"]
+        if op == "setup":
+            return True
+        if op == "publish":
+            confirm = req.get("confirm", True)
+            if confirm:
+                ch.confirm_delivery()
+            for key, body in req["messages"]:
+                ch.basic_publish(req.get("exchange", ""), key, body.encode(), mandatory=confirm)
+            if not confirm:
+                # A round trip: a connection or channel closed meanwhile shows here.
+                ch.queue_declare("", exclusive=True)
+            return True
+        if op == "get":
+            ack = req.get("ack", False)
+            method, _props, body = ch.basic_get(req["queue"], auto_ack=not ack)
+            if method is None:
+                return None
+            if ack:
+                ch.basic_ack(method.delivery_tag)
+            return {"body": body.decode(), "routing_key": method.routing_key,
+                    "redelivered": method.redelivered}
+        if op == "consume":
+            out = []
+            for method, _props, body in ch.consume(req["queue"], inactivity_timeout=req.get("wait", 2)):
+                if method is None:
+                    break
+                ch.basic_ack(method.delivery_tag)
+                out.append({"body": body.decode(), "routing_key": method.routing_key,
+                            "redelivered": method.redelivered})
+                if len(out) >= req.get("count", 1):
+                    break
+            ch.cancel()
+            return out
+        raise ValueError("unknown op " + op)
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            # Already closed by the broker (or a rule): the operation's own outcome
+            # is the answer.
+            pass
+
+
+HANDLERS = {"postgres": postgres, "mysql": mysql, "redis": redis_, "memcached": memcached, "amqp": amqp}
 
 
 class Handler(BaseHTTPRequestHandler):
