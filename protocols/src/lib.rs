@@ -27,6 +27,7 @@ mod common;
 pub mod http;
 pub mod memcached;
 pub mod mysql;
+pub mod nats;
 pub mod postgres;
 pub mod redis;
 pub mod rules;
@@ -269,13 +270,14 @@ pub trait Protocol: Send + Sync {
 
 /// The protocol called `name`, if Faultbox knows it.
 pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
-    let all: [&'static dyn Protocol; 6] = [
+    let all: [&'static dyn Protocol; 7] = [
         &http::Http,
         &tcp::Tcp,
         &postgres::Postgres,
         &mysql::Mysql,
         &redis::Redis,
         &memcached::Memcached,
+        &nats::Nats,
     ];
     all.into_iter().find(|p| p.name() == name)
 }
