@@ -39,7 +39,8 @@ use std::collections::{HashSet, VecDeque};
 
 use crate::common::{fields, request, request_id, too_large};
 use crate::{
-    ActionKind, Answer, Code, Conversation, Fields, Opaque, Protocol, Reply, Request, MAX_MESSAGE,
+    ActionKind, Answer, Code, Conversation, Fields, Message, Opaque, Protocol, Reply, Request,
+    MAX_MESSAGE,
 };
 
 /// AMQP 0-9-1.
@@ -231,16 +232,6 @@ impl Content {
     }
 }
 
-/// A complete message in the server's stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerMessage {
-    pub len: usize,
-    pub fields: Fields,
-    pub matchable: bool,
-    /// False once an injected `Connection.Close` ended the client's view.
-    pub forward: bool,
-}
-
 #[derive(Default)]
 struct AmqpConversation {
     opaque: Option<Opaque>,
@@ -344,7 +335,7 @@ impl AmqpConversation {
         Ok(out)
     }
 
-    fn server_frames(&mut self, bytes: &[u8]) -> Result<Vec<ServerMessage>, Opaque> {
+    fn server_frames(&mut self, bytes: &[u8]) -> Result<Vec<Message>, Opaque> {
         self.server.extend_from_slice(bytes);
         let mut out = Vec::new();
         let mut at = 0;
@@ -415,11 +406,13 @@ impl AmqpConversation {
         Ok(out)
     }
 
-    fn message(&self, len: usize, fields: Fields, matchable: bool) -> ServerMessage {
-        ServerMessage {
+    fn message(&self, len: usize, fields: Fields, matchable: bool) -> Message {
+        Message {
             len,
             fields,
             matchable: matchable && !self.closed,
+            responses: 0,
+            // An injected `Connection.Close` ended the client's view of the broker.
             forward: !self.closed,
         }
     }
@@ -513,12 +506,22 @@ impl Conversation for AmqpConversation {
         }
         self.close(PUBLISH, answer).map(|bytes| Reply { bytes })
     }
-}
 
-impl AmqpConversation {
+    fn frames_server(&self) -> bool {
+        true
+    }
+
+    fn server_messages(&mut self, bytes: &[u8]) -> Result<Vec<Message>, Opaque> {
+        if let Some(o) = &self.opaque {
+            return Err(o.clone());
+        }
+        let r = self.server_frames(bytes);
+        self.latch(r)
+    }
+
     /// A rule drops a publish: it vanishes, unless its channel confirms publishes
     /// (`None`: the connection is closed).
-    pub fn drop_request(&mut self, request: &Request) -> Option<Reply> {
+    fn drop_request(&mut self, request: &Request) -> Option<Reply> {
         if self.confirming(request) {
             None
         } else {
@@ -527,11 +530,7 @@ impl AmqpConversation {
     }
 
     /// A rule duplicates a publish: the broker gets it twice.
-    pub fn duplicate_request(
-        &mut self,
-        request: &Request,
-        bytes: &[u8],
-    ) -> Result<Vec<u8>, String> {
+    fn duplicate_request(&mut self, request: &Request, bytes: &[u8]) -> Result<Vec<u8>, String> {
         if self.confirming(request) {
             return Err(
                 "the channel is in confirm mode: a second copy would shift every later confirm"
@@ -542,7 +541,7 @@ impl AmqpConversation {
     }
 
     /// A rule drops a delivery: it vanishes; a `Basic.GetOk` becomes `Basic.GetEmpty`.
-    pub fn drop_message(&mut self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    fn drop_message(&mut self, _: &Message, bytes: &[u8]) -> Result<Vec<u8>, String> {
         match head(bytes) {
             Some((channel, GET_OK)) => {
                 let mut p = Vec::new();
@@ -556,7 +555,7 @@ impl AmqpConversation {
     }
 
     /// Deliveries are not copied (see the module doc).
-    pub fn duplicate_message(&mut self) -> Result<Vec<u8>, String> {
+    fn duplicate_message(&mut self, _: &Message, _: &[u8]) -> Result<Vec<u8>, String> {
         Err(
             "a copied delivery would carry a delivery tag the broker issued once \
              (acking it twice closes the channel): duplicate() copies publishes"
@@ -565,7 +564,12 @@ impl AmqpConversation {
     }
 
     /// A rule answers a delivery with an error: the connection closes in its place.
-    pub fn answer_message(&mut self, bytes: &[u8], answer: &Answer) -> Result<Vec<u8>, String> {
+    fn answer_message(
+        &mut self,
+        _: &Message,
+        bytes: &[u8],
+        answer: &Answer,
+    ) -> Result<Vec<u8>, String> {
         let about = head(bytes).map(|(_, id)| id).unwrap_or((0, 0));
         self.close(about, answer)
     }
@@ -642,6 +646,16 @@ mod tests {
         out
     }
 
+    fn m() -> Message {
+        Message {
+            len: 0,
+            fields: Fields::new(),
+            matchable: true,
+            responses: 0,
+            forward: true,
+        }
+    }
+
     fn conv() -> AmqpConversation {
         AmqpConversation::default()
     }
@@ -654,7 +668,7 @@ mod tests {
             .collect()
     }
 
-    fn messages(c: &mut AmqpConversation, bytes: &[u8], cut: usize) -> Vec<ServerMessage> {
+    fn messages(c: &mut AmqpConversation, bytes: &[u8], cut: usize) -> Vec<Message> {
         bytes
             .chunks(cut)
             .flat_map(|ch| c.server_frames(ch).unwrap())
@@ -736,13 +750,13 @@ mod tests {
     fn a_dropped_get_is_an_empty_queue() {
         let mut c = conv();
         let bytes = get_ok(3, "q", b"v");
-        let out = c.drop_message(&bytes).unwrap();
+        let out = c.drop_message(&m(), &bytes).unwrap();
         assert_eq!(out, meth(3, GET_EMPTY, &[0]));
         assert!(c
-            .drop_message(&deliver(1, 1, "q", b"v"))
+            .drop_message(&m(), &deliver(1, 1, "q", b"v"))
             .unwrap()
             .is_empty());
-        assert!(c.duplicate_message().is_err());
+        assert!(c.duplicate_message(&m(), b"").is_err());
     }
 
     #[test]

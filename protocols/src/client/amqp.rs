@@ -273,7 +273,10 @@ impl Session {
 
     async fn declare(&mut self, queue: &str, durable: bool) -> Result<(), ClientError> {
         let mut d = Build::id((50, 10));
-        d.u16(0).short(queue)?.u8(if durable { 2 } else { 0 }).u32(0);
+        d.u16(0)
+            .short(queue)?
+            .u8(if durable { 2 } else { 0 })
+            .u32(0);
         self.send(CHANNEL, &d).await?;
         self.expect(CHANNEL, (50, 11)).await?;
         Ok(())
@@ -342,7 +345,9 @@ impl Session {
                     let redelivered = a.take(1)?[0] & 1 == 1;
                     let exchange = a.short()?;
                     let key = a.short()?;
-                    let count = a.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
+                    let count = a
+                        .take(4)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
                     Some((redelivered, exchange, key, count))
                 })()
                 .ok_or_else(|| ClientError::Protocol("a malformed Basic.GetOk".into()))?;
