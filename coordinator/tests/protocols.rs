@@ -1,5 +1,5 @@
-//! Protocol-level faults against real servers (PostgreSQL, MariaDB, Redis, memcached
-//! from Debian) run as Faultbox services, and a system under test with real Python
+//! Protocol-level faults against real servers (PostgreSQL, MariaDB, Redis, memcached,
+//! RabbitMQ from Debian) run as Faultbox services, and a system under test with real Python
 //! drivers that sees every fault itself. The specs in `specs/protocols/` carry the
 //! assertions; these tests run them, check nothing is left behind, and check that a
 //! seed replays the relays' probabilistic decisions.
@@ -22,6 +22,9 @@ const MARKERS: &[&str] = &[
     "mariadbd",
     "redis-server",
     "memcached",
+    // RabbitMQ: the Erlang VM and the port mapper it starts.
+    "beam.smp",
+    "epmd",
 ];
 
 /// Installs the servers and the drivers' virtualenv (idempotent).
@@ -144,4 +147,10 @@ fn redis_faults_reach_the_system_under_test() {
 fn memcached_faults_reach_the_system_under_test() {
     passes("memcached");
     replays("memcached");
+}
+
+#[test]
+fn amqp_faults_reach_the_system_under_test() {
+    passes("amqp");
+    replays("amqp");
 }

@@ -530,7 +530,13 @@ pub fn topology(builder: &mut GlobalsBuilder) {
 
 /// The protocols `ready()` can speak.
 pub const READY_PROTOCOLS: &[&str] = &[
-    "http", "tcp", "postgres", "mysql", "redis", "memcached", "amqp",
+    "http",
+    "tcp",
+    "postgres",
+    "mysql",
+    "redis",
+    "memcached",
+    "amqp",
 ];
 
 /// Points a `ready()` healthcheck at its interface: the one it names, else the

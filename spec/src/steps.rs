@@ -235,7 +235,11 @@ pub fn operation(
     let credentials = Credentials {
         user: k.opt_string("user")?,
         password: k.opt_string("password")?,
-        database: match k.get(if protocol == "amqp" { "vhost" } else { "database" }) {
+        database: match k.get(if protocol == "amqp" {
+            "vhost"
+        } else {
+            "database"
+        }) {
             Some(v) if protocol == "redis" => Some(match v.get_type() {
                 "int" => k.int("database", v)?.to_string(),
                 _ => k.string("database", v)?,

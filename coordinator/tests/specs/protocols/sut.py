@@ -181,7 +181,8 @@ def amqp(req):
             if confirm:
                 ch.confirm_delivery()
             for key, body in req["messages"]:
-                ch.basic_publish(req.get("exchange", ""), key, body.encode(), mandatory=confirm)
+                ch.basic_publish(req.get("exchange", ""), key, body.encode(),
+                                 mandatory=req.get("mandatory", False))
             if not confirm:
                 # A round trip: a connection or channel closed meanwhile shows here.
                 ch.queue_declare("", exclusive=True)
