@@ -187,6 +187,34 @@ fn protocol_steps_build_their_operations() {
 }
 
 #[test]
+fn amqp_steps_build_their_operations() {
+    let (out, log) = run("test_amqp_steps");
+    assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
+    let none = "Credentials { user: None, password: None, database: None }";
+    assert_eq!(
+        log,
+        [
+            format!("step mq publish AmqpPublish {{ exchange: \"\", routing_key: \"orders\", body: \"42\", declare: true, durable: false }} {none}"),
+            "step mq publish AmqpPublish { exchange: \"events\", routing_key: \"orders.new\", body: \"\", declare: false, durable: false } Credentials { user: Some(\"app\"), password: Some(\"pw\"), database: Some(\"shop\") }".to_string(),
+            format!("step mq get AmqpGet {{ queue: \"q\", declare: false, durable: false }} {none}"),
+            format!("step mq consume AmqpConsume {{ queue: \"q\", declare: true, durable: true, wait: 250ms }} {none}"),
+        ]
+    );
+    for (test, expect) in [
+        (
+            "test_amqp_step_unknown_kwarg",
+            "mq.main.get(): unexpected keyword argument \"database\" (expected queue, declare, durable, user, password, vhost)",
+        ),
+        ("test_amqp_step_missing_queue", "mq.main.consume(): queue= is required"),
+        ("test_amqp_step_wrong_type", "mq.main.publish(): declare must be a bool, got string"),
+    ] {
+        let (why, kind) = reason(&run(test).0);
+        assert_eq!(kind, FailureType::Error, "{test}: {why}");
+        assert!(why.contains(expect), "{test}: {why}");
+    }
+}
+
+#[test]
 fn protocol_step_mistakes_name_the_step() {
     for (test, expect) in [
         (
