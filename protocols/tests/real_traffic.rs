@@ -669,3 +669,100 @@ out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--
 assert out == b"429", out
 print("OK")
 "#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_drivers() {
+    support::python();
+    let server = tokio::task::spawn_blocking(support::rabbitmq)
+        .await
+        .unwrap();
+
+    let relay = Relay::start("amqp", server.port, support::no_rules()).await;
+    run_python(AMQP_ROUND_TRIPS, &port_env(&relay), LIMIT).await;
+    let s = relay.settle().await;
+    assert!(s.opaque.is_empty(), "{:?}", s.opaque);
+    // Every publish was one matchable request with its routing key, the 1 MB one
+    // (many body frames) included.
+    let topics: Vec<&str> = s
+        .requests
+        .iter()
+        .filter(|r| r.matchable)
+        .map(|r| r.fields["topic"].as_str())
+        .collect();
+    assert_eq!(
+        topics,
+        ["q", "q", "q", "orders.new", "users.new"],
+        "{topics:?}"
+    );
+
+    let relay = Relay::start(
+        "amqp",
+        server.port,
+        rules(
+            "amqp",
+            vec![(
+                vec![("topic", "bad.*")],
+                error("PRECONDITION_FAILED - nope", Some(406)),
+            )],
+        ),
+    )
+    .await;
+    run_python(AMQP_INJECTED, &port_env(&relay), LIMIT).await;
+    let s = relay.settle().await;
+    assert!(s.opaque.is_empty(), "{:?}", s.opaque);
+    assert_eq!(s.answered, 2, "{s:?}");
+}
+
+const AMQP_ROUND_TRIPS: &str = r#"
+import os, pika
+params = pika.ConnectionParameters("127.0.0.1", int(os.environ["PORT"]), heartbeat=0)
+c = pika.BlockingConnection(params)
+ch = c.channel()
+ch.queue_declare("q")
+ch.basic_publish("", "q", b"one")
+ch.confirm_delivery()
+ch.basic_publish("", "q", b"")
+big = b"x" * 1000000
+ch.basic_publish("", "q", big)
+m, _, body = ch.basic_get("q", auto_ack=True)
+assert body == b"one" and m.routing_key == "q", (m, body)
+m, _, body = ch.basic_get("q", auto_ack=True)
+assert body == b"", body
+got = []
+for m, _, body in ch.consume("q", inactivity_timeout=2):
+    ch.basic_ack(m.delivery_tag)
+    got.append(body)
+    break
+assert got == [big], len(got[0]) if got else got
+ch.cancel()
+ch.exchange_declare("events", exchange_type="topic")
+ch.queue_declare("audit")
+ch.queue_bind("audit", "events", routing_key="orders.*")
+ch.basic_publish("events", "orders.new", b"n")
+ch.basic_publish("events", "users.new", b"u")
+m, _, body = ch.basic_get("audit", auto_ack=True)
+assert body == b"n" and m.routing_key == "orders.new"
+assert ch.basic_get("audit", auto_ack=True)[0] is None
+c.close()
+print("OK")
+"#;
+
+const AMQP_INJECTED: &str = r#"
+import os, pika
+params = pika.ConnectionParameters("127.0.0.1", int(os.environ["PORT"]), heartbeat=0)
+for confirm in (True, False):
+    c = pika.BlockingConnection(params)
+    ch = c.channel()
+    ch.queue_declare("bad.q")
+    if confirm:
+        ch.confirm_delivery()
+    ch.basic_publish("", "ok.q", b"fine")
+    try:
+        ch.basic_publish("", "bad.q", b"x")
+        # Without confirms the close shows at the next round trip.
+        ch.queue_declare("bad.q")
+        raise SystemExit("no injected close")
+    except pika.exceptions.ConnectionClosedByBroker as e:
+        assert e.reply_code == 406 and "nope" in e.reply_text, e
+print("OK")
+"#;

@@ -707,3 +707,43 @@ pub async fn run_python(script: &str, env: &[(&str, String)], timeout: Duration)
     }
     stdout
 }
+
+/// RabbitMQ (guest/guest on loopback) in a PID namespace of its own, so the
+/// `epmd` it starts goes with it; its own node name, ports and directories, so it
+/// disturbs no other broker on the machine.
+pub fn rabbitmq() -> Server {
+    let dir = TempDir::new("rabbitmq");
+    let port = free_port();
+    let d = dir.path().display().to_string();
+    std::fs::write(dir.path().join("plugins"), "[].\n").expect("plugins file");
+    let child = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        .env("HOME", &d)
+        .env("RABBITMQ_MNESIA_BASE", format!("{d}/mnesia"))
+        .env("RABBITMQ_LOG_BASE", format!("{d}/log"))
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{d}/plugins"))
+        .env("RABBITMQ_CONFIG_FILE", format!("{d}/none"))
+        .env("RABBITMQ_NODENAME", format!("fbproto{port}@localhost"))
+        .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+        .env("RABBITMQ_NODE_PORT", port.to_string())
+        .env("RABBITMQ_DIST_PORT", free_port().to_string())
+        .env("ERL_EPMD_PORT", free_port().to_string())
+        .env("RABBITMQ_LOGS", "-")
+        .stdout(log_file(&dir))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rabbitmq-server");
+    let mut s = Server {
+        name: "rabbitmq",
+        port,
+        child,
+        dir,
+    };
+    wait_ready(
+        &mut s,
+        Some("Server startup complete"),
+        Duration::from_secs(60),
+    );
+    s
+}
