@@ -110,12 +110,12 @@ pub(crate) fn frame<'a>(data: &'a [u8], side: &str) -> Result<Option<(Frame, &'a
     }
     let channel = u16::from_be_bytes([data[1], data[2]]);
     let size = u32::from_be_bytes([data[3], data[4], data[5], data[6]]) as usize;
-    if size > MAX_MESSAGE {
-        return Err(too_large(&format!("an amqp {side} frame")));
-    }
     let kind = data[0];
     if !matches!(kind, METHOD | HEADER | BODY | HEARTBEAT) {
         return Err(Opaque(format!("amqp: unknown {side} frame type {kind}")));
+    }
+    if size > MAX_MESSAGE {
+        return Err(too_large(&format!("an amqp {side} frame")));
     }
     if data.len() < 7 + size + 1 {
         return Ok(None);

@@ -565,3 +565,135 @@ async fn memcached_steps() {
     let o = run_at("memcached", local(relay.port), &none, &get("multi")).await;
     assert_eq!(data(&o), json!({"value": "a b\r\nc"}));
 }
+
+fn publish(exchange: &str, key: &str, body: &str, declare: bool) -> Operation {
+    Operation::AmqpPublish {
+        exchange: exchange.into(),
+        routing_key: key.into(),
+        body: body.into(),
+        declare,
+        durable: false,
+    }
+}
+
+fn amqp_get(queue: &str, declare: bool) -> Operation {
+    Operation::AmqpGet {
+        queue: queue.into(),
+        declare,
+        durable: false,
+    }
+}
+
+/// A peer that answers the protocol header with `bytes`, then closes.
+async fn says(bytes: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((mut s, _)) = l.accept().await {
+            let mut head = [0u8; 8];
+            let _ = s.read_exact(&mut head).await;
+            let _ = s.write_all(bytes).await;
+        }
+    });
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_steps() {
+    support::python();
+    let server = tokio::task::spawn_blocking(support::rabbitmq)
+        .await
+        .unwrap();
+    let addr = local(server.port);
+    let guest = Credentials::default().or_env("amqp", &[]);
+    let run = |op: Operation| {
+        let guest = guest.clone();
+        async move { client::run("amqp", addr, &guest, &op, STEP).await }
+    };
+    assert_eq!(
+        data(&run(publish("", "q", "hello", true)).await),
+        json!({"published": true})
+    );
+    let big = "b".repeat(300_000);
+    data(&run(publish("", "q", &big, true)).await);
+    assert_eq!(
+        data(&run(amqp_get("q", true)).await),
+        json!({"body": "hello", "routing_key": "q", "exchange": "", "redelivered": false, "message_count": 1})
+    );
+    let consumed = data(
+        &run(Operation::AmqpConsume {
+            queue: "q".into(),
+            declare: false,
+            durable: false,
+            wait: Duration::from_secs(2),
+        })
+        .await,
+    );
+    assert_eq!(consumed["body"].as_str().map(str::len), Some(big.len()));
+    assert_eq!(data(&run(amqp_get("q", false)).await), Value::Null);
+    assert_eq!(
+        failed(&run(amqp_get("nope", false)).await),
+        "404 NOT_FOUND - no queue 'nope' in vhost '/'"
+    );
+    assert_eq!(
+        failed(&run(publish("amq.direct", "nobody", "x", false)).await),
+        "312 NO_ROUTE"
+    );
+    let wrong = Credentials {
+        password: Some("wrong".into()),
+        ..guest.clone()
+    };
+    let o = client::run("amqp", addr, &wrong, &amqp_get("q", true), STEP).await;
+    assert!(failed(&o).starts_with("403 ACCESS_REFUSED"), "{o:?}");
+    client::ready("amqp", addr, &guest, STEP).await.unwrap();
+
+    // A hung broker, one that leaves mid-frame, one that speaks another version,
+    // garbage: errors, never a hang or a panic.
+    let (_l, hung) = silent().await;
+    times_out("amqp", hung, &guest, &amqp_get("q", true)).await;
+    assert!(
+        client::ready("amqp", hung, &guest, Duration::from_millis(200))
+            .await
+            .is_err()
+    );
+    let cut = says(b"\x01\x00\x00\x00\x00\x01\x00\x00\x0a").await;
+    let o = client::run("amqp", cut, &guest, &amqp_get("q", true), STEP).await;
+    assert_eq!(failed(&o), "the broker closed the connection");
+    let other = says(b"AMQP\x00\x01\x00\x00").await;
+    let o = client::run("amqp", other, &guest, &amqp_get("q", true), STEP).await;
+    assert_eq!(failed(&o), "the broker does not speak AMQP 0-9-1");
+    let garbage = says(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+    let o = client::run("amqp", garbage, &guest, &amqp_get("q", true), STEP).await;
+    assert!(
+        failed(&o).starts_with("amqp: unknown server frame type"),
+        "{o:?}"
+    );
+
+    // An error a relay injects reaches the step in the broker's form.
+    let rules: Rules = std::sync::Arc::new(|r: &faultbox_protocols::Request| {
+        (r.fields.get("topic").map(String::as_str) == Some("q")).then(|| Answer::Error {
+            message: Some("NOT_ALLOWED - maintenance".into()),
+            status: Some(faultbox_protocols::Code::Number(530)),
+        })
+    });
+    let relay = Relay::start("amqp", server.port, rules).await;
+    let o = client::run(
+        "amqp",
+        local(relay.port),
+        &guest,
+        &publish("", "q", "x", true),
+        STEP,
+    )
+    .await;
+    assert_eq!(failed(&o), "530 NOT_ALLOWED - maintenance");
+    let o = client::run(
+        "amqp",
+        local(relay.port),
+        &guest,
+        &publish("", "r", "x", true),
+        STEP,
+    )
+    .await;
+    assert_eq!(data(&o), json!({"published": true}));
+}

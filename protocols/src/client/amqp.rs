@@ -152,7 +152,14 @@ impl Session {
         let user = credentials.user.as_deref().unwrap_or("guest");
         let password = credentials.password.as_deref().unwrap_or("guest");
         let mut start_ok = Build::id((10, 11));
-        start_ok.u32(0).short("PLAIN")?;
+        // Without this capability RabbitMQ answers a refused login by closing the
+        // socket; with it, by a Connection.Close that says why.
+        let mut caps = Build::default();
+        caps.short("authentication_failure_close")?.u8(b't').u8(1);
+        let mut props = Build::default();
+        props.short("product")?.u8(b'S').long(b"faultbox");
+        props.short("capabilities")?.u8(b'F').long(&caps.0);
+        start_ok.long(&props.0).short("PLAIN")?;
         start_ok.long(format!("\0{user}\0{password}").as_bytes());
         start_ok.short("en_US")?;
         s.send(0, &start_ok).await?;
@@ -190,6 +197,12 @@ impl Session {
     /// The next frame (heartbeats skipped): its type, channel and payload.
     async fn frame(&mut self) -> Result<(u8, u16, Vec<u8>), ClientError> {
         loop {
+            if self.buf.starts_with(b"AMQP") {
+                // The broker's refusal of our version names its own.
+                return Err(ClientError::Protocol(
+                    "the broker does not speak AMQP 0-9-1".into(),
+                ));
+            }
             let parsed = frame(&self.buf, "server")
                 .map_err(|o| ClientError::Protocol(o.0))?
                 .map(|(f, p)| (f, p.to_vec()));
@@ -199,11 +212,6 @@ impl Session {
                     continue;
                 }
                 return Ok((f.kind, f.channel, payload));
-            }
-            if self.buf.starts_with(b"AMQP") && self.buf.len() >= 8 {
-                return Err(ClientError::Protocol(
-                    "the broker does not speak AMQP 0-9-1".into(),
-                ));
             }
             let mut chunk = [0u8; 16 * 1024];
             let n = self.stream.read(&mut chunk).await?;
