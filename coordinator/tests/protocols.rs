@@ -154,3 +154,44 @@ fn amqp_faults_reach_the_system_under_test() {
     passes("amqp");
     replays("amqp");
 }
+
+/// AMQP rules the protocol cannot take are refused at load with their place.
+#[test]
+fn amqp_rules_it_cannot_take_are_refused_at_load() {
+    let dir = common::Scratch::new("amqp-load");
+    for (line, expect) in [
+        (
+            "fault(mq.main, response(topic = 'a'), run = lambda: None)",
+            "amqp does not support response()",
+        ),
+        (
+            "fault(mq.main, error(key = 'a'), run = lambda: None)",
+            "amqp has no match key `key`: it matches on topic=",
+        ),
+        (
+            "fault(mq.main, error(status = 70000), run = lambda: None)",
+            "status=70000 is not an AMQP reply code (0 to 65535)",
+        ),
+        (
+            "fault(mq.main, error(status = 'NOT_FOUND'), run = lambda: None)",
+            "amqp error codes are numbers",
+        ),
+    ] {
+        let path = dir.path("spec.star");
+        std::fs::write(
+            &path,
+            format!(
+                "mq = service(\"mq\", \"/bin/true\", interface(\"main\", \"amqp\", 5672))\n\ndef test_t():\n    {line}\n"
+            ),
+        )
+        .unwrap();
+        let out = faultbox(&["test", &path, "--dry-run"]);
+        assert_eq!(out.code, 1, "{line}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("spec.star:4: "),
+            "{line}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(expect), "{line}: {}", out.stderr);
+    }
+}

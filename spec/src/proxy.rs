@@ -193,6 +193,9 @@ pub fn check_code(protocol: &str, code: &Code) -> anyhow::Result<()> {
         ("postgres", c) => {
             faultbox_protocols::postgres::sqlstate(c).map_err(|e| anyhow!(e))?;
         }
+        ("amqp", Code::Number(s)) if !(0..=65535).contains(s) => {
+            bail!("status={s} is not an AMQP reply code (0 to 65535)")
+        }
         (_, Code::Text(t)) => {
             bail!("status={t:?}: {protocol} error codes are numbers")
         }
