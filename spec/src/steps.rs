@@ -15,8 +15,11 @@
 //! | redis | `command` | `args=[...]` |
 //! | memcached | `get`, `delete` | `key=` |
 //! | memcached | `set` | `key=`, `value=`, `ttl=` |
+//! | nats | `publish`, `request` | `subject=`, `data=` |
+//! | nats | `subscribe` | `subject=`, `queue=` |
 //!
-//! postgres, mysql and redis steps also take `user=`, `password=` and `database=`.
+//! postgres, mysql and redis steps also take `user=`, `password=` and `database=`;
+//! nats steps `user=` and `password=`.
 //! `del` is a Starlark keyword (`r.main.del(...)` does not parse): `delete` is the
 //! same method.
 
@@ -36,11 +39,21 @@ pub fn methods(protocol: &str) -> &'static [&'static str] {
             "command",
         ],
         "memcached" => &["get", "set", "delete"],
+        "nats" => &["publish", "request", "subscribe"],
         _ => &[],
     }
 }
 
 const LOGIN: &[&str] = &["user", "password", "database"];
+
+/// The login keywords a protocol's steps take.
+fn login(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "postgres" | "mysql" | "redis" => LOGIN,
+        "nats" => &["user", "password"],
+        _ => &[],
+    }
+}
 
 /// The keywords `method` of `protocol` takes, login keywords aside.
 fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
@@ -53,6 +66,8 @@ fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
         ("redis", "lrange") => &["key", "start", "stop"],
         ("redis", "command") => &["args"],
         ("memcached", "get" | "delete") => &["key"],
+        ("nats", "publish" | "request") => &["subject", "data"],
+        ("nats", "subscribe") => &["subject", "queue"],
         _ => &[],
     }
 }
@@ -194,11 +209,7 @@ pub fn operation(
     given: &[(&str, Value)],
 ) -> anyhow::Result<(Operation, Credentials)> {
     let own = keywords(protocol, method);
-    let login = if protocol == "memcached" {
-        &[][..]
-    } else {
-        LOGIN
-    };
+    let login = login(protocol);
     for (name, _) in given {
         if !own.contains(name) && !login.contains(name) {
             let expected: Vec<&str> = own.iter().chain(login).copied().collect();
@@ -310,7 +321,49 @@ pub fn operation(
                 ttl: ttl as u32,
             }
         }
+        ("nats", _) => {
+            let subject = k.string("subject", k.required("subject")?)?;
+            let wildcard = method != "subscribe";
+            check_subject(step, &subject, wildcard)?;
+            match method {
+                "publish" | "request" => {
+                    let data = match k.get("data") {
+                        Some(v) => k.text("data", v)?,
+                        None => String::new(),
+                    };
+                    if method == "publish" {
+                        Operation::NatsPublish { subject, data }
+                    } else {
+                        Operation::NatsRequest { subject, data }
+                    }
+                }
+                _ => {
+                    let queue = k.opt_string("queue")?;
+                    if let Some(q) = &queue {
+                        if q.is_empty() || q.chars().any(char::is_whitespace) {
+                            bail!("{step}(): queue= must be one word, got {q:?}");
+                        }
+                    }
+                    Operation::NatsSubscribe { subject, queue }
+                }
+            }
+        }
         (p, m) => bail!("{step}(): {p} has no step {m:?}"),
     };
     Ok((op, credentials))
+}
+
+/// Refuses a NATS subject the server would: empty, with whitespace or empty
+/// tokens, or (where one is published to, `literal`) with wildcards.
+fn check_subject(step: &str, subject: &str, literal: bool) -> anyhow::Result<()> {
+    if subject.is_empty()
+        || subject.chars().any(char::is_whitespace)
+        || subject.split('.').any(str::is_empty)
+    {
+        bail!("{step}(): {subject:?} is not a NATS subject (dot-separated words, no spaces)");
+    }
+    if literal && subject.split('.').any(|t| t == "*" || t == ">") {
+        bail!("{step}(): {subject:?} has wildcards; only subscribe() takes them");
+    }
+    Ok(())
 }

@@ -1296,7 +1296,7 @@ impl World for TestWorld {
         let mut actives = Vec::new();
         for rule in rules {
             let id = self.next.fetch_add(1, Ordering::SeqCst) as usize;
-            let active = Arc::new(Active::new(id, protocol, rule.clone()));
+            let active = Arc::new(Active::new(id, protocol, rule.clone()).scoped(source.is_some()));
             self.reports
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
