@@ -150,7 +150,11 @@ fn parse(line: &[u8], server: bool) -> Result<(Op, Option<usize>), Opaque> {
         argv[argc] = a;
         argc += 1;
     }
-    let args = if argc == usize::MAX { &[][..] } else { &argv[..argc] };
+    let args = if argc == usize::MAX {
+        &[][..]
+    } else {
+        &argv[..argc]
+    };
     let size = |s: &str| -> Result<usize, Opaque> {
         let n: usize = s.parse().map_err(|_| bad("a size that is not a number"))?;
         if n > MAX_MESSAGE {
