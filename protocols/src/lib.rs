@@ -26,6 +26,7 @@ pub mod client;
 mod common;
 pub mod http;
 pub mod memcached;
+pub mod mongodb;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
@@ -183,13 +184,14 @@ pub trait Protocol: Send + Sync {
 
 /// The protocol called `name`, if Faultbox knows it.
 pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
-    let all: [&'static dyn Protocol; 6] = [
+    let all: [&'static dyn Protocol; 7] = [
         &http::Http,
         &tcp::Tcp,
         &postgres::Postgres,
         &mysql::Mysql,
         &redis::Redis,
         &memcached::Memcached,
+        &mongodb::Mongodb,
     ];
     all.into_iter().find(|p| p.name() == name)
 }
