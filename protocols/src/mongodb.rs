@@ -353,8 +353,10 @@ impl Framer for MongoConversation {
     }
 }
 
-/// `status=` as a server error code: a number, or a name in [`CODES`].
-fn error_code(status: Option<&Code>) -> Result<i32, String> {
+/// The error code `error(status=)` answers with: a number, or a server code name
+/// such as `"DuplicateKey"`; 1 (`InternalError`) when there is none. The spec
+/// checks it at load.
+pub fn error_code(status: Option<&Code>) -> Result<i32, String> {
     let code = match status {
         None => return Ok(DEFAULT_CODE),
         Some(Code::Number(n)) => *n,

@@ -193,6 +193,9 @@ pub fn check_code(protocol: &str, code: &Code) -> anyhow::Result<()> {
         ("postgres", c) => {
             faultbox_protocols::postgres::sqlstate(c).map_err(|e| anyhow!(e))?;
         }
+        ("mongodb", c) => {
+            faultbox_protocols::mongodb::error_code(Some(c)).map_err(|e| anyhow!(e))?;
+        }
         (_, Code::Text(t)) => {
             bail!("status={t:?}: {protocol} error codes are numbers")
         }
