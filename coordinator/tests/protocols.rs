@@ -152,3 +152,40 @@ fn mongodb_faults_reach_the_system_under_test() {
     passes("mongodb");
     replays("mongodb");
 }
+
+/// MongoDB rules its protocol cannot take, and error codes it cannot send, are
+/// refused at load with file and line.
+#[test]
+fn mongodb_rules_it_cannot_take_are_refused_at_load() {
+    let dir = common::Scratch::new("mongo-load");
+    for (rule, expect) in [
+        (
+            "response(method = 'find')",
+            "mongodb does not support response(): it supports error, delay, drop",
+        ),
+        (
+            "error(query = 'x')",
+            "mongodb has no match key `query`: it matches on method=, key=",
+        ),
+        (
+            "error(status = 'NoSuchCode')",
+            "mongodb error codes are numbers or names such as DuplicateKey",
+        ),
+        ("error(status = 4294967296)", "does not fit 32 bits"),
+        ("duplicate()", "mongodb does not support duplicate()"),
+    ] {
+        let path = dir.path("spec.star");
+        std::fs::write(
+            &path,
+            format!(
+                "db = service(\"db\", \"/bin/true\", interface(\"main\", \"mongodb\", 27017))\n\
+                 \ndef test_t():\n    fault(db.main, {rule}, run = lambda: None)\n"
+            ),
+        )
+        .unwrap();
+        let out = common::faultbox_at(&root(), &["test", &path, "--dry-run"]);
+        assert_eq!(out.code, 1, "{rule}: {}", out.stderr);
+        assert!(out.stderr.contains("spec.star:4: "), "{rule}: {}", out.stderr);
+        assert!(out.stderr.contains(expect), "{rule}: {}", out.stderr);
+    }
+}
