@@ -26,8 +26,9 @@
 //!   `moreToCome` cannot be answered: the client reads no reply to it.
 //! - Limits: OP_COMPRESSED (negotiated compression) makes the connection opaque.
 //!   A client message over [`MAX_MESSAGE`] is read only up to its command document
-//!   when that comes first (as drivers send it), the rest streams by; a reply is
-//!   never held (only its header and flags are read). Replies are matched to
+//!   when that comes first (as drivers send it); the rest is counted, not kept, and
+//!   the request is reported once its last byte arrived. A reply is never held
+//!   (only its header and flags are read). Replies are matched to
 //!   requests in order: drivers send one request at a time per connection.
 
 use bson::raw::{RawBsonRef, RawDocument};
@@ -172,6 +173,8 @@ const CODES: &[(i32, &str)] = &[
 #[derive(Default)]
 struct MongoConversation {
     client: Inbox,
+    /// A request whose start is read; the rest of it is being skipped.
+    reading: Option<Read>,
     server: Inbox,
     /// A server message is being skipped; `true` when it is its request's last.
     finishing: Option<bool>,
@@ -179,6 +182,13 @@ struct MongoConversation {
     pending: Ledger<Pending>,
     /// Ids for replies given in the server's place.
     next_id: i32,
+}
+
+struct Read {
+    fields: Fields,
+    matchable: bool,
+    replies: usize,
+    pending: Pending,
 }
 
 /// What an answer to a request needs to know.
@@ -225,6 +235,18 @@ impl Framer for MongoConversation {
             if self.client.skipping() {
                 return Ok(out);
             }
+            // A request counts once its last byte arrived (a relay holds its bytes
+            // until then), even when only its start was read.
+            if let Some(read) = self.reading.take() {
+                let r = request(
+                    self.client.take(),
+                    read.fields,
+                    read.matchable,
+                    read.replies,
+                );
+                self.pending.push(&r, read.pending)?;
+                out.push(r);
+            }
             let data = self.client.data();
             if data.len() < 4 {
                 return Ok(out);
@@ -260,10 +282,12 @@ impl Framer for MongoConversation {
             let request_id = le_i32(&data[4..]);
             self.client.consume(need);
             self.client.skip(total - need);
-            let len = self.client.take();
-            let r = request(len, fields, matchable, replies);
-            self.pending.push(&r, Pending { request_id, legacy })?;
-            out.push(r);
+            self.reading = Some(Read {
+                fields,
+                matchable,
+                replies,
+                pending: Pending { request_id, legacy },
+            });
         }
     }
 
@@ -834,10 +858,12 @@ pub(crate) mod tests {
         assert!(bytes.len() > MAX_MESSAGE);
         let mut c = Mongodb.conversation();
         let mut got = Vec::new();
-        for chunk in bytes.chunks(64 << 10) {
+        let chunks: Vec<&[u8]> = bytes.chunks(64 << 10).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
             got.extend(c.client(chunk).unwrap());
+            // Reported with its last byte, never before.
+            assert_eq!(got.len(), usize::from(i == chunks.len() - 1), "chunk {i}");
         }
-        assert_eq!(got.len(), 1);
         assert_eq!(got[0].len, bytes.len());
         assert_eq!(got[0].fields["key"], "big");
         // A reply streams by without being held.
