@@ -185,7 +185,11 @@ fn mongodb_rules_it_cannot_take_are_refused_at_load() {
         .unwrap();
         let out = common::faultbox_at(&root(), &["test", &path, "--dry-run"]);
         assert_eq!(out.code, 1, "{rule}: {}", out.stderr);
-        assert!(out.stderr.contains("spec.star:4: "), "{rule}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("spec.star:4: "),
+            "{rule}: {}",
+            out.stderr
+        );
         assert!(out.stderr.contains(expect), "{rule}: {}", out.stderr);
     }
 }
