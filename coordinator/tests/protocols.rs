@@ -22,6 +22,8 @@ const MARKERS: &[&str] = &[
     "mariadbd",
     "redis-server",
     "memcached",
+    "nats-server",
+    "nats_sut.py",
     "nx-27017",
 ];
 
@@ -145,6 +147,12 @@ fn redis_faults_reach_the_system_under_test() {
 fn memcached_faults_reach_the_system_under_test() {
     passes("memcached");
     replays("memcached");
+}
+
+#[test]
+fn nats_faults_reach_the_system_under_test() {
+    passes("nats");
+    replays("nats");
 }
 
 #[test]

@@ -175,7 +175,7 @@ fn main() {
         if s.rule {
             let rule = nonmatching(&s.protocol);
             eprintln!("relay_bench: {service}: rule {rule}");
-            let active = Arc::new(Active::new(i + 1, rule));
+            let active = Arc::new(Active::new(i + 1, &s.protocol, rule));
             rules.install(1000 + i as u64, &service, "main", None, vec![active]);
         }
         let edge = Edge {

@@ -4,13 +4,14 @@
 use faultbox_protocols::{protocol, Answer, MAX_MESSAGE};
 use proptest::prelude::*;
 
-const PROTOCOLS: [&str; 7] = [
+const PROTOCOLS: [&str; 8] = [
     "http",
     "tcp",
     "postgres",
     "mysql",
     "redis",
     "memcached",
+    "nats",
     "mongodb",
 ];
 
@@ -59,6 +60,14 @@ const TOKENS: &[&[u8]] = &[
     b"-9223372036854775808",
     b"9223372036854775807",
     b"\xff\xff\xff\xff",
+    b"PUB a.b 3\r\n",
+    b"HPUB a 12 14\r\nNATS/1.0\r\n\r\n",
+    b"MSG a.b 1 3\r\n",
+    b"HMSG a 1 r 2 2\r\n",
+    b"CONNECT {\"verbose\":true}\r\n",
+    b"PING\r\n",
+    b"+OK\r\n",
+    b"-ERR 'x'\r\n",
     // mongodb: a 38-byte OP_MSG header, OP_QUERY/OP_REPLY/OP_COMPRESSED opcodes,
     // moreToCome, a section kind, a small `{find: "t"}` document.
     b"\x26\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\xdd\x07\x00\x00",
@@ -102,6 +111,24 @@ proptest! {
                                 prop_assert!(r.len <= MAX_MESSAGE + bytes.len());
                                 if r.matchable {
                                     let _ = conv.answer(&r, &Answer::Error { message: None, status: None });
+                                    let _ = conv.drop_request(&r);
+                                    let _ = conv.duplicate_request(&r, chunk);
+                                }
+                            }
+                            false
+                        }
+                        Err(_) => true,
+                    }
+                } else if conv.frames_server() {
+                    match conv.server_messages(chunk) {
+                        Ok(msgs) => {
+                            for m in msgs {
+                                prop_assert!(m.len <= MAX_MESSAGE + bytes.len());
+                                if m.matchable {
+                                    let e = Answer::Error { message: None, status: None };
+                                    let _ = conv.answer_message(&m, chunk, &e);
+                                    let _ = conv.drop_message(&m, chunk);
+                                    let _ = conv.duplicate_message(&m, chunk);
                                 }
                             }
                             false

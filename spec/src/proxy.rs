@@ -196,6 +196,9 @@ pub fn check_code(protocol: &str, code: &Code) -> anyhow::Result<()> {
         ("mongodb", c) => {
             faultbox_protocols::mongodb::error_code(Some(c)).map_err(|e| anyhow!(e))?;
         }
+        ("nats", _) => {
+            bail!("status={code}: NATS errors have no code, only message=")
+        }
         (_, Code::Text(t)) => {
             bail!("status={t:?}: {protocol} error codes are numbers")
         }

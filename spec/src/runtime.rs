@@ -536,6 +536,7 @@ pub const READY_PROTOCOLS: &[&str] = &[
     "mysql",
     "redis",
     "memcached",
+    "nats",
     "mongodb",
 ];
 

@@ -15,6 +15,8 @@
 //! | redis | `command` | `args=[...]` |
 //! | memcached | `get`, `delete` | `key=` |
 //! | memcached | `set` | `key=`, `value=`, `ttl=` |
+//! | nats | `publish`, `request` | `subject=`, `data=` |
+//! | nats | `subscribe` | `subject=`, `queue=` |
 //! | mongodb | `find` | `collection=`, `filter=`, `projection=`, `sort=`, `limit=`, `skip=` |
 //! | mongodb | `insert` | `collection=`, `document=` |
 //! | mongodb | `insert_many` | `collection=`, `documents=[...]` |
@@ -24,8 +26,8 @@
 //! | mongodb | `command` | `command=` |
 //!
 //! postgres, mysql and redis steps also take `user=`, `password=` and `database=`;
-//! mongodb steps take `database=` (the server used in tests has no authentication).
-//! MongoDB documents are dicts or JSON object strings.
+//! nats steps `user=` and `password=`; mongodb steps `database=` (the server used in
+//! tests has no authentication). MongoDB documents are dicts or JSON object strings.
 //! `del` is a Starlark keyword (`r.main.del(...)` does not parse): `delete` is the
 //! same method.
 
@@ -45,6 +47,7 @@ pub fn methods(protocol: &str) -> &'static [&'static str] {
             "command",
         ],
         "memcached" => &["get", "set", "delete"],
+        "nats" => &["publish", "request", "subscribe"],
         "mongodb" => &[
             "find",
             "insert",
@@ -60,6 +63,16 @@ pub fn methods(protocol: &str) -> &'static [&'static str] {
 
 const LOGIN: &[&str] = &["user", "password", "database"];
 
+/// The login keywords a protocol's steps take.
+fn login(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "postgres" | "mysql" | "redis" => LOGIN,
+        "nats" => &["user", "password"],
+        "mongodb" => &["database"],
+        _ => &[],
+    }
+}
+
 /// The keywords `method` of `protocol` takes, login keywords aside.
 fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
     match (protocol, method) {
@@ -71,6 +84,8 @@ fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
         ("redis", "lrange") => &["key", "start", "stop"],
         ("redis", "command") => &["args"],
         ("memcached", "get" | "delete") => &["key"],
+        ("nats", "publish" | "request") => &["subject", "data"],
+        ("nats", "subscribe") => &["subject", "queue"],
         ("mongodb", "find") => &[
             "collection",
             "filter",
@@ -245,11 +260,7 @@ pub fn operation(
     given: &[(&str, Value)],
 ) -> anyhow::Result<(Operation, Credentials)> {
     let own = keywords(protocol, method);
-    let login = match protocol {
-        "memcached" => &[][..],
-        "mongodb" => &["database"][..],
-        _ => LOGIN,
-    };
+    let login = login(protocol);
     for (name, _) in given {
         if !own.contains(name) && !login.contains(name) {
             let expected: Vec<&str> = own.iter().chain(login).copied().collect();
@@ -361,10 +372,52 @@ pub fn operation(
                 ttl: ttl as u32,
             }
         }
+        ("nats", _) => {
+            let subject = k.string("subject", k.required("subject")?)?;
+            let wildcard = method != "subscribe";
+            check_subject(step, &subject, wildcard)?;
+            match method {
+                "publish" | "request" => {
+                    let data = match k.get("data") {
+                        Some(v) => k.text("data", v)?,
+                        None => String::new(),
+                    };
+                    if method == "publish" {
+                        Operation::NatsPublish { subject, data }
+                    } else {
+                        Operation::NatsRequest { subject, data }
+                    }
+                }
+                _ => {
+                    let queue = k.opt_string("queue")?;
+                    if let Some(q) = &queue {
+                        if q.is_empty() || q.chars().any(char::is_whitespace) {
+                            bail!("{step}(): queue= must be one word, got {q:?}");
+                        }
+                    }
+                    Operation::NatsSubscribe { subject, queue }
+                }
+            }
+        }
         ("mongodb", _) => Operation::Mongo(mongo(&k, method)?),
         (p, m) => bail!("{step}(): {p} has no step {m:?}"),
     };
     Ok((op, credentials))
+}
+
+/// Refuses a NATS subject the server would: empty, with whitespace or empty
+/// tokens, or (where one is published to, `literal`) with wildcards.
+fn check_subject(step: &str, subject: &str, literal: bool) -> anyhow::Result<()> {
+    if subject.is_empty()
+        || subject.chars().any(char::is_whitespace)
+        || subject.split('.').any(str::is_empty)
+    {
+        bail!("{step}(): {subject:?} is not a NATS subject (dot-separated words, no spaces)");
+    }
+    if literal && subject.split('.').any(|t| t == "*" || t == ">") {
+        bail!("{step}(): {subject:?} has wildcards; only subscribe() takes them");
+    }
+    Ok(())
 }
 
 /// A mongodb step's operation.

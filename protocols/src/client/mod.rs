@@ -25,6 +25,8 @@ mod memcached;
 #[cfg(feature = "client")]
 mod mysql;
 #[cfg(feature = "client")]
+mod nats;
+#[cfg(feature = "client")]
 mod postgres;
 #[cfg(feature = "client")]
 mod redis;
@@ -131,6 +133,16 @@ pub enum Operation {
     },
     /// memcached `delete`: `{"value": "DELETED"}` or `{"value": "NOT_FOUND"}`.
     MemcachedDelete { key: String },
+    /// NATS: publish `data` on `subject`, confirmed by the server.
+    NatsPublish { subject: String, data: String },
+    /// NATS: publish `data` on `subject` with a reply subject; the first reply.
+    NatsRequest { subject: String, data: String },
+    /// NATS: subscribe to `subject` (wildcards allowed; in queue group `queue`);
+    /// the first message.
+    NatsSubscribe {
+        subject: String,
+        queue: Option<String>,
+    },
     /// A MongoDB operation, run by the `faultbox-mongo` crate (the driver is the
     /// heaviest compile, kept out of this one).
     Mongo(MongoOp),
@@ -248,6 +260,9 @@ impl Operation {
             Operation::MemcachedGet { .. } => "memcached get",
             Operation::MemcachedSet { .. } => "memcached set",
             Operation::MemcachedDelete { .. } => "memcached delete",
+            Operation::NatsPublish { .. } => "nats publish",
+            Operation::NatsRequest { .. } => "nats request",
+            Operation::NatsSubscribe { .. } => "nats subscribe",
             Operation::Mongo(op) => op.name(),
         }
     }
@@ -269,6 +284,7 @@ pub async fn run(
             "mysql" => mysql::run(addr, credentials, op).await,
             "redis" => redis::run(addr, credentials, op).await,
             "memcached" => memcached::run(addr, op).await,
+            "nats" => nats::run(addr, credentials, op).await,
             other => Err(ClientError::Unsupported {
                 protocol: other.to_string(),
                 operation: op.name(),
@@ -294,7 +310,8 @@ pub async fn run(
 }
 
 /// One readiness probe: a real round trip in the protocol, logged in with
-/// `credentials` (`SELECT 1`, a MySQL ping, `PING`, `version`).
+/// `credentials` (`SELECT 1`, a MySQL ping, `PING`, `version`, NATS `CONNECT` and
+/// `PING`).
 #[cfg(feature = "client")]
 pub async fn ready(
     protocol: &str,
@@ -308,6 +325,7 @@ pub async fn ready(
             "mysql" => mysql::ping(addr, credentials).await,
             "redis" => redis::ping(addr, credentials).await,
             "memcached" => memcached::ping(addr).await,
+            "nats" => nats::ping(addr, credentials).await,
             other => Err(ClientError::Unsupported {
                 protocol: other.to_string(),
                 operation: "ready",
