@@ -26,6 +26,7 @@ pub mod client;
 mod common;
 pub mod http;
 pub mod memcached;
+pub mod mongodb;
 pub mod mysql;
 pub mod nats;
 pub mod postgres;
@@ -270,7 +271,7 @@ pub trait Protocol: Send + Sync {
 
 /// The protocol called `name`, if Faultbox knows it.
 pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
-    let all: [&'static dyn Protocol; 7] = [
+    let all: [&'static dyn Protocol; 8] = [
         &http::Http,
         &tcp::Tcp,
         &postgres::Postgres,
@@ -278,6 +279,7 @@ pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
         &redis::Redis,
         &memcached::Memcached,
         &nats::Nats,
+        &mongodb::Mongodb,
     ];
     all.into_iter().find(|p| p.name() == name)
 }

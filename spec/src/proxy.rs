@@ -193,6 +193,9 @@ pub fn check_code(protocol: &str, code: &Code) -> anyhow::Result<()> {
         ("postgres", c) => {
             faultbox_protocols::postgres::sqlstate(c).map_err(|e| anyhow!(e))?;
         }
+        ("mongodb", c) => {
+            faultbox_protocols::mongodb::error_code(Some(c)).map_err(|e| anyhow!(e))?;
+        }
         ("nats", _) => {
             bail!("status={code}: NATS errors have no code, only message=")
         }

@@ -537,6 +537,7 @@ pub const READY_PROTOCOLS: &[&str] = &[
     "redis",
     "memcached",
     "nats",
+    "mongodb",
 ];
 
 /// Points a `ready()` healthcheck at its interface: the one it names, else the

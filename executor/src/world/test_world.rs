@@ -439,6 +439,9 @@ impl TestWorld {
             s.spawn(|| {
                 ns.enter()
                     .map_err(|e| format!("entering {service:?}'s network namespace: {e}"))?;
+                if protocol == "mongodb" {
+                    return faultbox_mongo::ready(addr, PROBE_TIMEOUT).map_err(|e| e.to_string());
+                }
                 self.rt
                     .block_on(client::ready(protocol, addr, &credentials, PROBE_TIMEOUT))
                     .map_err(|e| e.to_string())

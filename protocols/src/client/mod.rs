@@ -143,6 +143,68 @@ pub enum Operation {
         subject: String,
         queue: Option<String>,
     },
+    /// A MongoDB operation, run by the `faultbox-mongo` crate (the driver is the
+    /// heaviest compile, kept out of this one).
+    Mongo(MongoOp),
+}
+
+/// A MongoDB step. Documents are JSON object text, key order kept (a command's
+/// name is its first key), read as Extended JSON (`{"$oid": ...}` is an ObjectId).
+#[derive(Clone, Debug, PartialEq)]
+pub enum MongoOp {
+    /// The matching documents, a JSON list.
+    Find {
+        collection: String,
+        filter: String,
+        projection: Option<String>,
+        sort: Option<String>,
+        limit: Option<i64>,
+        skip: Option<u64>,
+    },
+    /// `{"inserted_id": id}`.
+    Insert {
+        collection: String,
+        document: String,
+    },
+    /// `{"inserted_ids": [id, ...]}`, in the documents' order.
+    InsertMany {
+        collection: String,
+        documents: Vec<String>,
+    },
+    /// `update` is an update document (`{"$set": ...}`), a pipeline (a JSON list),
+    /// or a replacement document (no `$` operators; not with `many`).
+    /// `{"matched_count": n, "modified_count": n, "upserted_id": id or null}`.
+    Update {
+        collection: String,
+        filter: String,
+        update: String,
+        many: bool,
+        upsert: bool,
+    },
+    /// `{"deleted_count": n}`.
+    Delete {
+        collection: String,
+        filter: String,
+        many: bool,
+    },
+    /// `{"count": n}`.
+    Count { collection: String, filter: String },
+    /// The server's reply document to a command.
+    Command { command: String },
+}
+
+impl MongoOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MongoOp::Find { .. } => "find",
+            MongoOp::Insert { .. } => "insert",
+            MongoOp::InsertMany { .. } => "insert_many",
+            MongoOp::Update { .. } => "update",
+            MongoOp::Delete { .. } => "delete",
+            MongoOp::Count { .. } => "count",
+            MongoOp::Command { .. } => "command",
+        }
+    }
 }
 
 /// What a step came back with: `body` is the answer as JSON text (what `.data`
@@ -201,6 +263,7 @@ impl Operation {
             Operation::NatsPublish { .. } => "nats publish",
             Operation::NatsRequest { .. } => "nats request",
             Operation::NatsSubscribe { .. } => "nats subscribe",
+            Operation::Mongo(op) => op.name(),
         }
     }
 }
