@@ -27,6 +27,7 @@ pub mod client;
 mod common;
 pub mod http;
 pub mod memcached;
+pub mod mongodb;
 pub mod mysql;
 pub mod nats;
 pub mod postgres;
@@ -271,7 +272,7 @@ pub trait Protocol: Send + Sync {
 
 /// The protocol called `name`, if Faultbox knows it.
 pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
-    let all: [&'static dyn Protocol; 8] = [
+    let all: [&'static dyn Protocol; 9] = [
         &http::Http,
         &tcp::Tcp,
         &postgres::Postgres,
@@ -280,6 +281,7 @@ pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
         &memcached::Memcached,
         &amqp::Amqp,
         &nats::Nats,
+        &mongodb::Mongodb,
     ];
     all.into_iter().find(|p| p.name() == name)
 }

@@ -138,7 +138,23 @@ fn parse(line: &[u8], server: bool) -> Result<(Op, Option<usize>), Opaque> {
         Some(i) => (&text[..i], text[i..].trim_start_matches([' ', '\t'])),
         None => (text, ""),
     };
-    let args: Vec<&str> = rest.split([' ', '\t']).filter(|a| !a.is_empty()).collect();
+    // At most five arguments matter (HMSG's); more make the line malformed.
+    // (INFO and CONNECT carry JSON instead, never read as arguments.)
+    let mut argv = [""; 6];
+    let mut argc = 0;
+    for a in rest.split([' ', '\t']).filter(|a| !a.is_empty()) {
+        if argc == argv.len() {
+            argc = usize::MAX;
+            break;
+        }
+        argv[argc] = a;
+        argc += 1;
+    }
+    let args = if argc == usize::MAX {
+        &[][..]
+    } else {
+        &argv[..argc]
+    };
     let size = |s: &str| -> Result<usize, Opaque> {
         let n: usize = s.parse().map_err(|_| bad("a size that is not a number"))?;
         if n > MAX_MESSAGE {
@@ -146,12 +162,19 @@ fn parse(line: &[u8], server: bool) -> Result<(Op, Option<usize>), Opaque> {
         }
         Ok(n)
     };
-    let name = name.to_ascii_uppercase();
+    let mut upper = [0u8; 8];
+    let name = if name.len() <= upper.len() {
+        upper[..name.len()].copy_from_slice(name.as_bytes());
+        upper[..name.len()].make_ascii_uppercase();
+        std::str::from_utf8(&upper[..name.len()]).unwrap_or("")
+    } else {
+        ""
+    };
     let message = |command: &'static str, subject: &str| Op::Message {
         command,
         subject: subject.to_string(),
     };
-    let op = match (server, name.as_str()) {
+    let op = match (server, name) {
         (false, "CONNECT") => (
             Op::Connect {
                 verbose: json_true(rest, "verbose"),
@@ -460,6 +483,9 @@ mod tests {
         assert!(play_whole(&Nats, &[s("PUB a 2\r\nhi\r\n")]).is_err());
         assert!(play_whole(&Nats, &[c("PUB a x\r\n")]).is_err());
         assert!(play_whole(&Nats, &[c("PUB a\r\n")]).is_err());
+        assert!(play_whole(&Nats, &[c("PUB a b c d e f g 1\r\nx\r\n")]).is_err());
+        let connect = "CONNECT {\"verbose\": false, \"pedantic\": false, \"a\": 1, \"b\": 2}\r\n";
+        assert!(play_whole(&Nats, &[c(connect)]).is_ok(), "JSON with spaces");
         assert!(
             play_whole(&Nats, &[c("\x16\x03\x01\x02\x00")]).is_ok(),
             "no line yet"

@@ -196,6 +196,12 @@ pub fn check_code(protocol: &str, code: &Code) -> anyhow::Result<()> {
         ("amqp", Code::Number(s)) if !(0..=65535).contains(s) => {
             bail!("status={s} is not an AMQP reply code (0 to 65535)")
         }
+        ("mongodb", c) => {
+            faultbox_protocols::mongodb::error_code(Some(c)).map_err(|e| anyhow!(e))?;
+        }
+        ("nats", _) => {
+            bail!("status={code}: NATS errors have no code, only message=")
+        }
         (_, Code::Text(t)) => {
             bail!("status={t:?}: {protocol} error codes are numbers")
         }

@@ -537,6 +537,8 @@ pub const READY_PROTOCOLS: &[&str] = &[
     "redis",
     "memcached",
     "amqp",
+    "nats",
+    "mongodb",
 ];
 
 /// Points a `ready()` healthcheck at its interface: the one it names, else the

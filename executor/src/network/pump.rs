@@ -530,6 +530,7 @@ async fn messages(
     let mut held: Vec<u8> = Vec::new();
     let mut forwarded_part = 0usize;
     let mut cache = EdgeRules::default();
+    let mut scoped: Vec<Arc<Active>> = Vec::new();
     let edge = (
         f.edge.consumer.as_str(),
         f.edge.service.as_str(),
@@ -568,11 +569,19 @@ async fn messages(
             send(&mut client, chunk, &mut received).await?;
             continue;
         };
-        let rules: &[Arc<Active>] = if f.requests {
-            f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache)
-        } else {
-            &[]
-        };
+        // Only rules installed for this consumer act on what it is sent.
+        if f.requests {
+            let rules = f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
+            if scoped.len() != rules.iter().filter(|r| r.scoped).count()
+                || !rules
+                    .iter()
+                    .filter(|r| r.scoped)
+                    .zip(&scoped)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+            {
+                scoped = rules.iter().filter(|r| r.scoped).cloned().collect();
+            }
+        }
         let mut joined = std::mem::take(&mut held);
         if !joined.is_empty() {
             joined.extend_from_slice(chunk);
@@ -600,8 +609,8 @@ async fn messages(
                     send(&mut client, bytes, &mut received).await?;
                 }
                 run = pos + own;
-            } else if let Some(rule) = (already == 0 && m.matchable && !rules.is_empty())
-                .then(|| f.rules.decide(edge, rules, &m.fields))
+            } else if let Some(rule) = (already == 0 && m.matchable && !scoped.is_empty())
+                .then(|| f.rules.decide(edge, &scoped, &m.fields))
                 .flatten()
             {
                 send(&mut client, &data[run..pos], &mut received).await?;
@@ -627,7 +636,7 @@ async fn messages(
             }
         }
         // A message in progress is held only while something may act on it.
-        let hold = !rules.is_empty() || shared.duplicated.load(Ordering::SeqCst) > 0;
+        let hold = !scoped.is_empty() || shared.duplicated.load(Ordering::SeqCst) > 0;
         if pos < data.len() && !hold {
             forwarded_part += data.len() - pos;
             pos = data.len();
