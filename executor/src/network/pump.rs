@@ -537,7 +537,11 @@ async fn messages(
         f.edge.port.interface.as_str(),
     );
     loop {
-        flush(shared, &mut client, &mut received).await?;
+        // Answers go out between messages, never inside one written in part (a
+        // message begun while nothing held it).
+        if forwarded_part == 0 {
+            flush(shared, &mut client, &mut received).await?;
+        }
         let n = tokio::select! {
             read = server.read(&mut buf) => read?,
             _ = shared.wake.notified() => continue,
@@ -564,6 +568,7 @@ async fn messages(
             }
         };
         let Some(found) = found else {
+            forwarded_part = 0;
             let h = std::mem::take(&mut held);
             send(&mut client, &h, &mut received).await?;
             send(&mut client, chunk, &mut received).await?;
@@ -1001,6 +1006,56 @@ mod tests {
             .expect("the pumps end")
             .unwrap()
             .unwrap();
+    }
+
+    /// An AMQP frame.
+    fn amqp_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![kind, 0, 1];
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f.push(0xCE);
+        f
+    }
+
+    #[tokio::test]
+    async fn an_answer_waits_for_a_message_written_in_part() {
+        // An unscoped rule acts on publishes only, so a delivery is relayed as it
+        // comes; the error answering a publish meanwhile must not land inside it.
+        let (mut client, mut server, seen, task) =
+            start("amqp", vec![error_rule("topic", "bad", "nope")]).await;
+        let mut deliver = vec![0, 60, 0, 60, 1, b't'];
+        deliver.extend_from_slice(&1u64.to_be_bytes());
+        deliver.extend_from_slice(&[0, 0, 1, b'k']);
+        let mut head = amqp_frame(1, &deliver);
+        let mut header = vec![0, 60, 0, 0];
+        header.extend_from_slice(&10u64.to_be_bytes());
+        header.extend_from_slice(&[0, 0]);
+        head.extend(amqp_frame(2, &header));
+        let body = amqp_frame(3, b"0123456789");
+        let (first, rest) = body.split_at(9);
+        head.extend_from_slice(first);
+        server.write_all(&head).await.unwrap();
+        assert_eq!(read_exactly(&mut client, head.len()).await, head);
+        let mut publish = b"AMQP\x00\x00\x09\x01".to_vec();
+        publish.extend(amqp_frame(
+            1,
+            &[0, 60, 0, 40, 0, 0, 0, 3, b'b', b'a', b'd', 0],
+        ));
+        let mut empty = vec![0, 60, 0, 0];
+        empty.extend_from_slice(&0u64.to_be_bytes());
+        empty.extend_from_slice(&[0, 0]);
+        publish.extend(amqp_frame(2, &empty));
+        client.write_all(&publish).await.unwrap();
+        // The protocol header reaches the broker; the publish does not.
+        assert_eq!(read_exactly(&mut server, 8).await, &publish[..8]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.write_all(rest).await.unwrap();
+        let close = faultbox_protocols::amqp::connection_close(541, "nope", (60, 40));
+        let want = [rest, &close[..]].concat();
+        assert_eq!(read_exactly(&mut client, want.len()).await, want);
+        assert_eq!(lock(&seen.fired).len(), 1);
+        drop((client, server));
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
 }
 
