@@ -198,6 +198,13 @@ pub trait Conversation: Send {
     /// protocol cannot give that answer to that request.
     fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String>;
 
+    /// Whether any rule may act on what the next call returns: when not, a
+    /// conversation may leave match fields out (they cost allocations per message
+    /// and nobody reads them). A hint; fields may always be given.
+    fn want_fields(&mut self, want: bool) {
+        let _ = want;
+    }
+
     /// Whether the server's bytes go through [`Conversation::server_messages`]
     /// (messages rules may act on, or the conversation may swallow) instead of
     /// [`Conversation::server`].

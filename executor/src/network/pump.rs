@@ -211,9 +211,17 @@ async fn upstream(
             return Ok(sent);
         }
         let chunk = &buf[..n];
+        let rules: &[Arc<Active>] = if f.requests {
+            f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache)
+        } else {
+            &[]
+        };
         let found = {
             let mut conv = lock(&shared.conv);
-            match conv.as_mut().map(|c| c.client(chunk)) {
+            match conv.as_mut().map(|c| {
+                c.want_fields(!rules.is_empty());
+                c.client(chunk)
+            }) {
                 None => None,
                 Some(Ok(requests)) => Some(requests),
                 Some(Err(opaque)) => {
@@ -231,11 +239,6 @@ async fn upstream(
             }
             write(&mut server, chunk, &mut sent, &on_sent).await?;
             continue;
-        };
-        let rules: &[Arc<Active>] = if f.requests {
-            f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache)
-        } else {
-            &[]
         };
         // What was held, then this chunk; or the chunk alone.
         let mut joined = std::mem::take(&mut held);
@@ -555,9 +558,25 @@ async fn messages(
             return Ok(received);
         }
         let chunk = &buf[..n];
+        // Only rules installed for this consumer act on what it is sent.
+        if f.requests {
+            let rules = f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
+            if scoped.len() != rules.iter().filter(|r| r.scoped).count()
+                || !rules
+                    .iter()
+                    .filter(|r| r.scoped)
+                    .zip(&scoped)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+            {
+                scoped = rules.iter().filter(|r| r.scoped).cloned().collect();
+            }
+        }
         let found = {
             let mut conv = lock(&shared.conv);
-            match conv.as_mut().map(|c| c.server_messages(chunk)) {
+            match conv.as_mut().map(|c| {
+                c.want_fields(!scoped.is_empty());
+                c.server_messages(chunk)
+            }) {
                 None => None,
                 Some(Ok(found)) => Some(found),
                 Some(Err(opaque)) => {
@@ -574,19 +593,6 @@ async fn messages(
             send(&mut client, chunk, &mut received).await?;
             continue;
         };
-        // Only rules installed for this consumer act on what it is sent.
-        if f.requests {
-            let rules = f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
-            if scoped.len() != rules.iter().filter(|r| r.scoped).count()
-                || !rules
-                    .iter()
-                    .filter(|r| r.scoped)
-                    .zip(&scoped)
-                    .all(|(a, b)| Arc::ptr_eq(a, b))
-            {
-                scoped = rules.iter().filter(|r| r.scoped).cloned().collect();
-            }
-        }
         let mut joined = std::mem::take(&mut held);
         if !joined.is_empty() {
             joined.extend_from_slice(chunk);
