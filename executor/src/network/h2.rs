@@ -1,0 +1,489 @@
+//! HTTP/2 between services: gRPC interfaces, and `http` interfaces whose client
+//! starts with the HTTP/2 preface (h2c with prior knowledge). HTTP/2 multiplexes
+//! streams over one connection with shared HPACK state and flow control, so it is
+//! not framed byte-wise like the other protocols: the relay terminates it. It
+//! serves the consumer's connection with an HTTP/2 server and forwards each request
+//! on one HTTP/2 client connection of its own to the service (one upstream
+//! connection per consumer connection, so an edge keeps its connections one to
+//! one). Bodies are streamed both ways, never buffered, and trailers are kept
+//! (gRPC's status lives in them).
+//!
+//! Rules act per request (per stream): an answer in the server's place (a gRPC
+//! trailers-only error or a successful call; an HTTP status and body for h2c), a
+//! delay that holds only that stream, or a drop that resets the consumer's whole
+//! connection (and the relay's to the service), as a network failure would.
+
+use std::convert::Infallible;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use faultbox_protocols::{Answer, Fields};
+use faultbox_spec::world::ProxyAction;
+
+use super::plan::Edge;
+use super::pump::{Events, Fired};
+use super::rules::{Active, EdgeRules, Rules};
+
+/// What the relay serves on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A gRPC interface: `method=` is the `:path`, answers are gRPC statuses.
+    Grpc,
+    /// An `http` interface spoken as h2c: HTTP/1's keys and answers.
+    Http,
+}
+
+/// Why an HTTP/2 relay connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum H2Error {
+    #[error("the consumer's HTTP/2 connection failed: {0}")]
+    Consumer(hyper::Error),
+    #[error("the HTTP/2 handshake with the service failed: {0}")]
+    Handshake(hyper::Error),
+    #[error("the service's HTTP/2 connection failed: {0}")]
+    Service(hyper::Error),
+    #[error("dropped by a rule")]
+    Dropped,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How long a dropped call's stream waits for its connection to be reset before it
+/// ends on its own (the reset comes first; this only bounds the task).
+const DROP_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything a connection's requests share.
+struct Ctx {
+    edge: Edge,
+    kind: Kind,
+    rules: Arc<Rules>,
+    cache: Mutex<EdgeRules>,
+    events: Arc<dyn Events>,
+    upstream: hyper::client::conn::http2::SendRequest<Incoming>,
+    dropped: Notify,
+}
+
+type Out = BoxBody<Bytes, hyper::Error>;
+
+/// Detects the HTTP/2 preface without consuming it: waits until the client's first
+/// bytes are the whole preface or are not a start of it. End of stream is "not".
+pub async fn starts_with_preface(client: &TcpStream) -> std::io::Result<bool> {
+    use faultbox_protocols::http2::{preface, Preface, PREFACE};
+    let mut buf = [0u8; PREFACE.len()];
+    let mut wait = Duration::from_millis(1);
+    loop {
+        let n = client.peek(&mut buf).await?;
+        match preface(&buf[..n]) {
+            Preface::Http2 => return Ok(true),
+            Preface::Other => return Ok(false),
+            // Part of the preface came: peek returns it again at once, so wait a
+            // little for the rest (rare: clients send the preface in one write).
+            Preface::Undecided => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Serves `client` (which starts with the HTTP/2 preface) and forwards its requests
+/// to `server`; returns the bytes read from and written to the client.
+pub async fn relay(
+    edge: Edge,
+    kind: Kind,
+    rules: Arc<Rules>,
+    events: Arc<dyn Events>,
+    client: TcpStream,
+    server: TcpStream,
+) -> Result<(u64, u64), H2Error> {
+    // Kept to reset the sockets on a drop: a duplicate shares SO_LINGER with them.
+    let client_fd: OwnedFd = client.as_fd().try_clone_to_owned()?;
+    let server_fd: OwnedFd = server.as_fd().try_clone_to_owned()?;
+    let counts = Arc::new(Counts::default());
+    let (upstream, service_conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW * 4)
+        .handshake::<_, Incoming>(TokioIo::new(server))
+        .await
+        .map_err(H2Error::Handshake)?;
+    let ctx = Arc::new(Ctx {
+        edge,
+        kind,
+        rules,
+        cache: Mutex::new(EdgeRules::default()),
+        events,
+        upstream,
+        dropped: Notify::new(),
+    });
+    let service = {
+        let ctx = ctx.clone();
+        hyper::service::service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+        })
+    };
+    let consumer_conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .auto_date_header(false)
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW * 4)
+        .serve_connection(
+            TokioIo::new(Counted {
+                inner: client,
+                counts: counts.clone(),
+            }),
+            service,
+        );
+    tokio::pin!(consumer_conn, service_conn);
+    let mut service_done = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut consumer_conn => break r.map_err(H2Error::Consumer),
+            r = &mut service_conn, if !service_done => {
+                service_done = true;
+                match r {
+                    // The service said goodbye: so does the relay, letting calls in
+                    // flight end as they can.
+                    Ok(()) => consumer_conn.as_mut().graceful_shutdown(),
+                    // The service vanished: the consumer's connection goes too, as a
+                    // direct one would.
+                    Err(e) => break Err(H2Error::Service(e)),
+                }
+            }
+            _ = ctx.dropped.notified() => {
+                for fd in [&client_fd, &server_fd] {
+                    let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
+                }
+                break Err(H2Error::Dropped);
+            }
+        }
+    };
+    result.map(|()| {
+        (
+            counts.read.load(Ordering::Relaxed),
+            counts.written.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// Flow-control windows: larger than HTTP/2's 64 KiB default so a relayed stream
+/// is not held to one window per round trip.
+const WINDOW: u32 = 1 << 20;
+
+async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Out> {
+    let edge = (
+        ctx.edge.consumer.as_str(),
+        ctx.edge.service.as_str(),
+        ctx.edge.port.interface.as_str(),
+    );
+    let rule = {
+        let mut cache = ctx.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let rules = ctx.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
+        if rules.is_empty() {
+            None
+        } else {
+            let fields = fields(ctx.kind, &req);
+            ctx.rules
+                .decide(edge, rules, &fields)
+                .map(|rule| (rule, fields))
+        }
+    };
+    let Some((rule, fields)) = rule else {
+        return forward(ctx, req).await;
+    };
+    act(ctx, &rule, fields, req).await
+}
+
+/// The match fields of a request.
+fn fields(kind: Kind, req: &Request<Incoming>) -> Fields {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    match kind {
+        Kind::Grpc => {
+            let mut f = Fields::new();
+            f.insert("method", req.uri().path().to_string());
+            f
+        }
+        Kind::Http => faultbox_protocols::http2::fields(req.method().as_str(), path),
+    }
+}
+
+/// Sends `req` to the service and streams its response back.
+async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Out> {
+    let mut upstream = ctx.upstream.clone();
+    let sent = async {
+        upstream.ready().await?;
+        upstream.send_request(req).await
+    };
+    match sent.await {
+        Ok(resp) => resp.map(BodyExt::boxed),
+        // The service's connection failed: the relay's select ends the consumer's
+        // connection too; until then this stream says the service is unreachable.
+        Err(_) => unreachable_response(ctx.kind),
+    }
+}
+
+/// What a stream gets when the service's connection failed under it: HTTP 502, or
+/// gRPC UNAVAILABLE (what a client sees when its connection breaks mid-call).
+fn unreachable_response(kind: Kind) -> Response<Out> {
+    match kind {
+        Kind::Grpc => grpc_response(faultbox_protocols::grpc::GrpcReply {
+            headers: vec![
+                ("grpc-status", "14".into()),
+                ("grpc-message", "the service's connection failed".into()),
+            ],
+            body: Vec::new(),
+            trailers: Vec::new(),
+            status: 14,
+        }),
+        Kind::Http => {
+            let mut r = Response::new(fixed(Bytes::new(), None));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r
+        }
+    }
+}
+
+async fn act(ctx: &Ctx, rule: &Active, fields: Fields, req: Request<Incoming>) -> Response<Out> {
+    let mut detail = std::collections::BTreeMap::new();
+    let fire = |action: &'static str, detail| {
+        ctx.events.fired(Fired {
+            action,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            detail,
+            label: rule.rule.label.clone(),
+            rule: rule.id,
+        })
+    };
+    let (name, answer) = match &rule.rule.action {
+        ProxyAction::Delay(d) => {
+            detail.insert("delay_ms".into(), d.as_millis().to_string());
+            fire("delay", detail);
+            tokio::time::sleep(*d).await;
+            return forward(ctx, req).await;
+        }
+        ProxyAction::Duplicate => {
+            // Refused at load (neither gRPC nor HTTP supports it); said so if it came.
+            detail.insert("refused".into(), "HTTP/2 requests are not duplicated".into());
+            fire("duplicate", detail);
+            return forward(ctx, req).await;
+        }
+        ProxyAction::Drop => {
+            fire("drop", detail);
+            ctx.dropped.notify_one();
+            tokio::time::sleep(DROP_GRACE).await;
+            return unreachable_response(ctx.kind);
+        }
+        ProxyAction::Response {
+            status,
+            body,
+            value,
+        } => (
+            "response",
+            Answer::Response {
+                status: *status,
+                body: body.clone(),
+                value: value.clone(),
+            },
+        ),
+        ProxyAction::Error { message, status } => {
+            detail.extend(message.clone().map(|m| ("error".to_string(), m)));
+            (
+                "error",
+                Answer::Error {
+                    message: message.clone(),
+                    status: status.clone(),
+                },
+            )
+        }
+    };
+    let made = match ctx.kind {
+        Kind::Grpc => faultbox_protocols::grpc::answer(&answer).map(|r| {
+            detail.insert("status".into(), r.status.to_string());
+            grpc_response(r)
+        })
+        .map_err(|e| e.to_string()),
+        Kind::Http => faultbox_protocols::http2::answer(&answer)
+            .map(|r| {
+                detail.insert("status".into(), r.status.to_string());
+                http_response(r)
+            })
+            .map_err(|e| e.to_string()),
+    };
+    match made {
+        Ok(resp) => {
+            fire(name, detail);
+            // The rest of the request is read and discarded, as a server that
+            // answers early does: dropping it would reset the stream under the
+            // answer, which some clients (curl) report instead of the answer. It
+            // ends with the stream, or with the connection.
+            tokio::spawn(drain(req.into_body()));
+            resp
+        }
+        Err(why) => {
+            // Checked at load, so only a rule this kind cannot answer gets here: the
+            // request goes through and the trace says why the rule did not act.
+            detail.insert("refused".into(), why.to_string());
+            fire(name, detail);
+            forward(ctx, req).await
+        }
+    }
+}
+
+async fn drain(mut body: Incoming) {
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
+fn grpc_response(r: faultbox_protocols::grpc::GrpcReply) -> Response<Out> {
+    let trailers = (!r.trailers.is_empty()).then(|| headers(&r.trailers));
+    let body = (!r.body.is_empty()).then(|| Bytes::from(r.body));
+    let mut resp = Response::new(fixed(body.unwrap_or_default(), trailers));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.extend(headers(&r.headers));
+    resp
+}
+
+fn http_response(r: faultbox_protocols::http2::Reply) -> Response<Out> {
+    let mut resp = Response::new(fixed(Bytes::from(r.body), None));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+    resp
+}
+
+fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        // Values come from the protocols crate: printable ASCII (messages are
+        // percent-encoded, statuses are digits).
+        if let Ok(v) = HeaderValue::from_str(v) {
+            map.insert(HeaderName::from_static(k), v);
+        }
+    }
+    map
+}
+
+/// A body given in the server's place: at most one data frame, then trailers.
+struct Fixed {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+fn fixed(data: Bytes, trailers: Option<HeaderMap>) -> Out {
+    Fixed {
+        data: (!data.is_empty()).then_some(data),
+        trailers,
+    }
+    .map_err(|never| match never {})
+    .boxed()
+}
+
+impl Body for Fixed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let me = self.get_mut();
+        if let Some(d) = me.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(me.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    /// An empty body with no trailers ends the stream with the headers: what makes
+    /// a gRPC error trailers-only.
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+/// The consumer's socket, counting bytes each way for the connection's report.
+struct Counted {
+    inner: TcpStream,
+    counts: Arc<Counts>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        me.counts.read.fetch_add(n, Ordering::Relaxed);
+        r
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            me.counts.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            me.counts.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
