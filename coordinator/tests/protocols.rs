@@ -22,6 +22,8 @@ const MARKERS: &[&str] = &[
     "mariadbd",
     "redis-server",
     "memcached",
+    "grpc_server.py",
+    "grpc_sut.py",
 ];
 
 /// Installs the servers and the drivers' virtualenv (idempotent).
@@ -144,4 +146,10 @@ fn redis_faults_reach_the_system_under_test() {
 fn memcached_faults_reach_the_system_under_test() {
     passes("memcached");
     replays("memcached");
+}
+
+#[test]
+fn grpc_faults_reach_the_system_under_test() {
+    passes("grpc");
+    replays("grpc");
 }

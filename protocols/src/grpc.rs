@@ -151,7 +151,7 @@ pub fn response_message(body: Option<&str>) -> Result<Vec<u8>, GrpcError> {
         return Err(GrpcError::Body(format!("got {body:?}")));
     };
     let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(GrpcError::Body("an odd number of hex digits".into()));
     }
     digits

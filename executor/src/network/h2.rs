@@ -192,7 +192,9 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Out> {
     );
     let rule = {
         let mut cache = ctx.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let rules = ctx.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
+        let rules = ctx
+            .rules
+            .for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
         if rules.is_empty() {
             None
         } else {
@@ -284,7 +286,10 @@ async fn act(ctx: &Ctx, rule: &Active, fields: Fields, req: Request<Incoming>) -
         }
         ProxyAction::Duplicate => {
             // Refused at load (neither gRPC nor HTTP supports it); said so if it came.
-            detail.insert("refused".into(), "HTTP/2 requests are not duplicated".into());
+            detail.insert(
+                "refused".into(),
+                "HTTP/2 requests are not duplicated".into(),
+            );
             fire("duplicate", detail);
             return forward(ctx, req).await;
         }
@@ -318,11 +323,12 @@ async fn act(ctx: &Ctx, rule: &Active, fields: Fields, req: Request<Incoming>) -
         }
     };
     let made = match ctx.kind {
-        Kind::Grpc => faultbox_protocols::grpc::answer(&answer).map(|r| {
-            detail.insert("status".into(), r.status.to_string());
-            grpc_response(r)
-        })
-        .map_err(|e| e.to_string()),
+        Kind::Grpc => faultbox_protocols::grpc::answer(&answer)
+            .map(|r| {
+                detail.insert("status".into(), r.status.to_string());
+                grpc_response(r)
+            })
+            .map_err(|e| e.to_string()),
         Kind::Http => faultbox_protocols::http2::answer(&answer)
             .map(|r| {
                 detail.insert("status".into(), r.status.to_string());
@@ -485,5 +491,384 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The HTTP/2 relay between a real hyper client and a real hyper server on
+    //! loopback: streaming with trailers, each action, a service that vanishes, and
+    //! garbage after the preface.
+    use super::*;
+    use crate::network::plan::Port;
+    use faultbox_spec::world::ProxyRule;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Fired>>);
+
+    impl Events for Seen {
+        fn fired(&self, fired: Fired) {
+            self.0.lock().unwrap().push(fired);
+        }
+        fn opaque(&self, _: String) {}
+    }
+
+    fn edge(protocol: &str) -> Edge {
+        Edge {
+            consumer: "app".into(),
+            service: "api".into(),
+            port: Port {
+                interface: "main".into(),
+                protocol: protocol.into(),
+                port: 1,
+            },
+            listen: Vec::new(),
+        }
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// A gRPC-shaped service: `/echo.E/Say` streams the request body back in two
+    /// frames and ends with `grpc-status: 0` in trailers; `/echo.E/Gone` closes the
+    /// connection mid-response.
+    fn service(io: TcpStream) -> JoinHandle<()> {
+        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let path = req.uri().path().to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            if path == "/echo.E/Gone" {
+                // Half a message, then the process "dies": the test drops the socket.
+                return Err::<Response<Out>, _>(std::io::Error::other("gone"));
+            }
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let frames = Frames(
+                [
+                    Frame::data(body.slice(..body.len() / 2)),
+                    Frame::data(body.slice(body.len() / 2..)),
+                    Frame::trailers(trailers),
+                ]
+                .into(),
+            );
+            let mut resp = Response::new(frames.map_err(|n| match n {}).boxed());
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            Ok(resp)
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(io), svc)
+                .await;
+        })
+    }
+
+    /// A body of ready frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+        }
+    }
+
+    struct Running {
+        client: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        seen: Arc<Seen>,
+        relay: JoinHandle<Result<(u64, u64), H2Error>>,
+    }
+
+    async fn start(kind: Kind, rules: Vec<ProxyRule>) -> Running {
+        let (client, relay_client) = pair().await;
+        let (relay_server, server) = pair().await;
+        service(server);
+        let table = Arc::new(Rules::new(1));
+        let active = rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| Arc::new(Active::new(i, r)))
+            .collect();
+        table.install(1, "api", "main", None, active);
+        let seen = Arc::new(Seen::default());
+        let protocol = if kind == Kind::Grpc { "grpc" } else { "http" };
+        let relay = tokio::spawn(relay(
+            edge(protocol),
+            kind,
+            table,
+            seen.clone(),
+            relay_client,
+            relay_server,
+        ));
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        Running {
+            client: send,
+            seen,
+            relay,
+        }
+    }
+
+    fn call(path: &str, body: &'static [u8]) -> Request<Full<Bytes>> {
+        Request::post(format!("http://api{path}"))
+            .header(CONTENT_TYPE, "application/grpc")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap()
+    }
+
+    fn rule(action: ProxyAction, key: &str, pattern: &str) -> ProxyRule {
+        ProxyRule {
+            action,
+            matches: vec![(key.into(), pattern.into())],
+            probability: 100.0,
+            label: None,
+        }
+    }
+
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("within 5 s")
+    }
+
+    #[tokio::test]
+    async fn bodies_and_trailers_pass_through() {
+        let mut r = start(Kind::Grpc, Vec::new()).await;
+        let resp = within(
+            r.client
+                .send_request(call("/echo.E/Say", b"\0\0\0\0\x02hi")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let got = within(resp.into_body().collect()).await.unwrap();
+        assert_eq!(got.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(&got.to_bytes()[..], b"\0\0\0\0\x02hi");
+        assert!(r.seen.0.lock().unwrap().is_empty());
+        drop(r.client);
+        let (sent, received) = within(r.relay).await.unwrap().unwrap();
+        assert!(sent > 24 && received > 0, "{sent} {received}");
+    }
+
+    #[tokio::test]
+    async fn an_error_is_a_trailers_only_status() {
+        let mut r = start(
+            Kind::Grpc,
+            vec![rule(
+                ProxyAction::Error {
+                    message: Some("down: 100%".into()),
+                    status: Some(faultbox_protocols::Code::Text("unavailable".into())),
+                },
+                "method",
+                "/echo.E/*",
+            )],
+        )
+        .await;
+        let resp = within(r.client.send_request(call("/echo.E/Say", b"\0\0\0\0\0")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert_eq!(resp.headers()["grpc-message"], "down: 100%25");
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/grpc");
+        assert!(resp.body().is_end_stream(), "trailers-only: no body");
+        let fired = r.seen.0.lock().unwrap().clone();
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].action, "error");
+        assert_eq!(fired[0].fields["method"], "/echo.E/Say");
+        assert_eq!(fired[0].detail["status"], "14");
+    }
+
+    #[tokio::test]
+    async fn a_response_is_one_message_and_status_ok() {
+        let mut r = start(
+            Kind::Grpc,
+            vec![rule(
+                ProxyAction::Response {
+                    status: None,
+                    body: Some("hex:0801".into()),
+                    value: None,
+                },
+                "method",
+                "/echo.E/Say",
+            )],
+        )
+        .await;
+        let resp = within(r.client.send_request(call("/echo.E/Say", b"\0\0\0\0\0")))
+            .await
+            .unwrap();
+        let got = within(resp.into_body().collect()).await.unwrap();
+        assert_eq!(got.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(&got.to_bytes()[..], b"\0\0\0\0\x02\x08\x01");
+    }
+
+    #[tokio::test]
+    async fn h2c_answers_are_http_statuses_and_delays_hold_one_stream() {
+        let mut r = start(
+            Kind::Http,
+            vec![
+                rule(
+                    ProxyAction::Error {
+                        message: None,
+                        status: Some(faultbox_protocols::Code::Number(503)),
+                    },
+                    "path",
+                    "/echo.E/Say",
+                ),
+                rule(
+                    ProxyAction::Delay(Duration::from_millis(300)),
+                    "method",
+                    "post",
+                ),
+            ],
+        )
+        .await;
+        let resp = within(r.client.send_request(call("/echo.E/Say?x=1", b"")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        let body = within(resp.into_body().collect()).await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"Service Unavailable");
+        let started = std::time::Instant::now();
+        let resp = within(r.client.send_request(call("/echo.E/Other", b"\0\0\0\0\0")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let fired = r.seen.0.lock().unwrap().clone();
+        assert_eq!(
+            fired.iter().map(|f| f.action).collect::<Vec<_>>(),
+            ["error", "delay"]
+        );
+        assert_eq!(fired[0].fields["path"], "/echo.E/Say");
+        assert_eq!(fired[0].fields["method"], "POST");
+    }
+
+    #[tokio::test]
+    async fn a_drop_resets_the_connection() {
+        let mut r = start(Kind::Grpc, vec![rule(ProxyAction::Drop, "method", "*")]).await;
+        let got = within(r.client.send_request(call("/echo.E/Say", b""))).await;
+        assert!(got.is_err(), "the call fails with its connection");
+        let end = within(r.relay).await.unwrap();
+        assert!(matches!(end, Err(H2Error::Dropped)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_service_that_fails_a_stream_does_not_hang_the_client() {
+        let mut r = start(Kind::Grpc, Vec::new()).await;
+        let got = within(r.client.send_request(call("/echo.E/Gone", b"\0\0\0\0\0"))).await;
+        // The service reset the stream (hyper turns its error into RST_STREAM); the
+        // relay passes on what it got: a response or a reset, never a hang.
+        if let Ok(resp) = got {
+            let _ = within(resp.into_body().collect()).await;
+        }
+        // The connection still serves other calls.
+        let resp = within(r.client.send_request(call("/echo.E/Say", b"ok")))
+            .await
+            .unwrap();
+        let got = within(resp.into_body().collect()).await.unwrap();
+        assert_eq!(&got.to_bytes()[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_service_that_vanishes_ends_the_consumers_connection() {
+        let (mut client, relay_client) = pair().await;
+        let (relay_server, server) = pair().await;
+        let relay = tokio::spawn(relay(
+            edge("grpc"),
+            Kind::Grpc,
+            Arc::new(Rules::new(1)),
+            Arc::new(Seen::default()),
+            relay_client,
+            relay_server,
+        ));
+        client
+            .write_all(faultbox_protocols::http2::PREFACE)
+            .await
+            .unwrap();
+        // The service reads the relay's preface, then is gone without a word.
+        let mut server = server;
+        let mut buf = [0u8; 24];
+        within(server.read_exact(&mut buf)).await.unwrap();
+        drop(server);
+        let end = within(relay).await.unwrap();
+        assert!(end.is_err(), "{end:?}");
+        // The consumer sees its connection end.
+        let mut rest = Vec::new();
+        let _ = within(client.read_to_end(&mut rest)).await;
+    }
+
+    /// Garbage after the preface: the relay ends the connection with an error (the
+    /// connection's close event carries it), without a hang or a panic.
+    async fn garbage_ends_the_connection(after: Vec<u8>, close: bool) {
+        let (mut client, relay_client) = pair().await;
+        let (relay_server, server) = pair().await;
+        service(server);
+        let relay = tokio::spawn(relay(
+            edge("grpc"),
+            Kind::Grpc,
+            Arc::new(Rules::new(1)),
+            Arc::new(Seen::default()),
+            relay_client,
+            relay_server,
+        ));
+        let mut bytes = faultbox_protocols::http2::PREFACE.to_vec();
+        bytes.extend_from_slice(&after);
+        let _ = client.write_all(&bytes).await;
+        if close {
+            let _ = client.shutdown().await;
+        }
+        // The relay answers or closes; reading to the end must finish either way.
+        let mut sink = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut sink)).await;
+        if !close {
+            assert!(
+                read.is_ok(),
+                "the relay closed a connection it could not read"
+            );
+        }
+        drop(client);
+        let end = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay ends")
+            .expect("no panic");
+        let _ = end;
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_is_not_settings_first_closes_the_connection() {
+        // A DATA frame on stream 1 before any SETTINGS: a protocol error.
+        garbage_ends_the_connection(b"\x00\x00\x03\x00\x01\x00\x00\x00\x01abc".to_vec(), false)
+            .await;
+        // A truncated frame header, then the client leaves.
+        garbage_ends_the_connection(b"\x00\x00\x10\x04".to_vec(), true).await;
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        #[test]
+        fn any_bytes_after_the_preface_end_cleanly(
+            after in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            // The client half-closes after its bytes: whatever they were, the relay
+            // must end (bytes that are valid HTTP/2 may keep an open connection idle).
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(garbage_ends_the_connection(after, true));
+        }
     }
 }
