@@ -6,6 +6,8 @@ Service demo.Echo:
 - Fail (unary): fails with the server's own status, NOT_FOUND "no such order".
 - Count (server streaming): the request is a varint N in field 1 (08 NN); answers
   N messages, message i being field 1 = i.
+- Join (client streaming): answers the requests' bytes concatenated.
+- Chat (bidirectional): answers each request with its bytes, as it comes.
 
 Environment: PORT.
 """
@@ -56,10 +58,21 @@ def count(request, context):
         yield b"\x08" + varint(i)
 
 
+def join(requests, context):
+    return b"".join(requests)
+
+
+def chat(requests, context):
+    for r in requests:
+        yield r
+
+
 HANDLERS = {
     "Say": grpc.unary_unary_rpc_method_handler(say),
     "Fail": grpc.unary_unary_rpc_method_handler(fail),
     "Count": grpc.unary_stream_rpc_method_handler(count),
+    "Join": grpc.stream_unary_rpc_method_handler(join),
+    "Chat": grpc.stream_stream_rpc_method_handler(chat),
 }
 
 

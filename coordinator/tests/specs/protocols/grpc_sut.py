@@ -9,8 +9,9 @@ POST /run with a JSON body runs the operations it lists and answers 200 with
 {"ok": false, "code": "UNAVAILABLE", "details": "...", "ms": ...}, or for curl
 {"status": 200, "version": "2", "body": "..."}.
 
-Request: {"calls": [{"method": "/demo.Echo/Say", "body": HEX, "stream": false,
-"timeout": 5}]} or {"curl": [{"method": "POST", "path": "/x", "body": HEX, "headers": {...}}]}.
+Request: {"calls": [{"method": "/demo.Echo/Say", "body": HEX, "timeout": 5}]};
+"stream": "server" (or true) for a server stream, "client" or "bidi" with
+"bodies": [HEX, ...] for the others. or {"curl": [{"method": "POST", "path": "/x", "body": HEX, "headers": {...}}]}.
 
 Environment: PORT, TARGET.
 """
@@ -34,9 +35,17 @@ def grpc_calls(calls):
             body = bytes.fromhex(c.get("body", ""))
             started = time.monotonic()
             try:
-                if c.get("stream"):
+                stream = c.get("stream")
+                timeout = c.get("timeout", 10)
+                bodies = [bytes.fromhex(b) for b in c.get("bodies", [])]
+                if stream in (True, "server"):
                     call = channel.unary_stream(c["method"])
-                    result = [m.hex() for m in call(body, timeout=c.get("timeout", 10))]
+                    result = [m.hex() for m in call(body, timeout=timeout)]
+                elif stream == "client":
+                    result = channel.stream_unary(c["method"])(iter(bodies), timeout=timeout).hex()
+                elif stream == "bidi":
+                    call = channel.stream_stream(c["method"])
+                    result = [m.hex() for m in call(iter(bodies), timeout=timeout)]
                 else:
                     result = channel.unary_unary(c["method"])(body, timeout=c.get("timeout", 10)).hex()
                 out.append({"ok": True, "result": result, "ms": int((time.monotonic() - started) * 1000)})
