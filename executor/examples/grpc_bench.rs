@@ -76,11 +76,14 @@ const MESSAGE: &[u8] = b"\0\0\0\0\x10\x0a\x0ehello, relay!!";
 async fn load(addr: String, seconds: u64, callers: usize, connections: usize) {
     let mut senders = Vec::new();
     for _ in 0..connections {
-        let s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-        let _ = s.set_nodelay(true);
-        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        let s = tokio::net::TcpStream::connect(&addr)
             .await
-            .expect("handshake");
+            .expect("connect");
+        let _ = s.set_nodelay(true);
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+                .await
+                .expect("handshake");
         tokio::spawn(conn);
         senders.push(send);
     }
@@ -104,7 +107,9 @@ async fn load(addr: String, seconds: u64, callers: usize, connections: usize) {
                 assert_eq!(resp.status(), 200);
                 let got = resp.into_body().collect().await.expect("body");
                 assert_eq!(
-                    got.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes()),
+                    got.trailers()
+                        .and_then(|t| t.get("grpc-status"))
+                        .map(|v| v.as_bytes()),
                     Some(&b"0"[..])
                 );
                 assert_eq!(&got.to_bytes()[..], MESSAGE);
@@ -137,7 +142,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["server", port] => rt.block_on(server(port.parse().expect("port"))),
         ["load", addr, secs, callers, conns] => rt.block_on(load(
             addr.to_string(),
@@ -146,7 +156,9 @@ fn main() {
             conns.parse().expect("connections"),
         )),
         _ => {
-            eprintln!("usage: grpc_bench server PORT | grpc_bench load ADDR SECONDS CALLERS CONNECTIONS");
+            eprintln!(
+                "usage: grpc_bench server PORT | grpc_bench load ADDR SECONDS CALLERS CONNECTIONS"
+            );
             std::process::exit(2)
         }
     }
