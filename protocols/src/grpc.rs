@@ -318,6 +318,53 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a spec gives, parsing answers or refuses, and what it answers
+        /// round-trips: the hex of any bytes decodes to them.
+        #[test]
+        fn response_bodies_parse_or_refuse(body in ".{0,64}", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = response_message(Some(&body));
+            let hex: String = bytes.iter().map(|b| format!("{b:02x} ")).collect();
+            proptest::prop_assert_eq!(response_message(Some(&format!("hex:{hex}"))), Ok(bytes));
+        }
+
+        /// Any text is a valid grpc-message once encoded: printable ASCII only, and
+        /// decoding gives the text back.
+        #[test]
+        fn messages_encode_to_printable_ascii(text in "\\PC{0,40}") {
+            let e = percent_encode(&text);
+            proptest::prop_assert!(e.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+            let mut out = Vec::new();
+            let mut it = e.bytes();
+            while let Some(b) = it.next() {
+                if b == b'%' {
+                    let h: String = [it.next().unwrap(), it.next().unwrap()].iter().map(|&c| c as char).collect();
+                    out.push(u8::from_str_radix(&h, 16).unwrap());
+                } else {
+                    out.push(b);
+                }
+            }
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
+
+        /// The preface is recognised however a client splits it, and nothing else is.
+        #[test]
+        fn the_preface_is_found_at_any_split(cut in 0usize..24, tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8)) {
+            use crate::http2::{preface, Preface, PREFACE};
+            proptest::prop_assert_eq!(preface(&PREFACE[..cut]), if cut == 0 { Preface::Other } else { Preface::Undecided });
+            let mut other = PREFACE[..cut].to_vec();
+            other.extend_from_slice(&tail);
+            let want = if other.len() >= PREFACE.len() && other[..24] == *PREFACE {
+                Preface::Http2
+            } else if !other.is_empty() && PREFACE.starts_with(&other) {
+                Preface::Undecided
+            } else {
+                Preface::Other
+            };
+            proptest::prop_assert_eq!(preface(&other), want);
+        }
+    }
+
     #[test]
     fn a_connection_without_the_preface_is_opaque() {
         let mut c = Grpc.conversation();
