@@ -7,6 +7,7 @@
 # measured round-robin BENCH_ROUNDS times, for 1 caller on 1 connection and for
 # BENCH_CLIENTS callers on 4 connections:
 #   direct   the load generator calls the server on loopback;
+#   haproxy  through haproxy (mode tcp), when installed: what a byte relay adds;
 #   relay    through a relay, no rules;
 #   rule     through a relay with a rule that matches no call, so every call is
 #            matched (its :path against the rule's method pattern).
@@ -44,10 +45,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-read -r p_srv p_relay p_rule <<<"$(python3 - <<'PY'
+read -r p_srv p_relay p_rule p_hap <<<"$(python3 - <<'PY'
 import socket
 socks = []
-for _ in range(3):
+for _ in range(4):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -74,12 +75,37 @@ pids+=($relay_pid)
 wait_ready "$tmp/server.log"
 wait_ready "$tmp/relay.log"
 
-declare -A port=([direct]=$p_srv [relay]=$p_relay [rule]=$p_rule)
+paths="direct relay rule"
+declare -A port=([direct]=$p_srv [relay]=$p_relay [rule]=$p_rule [haproxy]=$p_hap)
+if command -v haproxy >/dev/null; then
+    cat >"$tmp/haproxy.cfg" <<EOF
+global
+    nbthread 2
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 5m
+    timeout server 5m
+frontend grpc_in
+    bind 127.0.0.1:$p_hap
+    default_backend grpc_out
+backend grpc_out
+    server s 127.0.0.1:$p_srv
+EOF
+    haproxy -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 &
+    pids+=($!)
+    paths="direct haproxy relay rule"
+    for ((i = 0; i < 100; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$p_hap") 2>/dev/null && break
+        sleep 0.1
+    done
+fi
 loads="1:1 $many:4"
 for ((r = 1; r <= rounds; r++)); do
     for load in $loads; do
         callers=${load%%:*} conns=${load##*:}
-        for path in direct relay rule; do
+        for path in $paths; do
             line=$("$grpc_bin" load "127.0.0.1:${port[$path]}" "$secs" "$callers" "$conns")
             echo "$path $callers $line" >>"$tmp/results"
             echo "bench-grpc: round $r, $callers caller(s), $path: $line (calls p50_us p99_us calls/s)" >&2
@@ -101,14 +127,16 @@ rows = {}
 for line in open(sys.argv[1]):
     path, callers, calls, p50, p99, rate = line.split()
     rows.setdefault((int(callers), path), []).append((int(p50), int(p99), float(rate)))
-names = {"direct": "direct", "relay": "relay, no rules", "rule": "relay, non-matching rule"}
+names = {"direct": "direct", "haproxy": "haproxy (tcp)", "relay": "relay, no rules",
+         "rule": "relay, non-matching rule"}
 print("| callers | path | p50 ms | p99 ms | calls/s | p50 vs direct | calls/s vs direct |")
 print("|---|---|---|---|---|---|---|")
 for callers in sorted({c for c, _ in rows}):
+    paths = [p for p in names if (callers, p) in rows]
     med = {p: tuple(statistics.median(x[i] for x in rows[(callers, p)]) for i in range(3))
-           for p in ("direct", "relay", "rule")}
+           for p in paths}
     d = med["direct"]
-    for p in ("direct", "relay", "rule"):
+    for p in paths:
         m = med[p]
         print(f"| {callers} | {names[p]} | {m[0]/1000:.3f} | {m[1]/1000:.3f} | {m[2]:,.0f} | "
               f"{m[0]/d[0]:.2f}x | {m[2]/d[2]:.2f} |")
