@@ -859,6 +859,111 @@ mod tests {
         garbage_ends_the_connection(b"\x00\x00\x10\x04".to_vec(), true).await;
     }
 
+    /// Through the production [`crate::network::relay::Relays`]: a `grpc` edge and
+    /// an `http` edge, the latter taking h2c and HTTP/1 alike; garbage after the
+    /// preface closes with an error in the connection's close report.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relays_pick_http2_by_the_preface_and_report_a_bad_connection() {
+        use crate::network::namespace::NetNs;
+        use crate::network::relay::{Relays, Report};
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        // Serves HTTP/2 and HTTP/1 alike (hyper's auto builder is not built here:
+        // the service peeks the preface as the relay does).
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = upstream.accept().await.unwrap();
+                if starts_with_preface(&s).await.unwrap() {
+                    service(s);
+                } else {
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"h1"))))
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(s), svc)
+                            .await;
+                    });
+                }
+            }
+        });
+        let reports: Arc<Mutex<Vec<Report>>> = Arc::default();
+        let sink = reports.clone();
+        let relays = Relays::new(
+            tokio::runtime::Handle::current(),
+            Arc::new(move |r| sink.lock().unwrap().push(r)),
+            Arc::new(Rules::new(1)),
+        );
+        let here = Arc::new(NetNs::current().unwrap());
+        let mut at = Vec::new();
+        for protocol in ["grpc", "http"] {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let listen = free.local_addr().unwrap();
+            drop(free);
+            let mut e = edge(protocol);
+            e.service = protocol.into();
+            e.port.port = port;
+            e.listen = vec![listen];
+            relays.open(e, &here, here.clone()).unwrap();
+            at.push(listen);
+        }
+        let h2_call = |addr: std::net::SocketAddr| async move {
+            let s = TcpStream::connect(addr).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let resp = within(send.send_request(call("/echo.E/Say", b"h2")))
+                .await
+                .unwrap();
+            within(resp.into_body().collect()).await.unwrap().to_bytes()
+        };
+        assert_eq!(&h2_call(at[0]).await[..], b"h2");
+        assert_eq!(&h2_call(at[1]).await[..], b"h2");
+        // HTTP/1 on the http edge stays on its framer.
+        let mut h1 = TcpStream::connect(at[1]).await.unwrap();
+        h1.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        within(h1.read_to_end(&mut got)).await.unwrap();
+        assert!(got.ends_with(b"h1"), "{}", String::from_utf8_lossy(&got));
+        // Garbage after the preface on the grpc edge: closed, with the reason.
+        let mut bad = TcpStream::connect(at[0]).await.unwrap();
+        bad.write_all(faultbox_protocols::http2::PREFACE)
+            .await
+            .unwrap();
+        bad.write_all(b"\x00\x00\x03\x00\x01\x00\x00\x00\x01abc")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = within(bad.read_to_end(&mut rest)).await;
+        let closed_with_error = || {
+            reports.lock().unwrap().iter().any(|r| {
+                matches!(r, Report::Close { service, error: Some(e), .. }
+                    if service == "grpc" && e.contains("HTTP/2"))
+            })
+        };
+        for _ in 0..100 {
+            if closed_with_error() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(closed_with_error(), "{:?}", reports.lock().unwrap());
+        assert!(
+            !reports
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| matches!(r, Report::Opaque { .. })),
+            "{:?}",
+            reports.lock().unwrap()
+        );
+        relays.stop();
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
         #[test]
