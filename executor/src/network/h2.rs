@@ -8,12 +8,18 @@
 //! one). Bodies are streamed both ways, never buffered, and trailers are kept
 //! (gRPC's status lives in them).
 //!
+//! Everything a connection runs (both HTTP/2 connections, every stream's handler and
+//! body pump) is polled by the connection's own task: no wake-up crosses to another
+//! worker between a request and its forwarding, and stopping the connection's task
+//! stops all of it (a call held by a delay included).
+//!
 //! Rules act per request (per stream): an answer in the server's place (a gRPC
 //! trailers-only error or a successful call; an HTTP status and body for h2c), a
 //! delay that holds only that stream, or a drop that resets the consumer's whole
 //! connection (and the relay's to the service), as a network failure would.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,12 +28,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::rt::Executor;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -76,6 +84,26 @@ struct Ctx {
     events: Arc<dyn Events>,
     upstream: hyper::client::conn::http2::SendRequest<Incoming>,
     dropped: Notify,
+    exec: Local,
+}
+
+type Spawned = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What hyper spawns for a connection, handed to the connection's own task (which
+/// polls it with the connections); dropped if that task is over.
+#[derive(Clone)]
+struct Local(tokio::sync::mpsc::UnboundedSender<Spawned>);
+
+impl<F> Executor<F> for Local
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let _ = self.0.send(Box::pin(async move {
+            fut.await;
+        }));
+    }
 }
 
 type Out = BoxBody<Bytes, hyper::Error>;
@@ -115,7 +143,9 @@ pub async fn relay(
     let client_fd: OwnedFd = client.as_fd().try_clone_to_owned()?;
     let server_fd: OwnedFd = server.as_fd().try_clone_to_owned()?;
     let counts = Arc::new(Counts::default());
-    let (upstream, service_conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    let (spawn, mut spawned) = tokio::sync::mpsc::unbounded_channel();
+    let exec = Local(spawn);
+    let (upstream, service_conn) = hyper::client::conn::http2::Builder::new(exec.clone())
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(WINDOW * 4)
         .handshake::<_, Incoming>(TokioIo::new(server))
@@ -129,6 +159,7 @@ pub async fn relay(
         events,
         upstream,
         dropped: Notify::new(),
+        exec: exec.clone(),
     });
     let service = {
         let ctx = ctx.clone();
@@ -137,7 +168,7 @@ pub async fn relay(
             async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
         })
     };
-    let consumer_conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let consumer_conn = hyper::server::conn::http2::Builder::new(exec)
         .auto_date_header(false)
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(WINDOW * 4)
@@ -150,8 +181,11 @@ pub async fn relay(
         );
     tokio::pin!(consumer_conn, service_conn);
     let mut service_done = false;
+    let mut tasks = FuturesUnordered::new();
     let result = loop {
         tokio::select! {
+            Some(task) = spawned.recv() => tasks.push(task),
+            Some(()) = tasks.next(), if !tasks.is_empty() => {}
             r = &mut consumer_conn => break r.map_err(H2Error::Consumer),
             r = &mut service_conn, if !service_done => {
                 service_done = true;
@@ -343,7 +377,7 @@ async fn act(ctx: &Ctx, rule: &Active, fields: Fields, req: Request<Incoming>) -
             // answers early does: dropping it would reset the stream under the
             // answer, which some clients (curl) report instead of the answer. It
             // ends with the stream, or with the connection.
-            tokio::spawn(drain(req.into_body()));
+            ctx.exec.execute(drain(req.into_body()));
             resp
         }
         Err(why) => {
@@ -503,6 +537,7 @@ mod tests {
     use crate::network::plan::Port;
     use faultbox_spec::world::ProxyRule;
     use http_body_util::Full;
+    use hyper_util::rt::TokioExecutor;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
