@@ -28,6 +28,8 @@ const MARKERS: &[&str] = &[
     "nats-server",
     "nats_sut.py",
     "nx-27017",
+    "grpc_server.py",
+    "grpc_sut.py",
 ];
 
 /// Installs the servers and the drivers' virtualenv (idempotent).
@@ -249,5 +251,74 @@ fn amqp_rules_it_cannot_take_are_refused_at_load() {
             out.stderr
         );
         assert!(out.stderr.contains(expect), "{line}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn grpc_faults_reach_the_system_under_test() {
+    passes("grpc");
+    replays("grpc");
+}
+
+/// gRPC rules Faultbox cannot carry out are refused: at load with `file:line` (a
+/// status that is no gRPC code, a key gRPC does not have, an action it lacks), and
+/// when installed (an OK status for `error()`, a response body that is not hex).
+#[test]
+fn grpc_rules_it_cannot_give_are_refused() {
+    let dir = common::Scratch::new("grpc-refused");
+    let server = root().join("coordinator/tests/specs/protocols/grpc_server.py");
+    let head = format!(
+        "echo = service(\"echo\", \"/var/cache/faultbox/venv/bin/python\", interface(\"main\", \"grpc\", 50051),\n    args = [{:?}], env = {{\"PORT\": \"50051\"}}, healthcheck = tcp(\"localhost:50051\", timeout = \"10s\"))\n",
+        server.to_str().unwrap()
+    );
+    let at_load = [
+        (
+            "fault(echo.main, error(status = 'BROKEN'), run = lambda: None)",
+            "status \"BROKEN\" is not a gRPC status name",
+        ),
+        (
+            "fault(echo.main, error(status = 17), run = lambda: None)",
+            "status 17 is not a gRPC status code (0 to 16)",
+        ),
+        (
+            "fault(echo.main, error(path = '/x'), run = lambda: None)",
+            "grpc has no match key `path`: it matches on method=",
+        ),
+        (
+            "fault(echo.main, duplicate(), run = lambda: None)",
+            "grpc does not support duplicate()",
+        ),
+    ];
+    for (line, expect) in at_load {
+        let path = dir.path("spec.star");
+        std::fs::write(&path, format!("{head}\ndef test_t():\n    {line}\n")).unwrap();
+        let out = faultbox(&["test", &path, "--dry-run"]);
+        assert_eq!(out.code, 1, "{line}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("spec.star:5: "),
+            "{line}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(expect), "{line}: {}", out.stderr);
+    }
+    let installed = [
+        (
+            "fault(echo.main, error(status = 0), run = lambda: None)",
+            "error(status=0) would be a success",
+        ),
+        (
+            "fault(echo.main, response(body = '{\"a\": 1}'), run = lambda: None)",
+            "takes the response message's protobuf encoding as \"hex:...\"",
+        ),
+    ];
+    for (line, expect) in installed {
+        let path = dir.path("spec.star");
+        std::fs::write(&path, format!("{head}\ndef test_t():\n    {line}\n")).unwrap();
+        let out = faultbox(&["test", &path]);
+        // The test fails (exit 2) where the rule is installed, saying why.
+        assert_eq!(out.code, 2, "{line}: {}", out.stderr);
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(all.contains("spec.star:5: fault(): "), "{line}: {all}");
+        assert!(all.contains(expect), "{line}: {all}");
     }
 }

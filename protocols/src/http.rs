@@ -623,7 +623,7 @@ impl HttpConversation {
     }
 }
 
-fn reason(status: i64) -> &'static str {
+pub(crate) fn reason(status: i64) -> &'static str {
     match status {
         200 => "OK",
         201 => "Created",

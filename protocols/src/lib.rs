@@ -25,7 +25,9 @@ pub use common::MAX_PENDING;
 pub mod amqp;
 pub mod client;
 mod common;
+pub mod grpc;
 pub mod http;
+pub mod http2;
 pub mod memcached;
 pub mod mongodb;
 pub mod mysql;
@@ -279,7 +281,7 @@ pub trait Protocol: Send + Sync {
 
 /// The protocol called `name`, if Faultbox knows it.
 pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
-    let all: [&'static dyn Protocol; 9] = [
+    let all: [&'static dyn Protocol; 10] = [
         &http::Http,
         &tcp::Tcp,
         &postgres::Postgres,
@@ -289,6 +291,7 @@ pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
         &amqp::Amqp,
         &nats::Nats,
         &mongodb::Mongodb,
+        &grpc::Grpc,
     ];
     all.into_iter().find(|p| p.name() == name)
 }

@@ -169,6 +169,27 @@ pub fn check(protocol: &str, rule: &ProxyRule) -> anyhow::Result<()> {
     let keys: Vec<&str> = rule.matches.iter().map(|(k, _)| k.as_str()).collect();
     faultbox_protocols::rules::check(protocol, rule.action.kind(), &keys)
         .map_err(|e| anyhow!(e))?;
+    if protocol == "grpc" {
+        let answer = match &rule.action {
+            ProxyAction::Response {
+                status,
+                body,
+                value,
+            } => Some(faultbox_protocols::Answer::Response {
+                status: *status,
+                body: body.clone(),
+                value: value.clone(),
+            }),
+            ProxyAction::Error { message, status } => Some(faultbox_protocols::Answer::Error {
+                message: message.clone(),
+                status: status.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(a) = answer {
+            faultbox_protocols::grpc::check(&a).map_err(|e| anyhow!(e))?;
+        }
+    }
     let code = match &rule.action {
         ProxyAction::Response {
             status: Some(s), ..
@@ -189,6 +210,9 @@ pub fn check_code(protocol: &str, code: &Code) -> anyhow::Result<()> {
     match (protocol, code) {
         ("http", Code::Number(s)) if !(100..=599).contains(s) => {
             bail!("status={s} is not an HTTP status (100 to 599)")
+        }
+        ("grpc", c) => {
+            faultbox_protocols::grpc::status_code(c).map_err(|e| anyhow!(e))?;
         }
         ("postgres", c) => {
             faultbox_protocols::postgres::sqlstate(c).map_err(|e| anyhow!(e))?;

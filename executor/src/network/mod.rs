@@ -12,7 +12,9 @@
 //! - [`relay`]: the relays themselves: listeners, connections, the pumps.
 //! - [`pump`]: a relayed connection's two directions, framed by its protocol.
 //! - [`rules`]: protocol-level rules on the relays, and the decision per request.
+//! - [`h2`]: HTTP/2 (gRPC, h2c), terminated by the relay and acted on per stream.
 
+pub mod h2;
 pub mod namespace;
 pub mod plan;
 pub mod pump;

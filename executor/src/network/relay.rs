@@ -424,8 +424,47 @@ impl Connection {
                 Box::new(move |total| progressed(&waiters, peer, total))
                     as Box<dyn Fn(u64) + Send + Sync>
             });
-        let outcome = match protocol {
-            Some(protocol) => {
+        // HTTP/2 is terminated, not framed: a gRPC interface, or an `http` one whose
+        // client opens with the HTTP/2 preface (HTTP/1 stays on its framer).
+        let h2 = match protocol.map(|p| p.name()) {
+            Some("grpc") => Some(super::h2::Kind::Grpc),
+            Some("http") => Some(super::h2::Kind::Http),
+            _ => None,
+        };
+        let h2 = match h2 {
+            Some(kind) => match super::h2::starts_with_preface(&client).await {
+                Ok(true) => Some(kind),
+                Ok(false) => None,
+                Err(err) => {
+                    (self.report)(close(0, 0, Some(err.to_string())));
+                    return;
+                }
+            },
+            None => None,
+        };
+        let outcome = match (protocol, h2) {
+            (_, Some(kind)) => {
+                // Requests are multiplexed: the driver's bytes are not counted in order,
+                // so nobody waits on them.
+                if on_sent.is_some() {
+                    progressed(&self.waiters, self.peer, u64::MAX);
+                }
+                super::h2::relay(
+                    e.clone(),
+                    kind,
+                    self.rules.clone(),
+                    Arc::new(ConnectionEvents {
+                        edge: e.clone(),
+                        connection: self.id,
+                        report: self.report.clone(),
+                    }),
+                    client,
+                    server,
+                )
+                .await
+                .map_err(|err| err.to_string())
+            }
+            (Some(protocol), None) => {
                 let framed = pump::Framed {
                     edge: e.clone(),
                     requests: !protocol.keys().is_empty(),
@@ -441,7 +480,7 @@ impl Connection {
                     .await
                     .map_err(|err| err.to_string())
             }
-            None => {
+            (None, None) => {
                 let (client_r, client_w) = client.into_split();
                 let (server_r, server_w) = server.into_split();
                 tokio::try_join!(

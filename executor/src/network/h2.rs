@@ -1,0 +1,1014 @@
+//! HTTP/2 between services: gRPC interfaces, and `http` interfaces whose client
+//! starts with the HTTP/2 preface (h2c with prior knowledge). HTTP/2 multiplexes
+//! streams over one connection with shared HPACK state and flow control, so it is
+//! not framed byte-wise like the other protocols: the relay terminates it. It
+//! serves the consumer's connection with an HTTP/2 server and forwards each request
+//! on one HTTP/2 client connection of its own to the service (one upstream
+//! connection per consumer connection, so an edge keeps its connections one to
+//! one). Bodies are streamed both ways, never buffered, and trailers are kept
+//! (gRPC's status lives in them).
+//!
+//! Everything a connection runs (both HTTP/2 connections, every stream's handler and
+//! body pump) is polled by the connection's own task: no wake-up crosses to another
+//! worker between a request and its forwarding, and stopping the connection's task
+//! stops all of it (a call held by a delay included).
+//!
+//! Rules act per request (per stream): an answer in the server's place (a gRPC
+//! trailers-only error or a successful call; an HTTP status and body for h2c), a
+//! delay that holds only that stream, or a drop that resets the consumer's whole
+//! connection (and the relay's to the service), as a network failure would.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::rt::Executor;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use faultbox_protocols::{Answer, Fields};
+use faultbox_spec::world::ProxyAction;
+
+use super::plan::Edge;
+use super::pump::{Events, Fired};
+use super::rules::{Active, EdgeRules, Rules};
+
+/// What the relay serves on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A gRPC interface: `method=` is the `:path`, answers are gRPC statuses.
+    Grpc,
+    /// An `http` interface spoken as h2c: HTTP/1's keys and answers.
+    Http,
+}
+
+/// Why an HTTP/2 relay connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum H2Error {
+    #[error("the consumer's HTTP/2 connection failed: {0}")]
+    Consumer(hyper::Error),
+    #[error("the HTTP/2 handshake with the service failed: {0}")]
+    Handshake(hyper::Error),
+    #[error("the service's HTTP/2 connection failed: {0}")]
+    Service(hyper::Error),
+    #[error("dropped by a rule")]
+    Dropped,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How long a dropped call's stream waits for its connection to be reset before it
+/// ends on its own (the reset comes first; this only bounds the task).
+const DROP_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything a connection's requests share.
+struct Ctx {
+    edge: Edge,
+    kind: Kind,
+    rules: Arc<Rules>,
+    cache: Mutex<EdgeRules>,
+    events: Arc<dyn Events>,
+    upstream: hyper::client::conn::http2::SendRequest<Incoming>,
+    dropped: Notify,
+    exec: Local,
+}
+
+type Spawned = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What hyper spawns for a connection, handed to the connection's own task (which
+/// polls it with the connections); dropped if that task is over.
+#[derive(Clone)]
+struct Local(tokio::sync::mpsc::UnboundedSender<Spawned>);
+
+impl<F> Executor<F> for Local
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let _ = self.0.send(Box::pin(async move {
+            fut.await;
+        }));
+    }
+}
+
+type Out = BoxBody<Bytes, hyper::Error>;
+
+/// Detects the HTTP/2 preface without consuming it: waits until the client's first
+/// bytes are the whole preface or are not a start of it. End of stream is "not".
+pub async fn starts_with_preface(client: &TcpStream) -> std::io::Result<bool> {
+    use faultbox_protocols::http2::{preface, Preface, PREFACE};
+    let mut buf = [0u8; PREFACE.len()];
+    let mut wait = Duration::from_millis(1);
+    loop {
+        let n = client.peek(&mut buf).await?;
+        match preface(&buf[..n]) {
+            Preface::Http2 => return Ok(true),
+            Preface::Other => return Ok(false),
+            // Part of the preface came: peek returns it again at once, so wait a
+            // little for the rest (rare: clients send the preface in one write).
+            Preface::Undecided => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Serves `client` (which starts with the HTTP/2 preface) and forwards its requests
+/// to `server`; returns the bytes read from and written to the client.
+pub async fn relay(
+    edge: Edge,
+    kind: Kind,
+    rules: Arc<Rules>,
+    events: Arc<dyn Events>,
+    client: TcpStream,
+    server: TcpStream,
+) -> Result<(u64, u64), H2Error> {
+    // Kept to reset the sockets on a drop: a duplicate shares SO_LINGER with them.
+    let client_fd: OwnedFd = client.as_fd().try_clone_to_owned()?;
+    let server_fd: OwnedFd = server.as_fd().try_clone_to_owned()?;
+    let counts = Arc::new(Counts::default());
+    let (spawn, mut spawned) = tokio::sync::mpsc::unbounded_channel();
+    let exec = Local(spawn);
+    let (upstream, service_conn) = hyper::client::conn::http2::Builder::new(exec.clone())
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW * 4)
+        .handshake::<_, Incoming>(TokioIo::new(server))
+        .await
+        .map_err(H2Error::Handshake)?;
+    let ctx = Arc::new(Ctx {
+        edge,
+        kind,
+        rules,
+        cache: Mutex::new(EdgeRules::default()),
+        events,
+        upstream,
+        dropped: Notify::new(),
+        exec: exec.clone(),
+    });
+    let service = {
+        let ctx = ctx.clone();
+        hyper::service::service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+        })
+    };
+    let consumer_conn = hyper::server::conn::http2::Builder::new(exec)
+        .auto_date_header(false)
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW * 4)
+        .serve_connection(
+            TokioIo::new(Counted {
+                inner: client,
+                counts: counts.clone(),
+            }),
+            service,
+        );
+    tokio::pin!(consumer_conn, service_conn);
+    let mut service_done = false;
+    let mut tasks = FuturesUnordered::new();
+    let result = loop {
+        tokio::select! {
+            Some(task) = spawned.recv() => tasks.push(task),
+            Some(()) = tasks.next(), if !tasks.is_empty() => {}
+            r = &mut consumer_conn => break r.map_err(H2Error::Consumer),
+            r = &mut service_conn, if !service_done => {
+                service_done = true;
+                match r {
+                    // The service said goodbye: so does the relay, letting calls in
+                    // flight end as they can.
+                    Ok(()) => consumer_conn.as_mut().graceful_shutdown(),
+                    // The service vanished: the consumer's connection goes too, as a
+                    // direct one would.
+                    Err(e) => break Err(H2Error::Service(e)),
+                }
+            }
+            _ = ctx.dropped.notified() => {
+                for fd in [&client_fd, &server_fd] {
+                    let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
+                }
+                break Err(H2Error::Dropped);
+            }
+        }
+    };
+    result.map(|()| {
+        (
+            counts.read.load(Ordering::Relaxed),
+            counts.written.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// Flow-control windows: larger than HTTP/2's 64 KiB default so a relayed stream
+/// is not held to one window per round trip.
+const WINDOW: u32 = 1 << 20;
+
+async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Out> {
+    let edge = (
+        ctx.edge.consumer.as_str(),
+        ctx.edge.service.as_str(),
+        ctx.edge.port.interface.as_str(),
+    );
+    let rule = {
+        let mut cache = ctx.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let rules = ctx
+            .rules
+            .for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
+        if rules.is_empty() {
+            None
+        } else {
+            let fields = fields(ctx.kind, &req);
+            ctx.rules
+                .decide(edge, rules, &fields)
+                .map(|rule| (rule, fields))
+        }
+    };
+    let Some((rule, fields)) = rule else {
+        return forward(ctx, req).await;
+    };
+    act(ctx, &rule, fields, req).await
+}
+
+/// The match fields of a request.
+fn fields(kind: Kind, req: &Request<Incoming>) -> Fields {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    match kind {
+        Kind::Grpc => {
+            let mut f = Fields::new();
+            f.insert("method", req.uri().path().to_string());
+            f
+        }
+        Kind::Http => faultbox_protocols::http2::fields(req.method().as_str(), path),
+    }
+}
+
+/// Sends `req` to the service and streams its response back.
+async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Out> {
+    let mut upstream = ctx.upstream.clone();
+    let sent = async {
+        upstream.ready().await?;
+        upstream.send_request(req).await
+    };
+    match sent.await {
+        Ok(resp) => resp.map(BodyExt::boxed),
+        // The service's connection failed: the relay's select ends the consumer's
+        // connection too; until then this stream says the service is unreachable.
+        Err(_) => unreachable_response(ctx.kind),
+    }
+}
+
+/// What a stream gets when the service's connection failed under it: HTTP 502, or
+/// gRPC UNAVAILABLE (what a client sees when its connection breaks mid-call).
+fn unreachable_response(kind: Kind) -> Response<Out> {
+    match kind {
+        Kind::Grpc => grpc_response(faultbox_protocols::grpc::GrpcReply {
+            headers: vec![
+                ("grpc-status", "14".into()),
+                ("grpc-message", "the service's connection failed".into()),
+            ],
+            body: Vec::new(),
+            trailers: Vec::new(),
+            status: 14,
+        }),
+        Kind::Http => {
+            let mut r = Response::new(fixed(Bytes::new(), None));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r
+        }
+    }
+}
+
+async fn act(ctx: &Ctx, rule: &Active, fields: Fields, req: Request<Incoming>) -> Response<Out> {
+    let mut detail = std::collections::BTreeMap::new();
+    let fire = |action: &'static str, detail| {
+        ctx.events.fired(Fired {
+            action,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            detail,
+            label: rule.rule.label.clone(),
+            rule: rule.id,
+        })
+    };
+    let (name, answer) = match &rule.rule.action {
+        ProxyAction::Delay(d) => {
+            detail.insert("delay_ms".into(), d.as_millis().to_string());
+            fire("delay", detail);
+            tokio::time::sleep(*d).await;
+            return forward(ctx, req).await;
+        }
+        ProxyAction::Duplicate => {
+            // Refused at load (neither gRPC nor HTTP supports it); said so if it came.
+            detail.insert(
+                "refused".into(),
+                "HTTP/2 requests are not duplicated".into(),
+            );
+            fire("duplicate", detail);
+            return forward(ctx, req).await;
+        }
+        ProxyAction::Drop => {
+            fire("drop", detail);
+            ctx.dropped.notify_one();
+            tokio::time::sleep(DROP_GRACE).await;
+            return unreachable_response(ctx.kind);
+        }
+        ProxyAction::Response {
+            status,
+            body,
+            value,
+        } => (
+            "response",
+            Answer::Response {
+                status: *status,
+                body: body.clone(),
+                value: value.clone(),
+            },
+        ),
+        ProxyAction::Error { message, status } => {
+            detail.extend(message.clone().map(|m| ("error".to_string(), m)));
+            (
+                "error",
+                Answer::Error {
+                    message: message.clone(),
+                    status: status.clone(),
+                },
+            )
+        }
+    };
+    let made = match ctx.kind {
+        Kind::Grpc => faultbox_protocols::grpc::answer(&answer)
+            .map(|r| {
+                detail.insert("status".into(), r.status.to_string());
+                grpc_response(r)
+            })
+            .map_err(|e| e.to_string()),
+        Kind::Http => faultbox_protocols::http2::answer(&answer)
+            .map(|r| {
+                detail.insert("status".into(), r.status.to_string());
+                http_response(r)
+            })
+            .map_err(|e| e.to_string()),
+    };
+    match made {
+        Ok(resp) => {
+            fire(name, detail);
+            // The rest of the request is read and discarded, as a server that
+            // answers early does: dropping it would reset the stream under the
+            // answer, which some clients (curl) report instead of the answer. It
+            // ends with the stream, or with the connection.
+            ctx.exec.execute(drain(req.into_body()));
+            resp
+        }
+        Err(why) => {
+            // Checked at load, so only a rule this kind cannot answer gets here: the
+            // request goes through and the trace says why the rule did not act.
+            detail.insert("refused".into(), why.to_string());
+            fire(name, detail);
+            forward(ctx, req).await
+        }
+    }
+}
+
+async fn drain(mut body: Incoming) {
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
+fn grpc_response(r: faultbox_protocols::grpc::GrpcReply) -> Response<Out> {
+    let trailers = (!r.trailers.is_empty()).then(|| headers(&r.trailers));
+    let body = (!r.body.is_empty()).then(|| Bytes::from(r.body));
+    let mut resp = Response::new(fixed(body.unwrap_or_default(), trailers));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.extend(headers(&r.headers));
+    resp
+}
+
+fn http_response(r: faultbox_protocols::http2::Reply) -> Response<Out> {
+    let mut resp = Response::new(fixed(Bytes::from(r.body), None));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+    resp
+}
+
+fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        // Values come from the protocols crate: printable ASCII (messages are
+        // percent-encoded, statuses are digits).
+        if let Ok(v) = HeaderValue::from_str(v) {
+            map.insert(HeaderName::from_static(k), v);
+        }
+    }
+    map
+}
+
+/// A body given in the server's place: at most one data frame, then trailers.
+struct Fixed {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+fn fixed(data: Bytes, trailers: Option<HeaderMap>) -> Out {
+    Fixed {
+        data: (!data.is_empty()).then_some(data),
+        trailers,
+    }
+    .map_err(|never| match never {})
+    .boxed()
+}
+
+impl Body for Fixed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let me = self.get_mut();
+        if let Some(d) = me.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(me.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    /// An empty body with no trailers ends the stream with the headers: what makes
+    /// a gRPC error trailers-only.
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+/// The consumer's socket, counting bytes each way for the connection's report.
+struct Counted {
+    inner: TcpStream,
+    counts: Arc<Counts>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        me.counts.read.fetch_add(n, Ordering::Relaxed);
+        r
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            me.counts.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            me.counts.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The HTTP/2 relay between a real hyper client and a real hyper server on
+    //! loopback: streaming with trailers, each action, a service that vanishes, and
+    //! garbage after the preface.
+    use super::*;
+    use crate::network::plan::Port;
+    use faultbox_spec::world::ProxyRule;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioExecutor;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Fired>>);
+
+    impl Events for Seen {
+        fn fired(&self, fired: Fired) {
+            self.0.lock().unwrap().push(fired);
+        }
+        fn opaque(&self, _: String) {}
+    }
+
+    fn edge(protocol: &str) -> Edge {
+        Edge {
+            consumer: "app".into(),
+            service: "api".into(),
+            port: Port {
+                interface: "main".into(),
+                protocol: protocol.into(),
+                port: 1,
+            },
+            listen: Vec::new(),
+        }
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// A gRPC-shaped service: `/echo.E/Say` streams the request body back in two
+    /// frames and ends with `grpc-status: 0` in trailers; `/echo.E/Gone` closes the
+    /// connection mid-response.
+    fn service(io: TcpStream) -> JoinHandle<()> {
+        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let path = req.uri().path().to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            if path == "/echo.E/Gone" {
+                // Half a message, then the process "dies": the test drops the socket.
+                return Err::<Response<Out>, _>(std::io::Error::other("gone"));
+            }
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let frames = Frames(
+                [
+                    Frame::data(body.slice(..body.len() / 2)),
+                    Frame::data(body.slice(body.len() / 2..)),
+                    Frame::trailers(trailers),
+                ]
+                .into(),
+            );
+            let mut resp = Response::new(frames.map_err(|n| match n {}).boxed());
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            Ok(resp)
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(io), svc)
+                .await;
+        })
+    }
+
+    /// A body of ready frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+        }
+    }
+
+    struct Running {
+        client: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        seen: Arc<Seen>,
+        relay: JoinHandle<Result<(u64, u64), H2Error>>,
+    }
+
+    async fn start(kind: Kind, rules: Vec<ProxyRule>) -> Running {
+        let (client, relay_client) = pair().await;
+        let (relay_server, server) = pair().await;
+        service(server);
+        let table = Arc::new(Rules::new(1));
+        let active = rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| Arc::new(Active::new(i, r)))
+            .collect();
+        table.install(1, "api", "main", None, active);
+        let seen = Arc::new(Seen::default());
+        let protocol = if kind == Kind::Grpc { "grpc" } else { "http" };
+        let relay = tokio::spawn(relay(
+            edge(protocol),
+            kind,
+            table,
+            seen.clone(),
+            relay_client,
+            relay_server,
+        ));
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        Running {
+            client: send,
+            seen,
+            relay,
+        }
+    }
+
+    fn call(path: &str, body: &'static [u8]) -> Request<Full<Bytes>> {
+        Request::post(format!("http://api{path}"))
+            .header(CONTENT_TYPE, "application/grpc")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap()
+    }
+
+    fn rule(action: ProxyAction, key: &str, pattern: &str) -> ProxyRule {
+        ProxyRule {
+            action,
+            matches: vec![(key.into(), pattern.into())],
+            probability: 100.0,
+            label: None,
+        }
+    }
+
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("within 5 s")
+    }
+
+    #[tokio::test]
+    async fn bodies_and_trailers_pass_through() {
+        let mut r = start(Kind::Grpc, Vec::new()).await;
+        let resp = within(
+            r.client
+                .send_request(call("/echo.E/Say", b"\0\0\0\0\x02hi")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let got = within(resp.into_body().collect()).await.unwrap();
+        assert_eq!(got.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(&got.to_bytes()[..], b"\0\0\0\0\x02hi");
+        assert!(r.seen.0.lock().unwrap().is_empty());
+        drop(r.client);
+        let (sent, received) = within(r.relay).await.unwrap().unwrap();
+        assert!(sent > 24 && received > 0, "{sent} {received}");
+    }
+
+    #[tokio::test]
+    async fn an_error_is_a_trailers_only_status() {
+        let mut r = start(
+            Kind::Grpc,
+            vec![rule(
+                ProxyAction::Error {
+                    message: Some("down: 100%".into()),
+                    status: Some(faultbox_protocols::Code::Text("unavailable".into())),
+                },
+                "method",
+                "/echo.E/*",
+            )],
+        )
+        .await;
+        let resp = within(r.client.send_request(call("/echo.E/Say", b"\0\0\0\0\0")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert_eq!(resp.headers()["grpc-message"], "down: 100%25");
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/grpc");
+        assert!(resp.body().is_end_stream(), "trailers-only: no body");
+        let fired = r.seen.0.lock().unwrap().clone();
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].action, "error");
+        assert_eq!(fired[0].fields["method"], "/echo.E/Say");
+        assert_eq!(fired[0].detail["status"], "14");
+    }
+
+    #[tokio::test]
+    async fn a_response_is_one_message_and_status_ok() {
+        let mut r = start(
+            Kind::Grpc,
+            vec![rule(
+                ProxyAction::Response {
+                    status: None,
+                    body: Some("hex:0801".into()),
+                    value: None,
+                },
+                "method",
+                "/echo.E/Say",
+            )],
+        )
+        .await;
+        let resp = within(r.client.send_request(call("/echo.E/Say", b"\0\0\0\0\0")))
+            .await
+            .unwrap();
+        let got = within(resp.into_body().collect()).await.unwrap();
+        assert_eq!(got.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(&got.to_bytes()[..], b"\0\0\0\0\x02\x08\x01");
+    }
+
+    #[tokio::test]
+    async fn h2c_answers_are_http_statuses_and_delays_hold_one_stream() {
+        let mut r = start(
+            Kind::Http,
+            vec![
+                rule(
+                    ProxyAction::Error {
+                        message: None,
+                        status: Some(faultbox_protocols::Code::Number(503)),
+                    },
+                    "path",
+                    "/echo.E/Say",
+                ),
+                rule(
+                    ProxyAction::Delay(Duration::from_millis(300)),
+                    "method",
+                    "post",
+                ),
+            ],
+        )
+        .await;
+        let resp = within(r.client.send_request(call("/echo.E/Say?x=1", b"")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        let body = within(resp.into_body().collect()).await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"Service Unavailable");
+        let started = std::time::Instant::now();
+        let resp = within(r.client.send_request(call("/echo.E/Other", b"\0\0\0\0\0")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let fired = r.seen.0.lock().unwrap().clone();
+        assert_eq!(
+            fired.iter().map(|f| f.action).collect::<Vec<_>>(),
+            ["error", "delay"]
+        );
+        assert_eq!(fired[0].fields["path"], "/echo.E/Say");
+        assert_eq!(fired[0].fields["method"], "POST");
+    }
+
+    #[tokio::test]
+    async fn a_drop_resets_the_connection() {
+        let mut r = start(Kind::Grpc, vec![rule(ProxyAction::Drop, "method", "*")]).await;
+        let got = within(r.client.send_request(call("/echo.E/Say", b""))).await;
+        assert!(got.is_err(), "the call fails with its connection");
+        let end = within(r.relay).await.unwrap();
+        assert!(matches!(end, Err(H2Error::Dropped)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_service_that_fails_a_stream_does_not_hang_the_client() {
+        let mut r = start(Kind::Grpc, Vec::new()).await;
+        let got = within(r.client.send_request(call("/echo.E/Gone", b"\0\0\0\0\0"))).await;
+        // The service reset the stream (hyper turns its error into RST_STREAM); the
+        // relay passes on what it got: a response or a reset, never a hang.
+        if let Ok(resp) = got {
+            let _ = within(resp.into_body().collect()).await;
+        }
+        // The connection still serves other calls.
+        let resp = within(r.client.send_request(call("/echo.E/Say", b"ok")))
+            .await
+            .unwrap();
+        let got = within(resp.into_body().collect()).await.unwrap();
+        assert_eq!(&got.to_bytes()[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_service_that_vanishes_ends_the_consumers_connection() {
+        let (mut client, relay_client) = pair().await;
+        let (relay_server, server) = pair().await;
+        let relay = tokio::spawn(relay(
+            edge("grpc"),
+            Kind::Grpc,
+            Arc::new(Rules::new(1)),
+            Arc::new(Seen::default()),
+            relay_client,
+            relay_server,
+        ));
+        client
+            .write_all(faultbox_protocols::http2::PREFACE)
+            .await
+            .unwrap();
+        // The service reads the relay's preface, then is gone without a word.
+        let mut server = server;
+        let mut buf = [0u8; 24];
+        within(server.read_exact(&mut buf)).await.unwrap();
+        drop(server);
+        let end = within(relay).await.unwrap();
+        assert!(end.is_err(), "{end:?}");
+        // The consumer sees its connection end.
+        let mut rest = Vec::new();
+        let _ = within(client.read_to_end(&mut rest)).await;
+    }
+
+    /// Garbage after the preface: the relay ends the connection with an error (the
+    /// connection's close event carries it), without a hang or a panic.
+    async fn garbage_ends_the_connection(after: Vec<u8>, close: bool) {
+        let (mut client, relay_client) = pair().await;
+        let (relay_server, server) = pair().await;
+        service(server);
+        let relay = tokio::spawn(relay(
+            edge("grpc"),
+            Kind::Grpc,
+            Arc::new(Rules::new(1)),
+            Arc::new(Seen::default()),
+            relay_client,
+            relay_server,
+        ));
+        let mut bytes = faultbox_protocols::http2::PREFACE.to_vec();
+        bytes.extend_from_slice(&after);
+        let _ = client.write_all(&bytes).await;
+        if close {
+            let _ = client.shutdown().await;
+        }
+        // The relay answers or closes; reading to the end must finish either way.
+        let mut sink = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut sink)).await;
+        if !close {
+            assert!(
+                read.is_ok(),
+                "the relay closed a connection it could not read"
+            );
+        }
+        drop(client);
+        let end = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay ends")
+            .expect("no panic");
+        let _ = end;
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_is_not_settings_first_closes_the_connection() {
+        // A DATA frame on stream 1 before any SETTINGS: a protocol error.
+        garbage_ends_the_connection(b"\x00\x00\x03\x00\x01\x00\x00\x00\x01abc".to_vec(), false)
+            .await;
+        // A truncated frame header, then the client leaves.
+        garbage_ends_the_connection(b"\x00\x00\x10\x04".to_vec(), true).await;
+    }
+
+    /// Through the production [`crate::network::relay::Relays`]: a `grpc` edge and
+    /// an `http` edge, the latter taking h2c and HTTP/1 alike; garbage after the
+    /// preface closes with an error in the connection's close report.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relays_pick_http2_by_the_preface_and_report_a_bad_connection() {
+        use crate::network::namespace::NetNs;
+        use crate::network::relay::{Relays, Report};
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        // Serves HTTP/2 and HTTP/1 alike (hyper's auto builder is not built here:
+        // the service peeks the preface as the relay does).
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = upstream.accept().await.unwrap();
+                if starts_with_preface(&s).await.unwrap() {
+                    service(s);
+                } else {
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"h1"))))
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(s), svc)
+                            .await;
+                    });
+                }
+            }
+        });
+        let reports: Arc<Mutex<Vec<Report>>> = Arc::default();
+        let sink = reports.clone();
+        let relays = Relays::new(
+            tokio::runtime::Handle::current(),
+            Arc::new(move |r| sink.lock().unwrap().push(r)),
+            Arc::new(Rules::new(1)),
+        );
+        let here = Arc::new(NetNs::current().unwrap());
+        let mut at = Vec::new();
+        for protocol in ["grpc", "http"] {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let listen = free.local_addr().unwrap();
+            drop(free);
+            let mut e = edge(protocol);
+            e.service = protocol.into();
+            e.port.port = port;
+            e.listen = vec![listen];
+            relays.open(e, &here, here.clone()).unwrap();
+            at.push(listen);
+        }
+        let h2_call = |addr: std::net::SocketAddr| async move {
+            let s = TcpStream::connect(addr).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let resp = within(send.send_request(call("/echo.E/Say", b"h2")))
+                .await
+                .unwrap();
+            within(resp.into_body().collect()).await.unwrap().to_bytes()
+        };
+        assert_eq!(&h2_call(at[0]).await[..], b"h2");
+        assert_eq!(&h2_call(at[1]).await[..], b"h2");
+        // HTTP/1 on the http edge stays on its framer.
+        let mut h1 = TcpStream::connect(at[1]).await.unwrap();
+        h1.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        within(h1.read_to_end(&mut got)).await.unwrap();
+        assert!(got.ends_with(b"h1"), "{}", String::from_utf8_lossy(&got));
+        // Garbage after the preface on the grpc edge: closed, with the reason.
+        let mut bad = TcpStream::connect(at[0]).await.unwrap();
+        bad.write_all(faultbox_protocols::http2::PREFACE)
+            .await
+            .unwrap();
+        bad.write_all(b"\x00\x00\x03\x00\x01\x00\x00\x00\x01abc")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = within(bad.read_to_end(&mut rest)).await;
+        let closed_with_error = || {
+            reports.lock().unwrap().iter().any(|r| {
+                matches!(r, Report::Close { service, error: Some(e), .. }
+                    if service == "grpc" && e.contains("HTTP/2"))
+            })
+        };
+        for _ in 0..100 {
+            if closed_with_error() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(closed_with_error(), "{:?}", reports.lock().unwrap());
+        assert!(
+            !reports
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| matches!(r, Report::Opaque { .. })),
+            "{:?}",
+            reports.lock().unwrap()
+        );
+        relays.stop();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        #[test]
+        fn any_bytes_after_the_preface_end_cleanly(
+            after in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            // The client half-closes after its bytes: whatever they were, the relay
+            // must end (bytes that are valid HTTP/2 may keep an open connection idle).
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(garbage_ends_the_connection(after, true));
+        }
+    }
+}
