@@ -21,6 +21,10 @@ use std::time::Duration;
 #[cfg(feature = "client")]
 mod decimal;
 #[cfg(feature = "client")]
+mod grpc;
+#[cfg(feature = "grpc-schema")]
+pub mod grpc_schema;
+#[cfg(feature = "client")]
 mod memcached;
 #[cfg(feature = "client")]
 mod mysql;
@@ -131,6 +135,16 @@ pub enum Operation {
     },
     /// memcached `delete`: `{"value": "DELETED"}` or `{"value": "NOT_FOUND"}`.
     MemcachedDelete { key: String },
+    /// A unary gRPC call: `body` (JSON) marshalled into `method`'s request, the
+    /// response as JSON. Descriptors come from `proto` (the interface's `spec=`),
+    /// else from the server's reflection. `timeout` is the step's own deadline.
+    GrpcCall {
+        method: String,
+        body: String,
+        metadata: Vec<(String, String)>,
+        proto: Option<std::path::PathBuf>,
+        timeout: Option<Duration>,
+    },
 }
 
 /// What a step came back with: `body` is the answer as JSON text (what `.data`
@@ -138,6 +152,8 @@ pub enum Operation {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub ok: bool,
+    /// The protocol's own status code where it has one (gRPC's `grpc-status`), else 0.
+    pub status: i64,
     pub body: String,
     pub error: String,
 }
@@ -186,6 +202,7 @@ impl Operation {
             Operation::MemcachedGet { .. } => "memcached get",
             Operation::MemcachedSet { .. } => "memcached set",
             Operation::MemcachedDelete { .. } => "memcached delete",
+            Operation::GrpcCall { .. } => "grpc call",
         }
     }
 }
@@ -200,6 +217,10 @@ pub async fn run(
     op: &Operation,
     timeout: Duration,
 ) -> Outcome {
+    if protocol == "grpc" {
+        // gRPC has status codes of its own: its client builds the outcome.
+        return grpc::run(addr, op, timeout).await;
+    }
     let work = async {
         match protocol {
             "postgres" => postgres::run(addr, credentials, op).await,
@@ -220,12 +241,11 @@ pub async fn run(
         Ok(body) => Outcome {
             ok: true,
             body,
-            error: String::new(),
+            ..Outcome::default()
         },
         Err(e) => Outcome {
-            ok: false,
-            body: String::new(),
             error: e.to_string(),
+            ..Outcome::default()
         },
     }
 }
