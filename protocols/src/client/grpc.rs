@@ -70,10 +70,14 @@ impl From<Status> for Failure {
             }
             cause = c.source();
         }
-        Failure {
-            code: s.code(),
-            message,
-        }
+        // tonic calls a broken connection UNKNOWN; gRPC's other clients, and what a
+        // test means, call a server that cannot be reached UNAVAILABLE.
+        let transport = std::error::Error::source(&s).is_some();
+        let code = match s.code() {
+            Code::Unknown if transport => Code::Unavailable,
+            c => c,
+        };
+        Failure { code, message }
     }
 }
 
@@ -313,7 +317,11 @@ macro_rules! reflect_with {
                         Some(MessageResponse::ErrorResponse(e)) => {
                             return Err(Failure {
                                 code: Code::from_i32(e.error_code),
-                                message: e.error_message,
+                                message: format!(
+                                    "{} ({symbol}): {}",
+                                    code_name(e.error_code),
+                                    e.error_message
+                                ),
                             })
                         }
                         _ => {}

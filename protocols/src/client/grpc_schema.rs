@@ -172,15 +172,89 @@ pub fn encode(method: &MethodDescriptor, json: &str) -> Result<Vec<u8>, SchemaEr
         error,
     };
     let json = if json.trim().is_empty() { "{}" } else { json };
-    let mut de = serde_json::Deserializer::from_str(json);
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
     let msg = DynamicMessage::deserialize_with_options(
         desc.clone(),
-        &mut de,
+        Json::from(value),
         &DeserializeOptions::new().deny_unknown_fields(true),
     )
     .map_err(|e| bad(e.to_string()))?;
-    de.end().map_err(|e| bad(e.to_string()))?;
     Ok(msg.encode_to_vec())
+}
+
+/// Parsed JSON that hands numbers to a deserializer as numbers. serde_json's own
+/// deserializers do not once a crate in the build turns on its
+/// `arbitrary_precision` feature (starlark does): a float then arrives as a map,
+/// which the proto3 JSON parser refuses.
+enum Json {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Text(String),
+    List(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+impl From<serde_json::Value> for Json {
+    fn from(v: serde_json::Value) -> Self {
+        use serde_json::Value as V;
+        match v {
+            V::Null => Json::Null,
+            V::Bool(b) => Json::Bool(b),
+            V::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => Json::Int(i),
+                (None, Some(u)) => Json::Uint(u),
+                _ => Json::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            V::String(s) => Json::Text(s),
+            V::Array(a) => Json::List(a.into_iter().map(Json::from).collect()),
+            V::Object(o) => Json::Object(o.into_iter().map(|(k, v)| (k, Json::from(v))).collect()),
+        }
+    }
+}
+
+impl<'de> serde::de::IntoDeserializer<'de, serde::de::value::Error> for Json {
+    type Deserializer = Json;
+
+    fn into_deserializer(self) -> Json {
+        self
+    }
+}
+
+impl<'de> serde::Deserializer<'de> for Json {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        use serde::de::value::{MapDeserializer, SeqDeserializer};
+        match self {
+            Json::Null => v.visit_unit(),
+            Json::Bool(b) => v.visit_bool(b),
+            Json::Int(i) => v.visit_i64(i),
+            Json::Uint(u) => v.visit_u64(u),
+            Json::Float(f) => v.visit_f64(f),
+            Json::Text(s) => v.visit_string(s),
+            Json::List(items) => v.visit_seq(SeqDeserializer::new(items.into_iter())),
+            Json::Object(fields) => v.visit_map(MapDeserializer::new(fields.into_iter())),
+        }
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(
+        self,
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self {
+            Json::Null => v.visit_none(),
+            other => v.visit_some(other),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
 }
 
 /// The response message of `method` in `bytes`, as JSON.
