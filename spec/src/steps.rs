@@ -326,7 +326,11 @@ const GRPC_CALL: &[&str] = &["method", "body", "metadata", "timeout"];
 /// deadline. With the interface's `.proto` (`spec`, an absolute path), the method
 /// and body are checked here, so a mistake stops the test at the step's line;
 /// without one they are checked against the server's reflection when the step runs.
-pub fn grpc_call(step: &str, spec: Option<&str>, given: &[(&str, Value)]) -> anyhow::Result<Operation> {
+pub fn grpc_call(
+    step: &str,
+    spec: Option<&str>,
+    given: &[(&str, Value)],
+) -> anyhow::Result<Operation> {
     use faultbox_protocols::client::grpc_schema;
     for (name, _) in given {
         if !GRPC_CALL.contains(name) {

@@ -240,10 +240,7 @@ impl<'de> serde::Deserializer<'de> for Json {
         }
     }
 
-    fn deserialize_option<V: serde::de::Visitor<'de>>(
-        self,
-        v: V,
-    ) -> Result<V::Value, Self::Error> {
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
         match self {
             Json::Null => v.visit_none(),
             other => v.visit_some(other),
