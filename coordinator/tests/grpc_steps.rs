@@ -107,7 +107,7 @@ fn steps_written_wrong_stop_at_their_line() {
         (
             "test_wrong_type_in_body",
             23,
-            "people.main.call(): body does not fit people.v1.GetRequest: ",
+            "people.main.call(): body does not fit people.v1.GetRequest: at id: ",
         ),
         (
             "test_unknown_field_in_body",

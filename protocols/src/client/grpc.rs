@@ -70,11 +70,12 @@ impl From<Status> for Failure {
             }
             cause = c.source();
         }
-        // tonic calls a broken connection UNKNOWN; gRPC's other clients, and what a
-        // test means, call a server that cannot be reached UNAVAILABLE.
+        // tonic calls a broken connection UNKNOWN or CANCELLED (by when it broke);
+        // gRPC's other clients, and what a test means, call a server that cannot be
+        // reached UNAVAILABLE. A status the server sent has no source.
         let transport = std::error::Error::source(&s).is_some();
         let code = match s.code() {
-            Code::Unknown if transport => Code::Unavailable,
+            Code::Unknown | Code::Cancelled if transport => Code::Unavailable,
             c => c,
         };
         Failure { code, message }

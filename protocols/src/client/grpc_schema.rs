@@ -173,12 +173,21 @@ pub fn encode(method: &MethodDescriptor, json: &str) -> Result<Vec<u8>, SchemaEr
     };
     let json = if json.trim().is_empty() { "{}" } else { json };
     let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    // The path to the offending value (`address.zip`, `tags[2]`) goes in the error.
+    let mut track = serde_path_to_error::Track::new();
     let msg = DynamicMessage::deserialize_with_options(
         desc.clone(),
-        Json::from(value),
+        serde_path_to_error::Deserializer::new(Json::from(value), &mut track),
         &DeserializeOptions::new().deny_unknown_fields(true),
     )
-    .map_err(|e| bad(e.to_string()))?;
+    .map_err(|e| {
+        let path = track.path().to_string();
+        bad(if path.is_empty() || path == "." {
+            e.to_string()
+        } else {
+            format!("at {path}: {e}")
+        })
+    })?;
     Ok(msg.encode_to_vec())
 }
 
@@ -375,6 +384,10 @@ service S { rpc Get(Req) returns (Req); rpc Watch(Req) returns (stream Req); }
             err.contains("body does not fit t.v1.Req") && err.contains("nope"),
             "{err}"
         );
+        let err = encode(&m, r#"{"inner": {"s": 3}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at inner.s: "), "{err}");
         assert!(encode(&m, r#"{"big": "x"}"#).is_err());
         assert!(encode(&m, r#"{"kind": "KIND_Z"}"#).is_err());
         assert!(encode(&m, "{} trailing").is_err());
