@@ -15,7 +15,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// What the specs start: a process whose command line holds one of these outlived
 /// its test.
-const MARKERS: &[&str] = &["grpc_server.py", "grpc-users"];
+const MARKERS: &[&str] = &["grpc_people.py", "grpc-users"];
 
 /// Installs the drivers' virtualenv with grpcio (idempotent).
 fn servers() {
