@@ -1,7 +1,8 @@
 //! gRPC `call` steps: the driver's calls through Faultbox's relays to a Python
 //! grpcio server (a second implementation beside our tonic client; its messages
 //! built at run time from descriptors) and to the example tonic server, typed
-//! values round-tripping as JSON; and steps written wrong, refused at their line.
+//! values round-tripping as JSON; the relay's gRPC rules as the step sees them; and
+//! steps written wrong, refused at their line.
 
 mod common;
 
@@ -71,6 +72,13 @@ fn all_pass(spec: &str, count: usize) {
 #[test]
 fn calls_reach_python_grpcio_through_the_relay() {
     all_pass("coordinator/tests/specs/protocols/grpc_steps.star", 8);
+}
+
+/// Needs the gRPC relay (the `grpc` protocol's rules): error, response, delay past
+/// the step's deadline and drop, as the step reports them.
+#[test]
+fn relay_faults_reach_the_call_step() {
+    all_pass("coordinator/tests/specs/protocols/grpc_step_faults.star", 5);
 }
 
 #[test]

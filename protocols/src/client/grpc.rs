@@ -53,8 +53,27 @@ struct Failure {
     message: String,
 }
 
+/// The message of a call tonic cut off at the deadline it sent (`grpc-timeout`);
+/// [`run`] words it as its own timeout.
+const TIMED_OUT: &str = "the call's deadline passed";
+
 impl From<Status> for Failure {
     fn from(s: Status) -> Self {
+        // tonic enforces the deadline it sends and reports its expiry as CANCELLED
+        // ("Timeout expired"); gRPC says DEADLINE_EXCEEDED.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&s);
+        while let Some(c) = cause {
+            if c.is::<tonic::TimeoutExpired>() {
+                break;
+            }
+            cause = c.source();
+        }
+        if cause.is_some() || (s.code() == Code::Cancelled && s.message() == "Timeout expired") {
+            return Failure {
+                code: Code::DeadlineExceeded,
+                message: TIMED_OUT.into(),
+            };
+        }
         let mut message = s.message().to_string();
         // A transport failure's message is generic ("transport error"): its cause
         // says what happened (connection refused, reset, a broken frame).
@@ -113,6 +132,10 @@ pub(super) async fn run(addr: SocketAddr, op: &Operation, timeout: Duration) -> 
     let limit = own.map_or(timeout, |t| t.min(timeout));
     let work = call(addr, method, body, metadata, proto.as_deref(), limit);
     let result = match tokio::time::timeout(limit, work).await {
+        Ok(Err(f)) if f.message == TIMED_OUT => Err(Failure {
+            code: Code::DeadlineExceeded,
+            message: format!("no response within {limit:?}"),
+        }),
         Ok(r) => r,
         Err(_) => Err(Failure {
             code: Code::DeadlineExceeded,
