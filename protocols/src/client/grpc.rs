@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use prost_reflect::{DescriptorPool, MethodDescriptor};
+use prost_reflect::DescriptorPool;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -217,11 +217,7 @@ async fn call(
         message: e.to_string(),
     })?;
     let response = grpc.unary(req, route, RawCodec).await?;
-    Ok(decode(&method, &response.into_inner())?)
-}
-
-fn decode(method: &MethodDescriptor, bytes: &[u8]) -> Result<serde_json::Value, SchemaError> {
-    grpc_schema::decode(method, bytes)
+    Ok(grpc_schema::decode(&method, &response.into_inner())?)
 }
 
 /// An HTTP/2 channel over one connection made here: the connector hands tonic that

@@ -4,7 +4,9 @@
 //! The operations ([`Operation`], [`Credentials`]) are plain data, always compiled:
 //! the spec crate builds them from a step's keywords. Talking to servers needs the
 //! `client` feature, which brings the real drivers (tokio-postgres, mysql_async,
-//! redis; memcached's text protocol is small enough to speak here).
+//! redis, tonic for gRPC; memcached's text protocol is small enough to speak here).
+//! [`grpc_schema`] (the `grpc-schema` feature, no I/O) compiles `.proto` files and
+//! marshals gRPC messages to and from JSON; the spec crate checks `call` steps with it.
 //!
 //! **Network namespaces.** A socket belongs to the namespace of the thread that
 //! creates it. Every client opens its connection inside the future it returns and
