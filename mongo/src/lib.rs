@@ -45,12 +45,11 @@ pub fn run(addr: SocketAddr, database: Option<&str>, op: &MongoOp, timeout: Dura
         Ok(body) => Outcome {
             ok: true,
             body,
-            error: String::new(),
+            ..Outcome::default()
         },
         Err(e) => Outcome {
-            ok: false,
-            body: String::new(),
             error: e.to_string(),
+            ..Outcome::default()
         },
     }
 }

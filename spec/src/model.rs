@@ -22,6 +22,7 @@ pub struct Interface {
     pub name: String,
     pub protocol: String,
     pub port: u16,
+    /// `spec=` as written; for `grpc`, the `.proto`'s absolute path (checked at load).
     pub spec: Option<String>,
 }
 

@@ -180,6 +180,7 @@ pub fn topology(builder: &mut GlobalsBuilder) {
         #[starlark(require = pos)] protocol: &str,
         #[starlark(require = pos)] port: i32,
         #[starlark(require = named)] spec: Option<&str>,
+        eval: &mut Evaluator,
     ) -> anyhow::Result<InterfaceDecl> {
         if name.is_empty() {
             bail!("interface name must not be empty");
@@ -188,11 +189,27 @@ pub fn topology(builder: &mut GlobalsBuilder) {
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| anyhow!("interface {name:?}: port {port} is not between 1 and 65535"))?;
+        let spec = match spec {
+            // A gRPC interface's `.proto`, relative to the declaring file, compiled
+            // now: a missing file or a syntax error stops the spec at this line.
+            Some(path) if protocol == "grpc" => {
+                let here = location(eval);
+                let dir = std::path::Path::new(&here.file)
+                    .parent()
+                    .unwrap_or(std::path::Path::new(""));
+                let full = std::path::absolute(dir.join(path))
+                    .map_err(|e| anyhow!("interface {name:?}: spec={path:?}: {e}"))?;
+                faultbox_protocols::client::grpc_schema::load(&full)
+                    .map_err(|e| anyhow!("interface {name:?}: spec={path:?}: {e}"))?;
+                Some(full.to_string_lossy().into_owned())
+            }
+            other => other.map(str::to_string),
+        };
         Ok(InterfaceDecl(Interface {
             name: name.to_string(),
             protocol: protocol.to_string(),
             port,
-            spec: spec.map(str::to_string),
+            spec,
         }))
     }
 
@@ -693,9 +710,14 @@ pub fn invoke_step<'v>(
         "http" => &["path", "body", "headers"],
         _ => {
             let given: Vec<(&str, Value)> = kwargs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            let (op, credentials) =
+            let (op, credentials) = if call.protocol == "grpc" {
+                let spec = step.target.interface.spec.as_deref();
+                crate::steps::grpc_call(&step.to_string(), spec, &given)
+                    .map(|op| (op, Default::default()))
+            } else {
                 crate::steps::operation(&step.to_string(), &call.protocol, &step.method, &given)
-                    .map_err(starlark::Error::new_other)?;
+            }
+            .map_err(starlark::Error::new_other)?;
             call.op = Some(op);
             call.credentials = credentials;
             &[]

@@ -27,6 +27,7 @@
 //! | mongodb | `delete` | `collection=`, `filter=`, `many=` |
 //! | mongodb | `count` | `collection=`, `filter=` |
 //! | mongodb | `command` | `command=` |
+//! | grpc | `call` | `method=`, `body=`, `metadata=`, `timeout=` |
 //!
 //! postgres, mysql and redis steps also take `user=`, `password=` and `database=`;
 //! nats steps `user=` and `password=`; mongodb steps `database=` (the server used in
@@ -64,6 +65,7 @@ pub fn methods(protocol: &str) -> &'static [&'static str] {
             "count",
             "command",
         ],
+        "grpc" => &["call"],
         _ => &[],
     }
 }
@@ -568,5 +570,96 @@ fn mongo(k: &Kwargs, method: &str) -> anyhow::Result<MongoOp> {
             command: doc("command")?,
         },
         other => bail!("{step}(): mongodb has no step {other:?}"),
+    })
+}
+
+/// The keywords of a gRPC `call` step.
+const GRPC_CALL: &[&str] = &["method", "body", "metadata", "timeout"];
+
+/// A gRPC `call` step (`svc.main.call(method=..., body=...)`): `method=` is
+/// `/pkg.Service/Method`; `body=` the request as JSON text or as a dict (default
+/// `{}`); `metadata=` a dict of ASCII headers; `timeout=` a duration, the call's
+/// deadline. With the interface's `.proto` (`spec`, an absolute path), the method
+/// and body are checked here, so a mistake stops the test at the step's line;
+/// without one they are checked against the server's reflection when the step runs.
+pub fn grpc_call(
+    step: &str,
+    spec: Option<&str>,
+    given: &[(&str, Value)],
+) -> anyhow::Result<Operation> {
+    use faultbox_protocols::client::grpc_schema;
+    for (name, _) in given {
+        if !GRPC_CALL.contains(name) {
+            bail!(
+                "{step}(): unexpected keyword argument {name:?} (expected {})",
+                GRPC_CALL.join(", ")
+            );
+        }
+    }
+    let k = Kwargs { step, given };
+    let method = k.string("method", k.required("method")?)?;
+    let body = match k.get("body") {
+        None => "{}".to_string(),
+        Some(v) => match v.get_type() {
+            "string" => k.string("body", v)?,
+            "dict" => v
+                .to_json()
+                .map_err(|e| anyhow!("{step}(): body= as JSON: {e}"))?,
+            _ => return Err(k.wrong("body", "a JSON string or a dict", v)),
+        },
+    };
+    let mut metadata = Vec::new();
+    if let Some(v) = k.get("metadata") {
+        let d = starlark::values::dict::DictRef::from_value(v)
+            .ok_or_else(|| k.wrong("metadata", "a dict of strings", v))?;
+        for (key, value) in d.iter() {
+            let key = k.string("metadata", key)?;
+            let value = k.string("metadata", value)?;
+            let lower = key.to_ascii_lowercase();
+            if lower.is_empty()
+                || !lower
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+                || lower.ends_with("-bin")
+                || lower.starts_with("grpc-")
+            {
+                bail!("{step}(): metadata key {key:?} is not allowed (ASCII names of letters, digits, '-', '_', '.'; no grpc- prefix or -bin suffix)");
+            }
+            if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                bail!("{step}(): metadata value {value:?} of {key:?} is not printable ASCII");
+            }
+            metadata.push((lower, value));
+        }
+    }
+    let timeout = match k.get("timeout") {
+        None => None,
+        Some(v) => {
+            let text = k.string("timeout", v)?;
+            let d = faultbox_shim::rule::parse_duration(&text)
+                .map_err(|e| anyhow!("{step}(): bad timeout {text:?}: {e}"))?;
+            if d.is_zero() {
+                bail!("{step}(): timeout must be more than 0");
+            }
+            Some(d)
+        }
+    };
+    let proto = spec.map(std::path::PathBuf::from);
+    match &proto {
+        Some(p) => {
+            let pool = grpc_schema::load(p).map_err(|e| anyhow!("{step}(): {e}"))?;
+            let m = grpc_schema::method(&pool, &method, &p.display().to_string())
+                .map_err(|e| anyhow!("{step}(): {e}"))?;
+            grpc_schema::encode(&m, &body).map_err(|e| anyhow!("{step}(): {e}"))?;
+        }
+        None => {
+            grpc_schema::split_method(&method).map_err(|e| anyhow!("{step}(): {e}"))?;
+        }
+    }
+    Ok(Operation::GrpcCall {
+        method,
+        body,
+        metadata,
+        proto,
+        timeout,
     })
 }

@@ -34,7 +34,7 @@ pub struct StepCall {
 }
 
 /// An HTTP-style result; `tcp` steps fill `body` with the reply line, the other
-/// protocols with their answer as JSON (`status` is 0 for them).
+/// protocols with their answer as JSON (`status` is 0 for them, gRPC's `grpc-status` for `grpc`).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct StepResult {
     pub status: i64,

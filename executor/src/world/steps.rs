@@ -75,7 +75,7 @@ pub fn protocol(
         _ => rt.block_on(client::run(protocol, addr, credentials, op, timeout)),
     };
     StepResult {
-        status: 0,
+        status: o.status,
         body: o.body,
         ok: o.ok,
         error: o.error,

@@ -4,7 +4,9 @@
 //! The operations ([`Operation`], [`Credentials`]) are plain data, always compiled:
 //! the spec crate builds them from a step's keywords. Talking to servers needs the
 //! `client` feature, which brings the real drivers (tokio-postgres, mysql_async,
-//! redis; memcached's text protocol is small enough to speak here).
+//! redis, tonic for gRPC; memcached's text protocol is small enough to speak here).
+//! [`grpc_schema`] (the `grpc-schema` feature, no I/O) compiles `.proto` files and
+//! marshals gRPC messages to and from JSON; the spec crate checks `call` steps with it.
 //!
 //! **Network namespaces.** A socket belongs to the namespace of the thread that
 //! creates it. Every client opens its connection inside the future it returns and
@@ -22,6 +24,10 @@ use std::time::Duration;
 mod amqp;
 #[cfg(feature = "client")]
 mod decimal;
+#[cfg(feature = "client")]
+mod grpc;
+#[cfg(feature = "grpc-schema")]
+pub mod grpc_schema;
 #[cfg(feature = "client")]
 mod memcached;
 #[cfg(feature = "client")]
@@ -185,6 +191,16 @@ pub enum Operation {
     /// A MongoDB operation, run by the `faultbox-mongo` crate (the driver is the
     /// heaviest compile, kept out of this one).
     Mongo(MongoOp),
+    /// A unary gRPC call: `body` (JSON) marshalled into `method`'s request, the
+    /// response as JSON. Descriptors come from `proto` (the interface's `spec=`),
+    /// else from the server's reflection. `timeout` is the step's own deadline.
+    GrpcCall {
+        method: String,
+        body: String,
+        metadata: Vec<(String, String)>,
+        proto: Option<std::path::PathBuf>,
+        timeout: Option<Duration>,
+    },
 }
 
 /// A MongoDB step. Documents are JSON object text, key order kept (a command's
@@ -251,6 +267,8 @@ impl MongoOp {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub ok: bool,
+    /// The protocol's own status code where it has one (gRPC's `grpc-status`), else 0.
+    pub status: i64,
     pub body: String,
     pub error: String,
 }
@@ -306,6 +324,7 @@ impl Operation {
             Operation::NatsRequest { .. } => "nats request",
             Operation::NatsSubscribe { .. } => "nats subscribe",
             Operation::Mongo(op) => op.name(),
+            Operation::GrpcCall { .. } => "grpc call",
         }
     }
 }
@@ -320,6 +339,10 @@ pub async fn run(
     op: &Operation,
     timeout: Duration,
 ) -> Outcome {
+    if protocol == "grpc" {
+        // gRPC has status codes of its own: its client builds the outcome.
+        return grpc::run(addr, op, timeout).await;
+    }
     let work = async {
         match protocol {
             "postgres" => postgres::run(addr, credentials, op).await,
@@ -342,12 +365,11 @@ pub async fn run(
         Ok(body) => Outcome {
             ok: true,
             body,
-            error: String::new(),
+            ..Outcome::default()
         },
         Err(e) => Outcome {
-            ok: false,
-            body: String::new(),
             error: e.to_string(),
+            ..Outcome::default()
         },
     }
 }
