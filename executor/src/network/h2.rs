@@ -633,7 +633,7 @@ mod tests {
         let active = rules
             .into_iter()
             .enumerate()
-            .map(|(i, r)| Arc::new(Active::new(i, r)))
+            .map(|(i, r)| Arc::new(Active::new(i, "grpc", r)))
             .collect();
         table.install(1, "api", "main", None, active);
         let seen = Arc::new(Seen::default());
