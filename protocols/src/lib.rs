@@ -25,6 +25,7 @@ pub use common::MAX_PENDING;
 pub mod client;
 mod common;
 pub mod http;
+pub mod kafka;
 pub mod memcached;
 pub mod mysql;
 pub mod postgres;
@@ -183,13 +184,14 @@ pub trait Protocol: Send + Sync {
 
 /// The protocol called `name`, if Faultbox knows it.
 pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
-    let all: [&'static dyn Protocol; 6] = [
+    let all: [&'static dyn Protocol; 7] = [
         &http::Http,
         &tcp::Tcp,
         &postgres::Postgres,
         &mysql::Mysql,
         &redis::Redis,
         &memcached::Memcached,
+        &kafka::Kafka,
     ];
     all.into_iter().find(|p| p.name() == name)
 }

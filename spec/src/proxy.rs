@@ -193,6 +193,9 @@ pub fn check_code(protocol: &str, code: &Code) -> anyhow::Result<()> {
         ("postgres", c) => {
             faultbox_protocols::postgres::sqlstate(c).map_err(|e| anyhow!(e))?;
         }
+        ("kafka", c) => {
+            faultbox_protocols::kafka::status_code(c).map_err(|e| anyhow!(e))?;
+        }
         (_, Code::Text(t)) => {
             bail!("status={t:?}: {protocol} error codes are numbers")
         }

@@ -529,7 +529,15 @@ pub fn topology(builder: &mut GlobalsBuilder) {
 }
 
 /// The protocols `ready()` can speak.
-pub const READY_PROTOCOLS: &[&str] = &["http", "tcp", "postgres", "mysql", "redis", "memcached"];
+pub const READY_PROTOCOLS: &[&str] = &[
+    "http",
+    "tcp",
+    "postgres",
+    "mysql",
+    "redis",
+    "memcached",
+    "kafka",
+];
 
 /// Points a `ready()` healthcheck at its interface: the one it names, else the
 /// service's first. Other healthchecks pass unchanged.

@@ -15,6 +15,11 @@
 //! | redis | `command` | `args=[...]` |
 //! | memcached | `get`, `delete` | `key=` |
 //! | memcached | `set` | `key=`, `value=`, `ttl=` |
+//! | kafka | `publish` | `topic=`, `data=`, `key=` |
+//! | kafka | `consume` | `topic=`, `group=`, `timeout=` (default `5s`) |
+//!
+//! A `consume` without `group=` uses the test's own group (the world picks one per
+//! test and run), so offsets never leak between tests or runs.
 //!
 //! postgres, mysql and redis steps also take `user=`, `password=` and `database=`.
 //! `del` is a Starlark keyword (`r.main.del(...)` does not parse): `delete` is the
@@ -36,6 +41,7 @@ pub fn methods(protocol: &str) -> &'static [&'static str] {
             "command",
         ],
         "memcached" => &["get", "set", "delete"],
+        "kafka" => &["publish", "consume"],
         _ => &[],
     }
 }
@@ -53,6 +59,8 @@ fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
         ("redis", "lrange") => &["key", "start", "stop"],
         ("redis", "command") => &["args"],
         ("memcached", "get" | "delete") => &["key"],
+        ("kafka", "publish") => &["topic", "data", "key"],
+        ("kafka", "consume") => &["topic", "group", "timeout"],
         _ => &[],
     }
 }
@@ -194,7 +202,7 @@ pub fn operation(
     given: &[(&str, Value)],
 ) -> anyhow::Result<(Operation, Credentials)> {
     let own = keywords(protocol, method);
-    let login = if protocol == "memcached" {
+    let login = if matches!(protocol, "memcached" | "kafka") {
         &[][..]
     } else {
         LOGIN
@@ -308,6 +316,33 @@ pub fn operation(
                 key: key()?,
                 value: k.text("value", k.required("value")?)?,
                 ttl: ttl as u32,
+            }
+        }
+        ("kafka", "publish" | "consume") => {
+            let topic = k.string("topic", k.required("topic")?)?;
+            if topic.is_empty() {
+                bail!("{step}(): topic= is empty");
+            }
+            if method == "publish" {
+                Operation::KafkaPublish {
+                    topic,
+                    value: k.text("data", k.required("data")?)?,
+                    key: k.get("key").map(|v| k.text("key", v)).transpose()?,
+                }
+            } else {
+                let group = k.opt_string("group")?;
+                if group.as_deref() == Some("") {
+                    bail!("{step}(): group= is empty");
+                }
+                let wait = match k.get("timeout") {
+                    None => std::time::Duration::from_secs(5),
+                    Some(v) => {
+                        let text = k.string("timeout", v)?;
+                        faultbox_shim::rule::parse_duration(&text)
+                            .map_err(|e| anyhow!("{step}(): bad timeout {text:?}: {e}"))?
+                    }
+                };
+                Operation::KafkaConsume { topic, group, wait }
             }
         }
         (p, m) => bail!("{step}(): {p} has no step {m:?}"),

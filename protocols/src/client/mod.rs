@@ -21,6 +21,8 @@ use std::time::Duration;
 #[cfg(feature = "client")]
 mod decimal;
 #[cfg(feature = "client")]
+mod kafka;
+#[cfg(feature = "client")]
 mod memcached;
 #[cfg(feature = "client")]
 mod mysql;
@@ -131,6 +133,21 @@ pub enum Operation {
     },
     /// memcached `delete`: `{"value": "DELETED"}` or `{"value": "NOT_FOUND"}`.
     MemcachedDelete { key: String },
+    /// Kafka: one record to `topic` (created when missing):
+    /// `{"published": true, "topic", "partition", "offset"}`.
+    KafkaPublish {
+        topic: String,
+        value: String,
+        key: Option<String>,
+    },
+    /// Kafka: the next record of `topic` for consumer group `group` (committed past
+    /// it), waiting up to `wait`: `{"topic", "partition", "offset", "key", "value"}`.
+    /// `group` is `None` until the world picks the test's own.
+    KafkaConsume {
+        topic: String,
+        group: Option<String>,
+        wait: Duration,
+    },
 }
 
 /// What a step came back with: `body` is the answer as JSON text (what `.data`
@@ -186,6 +203,8 @@ impl Operation {
             Operation::MemcachedGet { .. } => "memcached get",
             Operation::MemcachedSet { .. } => "memcached set",
             Operation::MemcachedDelete { .. } => "memcached delete",
+            Operation::KafkaPublish { .. } => "kafka publish",
+            Operation::KafkaConsume { .. } => "kafka consume",
         }
     }
 }
@@ -206,6 +225,7 @@ pub async fn run(
             "mysql" => mysql::run(addr, credentials, op).await,
             "redis" => redis::run(addr, credentials, op).await,
             "memcached" => memcached::run(addr, op).await,
+            "kafka" => kafka::run(addr, op).await,
             other => Err(ClientError::Unsupported {
                 protocol: other.to_string(),
                 operation: op.name(),
@@ -245,6 +265,7 @@ pub async fn ready(
             "mysql" => mysql::ping(addr, credentials).await,
             "redis" => redis::ping(addr, credentials).await,
             "memcached" => memcached::ping(addr).await,
+            "kafka" => kafka::ping(addr).await,
             other => Err(ClientError::Unsupported {
                 protocol: other.to_string(),
                 operation: "ready",
