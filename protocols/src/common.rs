@@ -5,13 +5,49 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
-use crate::{Answer, Conversation, Fields, Opaque, Reply, Request, MAX_MESSAGE};
+use crate::{Answer, Conversation, Fields, Message, Opaque, Reply, Request, MAX_MESSAGE};
 
 /// A protocol's conversation logic; [`Latched`] turns it into a [`Conversation`].
+/// The methods with defaults mean what [`Conversation`]'s do.
 pub(crate) trait Framer: Send {
     fn client(&mut self, bytes: &[u8]) -> Result<Vec<Request>, Opaque>;
     fn server(&mut self, bytes: &[u8]) -> Result<usize, Opaque>;
     fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String>;
+
+    fn frames_server(&self) -> bool {
+        false
+    }
+    fn server_messages(&mut self, bytes: &[u8]) -> Result<Vec<Message>, Opaque> {
+        let _ = bytes;
+        Err(Opaque(
+            "this protocol does not frame the server's messages".into(),
+        ))
+    }
+    fn drop_request(&mut self, request: &Request) -> Option<Reply> {
+        let _ = request;
+        None
+    }
+    fn duplicate_request(&mut self, request: &Request, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = request;
+        Ok([bytes, bytes].concat())
+    }
+    fn drop_message(&mut self, message: &Message, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = (message, bytes);
+        Ok(Vec::new())
+    }
+    fn duplicate_message(&mut self, message: &Message, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = message;
+        Ok([bytes, bytes].concat())
+    }
+    fn answer_message(
+        &mut self,
+        message: &Message,
+        bytes: &[u8],
+        answer: &Answer,
+    ) -> Result<Vec<u8>, String> {
+        let _ = (message, bytes, answer);
+        Err("this protocol cannot answer a message from the server".into())
+    }
 }
 
 /// Once a direction goes opaque, the whole connection is: every later call returns
@@ -65,6 +101,65 @@ impl<F: Framer> Conversation for Latched<F> {
             return Err("this message is not a request rules may act on".into());
         }
         self.framer.answer(request, answer)
+    }
+
+    fn frames_server(&self) -> bool {
+        self.framer.frames_server()
+    }
+
+    fn server_messages(&mut self, bytes: &[u8]) -> Result<Vec<Message>, Opaque> {
+        if let Some(o) = &self.opaque {
+            return Err(o.clone());
+        }
+        let r = self.framer.server_messages(bytes);
+        self.latch(r)
+    }
+
+    fn drop_request(&mut self, request: &Request) -> Option<Reply> {
+        if self.opaque.is_some() || !request.matchable {
+            return None;
+        }
+        self.framer.drop_request(request)
+    }
+
+    fn duplicate_request(&mut self, request: &Request, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        if let Some(o) = &self.opaque {
+            return Err(format!("the connection is relayed unchanged: {o}"));
+        }
+        self.framer.duplicate_request(request, bytes)
+    }
+
+    fn drop_message(&mut self, message: &Message, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        self.usable(message)?;
+        self.framer.drop_message(message, bytes)
+    }
+
+    fn duplicate_message(&mut self, message: &Message, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        self.usable(message)?;
+        self.framer.duplicate_message(message, bytes)
+    }
+
+    fn answer_message(
+        &mut self,
+        message: &Message,
+        bytes: &[u8],
+        answer: &Answer,
+    ) -> Result<Vec<u8>, String> {
+        self.usable(message)?;
+        self.framer.answer_message(message, bytes, answer)
+    }
+}
+
+impl<F> Latched<F> {
+    /// Whether a rule may act on server message `message`.
+    fn usable(&self, message: &Message) -> Result<(), String> {
+        if let Some(o) = &self.opaque {
+            return Err(format!("the connection is relayed unchanged: {o}"));
+        }
+        if !message.matchable {
+            return Err("this message is not one rules may act on".into());
+        }
+        Ok(())
     }
 }
 

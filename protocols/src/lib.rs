@@ -28,6 +28,7 @@ pub mod http;
 pub mod kafka;
 pub mod memcached;
 pub mod mysql;
+pub mod nats;
 pub mod postgres;
 pub mod redis;
 pub mod rules;
@@ -137,7 +138,34 @@ pub struct Reply {
     pub bytes: Vec<u8>,
 }
 
+/// A complete message in the server's stream, for a conversation that frames that
+/// side ([`Conversation::frames_server`]): messaging protocols deliver messages the
+/// client never asked for one by one (NATS `MSG`, AMQP deliveries), and rules act on
+/// them as they act on requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// How many bytes of the server's stream it spans, counted from the end of the
+    /// previous message.
+    pub len: usize,
+    /// What rules match on (the subject or topic of a delivery).
+    pub fields: Fields,
+    /// Whether rules may act on it.
+    pub matchable: bool,
+    /// How many responses to the client's requests it completes (0 for a message
+    /// the server sends unasked).
+    pub responses: usize,
+    /// `false`: the conversation swallows it (the server's answer to the second copy
+    /// of a duplicated request, which the client never sent); it is never written
+    /// to the client but still counts its `responses`.
+    pub forward: bool,
+}
+
 /// One connection's view of a protocol: both directions, in order.
+///
+/// The methods with defaults are for protocols that carry messages rather than
+/// strict request/response turns: framing the server's side, and acting on one
+/// message without closing the connection. The defaults are what a turn-taking
+/// protocol needs.
 pub trait Conversation: Send {
     /// The client sent `bytes` (the next chunk of its stream). Returns the messages
     /// completed by them, in order; partial data is kept for the next call.
@@ -168,6 +196,65 @@ pub trait Conversation: Send {
     /// transaction status, a statement's later messages). `Err` names why this
     /// protocol cannot give that answer to that request.
     fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String>;
+
+    /// Whether the server's bytes go through [`Conversation::server_messages`]
+    /// (messages rules may act on, or the conversation may swallow) instead of
+    /// [`Conversation::server`].
+    fn frames_server(&self) -> bool {
+        false
+    }
+
+    /// The server sent `bytes`: the messages they completed, in order; partial data
+    /// is kept for the next call. Called only when [`Conversation::frames_server`].
+    fn server_messages(&mut self, bytes: &[u8]) -> Result<Vec<Message>, Opaque> {
+        let _ = bytes;
+        Err(Opaque(
+            "this protocol does not frame the server's messages".into(),
+        ))
+    }
+
+    /// A rule drops `request`. `None`: the connection is closed (the client sees a
+    /// reset). `Some(reply)`: only the message is lost: it is not forwarded, and
+    /// `reply` (possibly empty) goes to the client in its place, in request order.
+    fn drop_request(&mut self, request: &Request) -> Option<Reply> {
+        let _ = request;
+        None
+    }
+
+    /// A rule duplicates `request`, whose bytes are `bytes`: what to send the server
+    /// instead. The relay then expects twice the request's responses; a
+    /// conversation that hides the second from the client marks it `forward: false`.
+    /// `Err` says why it cannot be duplicated: it is forwarded once.
+    fn duplicate_request(&mut self, request: &Request, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = request;
+        Ok([bytes, bytes].concat())
+    }
+
+    /// A rule drops server message `message` (whose bytes are `bytes`): what the
+    /// client gets instead. By default, nothing: it vanishes.
+    fn drop_message(&mut self, message: &Message, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = (message, bytes);
+        Ok(Vec::new())
+    }
+
+    /// A rule duplicates server message `message`: what the client gets instead. By
+    /// default, the message twice.
+    fn duplicate_message(&mut self, message: &Message, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = message;
+        Ok([bytes, bytes].concat())
+    }
+
+    /// A rule answers server message `message` with `answer` (an error the client
+    /// sees in its place). `Err` says why this protocol cannot: it is forwarded.
+    fn answer_message(
+        &mut self,
+        message: &Message,
+        bytes: &[u8],
+        answer: &Answer,
+    ) -> Result<Vec<u8>, String> {
+        let _ = (message, bytes, answer);
+        Err("this protocol cannot answer a message from the server".into())
+    }
 }
 
 /// A protocol: its name in `interface(name, PROTOCOL, port)`, its match keys and
@@ -184,13 +271,14 @@ pub trait Protocol: Send + Sync {
 
 /// The protocol called `name`, if Faultbox knows it.
 pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
-    let all: [&'static dyn Protocol; 7] = [
+    let all: [&'static dyn Protocol; 8] = [
         &http::Http,
         &tcp::Tcp,
         &postgres::Postgres,
         &mysql::Mysql,
         &redis::Redis,
         &memcached::Memcached,
+        &nats::Nats,
         &kafka::Kafka,
     ];
     all.into_iter().find(|p| p.name() == name)

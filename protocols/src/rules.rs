@@ -7,7 +7,11 @@
 //!   whitespace trimmed and every run of whitespace collapsed to one space, on both
 //!   the pattern and the value, so `INSERT*` matches `insert  into t ...`;
 //! - `method` and `command`: case-insensitive (`get` matches a Redis `GET`);
-//! - `path`, `key`, `topic` and anything else: exact case.
+//! - `path`, `key`, `topic` and anything else: exact case;
+//! - a NATS `topic`/`subject`: NATS wildcards instead of globs. Subjects are
+//!   dot-separated tokens; `*` matches exactly one token and a final `>` one or more,
+//!   so `orders.*` matches `orders.new` but not `orders.eu.new`, and `orders.>`
+//!   matches both (see [`Pattern::for_protocol`]).
 //!
 //! Matching is iterative (the classic two-pointer wildcard walk that backtracks only
 //! to the last `*`), so a hostile pattern such as `*a*a*a*b` costs at most
@@ -21,19 +25,22 @@ enum Folding {
     Exact,
     CaseInsensitive,
     Sql,
+    /// NATS subject wildcards, token by token (never through the glob).
+    Subject,
 }
 
-fn folding(key: &str) -> Folding {
-    match key {
-        "query" => Folding::Sql,
-        "method" | "command" => Folding::CaseInsensitive,
+fn folding(protocol: &str, key: &str) -> Folding {
+    match (protocol, key) {
+        ("nats", "topic" | "subject") => Folding::Subject,
+        (_, "query") => Folding::Sql,
+        (_, "method" | "command") => Folding::CaseInsensitive,
         _ => Folding::Exact,
     }
 }
 
 fn normalize(folding: Folding, text: &str) -> Vec<char> {
     match folding {
-        Folding::Exact => text.chars().collect(),
+        Folding::Exact | Folding::Subject => text.chars().collect(),
         Folding::CaseInsensitive => text.chars().flat_map(char::to_lowercase).collect(),
         Folding::Sql => {
             let mut out = Vec::with_capacity(text.len());
@@ -58,7 +65,7 @@ fn ascii_space(b: u8) -> bool {
 fn normalize_ascii(folding: Folding, text: &[u8], out: &mut Vec<u8>) {
     out.clear();
     match folding {
-        Folding::Exact => out.extend_from_slice(text),
+        Folding::Exact | Folding::Subject => out.extend_from_slice(text),
         Folding::CaseInsensitive => out.extend(text.iter().map(u8::to_ascii_lowercase)),
         Folding::Sql => {
             for word in text.split(|&b| ascii_space(b)).filter(|w| !w.is_empty()) {
@@ -81,9 +88,14 @@ pub struct Pattern {
 }
 
 impl Pattern {
-    /// The pattern `pattern` for values of `key`.
+    /// The pattern `pattern` for values of `key`, compared as most protocols do.
     pub fn new(key: &str, pattern: &str) -> Pattern {
-        let folding = folding(key);
+        Pattern::for_protocol("", key, pattern)
+    }
+
+    /// The pattern `pattern` for values of `key` in requests of `protocol`.
+    pub fn for_protocol(protocol: &str, key: &str, pattern: &str) -> Pattern {
+        let folding = folding(protocol, key);
         let ascii = pattern.is_ascii().then(|| {
             let mut out = Vec::with_capacity(pattern.len());
             normalize_ascii(folding, pattern.as_bytes(), &mut out);
@@ -98,6 +110,9 @@ impl Pattern {
 
     /// Whether `value` (as the request carried it) matches.
     pub fn matches(&self, value: &str) -> bool {
+        if self.folding == Folding::Subject {
+            return subject_matches(&self.glob, value);
+        }
         match &self.ascii {
             Some(pattern) if value.is_ascii() => {
                 let mut v = Vec::with_capacity(value.len());
@@ -110,11 +125,25 @@ impl Pattern {
 }
 
 /// Whether the value of `key` in a request of `protocol` matches `pattern`.
-/// `protocol` is accepted so a protocol may compare a key its own way later; today
-/// the comparison depends on the key alone (see the module doc).
 pub fn matches(protocol: &str, key: &str, pattern: &str, value: &str) -> bool {
-    let _ = protocol;
-    Pattern::new(key, pattern).matches(value)
+    Pattern::for_protocol(protocol, key, pattern).matches(value)
+}
+
+/// NATS subject matching: `*` is one whole token, a final `>` one or more; any
+/// other token matches itself exactly.
+fn subject_matches(pattern: &[char], value: &str) -> bool {
+    let pattern: String = pattern.iter().collect();
+    let mut p = pattern.split('.');
+    let mut v = value.split('.');
+    loop {
+        match (p.next(), v.next()) {
+            (None, None) => return true,
+            (Some(">"), Some(_)) => return p.next().is_none(),
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Anchored glob match with `*` and `?`, iterative: on a mismatch it resumes after
@@ -215,6 +244,27 @@ mod tests {
     }
 
     #[test]
+    fn nats_subjects_match_token_by_token() {
+        let m = |p: &str, v: &str| matches("nats", "subject", p, v);
+        assert!(m("orders.*", "orders.new"));
+        assert!(!m("orders.*", "orders.eu.new"));
+        assert!(!m("orders.*", "orders"));
+        assert!(m("orders.>", "orders.eu.new"));
+        assert!(m("orders.>", "orders.new"));
+        assert!(!m("orders.>", "orders"));
+        assert!(m(">", "anything.at.all"));
+        assert!(m("*.new", "orders.new"));
+        assert!(m("orders.new", "orders.new"));
+        assert!(
+            !m("orders.ne?", "orders.new"),
+            "no glob characters in subjects"
+        );
+        assert!(matches("nats", "topic", "a.*", "a.b"));
+        // Other protocols keep globs.
+        assert!(matches("kafka", "topic", "orders.*", "orders.eu.new"));
+    }
+
+    #[test]
     fn sql_and_case_folding() {
         assert!(matches(
             "postgres",
@@ -289,7 +339,7 @@ mod glob_reference {
             p in "[aB \t\x0b*?]{0,8}",
             v in "[Ab \t\n\x0b]{0,12}",
         ) {
-            let f = super::folding(&key);
+            let f = super::folding("", &key);
             let mut pat = Vec::new();
             let mut val = Vec::new();
             super::normalize_ascii(f, p.as_bytes(), &mut pat);

@@ -4,7 +4,15 @@
 use faultbox_protocols::{protocol, Answer, MAX_MESSAGE};
 use proptest::prelude::*;
 
-const PROTOCOLS: [&str; 6] = ["http", "tcp", "postgres", "mysql", "redis", "memcached"];
+const PROTOCOLS: [&str; 7] = [
+    "http",
+    "tcp",
+    "postgres",
+    "mysql",
+    "redis",
+    "memcached",
+    "nats",
+];
 
 /// Fragments that steer random input into the protocols' interesting paths.
 const TOKENS: &[&[u8]] = &[
@@ -51,6 +59,14 @@ const TOKENS: &[&[u8]] = &[
     b"-9223372036854775808",
     b"9223372036854775807",
     b"\xff\xff\xff\xff",
+    b"PUB a.b 3\r\n",
+    b"HPUB a 12 14\r\nNATS/1.0\r\n\r\n",
+    b"MSG a.b 1 3\r\n",
+    b"HMSG a 1 r 2 2\r\n",
+    b"CONNECT {\"verbose\":true}\r\n",
+    b"PING\r\n",
+    b"+OK\r\n",
+    b"-ERR 'x'\r\n",
 ];
 
 fn chunky_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -86,6 +102,24 @@ proptest! {
                                 prop_assert!(r.len <= MAX_MESSAGE + bytes.len());
                                 if r.matchable {
                                     let _ = conv.answer(&r, &Answer::Error { message: None, status: None });
+                                    let _ = conv.drop_request(&r);
+                                    let _ = conv.duplicate_request(&r, chunk);
+                                }
+                            }
+                            false
+                        }
+                        Err(_) => true,
+                    }
+                } else if conv.frames_server() {
+                    match conv.server_messages(chunk) {
+                        Ok(msgs) => {
+                            for m in msgs {
+                                prop_assert!(m.len <= MAX_MESSAGE + bytes.len());
+                                if m.matchable {
+                                    let e = Answer::Error { message: None, status: None };
+                                    let _ = conv.answer_message(&m, chunk, &e);
+                                    let _ = conv.drop_message(&m, chunk);
+                                    let _ = conv.duplicate_message(&m, chunk);
                                 }
                             }
                             false

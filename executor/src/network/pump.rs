@@ -10,13 +10,14 @@
 //! reported once.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
-use faultbox_protocols::{Answer, Conversation, Fields, Request};
+use faultbox_protocols::{Answer, Conversation, Fields, Message, Request};
 use faultbox_spec::world::ProxyAction;
 
 use super::plan::Edge;
@@ -123,6 +124,10 @@ struct Shared {
     conv: Mutex<Option<Box<dyn Conversation>>>,
     order: Mutex<Order>,
     wake: Notify,
+    /// Requests sent twice whose second answer the conversation may swallow: while
+    /// any is outstanding, the server's messages are held until whole, so a
+    /// swallowed one is never half written.
+    duplicated: AtomicUsize,
 }
 
 /// Everything the pumps of one connection need.
@@ -148,12 +153,22 @@ pub async fn framed(
         conv: Mutex::new(Some(conv)),
         order: Mutex::new(Order::default()),
         wake: Notify::new(),
+        duplicated: AtomicUsize::new(0),
     });
+    let frames_server = lock(&shared.conv)
+        .as_ref()
+        .is_some_and(|c| c.frames_server());
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = server.into_split();
     let on_sent = f.on_sent.take();
     let up = upstream(&f, on_sent, &shared, client_r, server_w);
-    let down = downstream(&f, &shared, server_r, client_w);
+    let down = async {
+        if frames_server {
+            messages(&f, &shared, server_r, client_w).await
+        } else {
+            downstream(&f, &shared, server_r, client_w).await
+        }
+    };
     // On a drop, dropping the halves closes both sides; the client sees a reset, for
     // upstream set a zero linger before it gave up.
     tokio::try_join!(up, down)
@@ -313,15 +328,47 @@ async fn act(
             Ok(write(server, bytes, sent, on_sent).await?)
         }
         ProxyAction::Drop => {
+            let instead = lock(&shared.conv)
+                .as_mut()
+                .and_then(|c| c.drop_request(req));
             fire("drop", detail);
-            let _ = client.as_ref().set_zero_linger();
-            Err(PumpError::Dropped)
+            match instead {
+                // Only the message is lost; the client gets what the protocol
+                // answers in its place, in its turn.
+                Some(reply) => {
+                    lock(&shared.order)
+                        .owed
+                        .push_back(Owed::Answer(reply.bytes));
+                    shared.wake.notify_one();
+                    Ok(())
+                }
+                None => {
+                    let _ = client.as_ref().set_zero_linger();
+                    Err(PumpError::Dropped)
+                }
+            }
         }
         ProxyAction::Duplicate => {
-            fire("duplicate", detail);
-            lock(&shared.order).push_server(req.replies * 2);
-            write(server, bytes, sent, on_sent).await?;
-            Ok(write(server, bytes, sent, on_sent).await?)
+            let twice = lock(&shared.conv)
+                .as_mut()
+                .map(|c| c.duplicate_request(req, bytes))
+                .unwrap_or_else(|| Err("the connection stopped making sense".into()));
+            match twice {
+                Ok(twice) => {
+                    fire("duplicate", detail);
+                    if req.replies > 0 {
+                        shared.duplicated.fetch_add(1, Ordering::SeqCst);
+                    }
+                    lock(&shared.order).push_server(req.replies * 2);
+                    Ok(write(server, &twice, sent, on_sent).await?)
+                }
+                Err(why) => {
+                    detail.insert("refused".into(), why);
+                    fire("duplicate", detail);
+                    lock(&shared.order).push_server(req.replies);
+                    Ok(write(server, bytes, sent, on_sent).await?)
+                }
+            }
         }
         ProxyAction::Response { .. } | ProxyAction::Error { .. } => {
             let (name, answer) = match &rule.rule.action {
@@ -468,6 +515,225 @@ async fn downstream(
     }
 }
 
+/// Server to client for a conversation that frames the server's messages: each
+/// whole message may be acted on by a rule (dropped, held, sent twice, replaced by
+/// an error) or swallowed by the conversation. While no rule applies and nothing is
+/// to be swallowed, bytes go out as they come.
+async fn messages(
+    f: &Framed,
+    shared: &Shared,
+    mut server: OwnedReadHalf,
+    mut client: OwnedWriteHalf,
+) -> Result<u64, PumpError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut received = 0u64;
+    let mut held: Vec<u8> = Vec::new();
+    let mut forwarded_part = 0usize;
+    let mut cache = EdgeRules::default();
+    let edge = (
+        f.edge.consumer.as_str(),
+        f.edge.service.as_str(),
+        f.edge.port.interface.as_str(),
+    );
+    loop {
+        flush(shared, &mut client, &mut received).await?;
+        let n = tokio::select! {
+            read = server.read(&mut buf) => read?,
+            _ = shared.wake.notified() => continue,
+        };
+        if n == 0 {
+            if !held.is_empty() {
+                send(&mut client, &held, &mut received).await?;
+            }
+            flush(shared, &mut client, &mut received).await?;
+            let _ = client.shutdown().await;
+            return Ok(received);
+        }
+        let chunk = &buf[..n];
+        let found = {
+            let mut conv = lock(&shared.conv);
+            match conv.as_mut().map(|c| c.server_messages(chunk)) {
+                None => None,
+                Some(Ok(found)) => Some(found),
+                Some(Err(opaque)) => {
+                    *conv = None;
+                    f.events.opaque(opaque.0);
+                    None
+                }
+            }
+        };
+        let Some(found) = found else {
+            let h = std::mem::take(&mut held);
+            send(&mut client, &h, &mut received).await?;
+            send(&mut client, chunk, &mut received).await?;
+            continue;
+        };
+        let rules: &[Arc<Active>] = if f.requests {
+            f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache)
+        } else {
+            &[]
+        };
+        let mut joined = std::mem::take(&mut held);
+        if !joined.is_empty() {
+            joined.extend_from_slice(chunk);
+        }
+        let data: &[u8] = if joined.is_empty() { chunk } else { &joined };
+        // data[..pos] is accounted for; data[run..pos] is to write, not yet written.
+        let mut pos = 0;
+        let mut run = 0;
+        for m in found {
+            let already = std::mem::take(&mut forwarded_part);
+            let own = m.len.saturating_sub(already).min(data.len() - pos);
+            let bytes = &data[pos..pos + own];
+            if !m.forward {
+                send(&mut client, &data[run..pos], &mut received).await?;
+                if already == 0 {
+                    // Swallowed whole; a swallowed message begun before a duplicate
+                    // was known went out in part and cannot be taken back.
+                    shared
+                        .duplicated
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
+                            Some(d.saturating_sub(1))
+                        })
+                        .ok();
+                } else {
+                    send(&mut client, bytes, &mut received).await?;
+                }
+                run = pos + own;
+            } else if let Some(rule) = (already == 0 && m.matchable && !rules.is_empty())
+                .then(|| f.rules.decide(edge, rules, &m.fields))
+                .flatten()
+            {
+                send(&mut client, &data[run..pos], &mut received).await?;
+                let instead = act_on_message(f, shared, &rule, &m, bytes).await;
+                send(&mut client, &instead, &mut received).await?;
+                run = pos + own;
+            }
+            pos += own;
+            if m.responses > 0 {
+                // Answers given in the server's place go out right after the
+                // response before them.
+                let waiting = lock(&shared.order).answer_waiting();
+                if waiting {
+                    send(&mut client, &data[run..pos], &mut received).await?;
+                    run = pos;
+                }
+                for _ in 0..m.responses {
+                    lock(&shared.order).complete();
+                    if waiting {
+                        flush(shared, &mut client, &mut received).await?;
+                    }
+                }
+            }
+        }
+        // A message in progress is held only while something may act on it.
+        let hold = !rules.is_empty() || shared.duplicated.load(Ordering::SeqCst) > 0;
+        if pos < data.len() && !hold {
+            forwarded_part += data.len() - pos;
+            pos = data.len();
+        }
+        send(&mut client, &data[run..pos], &mut received).await?;
+        if pos < data.len() {
+            held = if joined.is_empty() {
+                chunk[pos..].to_vec()
+            } else {
+                joined.drain(..pos);
+                joined
+            };
+        }
+    }
+}
+
+/// Carries out `rule` on server message `m` (whose bytes are `bytes`); returns what
+/// the client gets instead.
+async fn act_on_message(
+    f: &Framed,
+    shared: &Shared,
+    rule: &Active,
+    m: &Message,
+    bytes: &[u8],
+) -> Vec<u8> {
+    let mut detail = BTreeMap::new();
+    detail.insert("direction".to_string(), "to_client".to_string());
+    let fire = |action: &'static str, detail: BTreeMap<String, String>| {
+        f.events.fired(Fired {
+            action,
+            fields: fields(&m.fields),
+            detail,
+            label: rule.rule.label.clone(),
+            rule: rule.id,
+        })
+    };
+    let (name, result) = match &rule.rule.action {
+        ProxyAction::Delay(d) => {
+            detail.insert("delay_ms".into(), d.as_millis().to_string());
+            fire("delay", detail);
+            tokio::time::sleep(*d).await;
+            return bytes.to_vec();
+        }
+        ProxyAction::Drop => (
+            "drop",
+            lock(&shared.conv)
+                .as_mut()
+                .map(|c| c.drop_message(m, bytes)),
+        ),
+        ProxyAction::Duplicate => (
+            "duplicate",
+            lock(&shared.conv)
+                .as_mut()
+                .map(|c| c.duplicate_message(m, bytes)),
+        ),
+        ProxyAction::Error { message, status } => {
+            detail.extend(
+                status
+                    .as_ref()
+                    .map(|s| ("status".to_string(), s.to_string())),
+            );
+            detail.extend(message.clone().map(|m| ("error".to_string(), m)));
+            let answer = Answer::Error {
+                message: message.clone(),
+                status: status.clone(),
+            };
+            (
+                "error",
+                lock(&shared.conv)
+                    .as_mut()
+                    .map(|c| c.answer_message(m, bytes, &answer)),
+            )
+        }
+        ProxyAction::Response { .. } => (
+            "response",
+            Some(Err(
+                "a message from the server cannot be answered with a response".into(),
+            )),
+        ),
+    };
+    match result.unwrap_or_else(|| Err("the connection stopped making sense".into())) {
+        Ok(instead) => {
+            fire(name, detail);
+            instead
+        }
+        Err(why) => {
+            detail.insert("refused".into(), why);
+            fire(name, detail);
+            bytes.to_vec()
+        }
+    }
+}
+
+async fn send(
+    client: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    received: &mut u64,
+) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    client.write_all(bytes).await?;
+    *received += bytes.len() as u64;
+    Ok(())
+}
+
 /// Writes every answer whose turn has come.
 async fn flush(
     shared: &Shared,
@@ -575,7 +841,7 @@ mod tests {
         let active = rules
             .into_iter()
             .enumerate()
-            .map(|(i, r)| Arc::new(Active::new(i, r)))
+            .map(|(i, r)| Arc::new(Active::new(i, "redis", r)))
             .collect();
         table.install(1, "db", "main", None, active);
         let seen = Arc::new(Seen::default());
@@ -774,6 +1040,7 @@ mod fast_path_tests {
     fn error_on(key: &str) -> Vec<Arc<Active>> {
         vec![Arc::new(Active::new(
             1,
+            "redis",
             ProxyRule {
                 action: ProxyAction::Error {
                     message: Some("injected".into()),

@@ -27,11 +27,12 @@ pub struct Active {
 }
 
 impl Active {
-    pub fn new(id: usize, rule: ProxyRule) -> Active {
+    /// `rule` for an interface of `protocol`, whose keys it compares its own way.
+    pub fn new(id: usize, protocol: &str, rule: ProxyRule) -> Active {
         let patterns = rule
             .matches
             .iter()
-            .map(|(k, p)| (k.clone(), Pattern::new(k, p)))
+            .map(|(k, p)| (k.clone(), Pattern::for_protocol(protocol, k, p)))
             .collect();
         Active {
             id,
@@ -233,8 +234,16 @@ mod tests {
     #[test]
     fn source_scopes_and_the_first_match_acts() {
         let r = Rules::new(1);
-        let any = Arc::new(Active::new(1, rule(&[("query", "select*")], 100.0)));
-        let only_api = Arc::new(Active::new(2, rule(&[("query", "INSERT*")], 100.0)));
+        let any = Arc::new(Active::new(
+            1,
+            "postgres",
+            rule(&[("query", "select*")], 100.0),
+        ));
+        let only_api = Arc::new(Active::new(
+            2,
+            "postgres",
+            rule(&[("query", "INSERT*")], 100.0),
+        ));
         r.install(10, "db", "main", None, vec![any.clone()]);
         r.install(11, "db", "main", Some("api"), vec![only_api.clone()]);
         assert_eq!(r.for_edge("worker", "db", "main").len(), 1);
@@ -264,7 +273,7 @@ mod tests {
         assert!(r
             .for_edge_cached("api", "db", "main", &mut cache)
             .is_empty());
-        let one = Arc::new(Active::new(1, rule(&[("query", "x*")], 100.0)));
+        let one = Arc::new(Active::new(1, "postgres", rule(&[("query", "x*")], 100.0)));
         r.install(10, "db", "main", None, vec![one]);
         assert_eq!(r.for_edge_cached("api", "db", "main", &mut cache).len(), 1);
         r.install(11, "db", "main", Some("worker"), vec![]);
@@ -284,7 +293,7 @@ mod tests {
     fn rolls_replay_per_edge() {
         let run = |seed| {
             let r = Rules::new(seed);
-            let half = vec![Arc::new(Active::new(1, rule(&[], 50.0)))];
+            let half = vec![Arc::new(Active::new(1, "postgres", rule(&[], 50.0)))];
             (0..64)
                 .map(|_| {
                     r.decide(("api", "db", "main"), &half, &Fields::new())

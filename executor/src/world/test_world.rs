@@ -1310,15 +1310,21 @@ impl World for TestWorld {
         rules: &[faultbox_spec::world::ProxyRule],
     ) -> Result<u64, WorldError> {
         let state = self.service(service)?;
-        if !state.decl.interfaces.iter().any(|i| i.name == interface) {
+        let Some(protocol) = state
+            .decl
+            .interfaces
+            .iter()
+            .find(|i| i.name == interface)
+            .map(|i| i.protocol.as_str())
+        else {
             return Err(WorldError(format!(
                 "service {service:?} has no interface {interface:?}"
             )));
-        }
+        };
         let mut actives = Vec::new();
         for rule in rules {
             let id = self.next.fetch_add(1, Ordering::SeqCst) as usize;
-            let active = Arc::new(Active::new(id, rule.clone()));
+            let active = Arc::new(Active::new(id, protocol, rule.clone()));
             self.reports
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
