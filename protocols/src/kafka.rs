@@ -28,19 +28,19 @@
 //!   relayed without match keys. A request larger than [`MAX_MESSAGE`] makes the
 //!   connection opaque; a larger response is counted but not read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
 
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsResponse, FetchRequest, FetchResponse, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader,
+    ApiKey, CreateTopicsResponse, FetchResponse, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message as _, StrBytes};
 use kafka_protocol::ResponseError;
 
-use crate::common::{fields, request, too_large, Framer, Inbox, Latched, Ledger};
-use crate::MAX_MESSAGE;
-use crate::{ActionKind, Answer, Code, Conversation, Fields, Opaque, Protocol, Reply, Request};
+use crate::common::{fields, request, too_large, Framer, Inbox, Latched};
+use crate::{ActionKind, Answer, Code, Conversation, Fields, Message, Opaque, Protocol, Reply};
+use crate::{Request, MAX_MESSAGE, MAX_PENDING};
 
 /// Kafka's wire protocol.
 pub struct Kafka;
@@ -96,7 +96,7 @@ pub fn topic_name(id: u128) -> Option<String> {
         .cloned()
 }
 
-/// A topic a request names: by name, or by id (Fetch v13+).
+/// A topic a Produce request writes: by name, or by id (Produce v13).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Topic {
     name: String,
@@ -115,13 +115,17 @@ impl Topic {
     }
 }
 
-/// What a request was, for reading its response and answering it.
+/// A request the server still owes a response, in request order.
 #[derive(Clone, Debug)]
 struct Pending {
     api: i16,
     version: i16,
     correlation: i32,
     kind: Kind,
+    /// Responses still to come (2 for a duplicated request).
+    expect: usize,
+    /// How many of them the client must not see (the duplicate's).
+    swallow: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -130,28 +134,27 @@ enum Kind {
         acks: i16,
         topics: Vec<Topic>,
     },
-    Fetch {
-        session: i32,
-        topics: Vec<Topic>,
-    },
+    /// Responses read whole: rules act on them by the topics they carry.
+    Fetch,
     /// Responses that name topic ids: Metadata, CreateTopics.
     Names,
     Other,
 }
 
+/// How many recent Fetch responses' versions are remembered for rules acting on
+/// them (the relay acts on a message right after it is framed).
+const RECENT: usize = 64;
+
 #[derive(Default)]
 struct KafkaConversation {
     client: Inbox,
     server: Inbox,
-    ledger: Ledger<Pending>,
-    /// Responses read or skipped that are not yet counted.
-    reading: Option<Reading>,
-}
-
-/// The response being received.
-enum Reading {
-    /// Its body is being skipped; counted once the skip ends.
-    Skipping,
+    pending: VecDeque<Pending>,
+    /// The response being skipped (not read whole), counted once its last byte
+    /// has passed: whether the client sees it.
+    skipping: Option<bool>,
+    /// Correlation id → version of recent Fetch responses.
+    recent: VecDeque<(i32, i16)>,
 }
 
 /// The size a frame announces, once its 4 bytes are in.
@@ -162,6 +165,231 @@ fn frame_size(data: &[u8]) -> Option<i32> {
 
 fn i16_at(b: &[u8], at: usize) -> i16 {
     i16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+impl KafkaConversation {
+    /// The pending request with correlation id `correlation`.
+    fn position(&self, request: &Request) -> Option<usize> {
+        let c: i32 = request.fields.get("correlation")?.parse().ok()?;
+        self.pending.iter().position(|p| p.correlation == c)
+    }
+}
+
+/// The next response the server owes has arrived: whether the client sees it, and
+/// what it answers.
+fn arrived(pending: &mut VecDeque<Pending>) -> (bool, Option<Pending>) {
+    {
+        let Some(front) = pending.front_mut() else {
+            // More responses than requests: the client's problem, relayed as is.
+            return (true, None);
+        };
+        front.expect -= 1;
+        // The first answer of a duplicated request goes to the client, the second
+        // is the copy's.
+        let forward = !(front.expect == 0 && front.swallow > 0);
+        if front.expect == 0 {
+            (forward, pending.pop_front())
+        } else {
+            (forward, Some(front.clone()))
+        }
+    }
+}
+
+impl KafkaConversation {
+    /// Frames the server's bytes into whole responses.
+    fn responses(&mut self, bytes: &[u8]) -> Result<Vec<Message>, Opaque> {
+        self.server.extend(bytes);
+        let mut out = Vec::new();
+        loop {
+            if self.server.skipping() {
+                return Ok(out);
+            }
+            if let Some(forward) = self.skipping.take() {
+                out.push(message(self.server.take(), Fields::new(), forward));
+            }
+            let data = self.server.data();
+            let Some(size) = frame_size(data) else {
+                return Ok(out);
+            };
+            if size < 4 {
+                return Err(Opaque(format!(
+                    "kafka: a response of {size} bytes is shorter than a response header"
+                )));
+            }
+            let size = size as usize;
+            let front = self.pending.front();
+            let reads = matches!(front.map(|p| &p.kind), Some(Kind::Names | Kind::Fetch));
+            let swallowed = front.is_some_and(|p| p.swallow > 0);
+            if (!reads && !swallowed) || size > MAX_MESSAGE {
+                // Not needed whole: counted once its last byte has passed.
+                let (forward, _) = arrived(&mut self.pending);
+                self.server.skip(4 + size);
+                self.skipping = Some(forward);
+                continue;
+            }
+            if data.len() < 4 + size {
+                return Ok(out);
+            }
+            let frame = &data[4..4 + size];
+            let (forward, p) = arrived(&mut self.pending);
+            if let Some(p) = &p {
+                if i32_at(frame, 0) != p.correlation {
+                    return Err(Opaque(format!(
+                        "kafka: a response to request {} came where request {} was owed",
+                        i32_at(frame, 0),
+                        p.correlation
+                    )));
+                }
+            }
+            let fields = match &p {
+                Some(p) => read_response(&mut self.recent, p, frame),
+                None => Fields::new(),
+            };
+            self.server.consume(4 + size);
+            out.push(message(self.server.take(), fields, forward));
+        }
+    }
+}
+
+/// Learns topic ids from a response that names them; a Fetch response's match
+/// fields (its version is kept in `recent`). A response that does not decode is
+/// only counted: the client, not the relay, deals with it.
+fn read_response(recent: &mut VecDeque<(i32, i16)>, p: &Pending, frame: &[u8]) -> Fields {
+    {
+        let Ok(key) = ApiKey::try_from(p.api) else {
+            return Fields::new();
+        };
+        let mut rest = frame;
+        if ResponseHeader::decode(&mut rest, key.response_header_version(p.version)).is_err() {
+            return Fields::new();
+        }
+        match key {
+            ApiKey::Metadata if MetadataResponse::VERSIONS.contains(p.version) => {
+                if let Ok(r) = MetadataResponse::decode(&mut rest, p.version) {
+                    for t in &r.topics {
+                        if let Some(name) = &t.name {
+                            learn_topic(t.topic_id.as_u128(), name.0.as_str());
+                        }
+                    }
+                }
+            }
+            ApiKey::CreateTopics if CreateTopicsResponse::VERSIONS.contains(p.version) => {
+                if let Ok(r) = CreateTopicsResponse::decode(&mut rest, p.version) {
+                    for t in &r.topics {
+                        learn_topic(t.topic_id.as_u128(), t.name.0.as_str());
+                    }
+                }
+            }
+            ApiKey::Fetch if FetchResponse::VERSIONS.contains(p.version) => {
+                if let Ok(r) = FetchResponse::decode(&mut rest, p.version) {
+                    if recent.len() >= RECENT {
+                        recent.pop_front();
+                    }
+                    recent.push_back((p.correlation, p.version));
+                    return fetch_fields(&r, p.correlation);
+                }
+            }
+            _ => {}
+        }
+        Fields::new()
+    }
+}
+
+impl KafkaConversation {
+    /// A Fetch response rules act on, decoded, with its version.
+    fn fetch_response(&self, bytes: &[u8]) -> Result<(i32, i16, FetchResponse), String> {
+        let frame = bytes.get(4..).ok_or("not a Kafka response")?;
+        if frame.len() < 4 {
+            return Err("not a Kafka response".into());
+        }
+        let correlation = i32_at(frame, 0);
+        let version = self
+            .recent
+            .iter()
+            .find(|(c, _)| *c == correlation)
+            .map(|(_, v)| *v)
+            .ok_or("not a Fetch response this connection read")?;
+        let mut rest = frame;
+        ResponseHeader::decode(&mut rest, FetchResponse::header_version(version))
+            .map_err(|e| e.to_string())?;
+        let r = FetchResponse::decode(&mut rest, version).map_err(|e| e.to_string())?;
+        Ok((correlation, version, r))
+    }
+
+    /// Rewrites the partitions of topic `topic` in Fetch response `bytes` with `f`.
+    fn rewrite_fetch(
+        &self,
+        m: &Message,
+        bytes: &[u8],
+        f: &mut dyn FnMut(
+            &mut kafka_protocol::messages::fetch_response::PartitionData,
+        ) -> Result<(), String>,
+    ) -> Result<Vec<u8>, String> {
+        let topic = m
+            .fields
+            .get("topic")
+            .ok_or("a Fetch response with no topic")?;
+        let (correlation, version, mut r) = self.fetch_response(bytes)?;
+        for t in &mut r.responses {
+            let name = if t.topic.0.is_empty() {
+                topic_name(t.topic_id.as_u128())
+            } else {
+                Some(t.topic.0.to_string())
+            };
+            if name.as_deref() != Some(topic.as_str()) {
+                continue;
+            }
+            for p in &mut t.partitions {
+                f(p)?;
+            }
+        }
+        frame(correlation, version, &r)
+    }
+}
+
+fn message(len: usize, fields: Fields, forward: bool) -> Message {
+    Message {
+        len,
+        matchable: fields.contains_key("topic"),
+        fields,
+        responses: 1,
+        forward,
+    }
+}
+
+/// A Fetch response's match fields: `api`, and the first topic that carries
+/// records (else the first topic) by name.
+fn fetch_fields(r: &FetchResponse, correlation: i32) -> Fields {
+    let name = |t: &kafka_protocol::messages::fetch_response::FetchableTopicResponse| {
+        if t.topic.0.is_empty() {
+            topic_name(t.topic_id.as_u128())
+        } else {
+            Some(t.topic.0.to_string())
+        }
+    };
+    let carries = |t: &&kafka_protocol::messages::fetch_response::FetchableTopicResponse| {
+        t.partitions
+            .iter()
+            .any(|p| p.records.as_ref().is_some_and(|r| !r.is_empty()))
+    };
+    let topic = r
+        .responses
+        .iter()
+        .filter(carries)
+        .find_map(name)
+        .or_else(|| r.responses.iter().find_map(name));
+    match topic {
+        Some(t) => fields([
+            ("api", "fetch".to_string()),
+            ("topic", t),
+            ("correlation", correlation.to_string()),
+        ]),
+        None => Fields::new(),
+    }
 }
 
 impl Framer for KafkaConversation {
@@ -189,56 +417,20 @@ impl Framer for KafkaConversation {
             self.client.consume(4 + size);
             let len = self.client.take();
             let matchable = fields.contains_key("topic");
-            let req = request(len, fields, matchable, replies);
             if replies > 0 {
-                self.ledger.push(&req, pending)?;
+                if self.pending.len() >= MAX_PENDING {
+                    return Err(Opaque(format!(
+                        "more than {MAX_PENDING} requests await responses"
+                    )));
+                }
+                self.pending.push_back(pending);
             }
-            out.push(req);
+            out.push(request(len, fields, matchable, replies));
         }
     }
 
     fn server(&mut self, bytes: &[u8]) -> Result<usize, Opaque> {
-        self.server.extend(bytes);
-        let mut done = 0;
-        loop {
-            if self.server.skipping() {
-                return Ok(done);
-            }
-            if let Some(Reading::Skipping) = self.reading.take() {
-                self.ledger.complete();
-                self.server.take();
-                done += 1;
-            }
-            let data = self.server.data();
-            let Some(size) = frame_size(data) else {
-                return Ok(done);
-            };
-            if size < 4 {
-                return Err(Opaque(format!(
-                    "kafka: a response of {size} bytes is shorter than a response header"
-                )));
-            }
-            let size = size as usize;
-            let reads = matches!(
-                self.ledger.front().map(|p| &p.kind),
-                Some(Kind::Names | Kind::Fetch { .. })
-            );
-            if !reads || size > MAX_MESSAGE {
-                // Not needed whole: counted once its last byte has passed.
-                self.server.skip(4 + size);
-                self.reading = Some(Reading::Skipping);
-                continue;
-            }
-            if data.len() < 4 + size {
-                return Ok(done);
-            }
-            if let Some(p) = self.ledger.complete() {
-                read_response(&p, &data[4..4 + size]);
-            }
-            self.server.consume(4 + size);
-            self.server.take();
-            done += 1;
-        }
+        Ok(self.responses(bytes)?.len())
     }
 
     fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String> {
@@ -246,27 +438,134 @@ impl Framer for KafkaConversation {
             return Err("kafka answers only with error()".into());
         };
         let code = error_code(status.as_ref(), message.as_deref())?;
-        let Some(entry) = self.ledger.find(request) else {
-            // A Produce with acks=0 is never in the ledger: a broker answers nothing.
+        let Some(i) = self.position(request) else {
+            // A Produce with acks=0 is never pending: a broker answers nothing.
             return Ok(Reply { bytes: Vec::new() });
         };
-        let p = entry.kind.clone();
-        let bytes = error_response(&p, code, message.as_deref())?;
-        self.ledger.answered(request);
+        let bytes = produce_response(&self.pending[i], code, message.as_deref())?;
+        self.pending.remove(i);
         Ok(Reply { bytes })
     }
+
+    fn frames_server(&self) -> bool {
+        true
+    }
+
+    fn server_messages(&mut self, bytes: &[u8]) -> Result<Vec<Message>, Opaque> {
+        self.responses(bytes)
+    }
+
+    /// A dropped Produce is answered with success: the record is lost for good,
+    /// and the producer never knows.
+    fn drop_request(&mut self, request: &Request) -> Option<Reply> {
+        let Some(i) = self.position(request) else {
+            return Some(Reply { bytes: Vec::new() });
+        };
+        let bytes = produce_response(&self.pending[i], 0, None).ok()?;
+        self.pending.remove(i);
+        Some(Reply { bytes })
+    }
+
+    /// A duplicated Produce goes to the broker twice; the second response is the
+    /// relay's to swallow, so the producer sees one answer.
+    fn duplicate_request(&mut self, request: &Request, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        if let Some(i) = self.position(request) {
+            let p = &mut self.pending[i];
+            p.expect += 1;
+            p.swallow += 1;
+        }
+        Ok([bytes, bytes].concat())
+    }
+
+    /// A dropped Fetch response loses the topic's records for this consumer for
+    /// good: each record batch becomes an empty batch spanning the same offsets, so
+    /// the consumer moves past them (and commits past them) as it does past records
+    /// a compaction removed.
+    fn drop_message(&mut self, m: &Message, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        self.rewrite_fetch(m, bytes, &mut |p| {
+            if let Some(records) = &p.records {
+                p.records = Some(emptied(records)?.into());
+            }
+            Ok(())
+        })
+    }
+
+    /// A duplicated Fetch response carries the topic's record batches twice.
+    fn duplicate_message(&mut self, m: &Message, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        self.rewrite_fetch(m, bytes, &mut |p| {
+            if let Some(records) = &p.records {
+                p.records = Some([&records[..], &records[..]].concat().into());
+            }
+            Ok(())
+        })
+    }
+
+    /// An error on a Fetch response: the topic's partitions carry the code and no
+    /// records.
+    fn answer_message(
+        &mut self,
+        m: &Message,
+        bytes: &[u8],
+        answer: &Answer,
+    ) -> Result<Vec<u8>, String> {
+        let Answer::Error { message, status } = answer else {
+            return Err("kafka answers only with error()".into());
+        };
+        let code = error_code(status.as_ref(), message.as_deref())?;
+        self.rewrite_fetch(m, bytes, &mut |p| {
+            p.error_code = code;
+            p.records = Some(Default::default());
+            Ok(())
+        })
+    }
+}
+
+/// The bytes of record batches (format v2) with every record taken out: each
+/// batch keeps its base offset, last offset delta and producer fields, so a
+/// consumer's position moves past it.
+fn emptied(records: &[u8]) -> Result<Vec<u8>, String> {
+    /// Bytes of a v2 batch header, up to and including the record count.
+    const HEADER: usize = 61;
+    let mut out = Vec::with_capacity(records.len().min(4096));
+    let mut at = 0;
+    while at + 12 <= records.len() {
+        let len = i32_at(records, at + 8);
+        if len < 0 {
+            return Err("a record batch with a negative length".into());
+        }
+        let end = at + 12 + len as usize;
+        if end > records.len() {
+            // A partial batch at the end (the broker cut it at the size limit): the
+            // consumer ignores it, so does the rewrite.
+            break;
+        }
+        let batch = &records[at..end];
+        if batch.len() < HEADER || batch[16] != 2 {
+            return Err("records older than format v2 cannot be emptied".into());
+        }
+        let mut b = batch[..HEADER].to_vec();
+        b[8..12].copy_from_slice(&((HEADER - 12) as i32).to_be_bytes());
+        b[57..61].copy_from_slice(&0i32.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        out.extend_from_slice(&b);
+        at = end;
+    }
+    Ok(out)
 }
 
 /// A request's match fields, how many responses it gets, and what to remember.
 fn parse_request(frame: &[u8]) -> Result<(Fields, usize, Pending), Opaque> {
     let api = i16_at(frame, 0);
     let version = i16_at(frame, 2);
-    let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let correlation = i32_at(frame, 4);
     let mut pending = Pending {
         api,
         version,
         correlation,
         kind: Kind::Other,
+        expect: 1,
+        swallow: 0,
     };
     let Ok(key) = ApiKey::try_from(api) else {
         // An API this crate does not know: relayed, one response expected.
@@ -288,7 +587,13 @@ fn parse_request(frame: &[u8]) -> Result<(Fields, usize, Pending), Opaque> {
                     partitions: t.partition_data.iter().map(|p| p.index).collect(),
                 })
                 .collect();
-            f = topic_fields("produce", &topics);
+            if let Some(t) = topics.iter().find_map(Topic::resolved) {
+                f = fields([
+                    ("api", "produce".to_string()),
+                    ("topic", t),
+                    ("correlation", correlation.to_string()),
+                ]);
+            }
             if r.acks == 0 {
                 replies = 0;
             }
@@ -297,25 +602,7 @@ fn parse_request(frame: &[u8]) -> Result<(Fields, usize, Pending), Opaque> {
                 topics,
             };
         }
-        ApiKey::Fetch if FetchRequest::VERSIONS.contains(version) => {
-            let body = body(frame, key, version)?;
-            let r = FetchRequest::decode(&mut &body[..], version)
-                .map_err(|e| bad("a Fetch", version, e))?;
-            let topics: Vec<Topic> = r
-                .topics
-                .iter()
-                .map(|t| Topic {
-                    name: t.topic.0.to_string(),
-                    id: t.topic_id.as_u128(),
-                    partitions: t.partitions.iter().map(|p| p.partition).collect(),
-                })
-                .collect();
-            f = topic_fields("fetch", &topics);
-            pending.kind = Kind::Fetch {
-                session: r.session_id,
-                topics,
-            };
-        }
+        ApiKey::Fetch => pending.kind = Kind::Fetch,
         ApiKey::Metadata | ApiKey::CreateTopics => pending.kind = Kind::Names,
         _ => {}
     }
@@ -344,45 +631,6 @@ fn body(frame: &[u8], key: ApiKey, version: i16) -> Result<&[u8], Opaque> {
     RequestHeader::decode(&mut rest, key.request_header_version(version))
         .map_err(|e| Opaque(format!("kafka: a request header does not decode: {e}")))?;
     Ok(rest)
-}
-
-/// `api` and the first topic with a known name.
-fn topic_fields(api: &str, topics: &[Topic]) -> Fields {
-    match topics.iter().find_map(Topic::resolved) {
-        Some(t) => fields([("api", api.to_string()), ("topic", t)]),
-        None => fields([("api", api.to_string())]),
-    }
-}
-
-/// Learns topic ids from a response that names them. A response that does not
-/// decode is only counted: the client, not the relay, deals with it.
-fn read_response(p: &Pending, frame: &[u8]) {
-    let Ok(key) = ApiKey::try_from(p.api) else {
-        return;
-    };
-    let mut rest = frame;
-    if ResponseHeader::decode(&mut rest, key.response_header_version(p.version)).is_err() {
-        return;
-    }
-    match key {
-        ApiKey::Metadata if MetadataResponse::VERSIONS.contains(p.version) => {
-            if let Ok(r) = MetadataResponse::decode(&mut rest, p.version) {
-                for t in &r.topics {
-                    if let Some(name) = &t.name {
-                        learn_topic(t.topic_id.as_u128(), name.0.as_str());
-                    }
-                }
-            }
-        }
-        ApiKey::CreateTopics if CreateTopicsResponse::VERSIONS.contains(p.version) => {
-            if let Ok(r) = CreateTopicsResponse::decode(&mut rest, p.version) {
-                for t in &r.topics {
-                    learn_topic(t.topic_id.as_u128(), t.name.0.as_str());
-                }
-            }
-        }
-        _ => {}
-    }
 }
 
 /// A Kafka error name (`NOT_ENOUGH_REPLICAS`) for `code`, if it has one.
@@ -451,74 +699,42 @@ fn frame<R: Encodable + HeaderVersion>(
     Ok(buf)
 }
 
-/// The response a broker failing `p` with `code` sends.
-fn error_response(p: &Pending, code: i16, message: Option<&str>) -> Result<Vec<u8>, String> {
-    use kafka_protocol::messages::{fetch_response, produce_response, TopicName};
-    match &p.kind {
-        Kind::Produce { acks: 0, .. } => Ok(Vec::new()),
-        Kind::Produce { topics, .. } => {
-            let responses = topics
-                .iter()
-                .map(|t| {
-                    produce_response::TopicProduceResponse::default()
-                        .with_name(TopicName(StrBytes::from_string(t.name.clone())))
-                        .with_topic_id(uuid_of(t.id))
-                        .with_partition_responses(
-                            t.partitions
-                                .iter()
-                                .map(|&i| {
-                                    produce_response::PartitionProduceResponse::default()
-                                        .with_index(i)
-                                        .with_error_code(code)
-                                        .with_base_offset(-1)
-                                        .with_log_append_time_ms(-1)
-                                        .with_log_start_offset(-1)
-                                        .with_error_message(
-                                            message.map(|m| StrBytes::from_string(m.into())),
-                                        )
-                                })
-                                .collect(),
-                        )
-                })
-                .collect();
-            let body = ProduceResponse::default().with_responses(responses);
-            frame(p.correlation, p.version, &body)
-        }
-        Kind::Fetch { session, topics } => {
-            let responses: Vec<_> = topics
-                .iter()
-                .map(|t| {
-                    fetch_response::FetchableTopicResponse::default()
-                        .with_topic(TopicName(StrBytes::from_string(t.name.clone())))
-                        .with_topic_id(uuid_of(t.id))
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|&i| {
-                                    fetch_response::PartitionData::default()
-                                        .with_partition_index(i)
-                                        .with_error_code(code)
-                                        .with_high_watermark(-1)
-                                        .with_last_stable_offset(-1)
-                                        .with_log_start_offset(-1)
-                                        .with_records(Some(Default::default()))
-                                })
-                                .collect(),
-                        )
-                })
-                .collect();
-            // A Fetch naming no partition (a session's follow-up) fails as a whole.
-            let top = if responses.is_empty() { code } else { 0 };
-            let body = FetchResponse::default()
-                .with_error_code(top)
-                .with_session_id(*session)
-                .with_responses(responses);
-            frame(p.correlation, p.version, &body)
-        }
-        Kind::Names | Kind::Other => {
-            Err("kafka rules act on Produce and Fetch requests only".into())
-        }
+/// The response a broker gives Produce `p` with `code` on every partition it
+/// wrote (0: success, offsets unknown).
+fn produce_response(p: &Pending, code: i16, message: Option<&str>) -> Result<Vec<u8>, String> {
+    use kafka_protocol::messages::{produce_response, TopicName};
+    let Kind::Produce { acks, topics } = &p.kind else {
+        return Err("kafka rules act on Produce requests and Fetch responses only".into());
+    };
+    if *acks == 0 {
+        return Ok(Vec::new());
     }
+    let responses = topics
+        .iter()
+        .map(|t| {
+            produce_response::TopicProduceResponse::default()
+                .with_name(TopicName(StrBytes::from_string(t.name.clone())))
+                .with_topic_id(uuid_of(t.id))
+                .with_partition_responses(
+                    t.partitions
+                        .iter()
+                        .map(|&i| {
+                            produce_response::PartitionProduceResponse::default()
+                                .with_index(i)
+                                .with_error_code(code)
+                                .with_base_offset(-1)
+                                .with_log_append_time_ms(-1)
+                                .with_log_start_offset(-1)
+                                .with_error_message(
+                                    message.map(|m| StrBytes::from_string(m.into())),
+                                )
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    let body = ProduceResponse::default().with_responses(responses);
+    frame(p.correlation, p.version, &body)
 }
 
 fn uuid_of(id: u128) -> uuid::Uuid {
