@@ -740,3 +740,290 @@ fn produce_response(p: &Pending, code: i16, message: Option<&str>) -> Result<Vec
 fn uuid_of(id: u128) -> uuid::Uuid {
     uuid::Uuid::from_u128(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{check_cuts, play_whole, Dir};
+    use kafka_protocol::messages::{fetch_response, metadata_response, produce_request};
+    use kafka_protocol::messages::{FetchRequest, MetadataRequest, TopicName};
+    use kafka_protocol::protocol::Request as KafkaRequest;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType,
+    };
+
+    fn name(s: &str) -> TopicName {
+        TopicName(StrBytes::from_string(s.into()))
+    }
+
+    /// A request frame as a client sends it.
+    fn req<R: KafkaRequest>(r: &R, version: i16, correlation: i32) -> Vec<u8> {
+        let mut buf = vec![0u8; 4];
+        RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation)
+            .with_client_id(Some(StrBytes::from_string("t".into())))
+            .encode(&mut buf, R::header_version(version))
+            .unwrap();
+        r.encode(&mut buf, version).unwrap();
+        let n = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&n.to_be_bytes());
+        buf
+    }
+
+    fn records(values: &[&str], base: i64) -> Vec<u8> {
+        let recs: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: base + i as i64,
+                sequence: -1,
+                timestamp: 1,
+                key: None,
+                value: Some(v.as_bytes().to_vec().into()),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.to_vec()
+    }
+
+    fn produce(topic: &str, acks: i16, version: i16, correlation: i32) -> Vec<u8> {
+        let r = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(name(topic))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(records(&["v"], 0).into())),
+                ])]);
+        req(&r, version, correlation)
+    }
+
+    fn fetch_response(topic: &str, id: u128, values: &[&str], version: i16, c: i32) -> Vec<u8> {
+        let r = FetchResponse::default().with_responses(vec![
+            fetch_response::FetchableTopicResponse::default()
+                .with_topic(name(if version >= 13 { "" } else { topic }))
+                .with_topic_id(uuid_of(id))
+                .with_partitions(vec![fetch_response::PartitionData::default()
+                    .with_partition_index(0)
+                    .with_high_watermark(values.len() as i64)
+                    .with_records(Some(records(values, 0).into()))]),
+        ]);
+        frame(c, version, &r).unwrap()
+    }
+
+    fn fetch_request(version: i16, c: i32) -> Vec<u8> {
+        req(&FetchRequest::default(), version, c)
+    }
+
+    #[test]
+    fn produce_versions_match_by_topic_and_count_responses() {
+        for version in [3, 7, 8, 9, 10, 11] {
+            let ok = frame(2, version, &ProduceResponse::default()).unwrap();
+            let script = vec![
+                (
+                    Dir::C,
+                    [
+                        produce("orders", -1, version, 2),
+                        produce("x", 0, version, 3),
+                    ]
+                    .concat(),
+                ),
+                (Dir::S, ok),
+            ];
+            let out = check_cuts(&super::Kafka, &script);
+            assert_eq!(out.requests.len(), 2, "v{version}");
+            assert_eq!(out.requests[0].fields["topic"], "orders");
+            assert_eq!(out.requests[0].fields["api"], "produce");
+            assert_eq!(out.requests[0].replies, 1);
+            // acks=0: the broker sends nothing back.
+            assert_eq!(out.requests[1].replies, 0);
+            assert_eq!(out.responses, vec![1]);
+        }
+    }
+
+    #[test]
+    fn fetch_responses_name_their_topic_by_id_too() {
+        let id = 0x1234_5678_9abc_def0_u128 << 3;
+        // A Metadata response teaches the id; Fetch v16 then carries only the id.
+        let md = MetadataResponse::default().with_topics(vec![
+            metadata_response::MetadataResponseTopic::default()
+                .with_name(Some(name("orders.v16")))
+                .with_topic_id(uuid_of(id)),
+        ]);
+        let mut conv = super::Kafka.conversation();
+        conv.client(&req(&MetadataRequest::default(), 12, 1))
+            .unwrap();
+        let m = conv.server_messages(&frame(1, 12, &md).unwrap()).unwrap();
+        assert_eq!(m.len(), 1);
+        assert!(!m[0].matchable);
+        conv.client(&fetch_request(16, 2)).unwrap();
+        let bytes = fetch_response("orders.v16", id, &["a", "b"], 16, 2);
+        let m = conv.server_messages(&bytes).unwrap();
+        assert_eq!(m.len(), 1);
+        assert!(m[0].matchable);
+        assert_eq!(m[0].fields["topic"], "orders.v16");
+        assert_eq!(m[0].fields["api"], "fetch");
+        assert_eq!(m[0].len, bytes.len());
+    }
+
+    /// The records of the single partition of a Fetch response frame.
+    fn partition(bytes: &[u8], version: i16) -> fetch_response::PartitionData {
+        let mut rest = &bytes[4..];
+        ResponseHeader::decode(&mut rest, FetchResponse::header_version(version)).unwrap();
+        let r = FetchResponse::decode(&mut rest, version).unwrap();
+        r.responses[0].partitions[0].clone()
+    }
+
+    #[test]
+    fn fetch_drop_duplicate_and_error_rewrite_the_topic() {
+        let mut conv = super::Kafka.conversation();
+        conv.client(&fetch_request(12, 7)).unwrap();
+        let bytes = fetch_response("orders", 0, &["a", "b"], 12, 7);
+        let m = conv.server_messages(&bytes).unwrap().remove(0);
+
+        let dropped = conv.drop_message(&m, &bytes).unwrap();
+        let p = partition(&dropped, 12);
+        let mut recs = p.records.unwrap();
+        let set = RecordBatchDecoder::decode(&mut recs).unwrap();
+        assert!(set.records.is_empty(), "the batch is emptied");
+        // The batches still span offsets 0..=1, so the consumer moves to 2.
+        let raw = p_records(&dropped);
+        let (mut at, mut next) = (0, 0);
+        while at < raw.len() {
+            let base = i64::from_be_bytes(raw[at..at + 8].try_into().unwrap());
+            next = base + i64::from(i32_at(&raw, at + 23)) + 1;
+            assert_eq!(i32_at(&raw, at + 57), 0, "no records");
+            at += 12 + i32_at(&raw, at + 8) as usize;
+        }
+        assert_eq!(next, 2);
+
+        let twice = conv.duplicate_message(&m, &bytes).unwrap();
+        let mut recs = partition(&twice, 12).records.unwrap();
+        let all = RecordBatchDecoder::decode_all(&mut recs).unwrap();
+        let values: Vec<_> = all
+            .iter()
+            .flat_map(|s| s.records.iter().map(|r| r.value.clone().unwrap()))
+            .collect();
+        assert_eq!(values, ["a", "b", "a", "b"].map(|v| bytes::Bytes::from(v)));
+
+        let e = Answer::Error {
+            message: Some("NOT_LEADER_OR_FOLLOWER".into()),
+            status: None,
+        };
+        let failed = conv.answer_message(&m, &bytes, &e).unwrap();
+        let p = partition(&failed, 12);
+        assert_eq!(p.error_code, 6);
+        assert!(p.records.unwrap().is_empty());
+    }
+
+    fn p_records(bytes: &[u8]) -> Vec<u8> {
+        partition(bytes, 12).records.unwrap().to_vec()
+    }
+
+    #[test]
+    fn produce_answers_carry_the_requests_correlation_and_code() {
+        let mut conv = super::Kafka.conversation();
+        // Two equal requests but for their correlation id: each answer is its own.
+        let reqs = conv
+            .client(&[produce("o", -1, 9, 41), produce("o", -1, 9, 42)].concat())
+            .unwrap();
+        let e = Answer::Error {
+            message: None,
+            status: Some(Code::Text("not_enough_replicas".into())),
+        };
+        let reply = conv.answer(&reqs[1], &e).unwrap();
+        let mut rest = &reply.bytes[4..];
+        let h = ResponseHeader::decode(&mut rest, ProduceResponse::header_version(9)).unwrap();
+        assert_eq!(h.correlation_id, 42);
+        let r = ProduceResponse::decode(&mut rest, 9).unwrap();
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 19);
+        // Dropped: a success; the server now owes only the first.
+        let reply = conv.drop_request(&reqs[0]).unwrap();
+        let mut rest = &reply.bytes[4..];
+        let h = ResponseHeader::decode(&mut rest, ProduceResponse::header_version(9)).unwrap();
+        assert_eq!(h.correlation_id, 41);
+        let r = ProduceResponse::decode(&mut rest, 9).unwrap();
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+
+    #[test]
+    fn a_duplicate_s_second_answer_is_swallowed() {
+        let mut conv = super::Kafka.conversation();
+        let bytes = produce("o", -1, 9, 5);
+        let r = conv.client(&bytes).unwrap().remove(0);
+        let twice = conv.duplicate_request(&r, &bytes).unwrap();
+        assert_eq!(twice, [&bytes[..], &bytes[..]].concat());
+        let ok = frame(5, 9, &ProduceResponse::default()).unwrap();
+        let m = conv.server_messages(&[&ok[..], &ok[..]].concat()).unwrap();
+        assert_eq!(
+            m.iter().map(|m| m.forward).collect::<Vec<_>>(),
+            [true, false]
+        );
+    }
+
+    #[test]
+    fn error_codes_by_number_name_and_message() {
+        assert_eq!(error_code(None, Some("LEADER_NOT_AVAILABLE")), Ok(5));
+        assert_eq!(error_code(None, Some("disk on fire")), Ok(-1));
+        assert_eq!(error_code(None, None), Ok(-1));
+        assert_eq!(error_code(Some(&Code::Number(19)), Some("x")), Ok(19));
+        assert_eq!(
+            error_code(Some(&Code::Text("NOT_ENOUGH_REPLICAS".into())), None),
+            Ok(19)
+        );
+        assert!(error_code(Some(&Code::Number(0)), None).is_err());
+        assert!(error_code(Some(&Code::Number(40000)), None).is_err());
+        assert!(error_code(Some(&Code::Text("NOPE".into())), None).is_err());
+        assert_eq!(error_name(19).as_deref(), Some("NOT_ENOUGH_REPLICAS"));
+        assert_eq!(error_name(-1).as_deref(), Some("UNKNOWN_SERVER_ERROR"));
+    }
+
+    #[test]
+    fn bad_frames_go_opaque_with_a_reason() {
+        let short = play_whole(&super::Kafka, &[(Dir::C, vec![0, 0, 0, 2, 0, 0])]);
+        assert!(short
+            .unwrap_err()
+            .0
+            .contains("shorter than a request header"));
+        let huge = play_whole(&super::Kafka, &[(Dir::C, vec![0x7f, 0xff, 0xff, 0xff])]);
+        assert!(huge.unwrap_err().0.contains("larger than"));
+        // A Produce whose body is cut short inside its frame.
+        let mut p = produce("orders", -1, 9, 1);
+        p.truncate(p.len() - 10);
+        let n = (p.len() - 4) as i32;
+        p[..4].copy_from_slice(&n.to_be_bytes());
+        let bad = play_whole(&super::Kafka, &[(Dir::C, p)]);
+        assert!(bad.unwrap_err().0.contains("does not decode"), "named");
+        // A response for a request that was never sent.
+        let mut conv = super::Kafka.conversation();
+        conv.client(&fetch_request(12, 1)).unwrap();
+        let wrong = fetch_response("t", 0, &["a"], 12, 99);
+        assert!(conv
+            .server_messages(&wrong)
+            .unwrap_err()
+            .0
+            .contains("request 99"));
+    }
+}
