@@ -12,7 +12,7 @@
 //!
 //! With `:rule`, the edge gets a rule of its protocol that matches none of the
 //! benchmark's requests (`delay(path="/nomatch")`, `error(command="GET",
-//! key="nomatch*")`, `error(query="nomatch*")`), so every request is framed, held
+//! key="nomatch*")`, `error(query="nomatch*")`, `error(topic="nomatch*")`), so every request is framed, held
 //! until whole, and matched. Prints `ready` once listening; on SIGTERM or SIGINT,
 //! prints a summary line per edge to stderr and exits. A rule that fired or a
 //! connection that went opaque is reported on stderr at once: the script treats
@@ -93,6 +93,7 @@ fn nonmatching(protocol: &str) -> ProxyRule {
         ),
         "redis" => (error, m(&[("command", "GET"), ("key", "nomatch*")])),
         "postgres" => (error, m(&[("query", "nomatch*")])),
+        "kafka" => (error, m(&[("topic", "nomatch*")])),
         other => {
             eprintln!("relay_bench: no benchmark rule for protocol {other:?}");
             std::process::exit(2)
@@ -175,7 +176,7 @@ fn main() {
         if s.rule {
             let rule = nonmatching(&s.protocol);
             eprintln!("relay_bench: {service}: rule {rule}");
-            let active = Arc::new(Active::new(i + 1, rule));
+            let active = Arc::new(Active::new(i + 1, &s.protocol, rule));
             rules.install(1000 + i as u64, &service, "main", None, vec![active]);
         }
         let edge = Edge {

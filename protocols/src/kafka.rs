@@ -546,6 +546,8 @@ fn emptied(records: &[u8]) -> Result<Vec<u8>, String> {
         let mut b = batch[..HEADER].to_vec();
         b[8..12].copy_from_slice(&((HEADER - 12) as i32).to_be_bytes());
         b[57..61].copy_from_slice(&0i32.to_be_bytes());
+        // Nothing left to decompress: the codec bits go too.
+        b[22] &= !0x07;
         let crc = crc32c::crc32c(&b[21..]);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         out.extend_from_slice(&b);
