@@ -1,8 +1,9 @@
 //! Protocol-level faults against real servers (PostgreSQL, MariaDB, Redis, memcached
 //! from Debian; the Kafka-compatible broker tansu) run as Faultbox services, and a
-//! system under test with real Python drivers that sees every fault itself. The specs in `specs/protocols/` carry the
-//! assertions; these tests run them, check nothing is left behind, and check that a
-//! seed replays the relays' probabilistic decisions.
+//! system under test with real Python drivers that sees every fault itself. The
+//! specs in `specs/protocols/` carry the assertions; these tests run them, check
+//! nothing is left behind, and check that a seed replays the relays' probabilistic
+//! decisions.
 
 mod common;
 

@@ -928,7 +928,7 @@ mod tests {
             .iter()
             .flat_map(|s| s.records.iter().map(|r| r.value.clone().unwrap()))
             .collect();
-        assert_eq!(values, ["a", "b", "a", "b"].map(|v| bytes::Bytes::from(v)));
+        assert_eq!(values, ["a", "b", "a", "b"].map(bytes::Bytes::from));
 
         let e = Answer::Error {
             message: Some("NOT_LEADER_OR_FOLLOWER".into()),
