@@ -16,7 +16,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 boot, topic, n_lat, n_tp = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-AdminClient({"bootstrap.servers": boot}).create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
+admin = AdminClient({"bootstrap.servers": boot})
+admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
 value = b"x" * 100
 
 p = Producer({"bootstrap.servers": boot, "linger.ms": 0, "acks": "all", "enable.idempotence": False})
@@ -45,14 +46,20 @@ c = Consumer({"bootstrap.servers": boot, "group.id": "bench-" + topic, "enable.a
               "fetch.wait.max.ms": 10})
 c.assign([TopicPartition(topic, 0, 0)])
 got = 0
-t = None
+first = None  # (time, count) when the first records came
+last = None
 deadline = time.time() + 60
 while got < total and time.time() < deadline:
-    msgs = c.consume(1000, 1.0)
-    if msgs and t is None:
-        t = time.perf_counter()
-    got += sum(1 for m in msgs if m.error() is None)
-consume_per_s = (got - 1000) / (time.perf_counter() - t) if got > 1000 else 0
+    msgs = c.consume(1000, 0.5)
+    n = sum(1 for m in msgs if m.error() is None)
+    if n == 0:
+        continue
+    got += n
+    now = time.perf_counter()
+    if first is None:
+        first = (now, got)
+    last = now
+consume_per_s = (got - first[1]) / (last - first[0]) if first and last > first[0] else 0
 c.close()
 print(json.dumps({
     "produce_p50_us": lat[len(lat) // 2],
