@@ -7,6 +7,7 @@
 #                                   $FAULTBOX_IMAGE_CACHE (/var/cache/faultbox/images)
 # - faultbox-test/postgres:15       Debian's postgresql-15 on that base
 # - faultbox-test/redis:7           Debian's redis-server on that base
+# - faultbox-test/nats:2.9          Debian's nats-server on that base
 # - faultbox-test/examples:latest   FROM scratch: the inventory and orders examples,
 #                                   linked statically
 # Definitions are in scripts/images/. No image registry is used: nothing is pulled.
@@ -168,6 +169,7 @@ build_on_base() {
 }
 build_on_base faultbox-test/postgres:15 scripts/images/postgres
 build_on_base faultbox-test/redis:7 scripts/images/redis
+build_on_base faultbox-test/nats:2.9 scripts/images/nats
 
 # --- the examples, statically linked ----------------------------------------------
 build_examples() {

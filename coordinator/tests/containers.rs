@@ -68,6 +68,14 @@ fn a_container_service_takes_the_same_faults_as_a_binary() {
 }
 
 #[test]
+fn a_nats_container_takes_message_faults_as_a_binary_does() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = faultbox(&["test", &spec("nats"), "--format", "json"]);
+    assert_eq!(passing(&out).len(), 2, "{}", out.stdout);
+    assert!(common::processes_with("nats_sut.py").is_empty());
+}
+
+#[test]
 fn an_image_that_is_not_there_is_one_clear_error() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let out = faultbox(&["test", &spec("missing"), "--format", "json"]);

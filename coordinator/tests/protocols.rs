@@ -1,9 +1,9 @@
 //! Protocol-level faults against real servers (PostgreSQL, MariaDB, Redis, memcached
-//! from Debian; the Kafka-compatible broker tansu) run as Faultbox services, and a
-//! system under test with real Python drivers that sees every fault itself. The
-//! specs in `specs/protocols/` carry the assertions; these tests run them, check
-//! nothing is left behind, and check that a seed replays the relays' probabilistic
-//! decisions.
+//! from Debian; nx-27017, a MongoDB-wire server from PyPI; the Kafka-compatible broker
+//! tansu) run as Faultbox services, and a system under test with real Python drivers
+//! that sees every fault itself. The specs in `specs/protocols/` carry the
+//! assertions; these tests run them, check nothing is left behind, and check that a
+//! seed replays the relays' probabilistic decisions.
 
 mod common;
 
@@ -23,6 +23,9 @@ const MARKERS: &[&str] = &[
     "mariadbd",
     "redis-server",
     "memcached",
+    "nats-server",
+    "nats_sut.py",
+    "nx-27017",
     "tansu",
 ];
 
@@ -146,6 +149,59 @@ fn redis_faults_reach_the_system_under_test() {
 fn memcached_faults_reach_the_system_under_test() {
     passes("memcached");
     replays("memcached");
+}
+
+#[test]
+fn nats_faults_reach_the_system_under_test() {
+    passes("nats");
+    replays("nats");
+}
+
+#[test]
+fn mongodb_faults_reach_the_system_under_test() {
+    passes("mongodb");
+    replays("mongodb");
+}
+
+/// MongoDB rules its protocol cannot take, and error codes it cannot send, are
+/// refused at load with file and line.
+#[test]
+fn mongodb_rules_it_cannot_take_are_refused_at_load() {
+    let dir = common::Scratch::new("mongo-load");
+    for (rule, expect) in [
+        (
+            "response(method = 'find')",
+            "mongodb does not support response(): it supports error, delay, drop",
+        ),
+        (
+            "error(query = 'x')",
+            "mongodb has no match key `query`: it matches on method=, key=",
+        ),
+        (
+            "error(status = 'NoSuchCode')",
+            "mongodb error codes are numbers or names such as DuplicateKey",
+        ),
+        ("error(status = 4294967296)", "does not fit 32 bits"),
+        ("duplicate()", "mongodb does not support duplicate()"),
+    ] {
+        let path = dir.path("spec.star");
+        std::fs::write(
+            &path,
+            format!(
+                "db = service(\"db\", \"/bin/true\", interface(\"main\", \"mongodb\", 27017))\n\
+                 \ndef test_t():\n    fault(db.main, {rule}, run = lambda: None)\n"
+            ),
+        )
+        .unwrap();
+        let out = common::faultbox_at(&root(), &["test", &path, "--dry-run"]);
+        assert_eq!(out.code, 1, "{rule}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("spec.star:4: "),
+            "{rule}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(expect), "{rule}: {}", out.stderr);
+    }
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //!
 //! With `:rule`, the edge gets a rule of its protocol that matches none of the
 //! benchmark's requests (`delay(path="/nomatch")`, `error(command="GET",
-//! key="nomatch*")`, `error(query="nomatch*")`, `error(topic="nomatch*")`), so every request is framed, held
+//! key="nomatch*")`, `error(query="nomatch*")`, `error(topic="nomatch.>")`), so
+//! every request is framed, held
 //! until whole, and matched. Prints `ready` once listening; on SIGTERM or SIGINT,
 //! prints a summary line per edge to stderr and exits. A rule that fired or a
 //! connection that went opaque is reported on stderr at once: the script treats
@@ -93,6 +94,7 @@ fn nonmatching(protocol: &str) -> ProxyRule {
         ),
         "redis" => (error, m(&[("command", "GET"), ("key", "nomatch*")])),
         "postgres" => (error, m(&[("query", "nomatch*")])),
+        "nats" => (error, m(&[("topic", "nomatch.>")])),
         "kafka" => (error, m(&[("topic", "nomatch*")])),
         other => {
             eprintln!("relay_bench: no benchmark rule for protocol {other:?}");

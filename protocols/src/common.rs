@@ -14,6 +14,9 @@ pub(crate) trait Framer: Send {
     fn server(&mut self, bytes: &[u8]) -> Result<usize, Opaque>;
     fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String>;
 
+    fn want_fields(&mut self, want: bool) {
+        let _ = want;
+    }
     fn frames_server(&self) -> bool {
         false
     }
@@ -101,6 +104,10 @@ impl<F: Framer> Conversation for Latched<F> {
             return Err("this message is not a request rules may act on".into());
         }
         self.framer.answer(request, answer)
+    }
+
+    fn want_fields(&mut self, want: bool) {
+        self.framer.want_fields(want);
     }
 
     fn frames_server(&self) -> bool {

@@ -27,6 +27,7 @@ mod common;
 pub mod http;
 pub mod kafka;
 pub mod memcached;
+pub mod mongodb;
 pub mod mysql;
 pub mod nats;
 pub mod postgres;
@@ -197,6 +198,13 @@ pub trait Conversation: Send {
     /// protocol cannot give that answer to that request.
     fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String>;
 
+    /// Whether any rule may act on what the next call returns: when not, a
+    /// conversation may leave match fields out (they cost allocations per message
+    /// and nobody reads them). A hint; fields may always be given.
+    fn want_fields(&mut self, want: bool) {
+        let _ = want;
+    }
+
     /// Whether the server's bytes go through [`Conversation::server_messages`]
     /// (messages rules may act on, or the conversation may swallow) instead of
     /// [`Conversation::server`].
@@ -271,7 +279,7 @@ pub trait Protocol: Send + Sync {
 
 /// The protocol called `name`, if Faultbox knows it.
 pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
-    let all: [&'static dyn Protocol; 8] = [
+    let all: [&'static dyn Protocol; 9] = [
         &http::Http,
         &tcp::Tcp,
         &postgres::Postgres,
@@ -279,6 +287,7 @@ pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
         &redis::Redis,
         &memcached::Memcached,
         &nats::Nats,
+        &mongodb::Mongodb,
         &kafka::Kafka,
     ];
     all.into_iter().find(|p| p.name() == name)

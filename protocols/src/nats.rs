@@ -89,7 +89,7 @@ struct Side {
 
 impl Side {
     /// The next complete op and the bytes it spans, if the data holds one.
-    fn next(&mut self, server: bool) -> Result<Option<(usize, Op)>, Opaque> {
+    fn next(&mut self, server: bool, bare: bool) -> Result<Option<(usize, Op)>, Opaque> {
         if self.pending.is_some() {
             if self.inbox.skipping() {
                 return Ok(None);
@@ -112,21 +112,22 @@ impl Side {
             }
             return Ok(None);
         };
-        let (op, payload) = parse(trim_eol(&d[..end]), server)?;
+        let (op, payload) = parse(trim_eol(&d[..end]), server, bare)?;
         self.inbox.consume(end);
         match payload {
             None => Ok(Some((self.inbox.take(), op))),
             Some(n) => {
                 self.inbox.skip(n);
                 self.pending = Some(op);
-                self.next(server)
+                self.next(server, bare)
             }
         }
     }
 }
 
-/// A control line's op, and the payload size that follows it.
-fn parse(line: &[u8], server: bool) -> Result<(Op, Option<usize>), Opaque> {
+/// A control line's op, and the payload size that follows it. `bare`: the subject
+/// is not copied out.
+fn parse(line: &[u8], server: bool, bare: bool) -> Result<(Op, Option<usize>), Opaque> {
     let bad = |why: &str| {
         Opaque(format!(
             "not NATS ({why}): {:?}",
@@ -138,7 +139,23 @@ fn parse(line: &[u8], server: bool) -> Result<(Op, Option<usize>), Opaque> {
         Some(i) => (&text[..i], text[i..].trim_start_matches([' ', '\t'])),
         None => (text, ""),
     };
-    let args: Vec<&str> = rest.split([' ', '\t']).filter(|a| !a.is_empty()).collect();
+    // At most five arguments matter (HMSG's); more make the line malformed.
+    // (INFO and CONNECT carry JSON instead, never read as arguments.)
+    let mut argv = [""; 6];
+    let mut argc = 0;
+    for a in rest.split([' ', '\t']).filter(|a| !a.is_empty()) {
+        if argc == argv.len() {
+            argc = usize::MAX;
+            break;
+        }
+        argv[argc] = a;
+        argc += 1;
+    }
+    let args = if argc == usize::MAX {
+        &[][..]
+    } else {
+        &argv[..argc]
+    };
     let size = |s: &str| -> Result<usize, Opaque> {
         let n: usize = s.parse().map_err(|_| bad("a size that is not a number"))?;
         if n > MAX_MESSAGE {
@@ -146,12 +163,23 @@ fn parse(line: &[u8], server: bool) -> Result<(Op, Option<usize>), Opaque> {
         }
         Ok(n)
     };
-    let name = name.to_ascii_uppercase();
+    let mut upper = [0u8; 8];
+    let name = if name.len() <= upper.len() {
+        upper[..name.len()].copy_from_slice(name.as_bytes());
+        upper[..name.len()].make_ascii_uppercase();
+        std::str::from_utf8(&upper[..name.len()]).unwrap_or("")
+    } else {
+        ""
+    };
     let message = |command: &'static str, subject: &str| Op::Message {
         command,
-        subject: subject.to_string(),
+        subject: if bare {
+            String::new()
+        } else {
+            subject.to_string()
+        },
     };
-    let op = match (server, name.as_str()) {
+    let op = match (server, name) {
         (false, "CONNECT") => (
             Op::Connect {
                 verbose: json_true(rest, "verbose"),
@@ -212,6 +240,8 @@ struct NatsConversation {
     /// In verbose mode, the `+OK`s owed in order: the request they answer, and
     /// whether the client gets it (the second `+OK` of a duplicate it does not).
     okays: VecDeque<(u64, bool)>,
+    /// No rule may act on the next messages: their subjects are not copied out.
+    bare: bool,
 }
 
 impl NatsConversation {
@@ -249,7 +279,7 @@ impl Framer for NatsConversation {
     fn client(&mut self, bytes: &[u8]) -> Result<Vec<Request>, Opaque> {
         self.client.inbox.extend(bytes);
         let mut out = Vec::new();
-        while let Some((len, op)) = self.client.next(false)? {
+        while let Some((len, op)) = self.client.next(false, self.bare)? {
             if let Op::Connect { verbose } = op {
                 self.verbose = verbose;
             }
@@ -260,6 +290,9 @@ impl Framer for NatsConversation {
                 _ => 0,
             };
             let req = match op {
+                Op::Message { .. } if self.bare && !okay => {
+                    request(len, Fields::new(), true, replies)
+                }
                 Op::Message { command, subject } => request(
                     len,
                     fields([
@@ -300,6 +333,10 @@ impl Framer for NatsConversation {
         Ok(Reply { bytes })
     }
 
+    fn want_fields(&mut self, want: bool) {
+        self.bare = !want;
+    }
+
     fn frames_server(&self) -> bool {
         true
     }
@@ -307,7 +344,7 @@ impl Framer for NatsConversation {
     fn server_messages(&mut self, bytes: &[u8]) -> Result<Vec<Message>, Opaque> {
         self.server.inbox.extend(bytes);
         let mut out = Vec::new();
-        while let Some((len, op)) = self.server.next(true)? {
+        while let Some((len, op)) = self.server.next(true, self.bare)? {
             let mut m = Message {
                 len,
                 fields: Fields::new(),
@@ -316,6 +353,7 @@ impl Framer for NatsConversation {
                 forward: true,
             };
             match op {
+                Op::Message { .. } if self.bare => m.matchable = true,
                 Op::Message { command, subject } => {
                     m.fields = fields([
                         ("command", command.to_string()),
@@ -460,6 +498,9 @@ mod tests {
         assert!(play_whole(&Nats, &[s("PUB a 2\r\nhi\r\n")]).is_err());
         assert!(play_whole(&Nats, &[c("PUB a x\r\n")]).is_err());
         assert!(play_whole(&Nats, &[c("PUB a\r\n")]).is_err());
+        assert!(play_whole(&Nats, &[c("PUB a b c d e f g 1\r\nx\r\n")]).is_err());
+        let connect = "CONNECT {\"verbose\": false, \"pedantic\": false, \"a\": 1, \"b\": 2}\r\n";
+        assert!(play_whole(&Nats, &[c(connect)]).is_ok(), "JSON with spaces");
         assert!(
             play_whole(&Nats, &[c("\x16\x03\x01\x02\x00")]).is_ok(),
             "no line yet"

@@ -4,7 +4,7 @@
 use faultbox_protocols::{protocol, Answer, MAX_MESSAGE};
 use proptest::prelude::*;
 
-const PROTOCOLS: [&str; 8] = [
+const PROTOCOLS: [&str; 9] = [
     "http",
     "tcp",
     "postgres",
@@ -12,6 +12,7 @@ const PROTOCOLS: [&str; 8] = [
     "redis",
     "memcached",
     "nats",
+    "mongodb",
     "kafka",
 ];
 
@@ -68,6 +69,14 @@ const TOKENS: &[&[u8]] = &[
     b"PING\r\n",
     b"+OK\r\n",
     b"-ERR 'x'\r\n",
+    // mongodb: a 38-byte OP_MSG header, OP_QUERY/OP_REPLY/OP_COMPRESSED opcodes,
+    // moreToCome, a section kind, a small `{find: "t"}` document.
+    b"\x26\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\xdd\x07\x00\x00",
+    b"\xd4\x07\x00\x00",
+    b"\xdc\x07\x00\x00",
+    b"\x02\x00\x00\x00",
+    b"\x00\x11\x00\x00\x00\x02find\x00\x02\x00\x00\x00t\x00\x00",
+    b"\x01\x10\x00\x00\x00documents\x00",
     // Kafka: a Metadata v12 and a Fetch v12 request as kafka-python sends them, a
     // response header, sizes.
     b"\x00\x00\x00\x22\x00\x03\x00\x0c\x00\x00\x00\x02\x00\x13kafka-python-3.0.12\x00\x01\x01\x00\x00",
@@ -213,6 +222,77 @@ fn large_responses_stream() {
     }
 }
 
+/// A MongoDB OP_MSG request: `{NAME: COLL}` as its command, `flags`, and a
+/// document sequence of `docs` empty documents.
+fn op_msg(id: i32, flags: u32, name: &str, coll: &str, docs: usize) -> Vec<u8> {
+    let mut body = vec![0u8; 4];
+    body.push(2);
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&(coll.len() as i32 + 1).to_le_bytes());
+    body.extend_from_slice(coll.as_bytes());
+    body.extend_from_slice(&[0, 0]);
+    let n = body.len() as i32;
+    body[..4].copy_from_slice(&n.to_le_bytes());
+    let mut sections = vec![0u8];
+    sections.extend(body);
+    if docs > 0 {
+        let seq: Vec<u8> = [&b"documents\0"[..], &[5, 0, 0, 0, 0].repeat(docs)].concat();
+        sections.push(1);
+        sections.extend_from_slice(&(seq.len() as i32 + 4).to_le_bytes());
+        sections.extend(seq);
+    }
+    let total = 16 + 4 + sections.len();
+    let mut m = Vec::new();
+    for v in [total as i32, id, 0, 2013] {
+        m.extend_from_slice(&v.to_le_bytes());
+    }
+    m.extend_from_slice(&flags.to_le_bytes());
+    m.extend(sections);
+    m
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Well-formed MongoDB requests cut anywhere are all found, with their command
+    /// and collection; a corrupted byte anywhere gives requests or opaque, never a
+    /// panic.
+    #[test]
+    fn mongodb_requests_survive_any_cut(
+        msgs in prop::collection::vec(
+            ("[a-zA-Z]{1,12}", "[a-z.]{1,12}", any::<bool>(), 0usize..4), 1..8),
+        cut in 1usize..50,
+        flip in any::<(usize, u8)>(),
+    ) {
+        let mut stream = Vec::new();
+        for (i, (name, coll, more, docs)) in msgs.iter().enumerate() {
+            stream.extend(op_msg(i as i32, if *more { 2 } else { 0 }, name, coll, *docs));
+        }
+        let mut conv = protocol("mongodb").unwrap().conversation();
+        let mut got = Vec::new();
+        for c in stream.chunks(cut) {
+            got.extend(conv.client(c).expect("well formed"));
+        }
+        prop_assert_eq!(got.len(), msgs.len());
+        prop_assert_eq!(got.iter().map(|r| r.len).sum::<usize>(), stream.len());
+        for (r, (name, _, more, _)) in got.iter().zip(&msgs) {
+            let lower = name.to_ascii_lowercase();
+            let handshake = ["hello", "ismaster", "saslstart", "saslcontinue", "authenticate", "getnonce", "logout"];
+            prop_assert_eq!(r.matchable, !handshake.contains(&lower.as_str()));
+            if r.matchable {
+                prop_assert_eq!(&r.fields["method"], name);
+            }
+            prop_assert_eq!(r.replies, usize::from(!*more));
+        }
+        let mut bad = stream.clone();
+        let at = flip.0 % bad.len();
+        bad[at] ^= flip.1 | 1;
+        let mut conv = protocol("mongodb").unwrap().conversation();
+        for c in bad.chunks(cut) {
+            if conv.client(c).is_err() {
+                break;
+            }
 mod kafka {
     //! Well-formed Kafka traffic, cut anywhere, frames as it does whole.
     use super::*;

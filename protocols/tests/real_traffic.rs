@@ -669,3 +669,111 @@ out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--
 assert out == b"429", out
 print("OK")
 "#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_drivers() {
+    support::python();
+    let server = tokio::task::spawn_blocking(support::nx27017).await.unwrap();
+
+    let relay = Relay::start("mongodb", server.port, support::no_rules()).await;
+    run_python(
+        MONGO_ROUND_TRIPS,
+        &port_env(&relay),
+        Duration::from_secs(60),
+    )
+    .await;
+    let s = relay.settle().await;
+    assert!(s.opaque.is_empty(), "{:?}", s.opaque);
+    let methods: Vec<&str> = s
+        .requests
+        .iter()
+        .filter_map(|r| r.fields.get("method").map(String::as_str))
+        .collect();
+    for m in ["insert", "find", "getMore", "update", "delete", "aggregate"] {
+        assert!(methods.contains(&m), "{m} in {methods:?}");
+    }
+    assert!(
+        s.requests
+            .iter()
+            .any(|r| r.len > faultbox_protocols::MAX_MESSAGE
+                && r.fields.get("key").map(String::as_str) == Some("big")),
+        "a batch over MAX_MESSAGE is matched"
+    );
+
+    let relay = Relay::start(
+        "mongodb",
+        server.port,
+        rules(
+            "mongodb",
+            vec![
+                (
+                    vec![("method", "find"), ("key", "bad*")],
+                    error("disk full", Some(11000)),
+                ),
+                (vec![("method", "aggregate")], error("slow down", Some(262))),
+            ],
+        ),
+    )
+    .await;
+    run_python(MONGO_INJECTED, &port_env(&relay), LIMIT).await;
+    let s = relay.settle().await;
+    assert!(s.opaque.is_empty(), "{:?}", s.opaque);
+    assert_eq!(s.answered, 3, "{s:?}");
+}
+
+const MONGO_ROUND_TRIPS: &str = r#"
+import os, pymongo
+c = pymongo.MongoClient(host="127.0.0.1", port=int(os.environ["PORT"]), directConnection=True)
+db = c.shop
+db.orders.drop()
+db.orders.insert_one({"_id": 1, "n": 1, "tags": ["a", "b"], "price": 2.5})
+db.orders.insert_many([{"_id": i, "n": i} for i in range(2, 200)])
+got = list(db.orders.find({"n": {"$gte": 2}}, batch_size=10).sort("n", 1))
+assert [d["n"] for d in got] == list(range(2, 200)), len(got)
+assert db.orders.find_one({"_id": 1}) == {"_id": 1, "n": 1, "tags": ["a", "b"], "price": 2.5}
+assert db.orders.update_many({"n": {"$lt": 10}}, {"$inc": {"n": 1000}}).modified_count == 9
+assert db.orders.count_documents({"n": {"$gte": 1000}}) == 9
+assert db.orders.delete_many({"n": {"$gte": 1000}}).deleted_count == 9
+# No unacknowledged (w: 0, moreToCome) writes: nx-27017 replies to them, which
+# desynchronises pymongo without any relay (the framer's unit tests cover them).
+# A batch over 16 MiB: one OP_MSG with a document sequence.
+pad = "x" * (1 << 20)
+db.big.insert_many([{"i": i, "pad": pad} for i in range(20)])
+assert db.big.count_documents({}) == 20
+assert db.command("ping")["ok"] == 1
+c.close()
+print("OK")
+"#;
+
+const MONGO_INJECTED: &str = r#"
+import os, pymongo
+from pymongo.errors import OperationFailure, ExecutionTimeout
+c = pymongo.MongoClient(host="127.0.0.1", port=int(os.environ["PORT"]), directConnection=True,
+                        retryReads=False, maxPoolSize=1)
+db = c.shop
+db.bad.insert_one({"a": 1})
+try:
+    list(db.bad.find({}))
+    raise SystemExit("no injected error")
+except OperationFailure as e:
+    assert e.code == 11000 and e.details["errmsg"] == "disk full", e.details
+    assert e.details["codeName"] == "DuplicateKey", e.details
+# The connection stays usable, replies in their place.
+assert db.good.insert_one({"a": 1}).acknowledged
+assert len(list(db.good.find({}))) == 1
+try:
+    db.good.count_documents({})
+    raise SystemExit("no injected error")
+except ExecutionTimeout:
+    raise SystemExit("262 is not MaxTimeMSExpired")
+except OperationFailure as e:
+    assert e.code == 262 and e.details["codeName"] == "ExceededTimeLimit", e.details
+try:
+    next(db.bad2.find({}))
+    raise SystemExit("no injected error")
+except OperationFailure as e:
+    assert e.code == 11000
+assert db.good.find_one({}, {"_id": 0}) == {"a": 1}
+c.close()
+print("OK")
+"#;

@@ -196,6 +196,12 @@ pub fn check_code(protocol: &str, code: &Code) -> anyhow::Result<()> {
         ("kafka", c) => {
             faultbox_protocols::kafka::status_code(c).map_err(|e| anyhow!(e))?;
         }
+        ("mongodb", c) => {
+            faultbox_protocols::mongodb::error_code(Some(c)).map_err(|e| anyhow!(e))?;
+        }
+        ("nats", _) => {
+            bail!("status={code}: NATS errors have no code, only message=")
+        }
         (_, Code::Text(t)) => {
             bail!("status={t:?}: {protocol} error codes are numbers")
         }

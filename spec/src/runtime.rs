@@ -536,6 +536,8 @@ pub const READY_PROTOCOLS: &[&str] = &[
     "mysql",
     "redis",
     "memcached",
+    "nats",
+    "mongodb",
     "kafka",
 ];
 

@@ -15,13 +15,24 @@
 //! | redis | `command` | `args=[...]` |
 //! | memcached | `get`, `delete` | `key=` |
 //! | memcached | `set` | `key=`, `value=`, `ttl=` |
+//! | nats | `publish`, `request` | `subject=`, `data=` |
+//! | nats | `subscribe` | `subject=`, `queue=` |
+//! | mongodb | `find` | `collection=`, `filter=`, `projection=`, `sort=`, `limit=`, `skip=` |
+//! | mongodb | `insert` | `collection=`, `document=` |
+//! | mongodb | `insert_many` | `collection=`, `documents=[...]` |
+//! | mongodb | `update` | `collection=`, `filter=`, `update=`, `many=`, `upsert=` |
+//! | mongodb | `delete` | `collection=`, `filter=`, `many=` |
+//! | mongodb | `count` | `collection=`, `filter=` |
+//! | mongodb | `command` | `command=` |
 //! | kafka | `publish` | `topic=`, `data=`, `key=` |
 //! | kafka | `consume` | `topic=`, `group=`, `timeout=` (default `5s`) |
 //!
 //! A `consume` without `group=` uses the test's own group (the world picks one per
 //! test and run), so offsets never leak between tests or runs.
 //!
-//! postgres, mysql and redis steps also take `user=`, `password=` and `database=`.
+//! postgres, mysql and redis steps also take `user=`, `password=` and `database=`;
+//! nats steps `user=` and `password=`; mongodb steps `database=` (the server used in
+//! tests has no authentication). MongoDB documents are dicts or JSON object strings.
 //! `del` is a Starlark keyword (`r.main.del(...)` does not parse): `delete` is the
 //! same method.
 
@@ -30,7 +41,7 @@ use starlark::values::list::ListRef;
 use starlark::values::tuple::TupleRef;
 use starlark::values::{UnpackValue, Value};
 
-use faultbox_protocols::client::{Credentials, Operation, SqlArg};
+use faultbox_protocols::client::{Credentials, MongoOp, Operation, SqlArg};
 
 /// The step methods of a protocol with a step client in `faultbox_protocols::client`.
 pub fn methods(protocol: &str) -> &'static [&'static str] {
@@ -41,12 +52,32 @@ pub fn methods(protocol: &str) -> &'static [&'static str] {
             "command",
         ],
         "memcached" => &["get", "set", "delete"],
+        "nats" => &["publish", "request", "subscribe"],
+        "mongodb" => &[
+            "find",
+            "insert",
+            "insert_many",
+            "update",
+            "delete",
+            "count",
+            "command",
+        ],
         "kafka" => &["publish", "consume"],
         _ => &[],
     }
 }
 
 const LOGIN: &[&str] = &["user", "password", "database"];
+
+/// The login keywords a protocol's steps take.
+fn login(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "postgres" | "mysql" | "redis" => LOGIN,
+        "nats" => &["user", "password"],
+        "mongodb" => &["database"],
+        _ => &[],
+    }
+}
 
 /// The keywords `method` of `protocol` takes, login keywords aside.
 fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
@@ -59,6 +90,22 @@ fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
         ("redis", "lrange") => &["key", "start", "stop"],
         ("redis", "command") => &["args"],
         ("memcached", "get" | "delete") => &["key"],
+        ("nats", "publish" | "request") => &["subject", "data"],
+        ("nats", "subscribe") => &["subject", "queue"],
+        ("mongodb", "find") => &[
+            "collection",
+            "filter",
+            "projection",
+            "sort",
+            "limit",
+            "skip",
+        ],
+        ("mongodb", "insert") => &["collection", "document"],
+        ("mongodb", "insert_many") => &["collection", "documents"],
+        ("mongodb", "update") => &["collection", "filter", "update", "many", "upsert"],
+        ("mongodb", "delete") => &["collection", "filter", "many"],
+        ("mongodb", "count") => &["collection", "filter"],
+        ("mongodb", "command") => &["command"],
         ("kafka", "publish") => &["topic", "data", "key"],
         ("kafka", "consume") => &["topic", "group", "timeout"],
         _ => &[],
@@ -161,6 +208,25 @@ impl<'v> Kwargs<'_, 'v> {
             .ok_or_else(|| anyhow!("{}(): ttl must not be negative", self.step))
     }
 
+    /// A MongoDB document: a dict (as JSON, its keys in order) or a string holding
+    /// a JSON object.
+    fn document(&self, name: &str, v: Value) -> anyhow::Result<String> {
+        match v.get_type() {
+            "dict" => v
+                .to_json()
+                .map_err(|e| anyhow!("{}(): {name}= cannot be JSON: {e}", self.step)),
+            "string" => {
+                let text = self.string(name, v)?;
+                match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(serde_json::Value::Object(_)) => Ok(text),
+                    Ok(_) => bail!("{}(): {name}= must be a JSON object", self.step),
+                    Err(e) => bail!("{}(): {name}= is not JSON: {e}", self.step),
+                }
+            }
+            _ => Err(self.wrong(name, "a dict or a JSON object string", v)),
+        }
+    }
+
     fn sql_args(&self) -> anyhow::Result<Vec<SqlArg>> {
         let Some(v) = self.get("args") else {
             return Ok(Vec::new());
@@ -202,11 +268,7 @@ pub fn operation(
     given: &[(&str, Value)],
 ) -> anyhow::Result<(Operation, Credentials)> {
     let own = keywords(protocol, method);
-    let login = if matches!(protocol, "memcached" | "kafka") {
-        &[][..]
-    } else {
-        LOGIN
-    };
+    let login = login(protocol);
     for (name, _) in given {
         if !own.contains(name) && !login.contains(name) {
             let expected: Vec<&str> = own.iter().chain(login).copied().collect();
@@ -318,6 +380,34 @@ pub fn operation(
                 ttl: ttl as u32,
             }
         }
+        ("nats", _) => {
+            let subject = k.string("subject", k.required("subject")?)?;
+            let wildcard = method != "subscribe";
+            check_subject(step, &subject, wildcard)?;
+            match method {
+                "publish" | "request" => {
+                    let data = match k.get("data") {
+                        Some(v) => k.text("data", v)?,
+                        None => String::new(),
+                    };
+                    if method == "publish" {
+                        Operation::NatsPublish { subject, data }
+                    } else {
+                        Operation::NatsRequest { subject, data }
+                    }
+                }
+                _ => {
+                    let queue = k.opt_string("queue")?;
+                    if let Some(q) = &queue {
+                        if q.is_empty() || q.chars().any(char::is_whitespace) {
+                            bail!("{step}(): queue= must be one word, got {q:?}");
+                        }
+                    }
+                    Operation::NatsSubscribe { subject, queue }
+                }
+            }
+        }
+        ("mongodb", _) => Operation::Mongo(mongo(&k, method)?),
         ("kafka", "publish" | "consume") => {
             let topic = k.string("topic", k.required("topic")?)?;
             if topic.is_empty() {
@@ -348,4 +438,109 @@ pub fn operation(
         (p, m) => bail!("{step}(): {p} has no step {m:?}"),
     };
     Ok((op, credentials))
+}
+
+/// Refuses a NATS subject the server would: empty, with whitespace or empty
+/// tokens, or (where one is published to, `literal`) with wildcards.
+fn check_subject(step: &str, subject: &str, literal: bool) -> anyhow::Result<()> {
+    if subject.is_empty()
+        || subject.chars().any(char::is_whitespace)
+        || subject.split('.').any(str::is_empty)
+    {
+        bail!("{step}(): {subject:?} is not a NATS subject (dot-separated words, no spaces)");
+    }
+    if literal && subject.split('.').any(|t| t == "*" || t == ">") {
+        bail!("{step}(): {subject:?} has wildcards; only subscribe() takes them");
+    }
+    Ok(())
+}
+
+/// A mongodb step's operation.
+fn mongo(k: &Kwargs, method: &str) -> anyhow::Result<MongoOp> {
+    let step = k.step;
+    let collection = || -> anyhow::Result<String> {
+        let c = k.string("collection", k.required("collection")?)?;
+        if c.is_empty() {
+            bail!("{step}(): collection= is empty");
+        }
+        Ok(c)
+    };
+    let doc = |name: &str| -> anyhow::Result<String> { k.document(name, k.required(name)?) };
+    let opt_doc = |name: &str| -> anyhow::Result<Option<String>> {
+        k.get(name).map(|v| k.document(name, v)).transpose()
+    };
+    let filter =
+        || -> anyhow::Result<String> { Ok(opt_doc("filter")?.unwrap_or_else(|| "{}".into())) };
+    let flag = |name: &str| -> anyhow::Result<bool> {
+        match k.get(name) {
+            None => Ok(false),
+            Some(v) if v.get_type() == "bool" => Ok(v.to_bool()),
+            Some(v) => Err(k.wrong(name, "a bool", v)),
+        }
+    };
+    Ok(match method {
+        "find" => {
+            let limit = k.get("limit").map(|v| k.int("limit", v)).transpose()?;
+            let skip = match k.get("skip") {
+                Some(v) => Some(
+                    u64::try_from(k.int("skip", v)?)
+                        .map_err(|_| anyhow!("{step}(): skip must not be negative"))?,
+                ),
+                None => None,
+            };
+            MongoOp::Find {
+                collection: collection()?,
+                filter: filter()?,
+                projection: opt_doc("projection")?,
+                sort: opt_doc("sort")?,
+                limit,
+                skip,
+            }
+        }
+        "insert" => MongoOp::Insert {
+            collection: collection()?,
+            document: doc("document")?,
+        },
+        "insert_many" => {
+            let items = k.items("documents", k.required("documents")?)?;
+            if items.is_empty() {
+                bail!("{step}(): documents= must not be an empty list");
+            }
+            MongoOp::InsertMany {
+                collection: collection()?,
+                documents: items
+                    .into_iter()
+                    .map(|d| k.document("documents", d))
+                    .collect::<anyhow::Result<_>>()?,
+            }
+        }
+        "update" => {
+            let update = k.required("update")?;
+            let update = if ListRef::from_value(update).is_some() {
+                update.to_json()?
+            } else {
+                k.document("update", update)?
+            };
+            MongoOp::Update {
+                collection: collection()?,
+                filter: doc("filter")?,
+                update,
+                many: flag("many")?,
+                upsert: flag("upsert")?,
+            }
+        }
+        "delete" => MongoOp::Delete {
+            collection: collection()?,
+            filter: doc("filter")?,
+            many: flag("many")?,
+        },
+        "count" => MongoOp::Count {
+            collection: collection()?,
+            filter: filter()?,
+        },
+        "command" => MongoOp::Command {
+            command: doc("command")?,
+        },
+        other => bail!("{step}(): mongodb has no step {other:?}"),
+    })
 }

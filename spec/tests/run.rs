@@ -209,6 +209,40 @@ fn protocol_step_mistakes_name_the_step() {
 }
 
 #[test]
+fn mongo_steps_build_their_operations() {
+    let (out, log) = run("test_mongo_steps");
+    assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
+    let none = "Credentials { user: None, password: None, database: None }";
+    let expected = [
+        "step mg find Mongo(Find { collection: \"orders\", filter: \"{\\\"n\\\":{\\\"$gt\\\":1},\\\"a\\\":\\\"b\\\"}\", projection: None, sort: Some(\"{\\\"n\\\": -1}\"), limit: Some(2), skip: None }) Credentials { user: None, password: None, database: Some(\"shop\") }".to_string(),
+        format!("step mg insert_many Mongo(InsertMany {{ collection: \"orders\", documents: [\"{{\\\"b\\\":1,\\\"a\\\":2.5}}\", \"{{\\\"c\\\": null}}\"] }}) {none}"),
+        format!("step mg update Mongo(Update {{ collection: \"orders\", filter: \"{{}}\", update: \"[{{\\\"$set\\\":{{\\\"x\\\":1}}}}]\", many: true, upsert: false }}) {none}"),
+        format!("step mg command Mongo(Command {{ command: \"{{\\\"count\\\":\\\"orders\\\",\\\"query\\\":{{}}}}\" }}) {none}"),
+    ];
+    assert_eq!(log, expected);
+}
+
+#[test]
+fn mongo_step_mistakes_name_the_step() {
+    for (test, expect) in [
+        (
+            "test_mongo_unknown_kwarg",
+            "mg.main.find(): unexpected keyword argument \"query\" (expected collection, filter, projection, sort, limit, skip, database)",
+        ),
+        ("test_mongo_login", "mg.main.count(): unexpected keyword argument \"user\""),
+        ("test_mongo_missing_collection", "mg.main.insert(): collection= is required"),
+        ("test_mongo_not_an_object", "mg.main.delete(): filter= must be a JSON object"),
+        ("test_mongo_bad_document", "mg.main.insert(): document must be a dict or a JSON object string, got list"),
+        ("test_mongo_empty_documents", "mg.main.insert_many(): documents= must not be an empty list"),
+        ("test_mongo_bad_flag", "mg.main.delete(): many must be a bool, got string"),
+    ] {
+        let (why, kind) = reason(&run(test).0);
+        assert_eq!(kind, FailureType::Error, "{test}: {why}");
+        assert!(why.contains(expect), "{test}: {why}");
+    }
+}
+
+#[test]
 fn scoped_faults_resolve_ops_and_are_removed() {
     let (out, log) = run("test_fault_scoped");
     assert_eq!(out.verdict, Verdict::Pass, "{out:?}");

@@ -211,9 +211,17 @@ async fn upstream(
             return Ok(sent);
         }
         let chunk = &buf[..n];
+        let rules: &[Arc<Active>] = if f.requests {
+            f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache)
+        } else {
+            &[]
+        };
         let found = {
             let mut conv = lock(&shared.conv);
-            match conv.as_mut().map(|c| c.client(chunk)) {
+            match conv.as_mut().map(|c| {
+                c.want_fields(!rules.is_empty());
+                c.client(chunk)
+            }) {
                 None => None,
                 Some(Ok(requests)) => Some(requests),
                 Some(Err(opaque)) => {
@@ -231,11 +239,6 @@ async fn upstream(
             }
             write(&mut server, chunk, &mut sent, &on_sent).await?;
             continue;
-        };
-        let rules: &[Arc<Active>] = if f.requests {
-            f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache)
-        } else {
-            &[]
         };
         // What was held, then this chunk; or the chunk alone.
         let mut joined = std::mem::take(&mut held);
@@ -530,6 +533,7 @@ async fn messages(
     let mut held: Vec<u8> = Vec::new();
     let mut forwarded_part = 0usize;
     let mut cache = EdgeRules::default();
+    let mut scoped: Vec<Arc<Active>> = Vec::new();
     let edge = (
         f.edge.consumer.as_str(),
         f.edge.service.as_str(),
@@ -550,9 +554,25 @@ async fn messages(
             return Ok(received);
         }
         let chunk = &buf[..n];
+        // Only rules installed for this consumer act on what it is sent.
+        if f.requests {
+            let rules = f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
+            if scoped.len() != rules.iter().filter(|r| r.scoped).count()
+                || !rules
+                    .iter()
+                    .filter(|r| r.scoped)
+                    .zip(&scoped)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+            {
+                scoped = rules.iter().filter(|r| r.scoped).cloned().collect();
+            }
+        }
         let found = {
             let mut conv = lock(&shared.conv);
-            match conv.as_mut().map(|c| c.server_messages(chunk)) {
+            match conv.as_mut().map(|c| {
+                c.want_fields(!scoped.is_empty());
+                c.server_messages(chunk)
+            }) {
                 None => None,
                 Some(Ok(found)) => Some(found),
                 Some(Err(opaque)) => {
@@ -567,11 +587,6 @@ async fn messages(
             send(&mut client, &h, &mut received).await?;
             send(&mut client, chunk, &mut received).await?;
             continue;
-        };
-        let rules: &[Arc<Active>] = if f.requests {
-            f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache)
-        } else {
-            &[]
         };
         let mut joined = std::mem::take(&mut held);
         if !joined.is_empty() {
@@ -600,8 +615,8 @@ async fn messages(
                     send(&mut client, bytes, &mut received).await?;
                 }
                 run = pos + own;
-            } else if let Some(rule) = (already == 0 && m.matchable && !rules.is_empty())
-                .then(|| f.rules.decide(edge, rules, &m.fields))
+            } else if let Some(rule) = (already == 0 && m.matchable && !scoped.is_empty())
+                .then(|| f.rules.decide(edge, &scoped, &m.fields))
                 .flatten()
             {
                 send(&mut client, &data[run..pos], &mut received).await?;
@@ -627,7 +642,7 @@ async fn messages(
             }
         }
         // A message in progress is held only while something may act on it.
-        let hold = !rules.is_empty() || shared.duplicated.load(Ordering::SeqCst) > 0;
+        let hold = !scoped.is_empty() || shared.duplicated.load(Ordering::SeqCst) > 0;
         if pos < data.len() && !hold {
             forwarded_part += data.len() - pos;
             pos = data.len();

@@ -24,6 +24,10 @@ pub struct Active {
     patterns: Vec<(String, Pattern)>,
     /// Requests it acted on.
     pub hits: AtomicU64,
+    /// Installed for one consumer (`source=`). Only such a rule acts on what the
+    /// server sends that consumer (deliveries): unscoped, a message is acted on
+    /// once, where it enters the server, not again on each subscriber's connection.
+    pub scoped: bool,
 }
 
 impl Active {
@@ -39,7 +43,14 @@ impl Active {
             rule,
             patterns,
             hits: AtomicU64::new(0),
+            scoped: false,
         }
+    }
+
+    /// The rule, installed for one consumer or not.
+    pub fn scoped(mut self, scoped: bool) -> Active {
+        self.scoped = scoped;
+        self
     }
 
     /// Whether a request with `fields` matches every pattern (a key the request does

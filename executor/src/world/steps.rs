@@ -55,7 +55,7 @@ pub fn tcp_result(outcome: Result<String, String>, start: Instant) -> StepResult
 }
 
 /// A step of a protocol with a client in [`faultbox_protocols::client`] (postgres,
-/// mysql, redis, memcached). Its socket is made by the calling thread, so call it on
+/// mysql, redis, memcached) or in `faultbox_mongo` (mongodb). Its socket is made by the calling thread, so call it on
 /// a thread in the test's network namespace: the step then goes through the relays.
 pub fn protocol(
     rt: &tokio::runtime::Handle,
@@ -66,7 +66,14 @@ pub fn protocol(
     timeout: Duration,
 ) -> StepResult {
     let start = Instant::now();
-    let o = rt.block_on(client::run(protocol, addr, credentials, op, timeout));
+    let o = match op {
+        // The driver dials from tasks it spawns: it runs on a runtime of its own on
+        // this thread, so its sockets are made in this thread's namespace.
+        client::Operation::Mongo(m) if protocol == "mongodb" => {
+            faultbox_mongo::run(addr, credentials.database.as_deref(), m, timeout)
+        }
+        _ => rt.block_on(client::run(protocol, addr, credentials, op, timeout)),
+    };
     StepResult {
         status: 0,
         body: o.body,

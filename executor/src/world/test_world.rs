@@ -453,6 +453,9 @@ impl TestWorld {
             s.spawn(|| {
                 ns.enter()
                     .map_err(|e| format!("entering {service:?}'s network namespace: {e}"))?;
+                if protocol == "mongodb" {
+                    return faultbox_mongo::ready(addr, PROBE_TIMEOUT).map_err(|e| e.to_string());
+                }
                 self.rt
                     .block_on(client::ready(protocol, addr, &credentials, PROBE_TIMEOUT))
                     .map_err(|e| e.to_string())
@@ -1324,7 +1327,7 @@ impl World for TestWorld {
         let mut actives = Vec::new();
         for rule in rules {
             let id = self.next.fetch_add(1, Ordering::SeqCst) as usize;
-            let active = Arc::new(Active::new(id, protocol, rule.clone()));
+            let active = Arc::new(Active::new(id, protocol, rule.clone()).scoped(source.is_some()));
             self.reports
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -27,6 +27,8 @@ mod memcached;
 #[cfg(feature = "client")]
 mod mysql;
 #[cfg(feature = "client")]
+mod nats;
+#[cfg(feature = "client")]
 mod postgres;
 #[cfg(feature = "client")]
 mod redis;
@@ -148,6 +150,78 @@ pub enum Operation {
         group: Option<String>,
         wait: Duration,
     },
+    /// NATS: publish `data` on `subject`, confirmed by the server.
+    NatsPublish { subject: String, data: String },
+    /// NATS: publish `data` on `subject` with a reply subject; the first reply.
+    NatsRequest { subject: String, data: String },
+    /// NATS: subscribe to `subject` (wildcards allowed; in queue group `queue`);
+    /// the first message.
+    NatsSubscribe {
+        subject: String,
+        queue: Option<String>,
+    },
+    /// A MongoDB operation, run by the `faultbox-mongo` crate (the driver is the
+    /// heaviest compile, kept out of this one).
+    Mongo(MongoOp),
+}
+
+/// A MongoDB step. Documents are JSON object text, key order kept (a command's
+/// name is its first key), read as Extended JSON (`{"$oid": ...}` is an ObjectId).
+#[derive(Clone, Debug, PartialEq)]
+pub enum MongoOp {
+    /// The matching documents, a JSON list.
+    Find {
+        collection: String,
+        filter: String,
+        projection: Option<String>,
+        sort: Option<String>,
+        limit: Option<i64>,
+        skip: Option<u64>,
+    },
+    /// `{"inserted_id": id}`.
+    Insert {
+        collection: String,
+        document: String,
+    },
+    /// `{"inserted_ids": [id, ...]}`, in the documents' order.
+    InsertMany {
+        collection: String,
+        documents: Vec<String>,
+    },
+    /// `update` is an update document (`{"$set": ...}`), a pipeline (a JSON list),
+    /// or a replacement document (no `$` operators; not with `many`).
+    /// `{"matched_count": n, "modified_count": n, "upserted_id": id or null}`.
+    Update {
+        collection: String,
+        filter: String,
+        update: String,
+        many: bool,
+        upsert: bool,
+    },
+    /// `{"deleted_count": n}`.
+    Delete {
+        collection: String,
+        filter: String,
+        many: bool,
+    },
+    /// `{"count": n}`.
+    Count { collection: String, filter: String },
+    /// The server's reply document to a command.
+    Command { command: String },
+}
+
+impl MongoOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MongoOp::Find { .. } => "find",
+            MongoOp::Insert { .. } => "insert",
+            MongoOp::InsertMany { .. } => "insert_many",
+            MongoOp::Update { .. } => "update",
+            MongoOp::Delete { .. } => "delete",
+            MongoOp::Count { .. } => "count",
+            MongoOp::Command { .. } => "command",
+        }
+    }
 }
 
 /// What a step came back with: `body` is the answer as JSON text (what `.data`
@@ -205,6 +279,10 @@ impl Operation {
             Operation::MemcachedDelete { .. } => "memcached delete",
             Operation::KafkaPublish { .. } => "kafka publish",
             Operation::KafkaConsume { .. } => "kafka consume",
+            Operation::NatsPublish { .. } => "nats publish",
+            Operation::NatsRequest { .. } => "nats request",
+            Operation::NatsSubscribe { .. } => "nats subscribe",
+            Operation::Mongo(op) => op.name(),
         }
     }
 }
@@ -226,6 +304,7 @@ pub async fn run(
             "redis" => redis::run(addr, credentials, op).await,
             "memcached" => memcached::run(addr, op).await,
             "kafka" => kafka::run(addr, op).await,
+            "nats" => nats::run(addr, credentials, op).await,
             other => Err(ClientError::Unsupported {
                 protocol: other.to_string(),
                 operation: op.name(),
@@ -251,7 +330,8 @@ pub async fn run(
 }
 
 /// One readiness probe: a real round trip in the protocol, logged in with
-/// `credentials` (`SELECT 1`, a MySQL ping, `PING`, `version`).
+/// `credentials` (`SELECT 1`, a MySQL ping, `PING`, `version`, NATS `CONNECT` and
+/// `PING`).
 #[cfg(feature = "client")]
 pub async fn ready(
     protocol: &str,
@@ -266,6 +346,7 @@ pub async fn ready(
             "redis" => redis::ping(addr, credentials).await,
             "memcached" => memcached::ping(addr).await,
             "kafka" => kafka::ping(addr).await,
+            "nats" => nats::ping(addr, credentials).await,
             other => Err(ClientError::Unsupported {
                 protocol: other.to_string(),
                 operation: "ready",

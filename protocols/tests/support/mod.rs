@@ -331,6 +331,39 @@ pub fn memcached() -> Server {
     s
 }
 
+/// nx-27017, a MongoDB-wire server on SQLite (PyPI), in memory; its log and pid
+/// files in its directory.
+pub fn nx27017() -> Server {
+    let dir = TempDir::new("nx27017");
+    let port = free_port();
+    let bin = python().with_file_name("nx-27017");
+    let child = Command::new(bin)
+        .args([
+            "--db",
+            "memory",
+            "--host",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .arg("--log-file")
+        .arg(dir.path().join("nx.log"))
+        .arg("--pid-file")
+        .arg(dir.path().join("nx.pid"))
+        .stdout(Stdio::null())
+        .stderr(log_file(&dir))
+        .spawn()
+        .expect("start nx-27017");
+    let mut s = Server {
+        name: "nx-27017",
+        port,
+        child,
+        dir,
+    };
+    wait_ready(&mut s, None, Duration::from_secs(30));
+    s
+}
+
 /// An HTTP/1.1 keep-alive server (Python's http.server) that echoes what it got.
 pub fn http_server() -> Server {
     let dir = TempDir::new("http");

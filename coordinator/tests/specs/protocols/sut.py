@@ -1,13 +1,13 @@
 """A system under test for the protocol specs: a small HTTP API whose handlers use real
 client drivers (psycopg, pg8000, PyMySQL, mysql-connector, redis-py, pymemcache,
-kafka-python, confluent-kafka) to
+kafka-python, confluent-kafka, pymongo) to
 talk to a database service through the address in $TARGET (host:port).
 
 POST /run with a JSON body runs one operation and answers 200 with
 {"ok": true, "result": ...} or {"ok": false, "error": "..."}: the driver's own error,
 so a spec can see exactly what the system under test saw.
 
-Environment: PORT, KIND (postgres|mysql|redis|memcached|kafka), TARGET, USER_NAME,
+Environment: PORT, KIND (postgres|mysql|redis|memcached|kafka|mongodb), TARGET, USER_NAME,
 PASSWORD, DATABASE.
 """
 
@@ -279,8 +279,47 @@ def confluent(req):
     raise ValueError("unknown op " + op)
 
 
-HANDLERS = {"postgres": postgres, "mysql": mysql, "redis": redis_, "memcached": memcached,
-            "kafka": kafka_}
+def mongodb(req):
+    import pymongo
+
+    # Retries off, so the application sees each fault itself: with pymongo's
+    # defaults a read that hits a dropped connection or a retryable error code is
+    # sent once more.
+    c = pymongo.MongoClient(
+        host=HOST, port=PORT, directConnection=True, retryReads=False, retryWrites=False,
+        serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=10000,
+    )
+    try:
+        db = c[DATABASE or "test"]
+        coll = db[req.get("collection", "orders")]
+        op, flt = req["op"], req.get("filter", {})
+        if op == "insert":
+            return str(coll.insert_one(req["document"]).inserted_id)
+        if op == "insert_many":
+            return len(coll.insert_many(req["documents"]).inserted_ids)
+        if op == "find":
+            return list(coll.find(flt, {"_id": 0}).sort("n", 1))
+        if op == "update":
+            return coll.update_many(flt, req["update"]).modified_count
+        if op == "delete":
+            return coll.delete_many(flt).deleted_count
+        if op == "count":
+            return coll.count_documents(flt)
+        if op == "command":
+            return db.command(req["command"])
+        raise ValueError("unknown op " + op)
+    finally:
+        c.close()
+
+
+HANDLERS = {
+    "postgres": postgres,
+    "mysql": mysql,
+    "redis": redis_,
+    "memcached": memcached,
+    "mongodb": mongodb,
+    "kafka": kafka_,
+}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -293,6 +332,8 @@ class Handler(BaseHTTPRequestHandler):
             result = {"ok": True, "result": jsonable(HANDLERS[KIND](json.loads(body)))}
         except Exception as e:  # the driver's error is the answer
             result = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+            if KIND == "mongodb" and getattr(e, "code", None) is not None:
+                result["code"] = e.code
         self.answer(200, result)
 
     def answer(self, status, doc):
