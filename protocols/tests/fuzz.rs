@@ -293,6 +293,10 @@ proptest! {
             if conv.client(c).is_err() {
                 break;
             }
+        }
+    }
+}
+
 mod kafka {
     //! Well-formed Kafka traffic, cut anywhere, frames as it does whole.
     use super::*;
