@@ -1,6 +1,7 @@
 //! Protocol-level faults against real servers (PostgreSQL, MariaDB, Redis, memcached,
-//! RabbitMQ from Debian; nx-27017, a MongoDB-wire server from PyPI) run as Faultbox services,
-//! and a system under test with real Python drivers that sees every fault itself. The specs in `specs/protocols/` carry the
+//! NATS, RabbitMQ from Debian; nx-27017, a MongoDB-wire server from PyPI; the
+//! Kafka-compatible broker tansu; a Python grpcio server) run as Faultbox services, and
+//! a system under test with real drivers that sees every fault itself. The specs in `specs/protocols/` carry the
 //! assertions; these tests run them, check nothing is left behind, and check that a
 //! seed replays the relays' probabilistic decisions.
 
@@ -30,6 +31,7 @@ const MARKERS: &[&str] = &[
     "nx-27017",
     "grpc_server.py",
     "grpc_sut.py",
+    "tansu",
 ];
 
 /// Installs the servers and the drivers' virtualenv (idempotent).
@@ -321,4 +323,10 @@ fn grpc_rules_it_cannot_give_are_refused() {
         assert!(all.contains("spec.star:5: fault(): "), "{line}: {all}");
         assert!(all.contains(expect), "{line}: {all}");
     }
+}
+
+#[test]
+fn kafka_faults_reach_the_system_under_test() {
+    passes("kafka");
+    replays("kafka");
 }

@@ -97,6 +97,7 @@ fn nonmatching(protocol: &str) -> ProxyRule {
         "postgres" => (error, m(&[("query", "nomatch*")])),
         "nats" => (error, m(&[("topic", "nomatch.>")])),
         "grpc" => (error, m(&[("method", "/nomatch.*")])),
+        "kafka" => (error, m(&[("topic", "nomatch*")])),
         other => {
             eprintln!("relay_bench: no benchmark rule for protocol {other:?}");
             std::process::exit(2)

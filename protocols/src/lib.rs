@@ -28,6 +28,7 @@ mod common;
 pub mod grpc;
 pub mod http;
 pub mod http2;
+pub mod kafka;
 pub mod memcached;
 pub mod mongodb;
 pub mod mysql;
@@ -281,7 +282,7 @@ pub trait Protocol: Send + Sync {
 
 /// The protocol called `name`, if Faultbox knows it.
 pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
-    let all: [&'static dyn Protocol; 10] = [
+    let all: [&'static dyn Protocol; 11] = [
         &http::Http,
         &tcp::Tcp,
         &postgres::Postgres,
@@ -292,6 +293,7 @@ pub fn protocol(name: &str) -> Option<&'static dyn Protocol> {
         &nats::Nats,
         &mongodb::Mongodb,
         &grpc::Grpc,
+        &kafka::Kafka,
     ];
     all.into_iter().find(|p| p.name() == name)
 }

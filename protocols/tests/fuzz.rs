@@ -4,7 +4,7 @@
 use faultbox_protocols::{protocol, Answer, MAX_MESSAGE};
 use proptest::prelude::*;
 
-const PROTOCOLS: [&str; 9] = [
+const PROTOCOLS: [&str; 10] = [
     "http",
     "tcp",
     "postgres",
@@ -14,6 +14,7 @@ const PROTOCOLS: [&str; 9] = [
     "amqp",
     "nats",
     "mongodb",
+    "kafka",
 ];
 
 /// Fragments that steer random input into the protocols' interesting paths.
@@ -88,6 +89,12 @@ const TOKENS: &[&[u8]] = &[
     b"\x02\x00\x00\x00",
     b"\x00\x11\x00\x00\x00\x02find\x00\x02\x00\x00\x00t\x00\x00",
     b"\x01\x10\x00\x00\x00documents\x00",
+    // Kafka: a Metadata v12 and a Fetch v12 request as kafka-python sends them, a
+    // response header, sizes.
+    b"\x00\x00\x00\x22\x00\x03\x00\x0c\x00\x00\x00\x02\x00\x13kafka-python-3.0.12\x00\x01\x01\x00\x00",
+    b"\x00\x00\x00\x69\x00\x01\x00\x0c\x00\x00\x00\x06\x00\x13kafka-python-3.0.12\x00\xff\xff\xff\xff\x00\x00\x01\xf4\x00\x00\x00\x01\x03\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x0bt895497728\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x00\x10\x00\x00\x00\x00\x01\x01\x00",
+    b"\x00\x00\x00\x08\x00\x00\x00\x02\x00\x00\x00\x00",
+    b"\x00\x00\x00\x0c",
 ];
 
 fn chunky_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -370,5 +377,93 @@ proptest! {
             .map(|r| r.fields["topic"].clone())
             .collect();
         prop_assert_eq!(topics, keys);
+    }
+}
+
+mod kafka {
+    //! Well-formed Kafka traffic, cut anywhere, frames as it does whole.
+    use super::*;
+    use kafka_protocol::messages::{produce_request, ProduceRequest, RequestHeader, TopicName};
+    use kafka_protocol::protocol::{Encodable, HeaderVersion, Request, StrBytes};
+
+    fn produce(topic: &str, version: i16, acks: i16, correlation: i32) -> Vec<u8> {
+        let r = ProduceRequest::default()
+            .with_acks(acks)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.into())))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(vec![7u8; 30].into())),
+                ])]);
+        let mut buf = vec![0u8; 4];
+        RequestHeader::default()
+            .with_request_api_key(ProduceRequest::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation)
+            .encode(&mut buf, ProduceRequest::header_version(version))
+            .unwrap();
+        r.encode(&mut buf, version).unwrap();
+        let n = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&n.to_be_bytes());
+        buf
+    }
+
+    /// A response frame of `len` body bytes for `correlation`.
+    fn response(correlation: i32, len: usize) -> Vec<u8> {
+        let mut b = ((4 + len) as i32).to_be_bytes().to_vec();
+        b.extend_from_slice(&correlation.to_be_bytes());
+        b.extend(std::iter::repeat_n(0u8, len));
+        b
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn cut_anywhere_frames_the_same(
+            reqs in prop::collection::vec(("[a-z.]{1,12}", 3i16..=11, prop::sample::select(vec![-1i16, 0, 1])), 1..8),
+            cuts in prop::collection::vec(1usize..40, 1..20),
+        ) {
+            let client: Vec<u8> = reqs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (t, v, a))| produce(t, *v, *a, i as i32))
+                .collect();
+            let server: Vec<u8> = reqs
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, _, a))| *a != 0)
+                .flat_map(|(i, _)| response(i as i32, i * 3))
+                .collect();
+            let p = protocol("kafka").unwrap();
+            let mut whole = p.conversation();
+            let want = whole.client(&client).unwrap();
+            prop_assert_eq!(want.len(), reqs.len());
+            for (r, (t, _, a)) in want.iter().zip(&reqs) {
+                prop_assert_eq!(&r.fields["topic"], t);
+                prop_assert_eq!(r.replies, usize::from(*a != 0));
+            }
+            let got_whole = whole.server_messages(&server).unwrap().len();
+            let mut cut = p.conversation();
+            let mut got = Vec::new();
+            let mut at = 0;
+            for (i, c) in cuts.iter().cycle().enumerate() {
+                if at >= client.len() || i > client.len() {
+                    break;
+                }
+                let end = (at + c).min(client.len());
+                got.extend(cut.client(&client[at..end]).unwrap());
+                at = end;
+            }
+            got.extend(cut.client(&client[at..]).unwrap());
+            prop_assert_eq!(&got, &want);
+            let mut n = 0;
+            for chunk in server.chunks(cuts[0]) {
+                n += cut.server_messages(chunk).unwrap().len();
+            }
+            prop_assert_eq!(n, got_whole);
+            prop_assert_eq!(n, want.iter().map(|r| r.replies).sum::<usize>());
+        }
     }
 }

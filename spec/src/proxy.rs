@@ -220,6 +220,9 @@ pub fn check_code(protocol: &str, code: &Code) -> anyhow::Result<()> {
         ("amqp", Code::Number(s)) if !(0..=65535).contains(s) => {
             bail!("status={s} is not an AMQP reply code (0 to 65535)")
         }
+        ("kafka", c) => {
+            faultbox_protocols::kafka::status_code(c).map_err(|e| anyhow!(e))?;
+        }
         ("mongodb", c) => {
             faultbox_protocols::mongodb::error_code(Some(c)).map_err(|e| anyhow!(e))?;
         }

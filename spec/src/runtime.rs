@@ -556,6 +556,7 @@ pub const READY_PROTOCOLS: &[&str] = &[
     "amqp",
     "nats",
     "mongodb",
+    "kafka",
 ];
 
 /// Points a `ready()` healthcheck at its interface: the one it names, else the

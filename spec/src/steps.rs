@@ -28,6 +28,11 @@
 //! | mongodb | `count` | `collection=`, `filter=` |
 //! | mongodb | `command` | `command=` |
 //! | grpc | `call` | `method=`, `body=`, `metadata=`, `timeout=` |
+//! | kafka | `publish` | `topic=`, `data=`, `key=` |
+//! | kafka | `consume` | `topic=`, `group=`, `timeout=` (default `5s`) |
+//!
+//! A `consume` without `group=` uses the test's own group (the world picks one per
+//! test and run), so offsets never leak between tests or runs.
 //!
 //! postgres, mysql and redis steps also take `user=`, `password=` and `database=`;
 //! nats steps `user=` and `password=`; mongodb steps `database=` (the server used in
@@ -66,6 +71,7 @@ pub fn methods(protocol: &str) -> &'static [&'static str] {
             "command",
         ],
         "grpc" => &["call"],
+        "kafka" => &["publish", "consume"],
         _ => &[],
     }
 }
@@ -114,6 +120,8 @@ fn keywords(protocol: &str, method: &str) -> &'static [&'static str] {
         ("mongodb", "delete") => &["collection", "filter", "many"],
         ("mongodb", "count") => &["collection", "filter"],
         ("mongodb", "command") => &["command"],
+        ("kafka", "publish") => &["topic", "data", "key"],
+        ("kafka", "consume") => &["topic", "group", "timeout"],
         _ => &[],
     }
 }
@@ -463,6 +471,33 @@ pub fn operation(
             }
         }
         ("mongodb", _) => Operation::Mongo(mongo(&k, method)?),
+        ("kafka", "publish" | "consume") => {
+            let topic = k.string("topic", k.required("topic")?)?;
+            if topic.is_empty() {
+                bail!("{step}(): topic= is empty");
+            }
+            if method == "publish" {
+                Operation::KafkaPublish {
+                    topic,
+                    value: k.text("data", k.required("data")?)?,
+                    key: k.get("key").map(|v| k.text("key", v)).transpose()?,
+                }
+            } else {
+                let group = k.opt_string("group")?;
+                if group.as_deref() == Some("") {
+                    bail!("{step}(): group= is empty");
+                }
+                let wait = match k.get("timeout") {
+                    None => std::time::Duration::from_secs(5),
+                    Some(v) => {
+                        let text = k.string("timeout", v)?;
+                        faultbox_shim::rule::parse_duration(&text)
+                            .map_err(|e| anyhow!("{step}(): bad timeout {text:?}: {e}"))?
+                    }
+                };
+                Operation::KafkaConsume { topic, group, wait }
+            }
+        }
         (p, m) => bail!("{step}(): {p} has no step {m:?}"),
     };
     Ok((op, credentials))

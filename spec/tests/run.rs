@@ -380,3 +380,34 @@ fn rules_carry_the_action() {
 fn libc_enospc() -> i32 {
     faultbox_shim::errno::from_name("ENOSPC").unwrap()
 }
+
+#[test]
+fn kafka_steps_build_their_operations() {
+    let (out, log) = run("test_kafka_steps");
+    assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
+    let none = "Credentials { user: None, password: None, database: None }";
+    assert_eq!(
+        log,
+        [
+            format!("step broker publish KafkaPublish {{ topic: \"orders\", value: \"{{\\\"id\\\": 1}}\", key: Some(\"order-1\") }} {none}"),
+            format!("step broker publish KafkaPublish {{ topic: \"orders\", value: \"7\", key: None }} {none}"),
+            // No group: the world gives the test its own.
+            format!("step broker consume KafkaConsume {{ topic: \"orders\", group: None, wait: 5s }} {none}"),
+            format!("step broker consume KafkaConsume {{ topic: \"orders\", group: Some(\"audit\"), wait: 300ms }} {none}"),
+        ]
+    );
+    for (test, expect) in [
+        (
+            "test_step_kafka_unknown_kwarg",
+            "broker.main.consume(): unexpected keyword argument \"partition\" (expected topic, group, timeout)",
+        ),
+        (
+            "test_step_kafka_login",
+            "broker.main.publish(): unexpected keyword argument \"user\" (expected topic, data, key)",
+        ),
+    ] {
+        let (why, kind) = reason(&run(test).0);
+        assert_eq!(kind, FailureType::Error, "{test}: {why}");
+        assert!(why.contains(expect), "{test}: {why}");
+    }
+}

@@ -112,6 +112,9 @@ pub struct TestWorld {
     rules: Arc<Rules>,
     /// Every protocol rule ever installed, for its hit count.
     proxy_rules: Mutex<Vec<Arc<Active>>>,
+    /// The Kafka consumer group of `consume` steps that name none: this test's
+    /// own, so committed offsets never carry over to another test or run.
+    kafka_group: String,
 }
 
 /// A test's network: a namespace per service, the hosts file, the relays.
@@ -319,7 +322,18 @@ impl TestWorld {
             net: Mutex::new(None),
             rules: Arc::new(Rules::new(seed)),
             proxy_rules: Mutex::new(Vec::new()),
+            kafka_group: test_group(),
         }
+    }
+
+    /// The operation a step asks for, with what the world decides filled in (the
+    /// test's Kafka consumer group).
+    fn operation(&self, call: &StepCall) -> Option<client::Operation> {
+        let mut op = call.op.clone()?;
+        if let client::Operation::KafkaConsume { group, .. } = &mut op {
+            group.get_or_insert_with(|| self.kafka_group.clone());
+        }
+        Some(op)
     }
 
     pub fn log(&self) -> &EventLog {
@@ -903,6 +917,20 @@ impl TestWorld {
     }
 }
 
+/// A consumer group name no other test or run uses: the process, the time, a count.
+fn test_group() -> String {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "faultbox-{}-{nanos:x}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 fn name_hash(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -924,7 +952,7 @@ impl World for TestWorld {
                 call.timeout,
             ),
             "tcp" => steps::tcp(addr, &call.body, call.timeout),
-            other => match &call.op {
+            other => match &self.operation(call) {
                 Some(op) => steps::protocol(
                     &self.rt,
                     other,
@@ -1032,7 +1060,7 @@ impl World for TestWorld {
                 let rt = self.rt.clone();
                 let protocol = protocol.to_string();
                 let credentials = self.credentials(call);
-                let op = call.op.clone().expect("checked above");
+                let op = self.operation(call).expect("checked above");
                 let timeout = call.timeout;
                 // A thread started here is in the test's network namespace, where the
                 // step's socket must be made; it runs beside the other branches. Its

@@ -28,6 +28,7 @@ mod decimal;
 mod grpc;
 #[cfg(feature = "grpc-schema")]
 pub mod grpc_schema;
+mod kafka;
 #[cfg(feature = "client")]
 mod memcached;
 #[cfg(feature = "client")]
@@ -178,6 +179,21 @@ pub enum Operation {
         durable: bool,
         wait: Duration,
     },
+    /// Kafka: one record to `topic` (created when missing):
+    /// `{"published": true, "topic", "partition", "offset"}`.
+    KafkaPublish {
+        topic: String,
+        value: String,
+        key: Option<String>,
+    },
+    /// Kafka: the next record of `topic` for consumer group `group` (committed past
+    /// it), waiting up to `wait`: `{"topic", "partition", "offset", "key", "value"}`.
+    /// `group` is `None` until the world picks the test's own.
+    KafkaConsume {
+        topic: String,
+        group: Option<String>,
+        wait: Duration,
+    },
     /// NATS: publish `data` on `subject`, confirmed by the server.
     NatsPublish { subject: String, data: String },
     /// NATS: publish `data` on `subject` with a reply subject; the first reply.
@@ -320,6 +336,8 @@ impl Operation {
             Operation::AmqpPublish { .. } => "amqp publish",
             Operation::AmqpGet { .. } => "amqp get",
             Operation::AmqpConsume { .. } => "amqp consume",
+            Operation::KafkaPublish { .. } => "kafka publish",
+            Operation::KafkaConsume { .. } => "kafka consume",
             Operation::NatsPublish { .. } => "nats publish",
             Operation::NatsRequest { .. } => "nats request",
             Operation::NatsSubscribe { .. } => "nats subscribe",
@@ -350,6 +368,7 @@ pub async fn run(
             "redis" => redis::run(addr, credentials, op).await,
             "memcached" => memcached::run(addr, op).await,
             "amqp" => amqp::run(addr, credentials, op).await,
+            "kafka" => kafka::run(addr, op).await,
             "nats" => nats::run(addr, credentials, op).await,
             other => Err(ClientError::Unsupported {
                 protocol: other.to_string(),
@@ -391,6 +410,7 @@ pub async fn ready(
             "redis" => redis::ping(addr, credentials).await,
             "memcached" => memcached::ping(addr).await,
             "amqp" => amqp::ping(addr, credentials).await,
+            "kafka" => kafka::ping(addr).await,
             "nats" => nats::ping(addr, credentials).await,
             other => Err(ClientError::Unsupported {
                 protocol: other.to_string(),

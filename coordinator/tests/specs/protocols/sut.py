@@ -1,13 +1,13 @@
 """A system under test for the protocol specs: a small HTTP API whose handlers use real
 client drivers (psycopg, pg8000, PyMySQL, mysql-connector, redis-py, pymemcache,
-pymongo, pika) to
+kafka-python, confluent-kafka, pymongo, pika) to
 talk to a database service through the address in $TARGET (host:port).
 
 POST /run with a JSON body runs one operation and answers 200 with
 {"ok": true, "result": ...} or {"ok": false, "error": "..."}: the driver's own error,
 so a spec can see exactly what the system under test saw.
 
-Environment: PORT, KIND (postgres|mysql|redis|memcached|mongodb|amqp), TARGET, USER_NAME,
+Environment: PORT, KIND (postgres|mysql|redis|memcached|kafka|mongodb|amqp), TARGET, USER_NAME,
 PASSWORD, DATABASE.
 """
 
@@ -146,6 +146,139 @@ def memcached(req):
         c.close()
 
 
+def kafka_(req):
+    """Kafka through kafka-python (the default) or confluent-kafka (driver=confluent).
+
+    op=create: topics=[...] are created (one partition each).
+    op=produce: one record per item of values=[...] (key=), acks= (default "all"),
+      idempotent= (default False: retries=0, so an injected error surfaces at once);
+      answers [{"topic", "partition", "offset"}, ...].
+    op=consume: up to count= records (default 1) of topic= from the partitions
+      assigned by hand (no group join, so no rebalance wait), starting at the group's
+      committed offset (else the earliest), committing what it read; waits up to
+      timeout_ms= (default 5000) in all; answers [[key, value], ...].
+    """
+    op = req["op"]
+    if req.get("driver") == "confluent":
+        return confluent(req)
+    import kafka
+    from kafka.errors import TopicAlreadyExistsError
+
+    boot = "%s:%d" % (HOST, PORT)
+    if op == "create":
+        from kafka.admin import KafkaAdminClient, NewTopic
+
+        a = KafkaAdminClient(bootstrap_servers=boot, request_timeout_ms=10000)
+        try:
+            for t in req["topics"]:
+                try:
+                    a.create_topics([NewTopic(t, 1, 1)])
+                except TopicAlreadyExistsError:
+                    pass
+            return True
+        finally:
+            a.close()
+    if op == "produce":
+        conf = dict(bootstrap_servers=boot, request_timeout_ms=req.get("request_timeout_ms", 10000),
+                    max_block_ms=10000, linger_ms=0)
+        if req.get("idempotent"):
+            conf.update(enable_idempotence=True)
+        else:
+            conf.update(enable_idempotence=False, retries=0, acks=req.get("acks", "all"))
+        p = kafka.KafkaProducer(**conf)
+        try:
+            out = []
+            for v in req["values"]:
+                key = req.get("key")
+                f = p.send(req["topic"], v.encode(), key=key.encode() if key else None)
+                if conf.get("acks") == 0:
+                    p.flush(10)
+                    out.append(None)
+                    continue
+                m = f.get(timeout=15)
+                out.append({"topic": m.topic, "partition": m.partition, "offset": m.offset})
+            return out
+        finally:
+            p.close(timeout=5)
+    if op == "consume":
+        import time
+        from kafka import TopicPartition
+
+        c = kafka.KafkaConsumer(bootstrap_servers=boot, group_id=req["group"],
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                request_timeout_ms=10000, fetch_max_wait_ms=200)
+        try:
+            tps = [TopicPartition(req["topic"], p) for p in sorted(c.partitions_for_topic(req["topic"]) or [])]
+            if not tps:
+                raise ValueError("topic %s does not exist" % req["topic"])
+            c.assign(tps)
+            want = req.get("count", 1)
+            deadline = time.time() + req.get("timeout_ms", 5000) / 1000.0
+            got = []
+            while len(got) < want and time.time() < deadline:
+                for recs in c.poll(timeout_ms=200).values():
+                    for r in recs:
+                        got.append([r.key.decode() if r.key else None, r.value.decode()])
+            c.commit()
+            return got
+        finally:
+            c.close(autocommit=False)
+    raise ValueError("unknown op " + op)
+
+
+def confluent(req):
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+    boot = "%s:%d" % (HOST, PORT)
+    op = req["op"]
+    if op == "produce":
+        p = Producer({"bootstrap.servers": boot, "enable.idempotence": bool(req.get("idempotent")),
+                      "acks": req.get("acks", "all"), "retries": 0 if not req.get("idempotent") else 5,
+                      "message.timeout.ms": 10000, "linger.ms": 0})
+        out = []
+        errors = []
+
+        def done(err, m):
+            if err is not None:
+                errors.append(str(err))
+            else:
+                out.append({"topic": m.topic(), "partition": m.partition(), "offset": m.offset()})
+
+        for v in req["values"]:
+            p.produce(req["topic"], v.encode(), req.get("key"), on_delivery=done)
+            p.flush(15)
+        if errors:
+            raise KafkaException(errors[0])
+        return out
+    if op == "consume":
+        import time
+
+        c = Consumer({"bootstrap.servers": boot, "group.id": req["group"],
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                      "fetch.wait.max.ms": 200})
+        try:
+            md = c.list_topics(req["topic"], timeout=10).topics[req["topic"]]
+            if md.error is not None:
+                raise KafkaException(md.error)
+            c.assign([TopicPartition(req["topic"], p) for p in sorted(md.partitions)])
+            want = req.get("count", 1)
+            deadline = time.time() + req.get("timeout_ms", 5000) / 1000.0
+            got = []
+            while len(got) < want and time.time() < deadline:
+                m = c.poll(0.2)
+                if m is None:
+                    continue
+                if m.error() is not None:
+                    raise KafkaException(m.error())
+                got.append([m.key().decode() if m.key() else None, m.value().decode()])
+            if got:
+                c.commit(asynchronous=False)
+            return got
+        finally:
+            c.close()
+    raise ValueError("unknown op " + op)
+
+
 def mongodb(req):
     import pymongo
 
@@ -259,6 +392,7 @@ HANDLERS = {
     "memcached": memcached,
     "mongodb": mongodb,
     "amqp": amqp,
+    "kafka": kafka_,
 }
 
 
