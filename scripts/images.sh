@@ -8,6 +8,8 @@
 # - faultbox-test/postgres:15       Debian's postgresql-15 on that base
 # - faultbox-test/redis:7           Debian's redis-server on that base
 # - faultbox-test/nats:2.9          Debian's nats-server on that base
+# - faultbox-test/tansu:0.6         FROM scratch: the static tansu broker that
+#                                   scripts/servers.sh installs
 # - faultbox-test/examples:latest   FROM scratch: the inventory and orders examples,
 #                                   linked statically
 # Definitions are in scripts/images/. No image registry is used: nothing is pulled.
@@ -201,6 +203,20 @@ if [[ $(inputs_of faultbox-test/examples:latest) != "$key" ]]; then
     start=$SECONDS
     build_examples "$key" "$target" "$static_dir"
     echo "images: built faultbox-test/examples:latest in $((SECONDS - start)) s" >&2
+    built=1
+fi
+
+# --- tansu, from the binary scripts/servers.sh installs ----------------------------
+scripts/servers.sh
+tansu=$(readlink -f "${FAULTBOX_VENV:-/var/cache/faultbox/venv}/bin/tansu")
+key=$(hash_inputs "$(sha256sum <"$tansu")" -- scripts/images/tansu)
+if [[ $(inputs_of faultbox-test/tansu:0.6) != "$key" ]]; then
+    start=$SECONDS
+    mkdir -p "$work/tansu"
+    cp "$defs/tansu/Dockerfile" "$tansu" "$work/tansu/"
+    quietly docker build --label faultbox.test=1 --label "faultbox.inputs=$key" \
+        -t faultbox-test/tansu:0.6 "$work/tansu"
+    echo "images: built faultbox-test/tansu:0.6 in $((SECONDS - start)) s" >&2
     built=1
 fi
 
