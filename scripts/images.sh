@@ -8,6 +8,7 @@
 # - faultbox-test/postgres:15       Debian's postgresql-15 on that base
 # - faultbox-test/redis:7           Debian's redis-server on that base
 # - faultbox-test/nats:2.9          Debian's nats-server on that base
+# - faultbox-test/nx-27017:0.8      the MongoDB-wire server nx-27017 (PyPI) on that base
 # - faultbox-test/tansu:0.6         FROM scratch: the static tansu broker that
 #                                   scripts/servers.sh installs
 # - faultbox-test/examples:latest   FROM scratch: the inventory and orders examples,
@@ -203,6 +204,21 @@ if [[ $(inputs_of faultbox-test/examples:latest) != "$key" ]]; then
     start=$SECONDS
     build_examples "$key" "$target" "$static_dir"
     echo "images: built faultbox-test/examples:latest in $((SECONDS - start)) s" >&2
+    built=1
+fi
+
+# --- nx-27017, from wheels downloaded here (the build itself needs no index) --------
+key=$(hash_inputs "$base_id" -- scripts/images/mongodb)
+if [[ $(inputs_of faultbox-test/nx-27017:0.8) != "$key" ]]; then
+    start=$SECONDS
+    mkdir -p "$work/mongodb/wheels"
+    cp "$defs/mongodb/Dockerfile" "$work/mongodb/"
+    scripts/servers.sh
+    quietly "${FAULTBOX_VENV:-/var/cache/faultbox/venv}/bin/pip" download -q \
+        --disable-pip-version-check nx-27017==0.8.1 -d "$work/mongodb/wheels"
+    quietly docker build --label faultbox.test=1 --label "faultbox.inputs=$key" \
+        -t faultbox-test/nx-27017:0.8 "$work/mongodb"
+    echo "images: built faultbox-test/nx-27017:0.8 in $((SECONDS - start)) s" >&2
     built=1
 fi
 
