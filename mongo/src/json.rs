@@ -24,6 +24,9 @@ impl<'de> Deserialize<'de> for Node {
 
 struct NodeVisitor;
 
+/// The key serde_json gives a number when `arbitrary_precision` is on.
+const ARBITRARY_NUMBER: &str = "$serde_json::private::Number";
+
 impl<'de> Visitor<'de> for NodeVisitor {
     type Value = Node;
 
@@ -75,8 +78,18 @@ impl<'de> Visitor<'de> for NodeVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut pairs = Vec::new();
-        while let Some((k, v)) = map.next_entry::<String, Node>()? {
-            pairs.push((k, v));
+        while let Some(k) = map.next_key::<String>()? {
+            // With serde_json's `arbitrary_precision` (which starlark turns on for
+            // the whole build), a number arrives as a map of this one key and its
+            // digits.
+            if pairs.is_empty() && k == ARBITRARY_NUMBER {
+                let digits: String = map.next_value()?;
+                return digits
+                    .parse::<serde_json::Number>()
+                    .map(Node::Number)
+                    .map_err(|e| de::Error::custom(format!("{digits}: {e}")));
+            }
+            pairs.push((k, map.next_value::<Node>()?));
         }
         Ok(Node::Object(pairs))
     }
