@@ -9,6 +9,8 @@
 # - faultbox-test/redis:7           Debian's redis-server on that base
 # - faultbox-test/nats:2.9          Debian's nats-server on that base
 # - faultbox-test/nx-27017:0.8      the MongoDB-wire server nx-27017 (PyPI) on that base
+# - faultbox-test/grpcio:1.85       Python's grpcio (PyPI) on that base, to run a server
+#                                   script a spec mounts
 # - faultbox-test/tansu:0.6         FROM scratch: the static tansu broker that
 #                                   scripts/servers.sh installs
 # - faultbox-test/examples:latest   FROM scratch: the inventory and orders examples,
@@ -219,6 +221,22 @@ if [[ $(inputs_of faultbox-test/nx-27017:0.8) != "$key" ]]; then
     quietly docker build --label faultbox.test=1 --label "faultbox.inputs=$key" \
         -t faultbox-test/nx-27017:0.8 "$work/mongodb"
     echo "images: built faultbox-test/nx-27017:0.8 in $((SECONDS - start)) s" >&2
+    built=1
+fi
+
+# --- grpcio, from wheels downloaded here ------------------------------------------
+key=$(hash_inputs "$base_id" -- scripts/images/grpcio)
+if [[ $(inputs_of faultbox-test/grpcio:1.85) != "$key" ]]; then
+    start=$SECONDS
+    mkdir -p "$work/grpcio/wheels"
+    cp "$defs/grpcio/Dockerfile" "$work/grpcio/"
+    scripts/servers.sh
+    quietly "${FAULTBOX_VENV:-/var/cache/faultbox/venv}/bin/pip" download -q \
+        --disable-pip-version-check grpcio==1.85.3 grpcio-reflection==1.85.1 \
+        protobuf==7.36.2 -d "$work/grpcio/wheels"
+    quietly docker build --label faultbox.test=1 --label "faultbox.inputs=$key" \
+        -t faultbox-test/grpcio:1.85 "$work/grpcio"
+    echo "images: built faultbox-test/grpcio:1.85 in $((SECONDS - start)) s" >&2
     built=1
 fi
 

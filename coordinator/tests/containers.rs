@@ -90,6 +90,13 @@ fn a_mongodb_wire_container_takes_command_faults_as_a_binary_does() {
 }
 
 #[test]
+fn a_grpcio_container_takes_call_faults_as_a_binary_does() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = faultbox(&["test", &spec("grpc"), "--format", "json"]);
+    assert_eq!(passing(&out).len(), 2, "{}", out.stdout);
+}
+
+#[test]
 fn an_image_that_is_not_there_is_one_clear_error() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let out = faultbox(&["test", &spec("missing"), "--format", "json"]);
