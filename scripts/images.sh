@@ -8,6 +8,7 @@
 # - faultbox-test/postgres:15       Debian's postgresql-15 on that base
 # - faultbox-test/redis:7           Debian's redis-server on that base
 # - faultbox-test/nats:2.9          Debian's nats-server on that base
+# - faultbox-test/rabbitmq:3.10     Debian's rabbitmq-server on that base
 # - faultbox-test/nx-27017:0.8      the MongoDB-wire server nx-27017 (PyPI) on that base
 # - faultbox-test/grpcio:1.85       Python's grpcio (PyPI) on that base, to run a server
 #                                   script a spec mounts
@@ -175,6 +176,7 @@ build_on_base() {
 build_on_base faultbox-test/postgres:15 scripts/images/postgres
 build_on_base faultbox-test/redis:7 scripts/images/redis
 build_on_base faultbox-test/nats:2.9 scripts/images/nats
+build_on_base faultbox-test/rabbitmq:3.10 scripts/images/rabbitmq
 
 # --- the examples, statically linked ----------------------------------------------
 build_examples() {

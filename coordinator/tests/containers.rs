@@ -97,6 +97,15 @@ fn a_grpcio_container_takes_call_faults_as_a_binary_does() {
 }
 
 #[test]
+fn a_rabbitmq_container_takes_message_faults_as_a_binary_does() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = faultbox(&["test", &spec("amqp"), "--format", "json"]);
+    assert_eq!(passing(&out).len(), 2, "{}", out.stdout);
+    assert!(common::processes_with("beam.smp").is_empty());
+    assert!(common::processes_with("epmd").is_empty());
+}
+
+#[test]
 fn an_image_that_is_not_there_is_one_clear_error() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let out = faultbox(&["test", &spec("missing"), "--format", "json"]);
