@@ -367,7 +367,8 @@ pub(crate) fn too_large(what: &str) -> Opaque {
 /// Returns the index just past the `\n`.
 pub(crate) fn find_line(buf: &[u8], scanned: &mut usize) -> Option<usize> {
     let start = (*scanned).min(buf.len());
-    match buf[start..].iter().position(|&b| b == b'\n') {
+    // memchr: every relayed message of a text protocol pays this scan.
+    match memchr::memchr(b'\n', &buf[start..]) {
         Some(i) => {
             *scanned = 0;
             Some(start + i + 1)
