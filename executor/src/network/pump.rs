@@ -241,10 +241,7 @@ async fn upstream(
             continue;
         };
         // What was held, then this chunk; or the chunk alone.
-        let mut joined = std::mem::take(&mut held);
-        if !joined.is_empty() {
-            joined.extend_from_slice(chunk);
-        }
+        let joined = join(&mut held, chunk);
         let data: &[u8] = if joined.is_empty() { chunk } else { &joined };
         // data[..pos] is accounted for; data[run..pos] is to forward, not yet written.
         let mut pos = 0;
@@ -284,12 +281,7 @@ async fn upstream(
         }
         write(&mut server, &data[run..pos], &mut sent, &on_sent).await?;
         if pos < data.len() {
-            held = if joined.is_empty() {
-                chunk[pos..].to_vec()
-            } else {
-                joined.drain(..pos);
-                joined
-            };
+            held = rest(joined, chunk, pos);
         }
     }
 }
@@ -593,10 +585,7 @@ async fn messages(
             send(&mut client, chunk, &mut received).await?;
             continue;
         };
-        let mut joined = std::mem::take(&mut held);
-        if !joined.is_empty() {
-            joined.extend_from_slice(chunk);
-        }
+        let joined = join(&mut held, chunk);
         let data: &[u8] = if joined.is_empty() { chunk } else { &joined };
         // data[..pos] is accounted for; data[run..pos] is to write, not yet written.
         let mut pos = 0;
@@ -654,12 +643,7 @@ async fn messages(
         }
         send(&mut client, &data[run..pos], &mut received).await?;
         if pos < data.len() {
-            held = if joined.is_empty() {
-                chunk[pos..].to_vec()
-            } else {
-                joined.drain(..pos);
-                joined
-            };
+            held = rest(joined, chunk, pos);
         }
     }
 }
@@ -752,6 +736,27 @@ async fn send(
     client.write_all(bytes).await?;
     *received += bytes.len() as u64;
     Ok(())
+}
+
+/// What was held, then `chunk`; empty (and nothing copied) when nothing was held,
+/// in which case the caller reads `chunk` itself.
+fn join(held: &mut Vec<u8>, chunk: &[u8]) -> Vec<u8> {
+    let mut joined = std::mem::take(held);
+    if !joined.is_empty() {
+        joined.extend_from_slice(chunk);
+    }
+    joined
+}
+
+/// The bytes from `pos` on of what [`join`] gave (`chunk` when it gave nothing):
+/// an unfinished message, held for the next read.
+fn rest(mut joined: Vec<u8>, chunk: &[u8], pos: usize) -> Vec<u8> {
+    if joined.is_empty() {
+        chunk[pos..].to_vec()
+    } else {
+        joined.drain(..pos);
+        joined
+    }
 }
 
 /// Writes every answer whose turn has come.
