@@ -67,40 +67,38 @@ fn a_container_service_takes_the_same_faults_as_a_binary() {
     assert_eq!(passing(&out).len(), 5, "{}", out.stdout);
 }
 
+/// Runs all of a spec's tests (alone: leftovers are checked by name), which must
+/// be `count` and all pass.
+fn every_test_passes(spec: &str, count: usize) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = faultbox(&["test", spec, "--format", "json"]);
+    assert_eq!(passing(&out).len(), count, "{}", out.stdout);
+}
+
 #[test]
 fn a_nats_container_takes_message_faults_as_a_binary_does() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let out = faultbox(&["test", &spec("nats"), "--format", "json"]);
-    assert_eq!(passing(&out).len(), 2, "{}", out.stdout);
+    every_test_passes(&spec("nats"), 2);
     assert!(common::processes_with("nats_sut.py").is_empty());
 }
 
 #[test]
 fn a_kafka_container_takes_record_faults_as_a_binary_does() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let out = faultbox(&["test", &spec("kafka"), "--format", "json"]);
-    assert_eq!(passing(&out).len(), 2, "{}", out.stdout);
+    every_test_passes(&spec("kafka"), 2);
 }
 
 #[test]
 fn a_mongodb_wire_container_takes_command_faults_as_a_binary_does() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let out = faultbox(&["test", &spec("mongodb"), "--format", "json"]);
-    assert_eq!(passing(&out).len(), 2, "{}", out.stdout);
+    every_test_passes(&spec("mongodb"), 2);
 }
 
 #[test]
 fn a_grpcio_container_takes_call_faults_as_a_binary_does() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let out = faultbox(&["test", &spec("grpc"), "--format", "json"]);
-    assert_eq!(passing(&out).len(), 2, "{}", out.stdout);
+    every_test_passes(&spec("grpc"), 2);
 }
 
 #[test]
 fn a_rabbitmq_container_takes_message_faults_as_a_binary_does() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let out = faultbox(&["test", &spec("amqp"), "--format", "json"]);
-    assert_eq!(passing(&out).len(), 2, "{}", out.stdout);
+    every_test_passes(&spec("amqp"), 2);
     assert!(common::processes_with("beam.smp").is_empty());
     assert!(common::processes_with("epmd").is_empty());
 }
