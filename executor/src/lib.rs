@@ -19,6 +19,7 @@ pub mod engine;
 pub mod fleet;
 pub mod network;
 pub mod sandbox;
+pub mod sources;
 pub mod world;
 
 pub use engine::rules::{Decision, Engine};

@@ -4,6 +4,7 @@
 
 pub mod analysis;
 pub mod compose;
+pub mod decode;
 pub mod faults;
 pub mod limits;
 pub mod loader;

@@ -69,7 +69,68 @@ pub struct Service {
     pub user: Option<String>,
     /// A container service's image (`image=`, or the tag Faultbox builds `build=` as).
     pub container: Option<Container>,
+    /// `observe=[...]`: where the service's non-syscall events come from.
+    pub observe: Vec<Source>,
     pub declared_at: Location,
+}
+
+/// One event source of `observe=[...]`, resolved at load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub kind: SourceKind,
+    /// How each line or message becomes the event's `data`; `None` keeps the raw text
+    /// (`data` is then `{"line": ...}` or the source's own fields).
+    pub decoder: Option<crate::decode::Decoder>,
+    pub declared_at: Location,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceKind {
+    Stdout,
+    Stderr,
+    /// `tail(path=)`: lines appended to a file, relative to the declaring file's
+    /// directory (absolute after load).
+    Tail { path: String },
+    /// `poll(url=, interval=)`: a GET every `interval`.
+    Poll {
+        url: String,
+        interval: Duration,
+    },
+    /// `wal_stream(slot=)`: PostgreSQL logical decoding on the observed service's
+    /// postgres interface.
+    Wal {
+        slot: String,
+        /// Tables to include (`tables=`); all when empty.
+        tables: Vec<String>,
+        /// The interface's port inside the service's namespace.
+        port: u16,
+    },
+    /// `topic(broker=, topic=, group=)`: messages of a Kafka topic or NATS subject.
+    Topic {
+        /// `kafka` or `nats`.
+        protocol: String,
+        /// The service whose interface the broker address belongs to.
+        service: String,
+        port: u16,
+        topic: String,
+        /// Consumer group (Kafka) or queue group (NATS); a group of the test's own
+        /// when `None`.
+        group: Option<String>,
+    },
+}
+
+impl SourceKind {
+    /// The `type` of the events the source emits.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            SourceKind::Stdout => "stdout",
+            SourceKind::Stderr => "stderr",
+            SourceKind::Tail { .. } => "tail",
+            SourceKind::Poll { .. } => "poll",
+            SourceKind::Wal { .. } => "wal",
+            SourceKind::Topic { .. } => "topic",
+        }
+    }
 }
 
 /// Where a container service's image comes from, and what it mounts.

@@ -531,6 +531,7 @@ pub fn topology(builder: &mut GlobalsBuilder) {
             healthcheck,
             ops: op_map,
             user: user.map(str::to_string),
+            observe: Vec::new(),
             container: container.map(|source| Container {
                 source,
                 volumes: volume_pairs,

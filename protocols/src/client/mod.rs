@@ -28,6 +28,7 @@ mod decimal;
 mod grpc;
 #[cfg(feature = "grpc-schema")]
 pub mod grpc_schema;
+#[cfg(feature = "client")]
 mod kafka;
 #[cfg(feature = "client")]
 mod memcached;
