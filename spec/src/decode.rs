@@ -133,9 +133,7 @@ fn logfmt(line: &str) -> Result<Map<String, Value>, DecodeError> {
                 break;
             }
             if c == '"' {
-                return Err(DecodeError::Logfmt(format!(
-                    "a quote in a key at byte {i}"
-                )));
+                return Err(DecodeError::Logfmt(format!("a quote in a key at byte {i}")));
             }
             chars.next();
         }

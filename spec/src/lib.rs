@@ -12,6 +12,7 @@ pub mod model;
 pub mod proxy;
 pub mod run;
 pub mod runtime;
+pub mod sources;
 pub mod steps;
 pub mod values;
 pub mod world;

@@ -52,6 +52,7 @@ pub fn globals() -> Globals {
     .with(runtime::testing)
     .with(crate::compose::composition)
     .with(crate::proxy::proxy_rules)
+    .with(crate::sources::event_sources)
     .build()
 }
 
@@ -63,6 +64,7 @@ pub fn builtin_names() -> Vec<String> {
         .with(runtime::testing)
         .with(crate::compose::composition)
         .with(crate::proxy::proxy_rules)
+        .with(crate::sources::event_sources)
         .build();
     let mut names: Vec<String> = g.names().map(|n| n.as_str().to_string()).collect();
     names.sort();
@@ -183,7 +185,9 @@ fn load_here(path: &Path, limits: Limits) -> Result<Loaded, SpecError> {
     let mut files: Vec<PathBuf> = loader.cache.borrow().keys().cloned().collect();
     files.sort();
     let declared = runtime.declared.into_inner();
-    let services = start_order(declared.services)?;
+    let mut services = start_order(declared.services)?;
+    crate::sources::resolve(&mut services)
+        .map_err(|(at, message)| SpecError::Topology { at, message })?;
     let mut tests = Vec::new();
     for name in module.names() {
         let name = name.as_str();

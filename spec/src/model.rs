@@ -90,7 +90,9 @@ pub enum SourceKind {
     Stderr,
     /// `tail(path=)`: lines appended to a file, relative to the declaring file's
     /// directory (absolute after load).
-    Tail { path: String },
+    Tail {
+        path: String,
+    },
     /// `poll(url=, interval=)`: a GET every `interval`.
     Poll {
         url: String,

@@ -115,7 +115,7 @@ pub fn run_test(
             }
             None => eval.eval_function(f, &[], &[]),
         }
-        .and_then(|v| crate::compose::drain(&mut eval).map(|()| v));
+        .and_then(|v| crate::compose::drain_last(&mut eval).map(|()| v));
         let assertions = runtime.assertions.get();
         match result {
             Ok(v) => TestOutcome {

@@ -128,7 +128,7 @@ impl Runtime {
     }
 }
 
-fn location(eval: &Evaluator) -> Location {
+pub(crate) fn location(eval: &Evaluator) -> Location {
     eval.call_stack_top_location()
         .map(|s| {
             let r = s.resolve();
@@ -392,11 +392,6 @@ pub fn topology(builder: &mut GlobalsBuilder) {
                 volume_pairs.push((host.to_string(), inside.to_string()));
             }
         }
-        if let Some(v) = observe {
-            if ListRef::from_value(v).is_none() {
-                bail!("service {name:?}: observe must be a list of event sources");
-            }
-        }
         let sources = [
             positional_binary.is_some() || binary.is_some(),
             image.is_some(),
@@ -433,9 +428,18 @@ pub fn topology(builder: &mut GlobalsBuilder) {
                 "service {name:?}: user= applies to binaries; a container runs as its image's USER"
             );
         }
-        if observe.is_some() {
-            bail!("service {name:?}: observe= (event sources) is not yet supported");
-        }
+        let observe = match observe {
+            None => Vec::new(),
+            Some(v) => {
+                let here = location(eval);
+                let home = std::path::Path::new(&here.file)
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                let home = std::path::absolute(home).unwrap_or_else(|_| home.to_path_buf());
+                crate::sources::observe(name, v, &interfaces, container.is_some(), &home)?
+            }
+        };
         if let Some(u) = user {
             let (who, group) = u.split_once(':').unwrap_or((u, "x"));
             if who.is_empty() || group.is_empty() || group.contains(':') || u.contains('\0') {
@@ -531,7 +535,7 @@ pub fn topology(builder: &mut GlobalsBuilder) {
             healthcheck,
             ops: op_map,
             user: user.map(str::to_string),
-            observe: Vec::new(),
+            observe,
             container: container.map(|source| Container {
                 source,
                 volumes: volume_pairs,
@@ -1093,6 +1097,7 @@ fn matching_after<'v>(
         wanted.push((k.clone(), v.to_string()));
     }
     check_observed(ctx, &wanted, what).map_err(starlark::Error::new_other)?;
+    ctx.world.sync_sources();
     let events = ctx.world.events();
     let mut out = Vec::new();
     for e in events {

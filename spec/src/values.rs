@@ -12,7 +12,7 @@ use starlark::any::ProvidesStaticType;
 use starlark::eval::{Arguments, Evaluator};
 use starlark::starlark_simple_value;
 use starlark::values::{Heap, NoSerialize, StarlarkValue, Value};
-use starlark_derive::{starlark_value, StarlarkPagablePanic};
+use starlark_derive::{starlark_module, starlark_value, StarlarkPagablePanic};
 
 use crate::model::{Healthcheck, Interface, Op};
 
@@ -332,35 +332,21 @@ starlark_simple_value!(EventValue);
 impl<'v> StarlarkValue<'v> for EventValue {
     fn get_attr(&self, attribute: &str, heap: Heap<'v>) -> Option<Value<'v>> {
         let e = &self.0;
-        let fields = || {
-            let map: serde_json::Map<String, serde_json::Value> = e
-                .fields
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
-            heap.alloc(map)
-        };
-        Some(match attribute {
-            "seq" => heap.alloc(e.seq as i64),
-            "service" => heap.alloc(e.service.as_str()),
-            "type" => heap.alloc(e.kind.as_str()),
-            "event_type" => heap.alloc(e.event_type.as_str()),
-            "fields" => fields(),
-            "data" => match e.fields.get("data") {
-                Some(d) => decode(d, heap),
-                None => fields(),
-            },
-            "first" => match &self.1 {
+        match attribute {
+            "first" => Some(match &self.1 {
                 Some(f) => heap.alloc(EventValue((**f).clone(), None)),
                 None => Value::new_none(),
-            },
+            }),
             // Events of different kinds carry different fields: a field an event lacks
             // reads as None, so one predicate can scan a mixed trace.
-            other => match e.fields.get(other) {
-                Some(v) => heap.alloc(v.as_str()),
-                None => Value::new_none(),
-            },
-        })
+            other => Some(
+                self.lookup(other, heap)
+                    .unwrap_or_else(|| match e.fields.get(other) {
+                        Some(v) => heap.alloc(v.as_str()),
+                        None => Value::new_none(),
+                    }),
+            ),
+        }
     }
 
     fn dir_attr(&self) -> Vec<String> {
@@ -372,11 +358,105 @@ impl<'v> StarlarkValue<'v> for EventValue {
             "data",
             "fields",
             "first",
+            "get",
         ]
         .map(String::from)
         .to_vec();
         v.extend(self.0.fields.keys().cloned());
         v
+    }
+
+    /// `e["decision"]`, as the reference's monitors read events: the event's own
+    /// keys, then its fields, then the keys of its decoded `data`.
+    fn at(&self, index: Value<'v>, heap: Heap<'v>) -> starlark::Result<Value<'v>> {
+        let key = index.unpack_str().ok_or_else(|| {
+            starlark::Error::new_other(anyhow::anyhow!(
+                "an event is indexed by a string key, not {}",
+                index.get_type()
+            ))
+        })?;
+        self.lookup(key, heap).ok_or_else(|| {
+            starlark::Error::new_other(anyhow::anyhow!(
+                "event #{} ({}) has no key {key:?}; e.get({key:?}) gives None instead",
+                self.0.seq,
+                self.0.event_type
+            ))
+        })
+    }
+
+    fn is_in(&self, other: Value<'v>) -> starlark::Result<bool> {
+        Ok(other.unpack_str().is_some_and(|k| self.has_key(k)))
+    }
+
+    fn get_methods() -> Option<&'static starlark::environment::Methods> {
+        static RES: starlark::environment::MethodsStatic =
+            starlark::environment::MethodsStatic::new("event", event_methods);
+        Some(RES.methods())
+    }
+}
+
+impl EventValue {
+    fn data(&self) -> Option<serde_json::Value> {
+        self.0
+            .fields
+            .get("data")
+            .and_then(|d| serde_json::from_str(d).ok())
+    }
+
+    fn has_key(&self, key: &str) -> bool {
+        matches!(
+            key,
+            "seq" | "service" | "type" | "event_type" | "fields" | "data"
+        ) || self.0.fields.contains_key(key)
+            || self
+                .data()
+                .is_some_and(|d| d.as_object().is_some_and(|o| o.contains_key(key)))
+    }
+
+    /// The value under `key`, as `e[key]` and `e.get(key)` see it.
+    fn lookup<'v>(&self, key: &str, heap: Heap<'v>) -> Option<Value<'v>> {
+        let e = &self.0;
+        let fields = || {
+            let map: serde_json::Map<String, serde_json::Value> = e
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            heap.alloc(map)
+        };
+        Some(match key {
+            "seq" => heap.alloc(e.seq as i64),
+            "service" => heap.alloc(e.service.as_str()),
+            "type" => heap.alloc(e.kind.as_str()),
+            "event_type" => heap.alloc(e.event_type.as_str()),
+            "fields" => fields(),
+            "data" => match e.fields.get("data") {
+                Some(d) => decode(d, heap),
+                None => fields(),
+            },
+            other => match e.fields.get(other) {
+                Some(v) => heap.alloc(v.as_str()),
+                None => match self.data()? {
+                    serde_json::Value::Object(mut o) => heap.alloc(o.remove(other)?),
+                    _ => return None,
+                },
+            },
+        })
+    }
+}
+
+#[starlark_module]
+fn event_methods(builder: &mut starlark::environment::MethodsBuilder) {
+    /// `e.get(key, default=None)`: like a dict's.
+    fn get<'v>(
+        this: &EventValue,
+        #[starlark(require = pos)] key: &str,
+        #[starlark(require = pos)] default: Option<Value<'v>>,
+        heap: Heap<'v>,
+    ) -> anyhow::Result<Value<'v>> {
+        Ok(this
+            .lookup(key, heap)
+            .unwrap_or_else(|| default.unwrap_or_else(Value::new_none)))
     }
 }
 

@@ -171,6 +171,9 @@ pub trait World {
     fn fault_stop(&self, service: &str) -> Result<(), WorldError>;
     /// The events recorded so far, in sequence order.
     fn events(&self) -> Vec<Event>;
+    /// Lets every event source catch up: what a service wrote, committed or
+    /// published before the call is in the log when it returns (bounded in time).
+    fn sync_sources(&self) {}
     /// The kernel syscalls `service`'s filter notifies, whose calls all become
     /// events; `None` when this world cannot tell (queries are then not checked).
     fn observed(&self, _service: &str) -> Option<Vec<String>> {
@@ -250,6 +253,9 @@ impl World for Host {
     }
     fn events(&self) -> Vec<Event> {
         paused(|| self.0.events())
+    }
+    fn sync_sources(&self) {
+        paused(|| self.0.sync_sources())
     }
     fn observed(&self, service: &str) -> Option<Vec<String>> {
         paused(|| self.0.observed(service))

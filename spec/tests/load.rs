@@ -161,7 +161,7 @@ fn errors_name_the_file_and_line() {
         ("empty_build", "service('a', build = '')\n", "build= needs a directory with a Dockerfile"),
         ("user_on_a_container", "service('a', image = 'pg:16', user = 'postgres')\n", "user= applies to binaries"),
         ("relative_volume_target", "service('a', image = 'pg:16', volumes = {'./d': 'd'})\n", "the container path absolute"),
-        ("observe", "service('a', '/bin/a', observe = [])\n", "observe= (event sources) is not yet supported"),
+        ("observe", "service('a', '/bin/a', observe = ['x'])\n", "observe= takes event sources"),
         ("twice", "service('a', '/bin/a')\nservice('a', '/bin/b')\n", "spec.star:2: service \"a\" declared twice"),
         ("unknown_dep", "service('a', '/bin/a', depends_on = ['zz'])\n", "spec.star:1: service \"a\" depends on unknown service \"zz\""),
         ("cycle", "a = service('a', '/bin/a', depends_on = ['b'])\nb = service('b', '/bin/b', depends_on = [a])\n", "dependency cycle among services a, b"),

@@ -54,6 +54,9 @@ pub struct ContainerConfig<'a> {
     pub engine: EngineSlot,
     pub vclock: Option<Arc<VirtualClock>>,
     pub holder: Option<Arc<dyn Holder>>,
+    /// Where the container's stdout and stderr go instead of `SERVICE.stdout` and
+    /// `SERVICE.stderr` in the scratch directory (an event source's pipes).
+    pub output: (Option<std::fs::File>, Option<std::fs::File>),
 }
 
 /// A started container service.
@@ -264,7 +267,10 @@ pub fn start(
         .map_err(|e| e.to_string())?;
     // Its output goes where a binary's does: SERVICE.stdout and SERVICE.stderr.
     let open = |ext: &str| std::fs::File::create(cfg.scratch.join(format!("{}.{ext}", svc.name)));
-    if let (Ok(out), Ok(err)) = (open("stdout"), open("stderr")) {
+    let (out, err) = cfg.output;
+    let out = out.map_or_else(|| open("stdout"), Ok);
+    let err = err.map_or_else(|| open("stderr"), Ok);
+    if let (Ok(out), Ok(err)) = (out, err) {
         let (d, c) = (daemon.clone(), container.clone());
         rt.spawn(async move { d.follow_output(&c, out, err).await });
     }

@@ -17,6 +17,8 @@ use faultbox_spec::decode::Decoder;
 
 use crate::network::namespace::NetNs;
 
+pub mod output;
+
 /// One line or message, before the sink stamps it into the trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {

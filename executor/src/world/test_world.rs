@@ -13,7 +13,7 @@ use std::time::Duration;
 use faultbox_protocols::client::{self, Credentials};
 use faultbox_shim::rule::{Action, FaultRule};
 use faultbox_shim::syscalls::{self, Arch, Syscall};
-use faultbox_spec::model::{Healthcheck, HealthcheckKind, Service, Spec};
+use faultbox_spec::model::{Healthcheck, HealthcheckKind, Service, SourceKind, Spec};
 use faultbox_spec::world::{Event, StepCall, StepResult, World, WorldError};
 
 use crate::engine::rules::{self as engine, Compiled, Engine, EngineSlot, Rolls};
@@ -115,6 +115,12 @@ pub struct TestWorld {
     /// The Kafka consumer group of `consume` steps that name none: this test's
     /// own, so committed offsets never carry over to another test or run.
     kafka_group: String,
+    /// The running event sources (`observe=`), with the service each observes.
+    sources: Mutex<Vec<(String, Box<dyn crate::sources::Running>)>>,
+    /// Of those, the services' stdout and stderr sources: cheap to sync, so synced
+    /// before every event that follows from the service's answer (its `ready`, a
+    /// step's reply), which keeps what it wrote before answering ahead of it.
+    outputs: Mutex<Vec<(String, crate::sources::output::Probe)>>,
 }
 
 /// A test's network: a namespace per service, the hosts file, the relays.
@@ -211,6 +217,61 @@ enum Pending {
         task: tokio::task::JoinHandle<StepResult>,
     },
     Done(StepResult),
+}
+
+/// Stamps an event source's observations into the log as events of the observed
+/// service.
+struct SourceSink {
+    service: String,
+    shared: Arc<Shared>,
+    /// Lines that came before the service's `lifecycle.started` was logged (its
+    /// output pipe exists before it does), kept so they come after it.
+    early: Mutex<Option<Vec<crate::sources::Observation>>>,
+}
+
+impl SourceSink {
+    fn new(service: &str, shared: Arc<Shared>) -> SourceSink {
+        SourceSink {
+            service: service.to_string(),
+            shared,
+            early: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// Logs what was kept, and everything from now on as it comes.
+    fn open(&self) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        for o in early.take().unwrap_or_default() {
+            self.record(o);
+        }
+    }
+
+    fn record(&self, o: crate::sources::Observation) {
+        let event_type = match &o.detail {
+            Some(d) => format!("{}.{d}", o.kind),
+            None => o.kind.to_string(),
+        };
+        self.shared.log.record(
+            &self.service,
+            o.kind,
+            event_type,
+            self.service.clone(),
+            o.fields,
+        );
+    }
+}
+
+impl crate::sources::Sink for SourceSink {
+    fn emit(&self, o: crate::sources::Observation) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        match early.as_mut() {
+            Some(kept) => kept.push(o),
+            None => {
+                drop(early);
+                self.record(o);
+            }
+        }
+    }
 }
 
 /// Records a service's intercepted calls in the event log.
@@ -323,6 +384,8 @@ impl TestWorld {
             rules: Arc::new(Rules::new(seed)),
             proxy_rules: Mutex::new(Vec::new()),
             kafka_group: test_group(),
+            sources: Mutex::new(Vec::new()),
+            outputs: Mutex::new(Vec::new()),
         }
     }
 
@@ -569,7 +632,8 @@ impl TestWorld {
                 .map(OwnedFd::from)
                 .map_err(|e| format!("service {:?}: creating its {ext} log: {e}", svc.name))
         };
-        let (stdout, stderr) = (open("stdout")?, open("stderr")?);
+        let observer = Arc::new(SourceSink::new(&svc.name, self.shared.clone()));
+        let (stdout, stderr) = self.output(svc, &observer, open("stdout")?, open("stderr")?)?;
         let config = SessionConfig {
             program,
             argv,
@@ -597,7 +661,7 @@ impl TestWorld {
             .block_on(session::start(config, sink.clone()))
             .map_err(|e| format!("service {:?}: {e}", svc.name))?;
         drop((stdout, stderr));
-        Ok(self.started(
+        let state = self.started(
             &sink,
             ServiceState {
                 decl: svc.clone(),
@@ -607,6 +671,99 @@ impl TestWorld {
                 rolls,
                 covered,
             },
+        );
+        self.observe(svc, &observer, None);
+        Ok(state)
+    }
+
+    /// Where a service's stdout and stderr go: their log files, or through an
+    /// `stdout()`/`stderr()` source's pipe that also copies into them.
+    fn output(
+        &self,
+        svc: &Service,
+        observer: &Arc<SourceSink>,
+        out_log: OwnedFd,
+        err_log: OwnedFd,
+    ) -> Result<(OwnedFd, OwnedFd), String> {
+        let mut fds = Vec::new();
+        for (kind, log) in [(SourceKind::Stdout, out_log), (SourceKind::Stderr, err_log)] {
+            let Some(source) = svc.observe.iter().find(|s| s.kind == kind) else {
+                fds.push(log);
+                continue;
+            };
+            let ctx = self.source_context(&svc.name, observer)?;
+            let (write, running, probe) = crate::sources::output::start(
+                ctx,
+                kind.event_type(),
+                source.decoder.clone(),
+                std::fs::File::from(log),
+            )
+            .map_err(|e| format!("service {:?}: {}(): {e}", svc.name, kind.event_type()))?;
+            self.outputs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((svc.name.clone(), probe));
+            self.sources
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((svc.name.clone(), running));
+            fds.push(write);
+        }
+        let err = fds.pop().expect("two");
+        let out = fds.pop().expect("two");
+        Ok((out, err))
+    }
+
+    fn source_context(
+        &self,
+        service: &str,
+        observer: &Arc<SourceSink>,
+    ) -> Result<crate::sources::Context, String> {
+        let (netns, _) = self.home_of(service)?;
+        Ok(crate::sources::Context {
+            service: service.to_string(),
+            netns,
+            sink: observer.clone(),
+        })
+    }
+
+    /// Starts `svc`'s event sources other than its output (started with it): right
+    /// after the service, before its healthcheck is polled. `root` is a container's
+    /// root directory as the host sees it.
+    fn observe(&self, svc: &Service, observer: &Arc<SourceSink>, root: Option<PathBuf>) {
+        observer.open();
+        for source in &svc.observe {
+            let started = match &source.kind {
+                SourceKind::Stdout | SourceKind::Stderr => continue,
+                other => self.start_source(svc, observer, other, source, root.as_deref()),
+            };
+            match started {
+                Ok(running) => self
+                    .sources
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((svc.name.clone(), running)),
+                Err(e) => crate::sources::Sink::emit(
+                    observer.as_ref(),
+                    crate::sources::Observation::error(source.kind.event_type(), e),
+                ),
+            }
+        }
+    }
+
+    fn start_source(
+        &self,
+        svc: &Service,
+        observer: &Arc<SourceSink>,
+        kind: &SourceKind,
+        source: &faultbox_spec::model::Source,
+        root: Option<&Path>,
+    ) -> Result<Box<dyn crate::sources::Running>, String> {
+        let _ = (observer, source, root);
+        Err(format!(
+            "service {:?}: {}() is not available in this build",
+            svc.name,
+            kind.event_type()
         ))
     }
 
@@ -668,7 +825,24 @@ impl TestWorld {
             shared: self.shared.clone(),
             early: Mutex::new(Some(Vec::new())),
         });
+        let observer = Arc::new(SourceSink::new(&svc.name, self.shared.clone()));
+        let wants = |k: SourceKind| svc.observe.iter().any(|s| s.kind == k);
+        let output = if wants(SourceKind::Stdout) || wants(SourceKind::Stderr) {
+            let open = |ext: &str| -> Result<OwnedFd, String> {
+                std::fs::File::create(logs.join(format!("{}.{ext}", svc.name)))
+                    .map(OwnedFd::from)
+                    .map_err(|e| format!("service {:?}: creating its {ext} log: {e}", svc.name))
+            };
+            let (out, err) = self.output(svc, &observer, open("stdout")?, open("stderr")?)?;
+            (
+                Some(std::fs::File::from(out)),
+                Some(std::fs::File::from(err)),
+            )
+        } else {
+            (None, None)
+        };
         let cfg = crate::container::ContainerConfig {
+            output,
             svc,
             run,
             notify,
@@ -697,7 +871,8 @@ impl TestWorld {
         };
         let started = crate::container::start(cfg, &self.rt, sink.clone(), &join)
             .map_err(|e| format!("{}: service {:?}: {e}", svc.declared_at, svc.name))?;
-        Ok(self.started(
+        let root = PathBuf::from(format!("/proc/{}/root", started.running.pid));
+        let state = self.started(
             &sink,
             ServiceState {
                 decl: svc.clone(),
@@ -707,7 +882,9 @@ impl TestWorld {
                 rolls,
                 covered,
             },
-        ))
+        );
+        self.observe(svc, &observer, Some(root));
+        Ok(state)
     }
 
     fn service(&self, name: &str) -> Result<Arc<ServiceState>, WorldError> {
@@ -792,6 +969,7 @@ impl TestWorld {
         mut fields: BTreeMap<String, String>,
         result: &StepResult,
     ) {
+        self.sync_output(&call.service);
         self.log().merge(DRIVER, &call.service);
         fields.insert("ok".to_string(), result.ok.to_string());
         fields.insert("status".to_string(), result.status.to_string());
@@ -820,6 +998,9 @@ impl TestWorld {
     /// is `service_<what>` and its event type `lifecycle.<what>`, as the JSON trace
     /// of the spec reference shows.
     pub fn lifecycle(&self, service: &str, what: &str, fields: BTreeMap<String, String>) {
+        if what == "ready" {
+            self.sync_output(service);
+        }
         self.log().record(
             service,
             &format!("service_{what}"),
@@ -867,6 +1048,11 @@ impl TestWorld {
         if let Some(net) = self.net.lock().unwrap_or_else(|p| p.into_inner()).take() {
             net.relays.stop();
         }
+        // While the services still run: what a database committed or a broker took
+        // is read before they go.
+        self.sync_sources();
+        let mut sources =
+            std::mem::take(&mut *self.sources.lock().unwrap_or_else(|p| p.into_inner()));
         let services: Vec<Arc<ServiceState>> = {
             let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
             self.services
@@ -892,9 +1078,53 @@ impl TestWorld {
             if let Some(c) = &s.container {
                 c.remove();
             }
+            // Its sources end after it (its last line is read to the end of its
+            // output), and before its `stopped` event.
+            let (mine, others) = sources
+                .drain(..)
+                .partition::<Vec<_>, _>(|(name, _)| *name == s.decl.name);
+            sources = others;
+            for (_, source) in mine {
+                source.stop();
+            }
             let mut fields = BTreeMap::new();
             fields.insert("exit_code".to_string(), outcome.exit.code().to_string());
             self.lifecycle(&s.decl.name, "stopped", fields);
+        }
+        // Sources of services that never started.
+        for (_, source) in sources {
+            source.stop();
+        }
+        self.outputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Lets `service`'s stdout and stderr sources catch up.
+    fn sync_output(&self, service: &str) {
+        let outputs: Vec<crate::sources::output::Probe> = self
+            .outputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(s, _)| s == service)
+            .map(|(_, r)| r.clone())
+            .collect();
+        for o in outputs {
+            o.sync();
+        }
+    }
+
+    /// Lets every event source catch up with what its service did so far.
+    pub fn sync_sources(&self) {
+        for (_, source) in self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            source.sync();
         }
     }
 
@@ -938,6 +1168,10 @@ fn name_hash(name: &str) -> u64 {
 }
 
 impl World for TestWorld {
+    fn sync_sources(&self) {
+        TestWorld::sync_sources(self)
+    }
+
     fn step(&self, call: &StepCall) -> Result<StepResult, WorldError> {
         let fields = self.step_sent(call);
         let addr = self.driver_addr(&call.service, call.port);
