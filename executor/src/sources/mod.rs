@@ -11,11 +11,12 @@
 //! stops them after the service has stopped.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use faultbox_spec::decode::Decoder;
 
 use crate::network::namespace::NetNs;
+use crate::world::eventlog::EventLog;
 
 pub mod output;
 
@@ -57,6 +58,62 @@ pub trait Running: Send + Sync {
     /// Emits what is left, as `sync` does, then stops: no emit after it returns. It
     /// releases what the source made (connections, slots, watches, threads).
     fn stop(self: Box<Self>);
+}
+
+/// Stamps a source's observations into the test's log as events of the observed
+/// service.
+pub struct LogSink {
+    service: String,
+    log: Arc<EventLog>,
+    /// Lines that came before the service's `lifecycle.started` was logged (its
+    /// output pipe exists before it does), kept so they come after it; `None` once
+    /// it is.
+    early: Mutex<Option<Vec<Observation>>>,
+}
+
+impl LogSink {
+    pub fn new(service: &str, log: Arc<EventLog>) -> LogSink {
+        LogSink {
+            service: service.to_string(),
+            log,
+            early: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// Logs what was kept, and everything from now on as it comes.
+    pub fn open(&self) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        for o in early.take().unwrap_or_default() {
+            self.record(o);
+        }
+    }
+
+    fn record(&self, o: Observation) {
+        let event_type = match &o.detail {
+            Some(d) => format!("{}.{d}", o.kind),
+            None => o.kind.to_string(),
+        };
+        self.log.record(
+            &self.service,
+            o.kind,
+            event_type,
+            self.service.clone(),
+            o.fields,
+        );
+    }
+}
+
+impl Sink for LogSink {
+    fn emit(&self, o: Observation) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        match early.as_mut() {
+            Some(kept) => kept.push(o),
+            None => {
+                drop(early);
+                self.record(o);
+            }
+        }
+    }
 }
 
 /// What a source needs from the test it runs in.

@@ -24,6 +24,7 @@ use crate::network::plan::Plan;
 use crate::network::relay::{Relays, Report, Reporter};
 use crate::network::rules::{Active, Rules};
 use crate::sandbox::session::{self, Running, SessionConfig};
+use crate::sources::LogSink;
 use crate::world::eventlog::{EventLog, DRIVER};
 use crate::world::steps;
 
@@ -217,61 +218,6 @@ enum Pending {
         task: tokio::task::JoinHandle<StepResult>,
     },
     Done(StepResult),
-}
-
-/// Stamps an event source's observations into the log as events of the observed
-/// service.
-struct SourceSink {
-    service: String,
-    shared: Arc<Shared>,
-    /// Lines that came before the service's `lifecycle.started` was logged (its
-    /// output pipe exists before it does), kept so they come after it.
-    early: Mutex<Option<Vec<crate::sources::Observation>>>,
-}
-
-impl SourceSink {
-    fn new(service: &str, shared: Arc<Shared>) -> SourceSink {
-        SourceSink {
-            service: service.to_string(),
-            shared,
-            early: Mutex::new(Some(Vec::new())),
-        }
-    }
-
-    /// Logs what was kept, and everything from now on as it comes.
-    fn open(&self) {
-        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
-        for o in early.take().unwrap_or_default() {
-            self.record(o);
-        }
-    }
-
-    fn record(&self, o: crate::sources::Observation) {
-        let event_type = match &o.detail {
-            Some(d) => format!("{}.{d}", o.kind),
-            None => o.kind.to_string(),
-        };
-        self.shared.log.record(
-            &self.service,
-            o.kind,
-            event_type,
-            self.service.clone(),
-            o.fields,
-        );
-    }
-}
-
-impl crate::sources::Sink for SourceSink {
-    fn emit(&self, o: crate::sources::Observation) {
-        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
-        match early.as_mut() {
-            Some(kept) => kept.push(o),
-            None => {
-                drop(early);
-                self.record(o);
-            }
-        }
-    }
 }
 
 /// Records a service's intercepted calls in the event log.
@@ -632,7 +578,7 @@ impl TestWorld {
                 .map(OwnedFd::from)
                 .map_err(|e| format!("service {:?}: creating its {ext} log: {e}", svc.name))
         };
-        let observer = Arc::new(SourceSink::new(&svc.name, self.shared.clone()));
+        let observer = Arc::new(LogSink::new(&svc.name, self.shared.log.clone()));
         let (stdout, stderr) = self.output(svc, &observer, open("stdout")?, open("stderr")?)?;
         let config = SessionConfig {
             program,
@@ -681,7 +627,7 @@ impl TestWorld {
     fn output(
         &self,
         svc: &Service,
-        observer: &Arc<SourceSink>,
+        observer: &Arc<LogSink>,
         out_log: OwnedFd,
         err_log: OwnedFd,
     ) -> Result<(OwnedFd, OwnedFd), String> {
@@ -717,7 +663,7 @@ impl TestWorld {
     fn source_context(
         &self,
         service: &str,
-        observer: &Arc<SourceSink>,
+        observer: &Arc<LogSink>,
     ) -> Result<crate::sources::Context, String> {
         let (netns, _) = self.home_of(service)?;
         Ok(crate::sources::Context {
@@ -730,7 +676,7 @@ impl TestWorld {
     /// Starts `svc`'s event sources other than its output (started with it): right
     /// after the service, before its healthcheck is polled. `root` is a container's
     /// root directory as the host sees it.
-    fn observe(&self, svc: &Service, observer: &Arc<SourceSink>, root: Option<PathBuf>) {
+    fn observe(&self, svc: &Service, observer: &Arc<LogSink>, root: Option<PathBuf>) {
         observer.open();
         for source in &svc.observe {
             let started = match &source.kind {
@@ -754,7 +700,7 @@ impl TestWorld {
     fn start_source(
         &self,
         svc: &Service,
-        observer: &Arc<SourceSink>,
+        observer: &Arc<LogSink>,
         kind: &SourceKind,
         source: &faultbox_spec::model::Source,
         root: Option<&Path>,
@@ -825,7 +771,7 @@ impl TestWorld {
             shared: self.shared.clone(),
             early: Mutex::new(Some(Vec::new())),
         });
-        let observer = Arc::new(SourceSink::new(&svc.name, self.shared.clone()));
+        let observer = Arc::new(LogSink::new(&svc.name, self.shared.log.clone()));
         let wants = |k: SourceKind| svc.observe.iter().any(|s| s.kind == k);
         let output = if wants(SourceKind::Stdout) || wants(SourceKind::Stderr) {
             let open = |ext: &str| -> Result<OwnedFd, String> {
