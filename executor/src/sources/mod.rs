@@ -18,6 +18,7 @@ use faultbox_spec::decode::Decoder;
 use crate::network::namespace::NetNs;
 
 pub mod output;
+pub mod poll;
 pub mod tail;
 
 /// One line or message, before the sink stamps it into the trace.
