@@ -3,7 +3,7 @@
 # are installed only when missing (apt-get update runs only then).
 set -euo pipefail
 
-packages=(libseccomp-dev pkg-config gcc make python3 strace util-linux bsdutils procps iproute2)
+packages=(libseccomp-dev pkg-config gcc make python3 strace util-linux bsdutils procps iproute2 logrotate)
 
 missing=()
 for p in "${packages[@]}"; do

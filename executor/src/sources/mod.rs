@@ -19,6 +19,8 @@ use crate::network::namespace::NetNs;
 use crate::world::eventlog::EventLog;
 
 pub mod output;
+pub mod poll;
+pub mod tail;
 
 /// One line or message, before the sink stamps it into the trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
