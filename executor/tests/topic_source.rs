@@ -677,3 +677,59 @@ fn an_unknown_protocol_is_one_error_event() {
     assert!(errors[0].contains("kafka or nats"), "{errors:?}");
     assert_eq!(threads_of("x-bad"), 0);
 }
+
+/// A broker that stops answering (SIGSTOP) holds neither sync nor stop beyond
+/// their bounds.
+#[test]
+fn a_frozen_broker_bounds_sync_and_stop() {
+    let (kport, nport) = (free_port(), free_port());
+    let kafka = tansu(kport);
+    let nats = nats(nport);
+    publish(kport, "t", None, "x");
+    let (ksink, mut ksource) = start("k-frozen", "kafka", kport, "t", "", None);
+    let (nsink, mut nsource) = start("n-frozen", "nats", nport, "t", "", None);
+    ksource.sync();
+    nsource.sync();
+    assert_eq!(ksink.messages().len(), 1);
+    for server in [&kafka, &nats] {
+        // SAFETY: kill(2) on a child this test started and has not reaped.
+        assert_eq!(
+            unsafe { libc::kill(server.child.id() as i32, libc::SIGSTOP) },
+            0
+        );
+    }
+    for (name, source) in [("kafka", &mut ksource), ("nats", &mut nsource)] {
+        let t = Instant::now();
+        source.sync();
+        assert!(
+            t.elapsed() < Duration::from_millis(2500),
+            "{name} sync: {:?}",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        source.stop();
+        assert!(
+            t.elapsed() < Duration::from_millis(2500),
+            "{name} stop: {:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(threads_of("k-frozen") + threads_of("n-frozen"), 0);
+    assert_eq!(connections(kport) + connections(nport), 0);
+    assert!(nsink.messages().is_empty());
+}
+
+#[test]
+fn nats_refuses_a_bad_subject_once() {
+    let port = free_port();
+    let _server = nats(port);
+    let (sink, mut source) = start("n-bad", "nats", port, "orders..x", "", None);
+    assert!(sink.wait(Duration::from_secs(5), |o| !o.is_empty()));
+    // Retried with backoff, reported once.
+    std::thread::sleep(Duration::from_millis(1200));
+    let errors = sink.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("Invalid Subject"), "{errors:?}");
+    source.stop();
+    assert_eq!(connections(port), 0);
+}
