@@ -733,3 +733,48 @@ fn nats_refuses_a_bad_subject_once() {
     source.stop();
     assert_eq!(connections(port), 0);
 }
+
+/// The `consume` step reads what the source reads, and the source commits nothing
+/// for its group: a step with that group still starts at the beginning.
+#[test]
+fn kafka_consume_steps_and_the_source_agree_and_the_group_is_left_alone() {
+    let port = free_port();
+    let _broker = tansu(port);
+    for v in ["a", "b", "c"] {
+        publish(port, "shared", None, v);
+    }
+    let (sink, mut source) = start("k-group", "kafka", port, "shared", "audit", None);
+    source.sync();
+    let seen: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|o| o.fields["value"].clone())
+        .collect();
+    assert_eq!(seen, ["a", "b", "c"]);
+    let consume = |wait: Duration| {
+        let op = Operation::KafkaConsume {
+            topic: "shared".into(),
+            group: Some("audit".into()),
+            wait,
+        };
+        runtime().block_on(client::run(
+            "kafka",
+            addr(port),
+            &Credentials::default(),
+            &op,
+            Duration::from_secs(10),
+        ))
+    };
+    for (offset, value) in seen.iter().enumerate() {
+        let out = consume(Duration::from_secs(2));
+        assert!(out.ok, "{}", out.error);
+        let body: Value = serde_json::from_str(&out.body).unwrap();
+        assert_eq!(
+            (&body["offset"], &body["value"]),
+            (&json!(offset), &json!(value))
+        );
+    }
+    let out = consume(Duration::from_millis(300));
+    assert!(!out.ok && out.error.contains("no message"), "{out:?}");
+    source.stop();
+}

@@ -149,6 +149,20 @@ impl Commands {
         }
     }
 
+    /// The pause before a reconnect. A sync that comes meanwhile ends it (the broker
+    /// is tried again at once for it) and joins `asked`. False once the handle is
+    /// gone.
+    async fn retry_after(&mut self, backoff: &mut Backoff, asked: &mut Vec<Reply>) -> bool {
+        match self.pause(backoff.next()).await {
+            Wake::Time => true,
+            Wake::Sync(r) => {
+                asked.push(r);
+                true
+            }
+            Wake::Exit => false,
+        }
+    }
+
     /// Commands already waiting, without waiting for more; `None` once the handle
     /// is gone.
     fn pending(&mut self) -> Option<Vec<Reply>> {

@@ -687,43 +687,8 @@ fn murmur2(data: &[u8]) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-
-    fn batch(first: i64, values: &[&str]) -> bytes::BytesMut {
-        let records: Vec<Record> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: first + i as i64,
-                // Offsets and sequences advancing together keep the records one batch.
-                sequence: i as i32,
-                timestamp: 1,
-                key: None,
-                value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut out = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut out,
-            records.iter(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
-        out
-    }
+    use crate::kafka::tests::{one_batch, records};
+    use kafka_protocol::records::Record;
 
     fn values(r: &[Record]) -> Vec<(i64, String)> {
         r.iter()
@@ -736,27 +701,28 @@ mod tests {
 
     #[test]
     fn batches_decode_from_the_offset_asked_for() {
-        let mut buf = batch(0, &["a", "b"]);
-        buf.extend_from_slice(&batch(2, &["c"]));
-        let (records, next, skipped) = super::decode_batches(buf.clone().freeze(), 1).unwrap();
+        let mut buf = one_batch(&["a", "b"], 0);
+        buf.extend(records(&["c"], 2));
+        let buf = bytes::Bytes::from(buf);
+        let (records, next, skipped) = super::decode_batches(buf.clone(), 1).unwrap();
         assert_eq!(values(&records), [(1, "b".into()), (2, "c".into())]);
         assert_eq!((next, skipped.len()), (3, 0));
         // A batch cut off at the size limit is left for the next fetch.
         let cut = buf.len() - 3;
-        let (records, next, _) = super::decode_batches(buf.freeze().slice(..cut), 0).unwrap();
+        let (records, next, _) = super::decode_batches(buf.slice(..cut), 0).unwrap();
         assert_eq!(values(&records), [(0, "a".into()), (1, "b".into())]);
         assert_eq!(next, 2);
     }
 
     #[test]
     fn a_batch_that_does_not_decode_is_stepped_over() {
-        // The same batch marked lz4 (which this build lacks), its CRC made right.
-        let mut lz4 = batch(0, &["a", "b"]);
+        // A batch marked lz4 (which this build lacks), its CRC made right.
+        let mut lz4 = one_batch(&["a", "b"], 0);
         lz4[22] |= 3;
         let crc = crc32c::crc32c(&lz4[21..]);
         lz4[17..21].copy_from_slice(&crc.to_be_bytes());
-        lz4.extend_from_slice(&batch(2, &["c"]));
-        let (records, next, skipped) = super::decode_batches(lz4.freeze(), 0).unwrap();
+        lz4.extend(records(&["c"], 2));
+        let (records, next, skipped) = super::decode_batches(lz4.into(), 0).unwrap();
         assert_eq!(values(&records), [(2, "c".into())]);
         assert_eq!(next, 3);
         assert_eq!((skipped[0].first, skipped[0].last), (0, 1));

@@ -81,11 +81,8 @@ pub(super) async fn run(w: &mut Worker, addr: SocketAddr, cmds: &mut Commands) {
         asked.clear();
         let now = Instant::now();
         state.syncs.retain(|p| p.until > now);
-        match cmds.pause(backoff.next()).await {
-            Wake::Time => {}
-            // Try again at once: the broker may be up by now.
-            Wake::Sync(r) => asked.push(r),
-            Wake::Exit => return,
+        if !cmds.retry_after(&mut backoff, &mut asked).await {
+            return;
         }
     }
 }

@@ -15,7 +15,7 @@ use faultbox_protocols::client::nats::{Delivery, Message, Subscription};
 use faultbox_protocols::client::Credentials;
 use serde_json::{Map, Value};
 
-use super::{ask, Backoff, Cmd, Commands, Reply, Wake, Worker, REQUEST_TIMEOUT};
+use super::{ask, Backoff, Cmd, Commands, Reply, Worker, REQUEST_TIMEOUT};
 
 /// The source's handle is gone: the loop ends.
 struct Exit;
@@ -54,10 +54,8 @@ pub(super) async fn run(
         // Nothing published meanwhile will come: a sync asked now has nothing to
         // wait for.
         asked.clear();
-        match cmds.pause(backoff.next()).await {
-            Wake::Time => {}
-            Wake::Sync(r) => asked.push(r),
-            Wake::Exit => return,
+        if !cmds.retry_after(&mut backoff, &mut asked).await {
+            return;
         }
     }
 }
