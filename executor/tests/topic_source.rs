@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -78,10 +79,35 @@ impl Drop for Server {
 
 impl Server {
     fn start(name: &str, program: &str, args: &[String], port: u16) -> Server {
+        Server::start_in(None, name, program, args, port)
+    }
+
+    /// Starts the server in `netns` (the test's own when `None`).
+    fn start_in(
+        netns: Option<&NetNs>,
+        name: &str,
+        program: &str,
+        args: &[String],
+        port: u16,
+    ) -> Server {
         let dir = TempDir::new(name);
         let log = dir.0.join("server.log");
         let out = std::fs::File::create(&log).expect("server log");
-        let child = Command::new(program)
+        let mut cmd = Command::new(program);
+        if let Some(ns) = netns {
+            let fd = ns.raw_fd();
+            // SAFETY: the child only calls setns(2), async-signal-safe, before exec;
+            // `fd` stays open in the parent while `ns` lives, so the child has it.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(args)
             .current_dir(&dir.0)
             .stdin(Stdio::null())
@@ -94,21 +120,20 @@ impl Server {
             log,
             _dir: dir,
         };
-        s.wait_ready(name, port);
+        s.wait_ready(netns, name, port);
         s
     }
 
-    /// Waits for a real round trip in the broker's protocol.
-    fn wait_ready(&mut self, protocol: &str, port: u16) {
+    /// Waits for a real round trip in the broker's protocol, from `netns`.
+    fn wait_ready(&mut self, netns: Option<&NetNs>, protocol: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let rt = runtime();
         let anonymous = Credentials::default();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{protocol} exited ({status}):\n{}", self.log());
             }
             let probe = client::ready(protocol, addr(port), &anonymous, Duration::from_secs(2));
-            if rt.block_on(probe).is_ok() {
+            if in_ns(netns, || runtime().block_on(probe)).is_ok() {
                 return;
             }
             assert!(
@@ -149,6 +174,20 @@ fn nats(port: u16) -> Server {
         port.to_string(),
     ];
     Server::start("nats", "nats-server", &args, port)
+}
+
+/// `f` on a thread of its own in `netns` (the test's own when `None`).
+fn in_ns<T: Send>(netns: Option<&NetNs>, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(ns) = netns {
+                ns.enter().expect("entering the namespace");
+            }
+            f()
+        })
+        .join()
+        .expect("the thread in the namespace")
+    })
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -230,10 +269,24 @@ fn start(
     group: &str,
     decoder: Option<Decoder>,
 ) -> (Arc<Collect>, Started) {
+    let here = Arc::new(NetNs::current().expect("this test's namespace"));
+    start_in(here, service, protocol, port, subject, group, decoder)
+}
+
+/// Starts a source observing a service in `netns`.
+fn start_in(
+    netns: Arc<NetNs>,
+    service: &str,
+    protocol: &str,
+    port: u16,
+    subject: &str,
+    group: &str,
+    decoder: Option<Decoder>,
+) -> (Arc<Collect>, Started) {
     let sink = Arc::new(Collect::default());
     let ctx = Context {
         service: service.to_string(),
-        netns: Arc::new(NetNs::current().expect("this test's namespace")),
+        netns,
         sink: sink.clone(),
     };
     let s = topic::start(ctx, protocol, port, subject, group, decoder);
@@ -250,7 +303,8 @@ fn threads_of(service: &str) -> usize {
         .count()
 }
 
-/// TCP connections of this process to or from `port`.
+/// TCP connections of this process to or from `port`, in the calling thread's
+/// namespace.
 fn connections(port: u16) -> usize {
     let ours: BTreeSet<String> = std::fs::read_dir("/proc/self/fd")
         .expect("fds")
@@ -261,7 +315,7 @@ fn connections(port: u16) -> usize {
         })
         .collect();
     let hex = format!(":{port:04X}");
-    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
+    ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .flat_map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
@@ -777,4 +831,39 @@ fn kafka_consume_steps_and_the_source_agree_and_the_group_is_left_alone() {
     let out = consume(Duration::from_millis(300));
     assert!(!out.ok && out.error.contains("no message"), "{out:?}");
     source.stop();
+}
+
+/// The source dials `127.0.0.1:PORT` in the observed service's namespace, not the
+/// test's: here the server exists only in a namespace of its own.
+#[test]
+fn nats_is_read_in_the_services_own_namespace() {
+    python();
+    let ns = Arc::new(NetNs::create().expect("a network namespace"));
+    let port = free_port();
+    let args = [
+        "-a".to_string(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+    ];
+    let _server = Server::start_in(Some(&ns), "nats", "nats-server", &args, port);
+    assert!(
+        std::net::TcpStream::connect(addr(port)).is_err(),
+        "nothing listens in the test's own namespace"
+    );
+    let (sink, mut source) = start_in(ns.clone(), "n-ns", "nats", port, "x.>", "", None);
+    source.sync();
+    in_ns(Some(&ns), || nats_publish(port, "x.y.z", "inside"));
+    source.sync();
+    let values: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|o| o.fields["value"].clone())
+        .collect();
+    assert_eq!(values, ["inside"]);
+    assert_eq!(sink.errors(), Vec::<String>::new());
+    assert_eq!(in_ns(Some(&ns), || connections(port)), 1);
+    source.stop();
+    assert_eq!(in_ns(Some(&ns), || connections(port)), 0);
+    assert_eq!(threads_of("n-ns"), 0);
 }
