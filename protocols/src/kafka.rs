@@ -744,7 +744,7 @@ fn uuid_of(id: u128) -> uuid::Uuid {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::testkit::{check_cuts, play_whole, Dir};
     use kafka_protocol::messages::{fetch_response, metadata_response, produce_request};
@@ -775,7 +775,19 @@ mod tests {
         buf
     }
 
-    fn records(values: &[&str], base: i64) -> Vec<u8> {
+    /// One batch a record: `values` at offsets from `base`.
+    pub(crate) fn records(values: &[&str], base: i64) -> Vec<u8> {
+        encode(values, base, false)
+    }
+
+    /// `values` at offsets from `base`, all in one batch.
+    pub(crate) fn one_batch(values: &[&str], base: i64) -> Vec<u8> {
+        encode(values, base, true)
+    }
+
+    /// The encoder starts a new batch where a record's offset and sequence do not
+    /// advance together: sequences of −1 make one batch a record.
+    fn encode(values: &[&str], base: i64, together: bool) -> Vec<u8> {
         let recs: Vec<Record> = values
             .iter()
             .enumerate()
@@ -788,7 +800,7 @@ mod tests {
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: base + i as i64,
-                sequence: -1,
+                sequence: if together { i as i32 } else { -1 },
                 timestamp: 1,
                 key: None,
                 value: Some(v.as_bytes().to_vec().into()),

@@ -10,6 +10,8 @@
 //! is polled), asks them to [`Running::sync`] before a query reads the trace, and
 //! stops them after the service has stopped.
 
+pub mod topic;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

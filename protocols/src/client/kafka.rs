@@ -15,6 +15,11 @@
 //!   record. Answers `{"topic", "partition", "offset", "key", "value"}` (text, or
 //!   `0x` hex when not UTF-8; `None` when absent).
 //!
+//! The `topic()` event source reads with the same [`Connection`]: `partitions`,
+//! `log_start`, `high_watermark` and `fetch_records`, which returns every record of
+//! a Fetch response (several partitions at once) and steps over whole batches that
+//! do not decode instead of failing on them forever.
+//!
 //! A broker error (a code in a response) is the step's error, by name:
 //! `NOT_ENOUGH_REPLICAS (19) producing to orders/0`.
 
@@ -52,7 +57,7 @@ const CREATE_TOPICS: i16 = 5;
 const MAX_RESPONSE: usize = 64 << 20;
 
 pub(super) async fn run(addr: SocketAddr, op: &Operation) -> Result<String, ClientError> {
-    let mut c = Conn::open(addr).await?;
+    let mut c = Connection::open(addr).await?;
     let value = match op {
         Operation::KafkaPublish { topic, value, key } => {
             c.publish(topic, key.as_deref(), value).await?
@@ -75,7 +80,7 @@ pub(super) async fn run(addr: SocketAddr, op: &Operation) -> Result<String, Clie
 
 /// A round trip that proves a broker answers: Metadata for no topic.
 pub(super) async fn ping(addr: SocketAddr) -> Result<(), ClientError> {
-    let mut c = Conn::open(addr).await?;
+    let mut c = Connection::open(addr).await?;
     let r = c
         .call(
             &MetadataRequest::default().with_topics(Some(Vec::new())),
@@ -104,14 +109,15 @@ fn broker_error(code: i16, what: &str) -> ClientError {
     ClientError::Server(format!("{n} ({code}) {what}"))
 }
 
-struct Conn {
+/// One connection to a broker, which serves every request (see the module docs).
+pub struct Connection {
     stream: TcpStream,
     correlation: i32,
 }
 
-impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Conn, ClientError> {
-        Ok(Conn {
+impl Connection {
+    pub async fn open(addr: SocketAddr) -> Result<Connection, ClientError> {
+        Ok(Connection {
             stream: super::connect(addr).await?,
             correlation: 0,
         })
@@ -167,7 +173,7 @@ impl Conn {
     }
 
     /// The topic's partitions, in index order; `None` when the broker does not know it.
-    async fn partitions(&mut self, topic: &str) -> Result<Option<Vec<i32>>, ClientError> {
+    pub async fn partitions(&mut self, topic: &str) -> Result<Option<Vec<i32>>, ClientError> {
         let req = MetadataRequest::default()
             .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
             )
@@ -187,11 +193,13 @@ impl Conn {
         Ok(Some(parts))
     }
 
-    async fn create(&mut self, topic: &str) -> Result<(), ClientError> {
+    /// Creates `topic` with `partitions` partitions; one that exists already is left
+    /// as it is.
+    pub async fn create(&mut self, topic: &str, partitions: i32) -> Result<(), ClientError> {
         let req = CreateTopicsRequest::default()
             .with_topics(vec![create_topics_request::CreatableTopic::default()
                 .with_name(name(topic))
-                .with_num_partitions(1)
+                .with_num_partitions(partitions)
                 .with_replication_factor(1)])
             .with_timeout_ms(10_000);
         let r = self.call(&req, CREATE_TOPICS).await?;
@@ -202,7 +210,9 @@ impl Conn {
         }
     }
 
-    async fn publish(
+    /// One record, acknowledged by all replicas (the `publish` step): creates the
+    /// topic with one partition when the broker does not know it.
+    pub async fn publish(
         &mut self,
         topic: &str,
         key: Option<&str>,
@@ -211,7 +221,7 @@ impl Conn {
         let parts = match self.partitions(topic).await? {
             Some(p) => p,
             None => {
-                self.create(topic).await?;
+                self.create(topic, 1).await?;
                 vec![0]
             }
         };
@@ -325,7 +335,24 @@ impl Conn {
     }
 
     /// The first offset still in partition `part`.
-    async fn log_start(&mut self, topic: &str, part: i32) -> Result<i64, ClientError> {
+    pub async fn log_start(&mut self, topic: &str, part: i32) -> Result<i64, ClientError> {
+        self.list_offset(topic, part, -2, "the start of").await
+    }
+
+    /// The partition's high watermark: the offset the next record will get, so every
+    /// record acknowledged so far is below it.
+    pub async fn high_watermark(&mut self, topic: &str, part: i32) -> Result<i64, ClientError> {
+        self.list_offset(topic, part, -1, "the end of").await
+    }
+
+    /// ListOffsets at `timestamp` −2 (earliest) or −1 (latest).
+    async fn list_offset(
+        &mut self,
+        topic: &str,
+        part: i32,
+        timestamp: i64,
+        what: &str,
+    ) -> Result<i64, ClientError> {
         let req = ListOffsetsRequest::default()
             .with_replica_id((-1).into())
             .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
@@ -334,7 +361,7 @@ impl Conn {
                     list_offsets_request::ListOffsetsPartition::default()
                         .with_partition_index(part)
                         .with_current_leader_epoch(-1)
-                        .with_timestamp(-2),
+                        .with_timestamp(timestamp),
                 ])]);
         let r = self.call(&req, LIST_OFFSETS).await?;
         let p = r
@@ -345,7 +372,7 @@ impl Conn {
         if p.error_code != 0 {
             return Err(broker_error(
                 p.error_code,
-                &format!("finding where {topic}/{part} starts"),
+                &format!("finding {what} {topic}/{part}"),
             ));
         }
         Ok(p.offset)
@@ -358,26 +385,10 @@ impl Conn {
         part: i32,
         offset: i64,
     ) -> Result<Option<Record>, ClientError> {
-        let req = FetchRequest::default()
-            .with_replica_id((-1).into())
-            .with_max_wait_ms(200)
-            .with_min_bytes(1)
-            .with_max_bytes(8 << 20)
-            .with_session_epoch(-1)
-            .with_topics(vec![fetch_request::FetchTopic::default()
-                .with_topic(name(topic))
-                .with_partitions(vec![fetch_request::FetchPartition::default()
-                    .with_partition(part)
-                    .with_current_leader_epoch(-1)
-                    .with_fetch_offset(offset)
-                    .with_last_fetched_epoch(-1)
-                    .with_log_start_offset(-1)
-                    .with_partition_max_bytes(4 << 20)])]);
-        let r = self.call(&req, FETCH).await?;
-        if r.error_code != 0 {
-            return Err(broker_error(r.error_code, &format!("fetching {topic}")));
-        }
-        let Some(p) = r.responses.first().and_then(|t| t.partitions.first()) else {
+        let fetched = self
+            .fetch_records(topic, &[(part, offset)], Duration::from_millis(200))
+            .await?;
+        let Some(p) = fetched.into_iter().next() else {
             return Ok(None);
         };
         if p.error_code != 0 {
@@ -386,30 +397,75 @@ impl Conn {
                 &format!("fetching {topic}/{part} at offset {offset}"),
             ));
         }
-        let Some(mut records) = p.records.clone() else {
-            return Ok(None);
-        };
-        let mut found = None;
-        while !records.is_empty() {
-            let set = match RecordBatchDecoder::decode(&mut records) {
-                Ok(s) => s,
-                // A batch cut off at the size limit ends the response.
-                Err(_) if found.is_some() => break,
-                Err(e) => {
-                    return Err(ClientError::Protocol(format!(
-                        "records of {topic}/{part} do not decode: {e}"
-                    )))
-                }
-            };
-            found = set
-                .records
-                .into_iter()
-                .find(|r| !r.control && r.offset >= offset);
-            if found.is_some() {
-                break;
-            }
+        match (p.records.into_iter().next(), p.skipped.first()) {
+            (Some(r), _) => Ok(Some(r)),
+            (None, Some(s)) => Err(ClientError::Protocol(format!(
+                "records of {topic}/{part} do not decode: {}",
+                s.reason
+            ))),
+            (None, None) => Ok(None),
         }
-        Ok(found)
+    }
+
+    /// One Fetch of the partitions in `from` (partition, first offset wanted), in
+    /// their order, waiting up to `max_wait` for a first byte. A partition's error is
+    /// its [`Fetched::error_code`]; a request-level one is the call's error.
+    pub async fn fetch_records(
+        &mut self,
+        topic: &str,
+        from: &[(i32, i64)],
+        max_wait: Duration,
+    ) -> Result<Vec<Fetched>, ClientError> {
+        let req = FetchRequest::default()
+            .with_replica_id((-1).into())
+            .with_max_wait_ms(max_wait.as_millis().min(i32::MAX as u128) as i32)
+            .with_min_bytes(1)
+            .with_max_bytes(8 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(
+                    from.iter()
+                        .map(|&(part, offset)| {
+                            fetch_request::FetchPartition::default()
+                                .with_partition(part)
+                                .with_current_leader_epoch(-1)
+                                .with_fetch_offset(offset)
+                                .with_last_fetched_epoch(-1)
+                                .with_log_start_offset(-1)
+                                .with_partition_max_bytes(4 << 20)
+                        })
+                        .collect(),
+                )]);
+        let r = self.call(&req, FETCH).await?;
+        if r.error_code != 0 {
+            return Err(broker_error(r.error_code, &format!("fetching {topic}")));
+        }
+        let mut out = Vec::with_capacity(from.len());
+        for p in r.responses.iter().flat_map(|t| &t.partitions) {
+            let Some(&(_, offset)) = from.iter().find(|(part, _)| *part == p.partition_index)
+            else {
+                continue;
+            };
+            let (records, next_offset, skipped) = match &p.records {
+                Some(b) if p.error_code == 0 => decode_batches(b.clone(), offset).map_err(|e| {
+                    ClientError::Protocol(format!(
+                        "records of {topic}/{} do not decode: {e}",
+                        p.partition_index
+                    ))
+                })?,
+                _ => (Vec::new(), offset, Vec::new()),
+            };
+            out.push(Fetched {
+                partition: p.partition_index,
+                error_code: p.error_code,
+                records,
+                next_offset,
+                high_watermark: p.high_watermark,
+                skipped,
+            });
+        }
+        Ok(out)
     }
 
     async fn commit(
@@ -495,6 +551,84 @@ impl Conn {
     }
 }
 
+/// What one partition of a Fetch response held.
+#[derive(Debug)]
+pub struct Fetched {
+    pub partition: i32,
+    /// The broker's error code for the partition (0: none), e.g.
+    /// `OFFSET_OUT_OF_RANGE` (1) when the offset asked for is not in the log.
+    pub error_code: i16,
+    /// Data records at or after the offset asked for, in offset order (control
+    /// records of transactions left out).
+    pub records: Vec<Record>,
+    /// Where the next fetch of the partition starts: past every whole batch
+    /// returned, control and skipped batches included.
+    pub next_offset: i64,
+    pub high_watermark: i64,
+    /// Whole batches that do not decode (a compression this client is built
+    /// without): they are stepped over, not retried forever.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A record batch stepped over: its offsets and why it did not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub first: i64,
+    pub last: i64,
+    pub reason: String,
+}
+
+/// The data records at or after `offset` in a Fetch response's record bytes, where
+/// to fetch next, and the batches stepped over. A batch cut off at the response's
+/// size limit ends the bytes: it is fetched again from its start next time.
+fn decode_batches(
+    mut buf: bytes::Bytes,
+    offset: i64,
+) -> Result<(Vec<Record>, i64, Vec<Skipped>), String> {
+    use bytes::Buf;
+    let mut records = Vec::new();
+    let mut skipped = Vec::new();
+    let mut next = offset;
+    // Base offset (8), length (4), leader epoch (4), magic (1), CRC (4), attributes
+    // (2), last offset delta (4): enough to step over a batch without decoding it.
+    while buf.len() >= 27 {
+        let base = i64::from_be_bytes(buf[0..8].try_into().expect("8 bytes"));
+        let len = i32::from_be_bytes(buf[8..12].try_into().expect("4 bytes"));
+        // The smallest message before magic 2 is 14 bytes; a magic 2 header is 49.
+        let least = if buf[16] >= 2 { 49 } else { 14 };
+        if len < least {
+            return Err(format!("a batch at offset {base} announces {len} bytes"));
+        }
+        let whole = 12 + len as usize;
+        if buf.len() < whole {
+            break;
+        }
+        // Batches before magic 2 hold one (wrapper) message whose offset is the last.
+        let last = if buf[16] >= 2 {
+            base + i64::from(i32::from_be_bytes(buf[23..27].try_into().expect("4 bytes")))
+        } else {
+            base
+        };
+        let mut one = buf.slice(..whole);
+        match RecordBatchDecoder::decode(&mut one) {
+            Ok(set) => records.extend(
+                set.records
+                    .into_iter()
+                    .filter(|r| !r.control && r.offset >= offset),
+            ),
+            Err(e) if last >= offset => skipped.push(Skipped {
+                first: base,
+                last,
+                reason: e.to_string(),
+            }),
+            Err(_) => {}
+        }
+        next = next.max(last + 1);
+        buf.advance(whole);
+    }
+    Ok((records, next, skipped))
+}
+
 fn faultbox_duration(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
@@ -553,6 +687,48 @@ fn murmur2(data: &[u8]) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    use crate::kafka::tests::{one_batch, records};
+    use kafka_protocol::records::Record;
+
+    fn values(r: &[Record]) -> Vec<(i64, String)> {
+        r.iter()
+            .map(|r| {
+                let v = r.value.as_deref().unwrap_or_default();
+                (r.offset, String::from_utf8_lossy(v).into_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_decode_from_the_offset_asked_for() {
+        let mut buf = one_batch(&["a", "b"], 0);
+        buf.extend(records(&["c"], 2));
+        let buf = bytes::Bytes::from(buf);
+        let (records, next, skipped) = super::decode_batches(buf.clone(), 1).unwrap();
+        assert_eq!(values(&records), [(1, "b".into()), (2, "c".into())]);
+        assert_eq!((next, skipped.len()), (3, 0));
+        // A batch cut off at the size limit is left for the next fetch.
+        let cut = buf.len() - 3;
+        let (records, next, _) = super::decode_batches(buf.slice(..cut), 0).unwrap();
+        assert_eq!(values(&records), [(0, "a".into()), (1, "b".into())]);
+        assert_eq!(next, 2);
+    }
+
+    #[test]
+    fn a_batch_that_does_not_decode_is_stepped_over() {
+        // A batch marked lz4 (which this build lacks), its CRC made right.
+        let mut lz4 = one_batch(&["a", "b"], 0);
+        lz4[22] |= 3;
+        let crc = crc32c::crc32c(&lz4[21..]);
+        lz4[17..21].copy_from_slice(&crc.to_be_bytes());
+        lz4.extend(records(&["c"], 2));
+        let (records, next, skipped) = super::decode_batches(lz4.into(), 0).unwrap();
+        assert_eq!(values(&records), [(2, "c".into())]);
+        assert_eq!(next, 3);
+        assert_eq!((skipped[0].first, skipped[0].last), (0, 1));
+        assert!(skipped[0].reason.contains("Lz4"), "{skipped:?}");
+    }
+
     #[test]
     fn murmur2_matches_the_java_client() {
         // Values from the Java client's UtilsTest.

@@ -29,13 +29,13 @@ mod grpc;
 #[cfg(feature = "grpc-schema")]
 pub mod grpc_schema;
 #[cfg(feature = "client")]
-mod kafka;
+pub mod kafka;
 #[cfg(feature = "client")]
 mod memcached;
 #[cfg(feature = "client")]
 mod mysql;
 #[cfg(feature = "client")]
-mod nats;
+pub mod nats;
 #[cfg(feature = "client")]
 mod postgres;
 #[cfg(feature = "client")]
