@@ -51,6 +51,14 @@ impl Observation {
 /// Where a source's observations go. Called from the source's own threads.
 pub trait Sink: Send + Sync {
     fn emit(&self, o: Observation);
+
+    /// Emits several observations in order. A sink that can take them in one go
+    /// (one lock for all) overrides it: busy sources emit through it.
+    fn emit_batch(&self, batch: Vec<Observation>) {
+        for o in batch {
+            self.emit(o);
+        }
+    }
 }
 
 /// A started source.
