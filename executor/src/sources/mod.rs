@@ -95,22 +95,16 @@ impl LogSink {
     /// Logs what was kept, and everything from now on as it comes.
     pub fn open(&self) {
         let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
-        for o in early.take().unwrap_or_default() {
-            self.record(o);
-        }
+        self.record(early.take().unwrap_or_default());
     }
 
-    fn record(&self, o: Observation) {
-        let event_type = match &o.detail {
-            Some(d) => format!("{}.{d}", o.kind),
-            None => o.kind.to_string(),
-        };
-        self.log.record(
+    fn record(&self, batch: impl IntoIterator<Item = Observation>) {
+        self.log.record_all(
             &self.service,
-            o.kind,
-            event_type,
-            self.service.clone(),
-            o.fields,
+            batch.into_iter().map(|o| {
+                let event_type = o.detail.map(|d| format!("{}.{d}", o.kind));
+                (o.kind, event_type, o.fields)
+            }),
         );
     }
 }
@@ -122,7 +116,18 @@ impl Sink for LogSink {
             Some(kept) => kept.push(o),
             None => {
                 drop(early);
-                self.record(o);
+                self.record([o]);
+            }
+        }
+    }
+
+    fn emit_batch(&self, batch: Vec<Observation>) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        match early.as_mut() {
+            Some(kept) => kept.extend(batch),
+            None => {
+                drop(early);
+                self.record(batch);
             }
         }
     }
@@ -145,7 +150,11 @@ pub struct Context {
 /// `data` (the decoder's output as JSON text, or `{"line": ...}` with no decoder) and,
 /// when the decoder refused it, `error`.
 pub fn decoded_fields(raw: &[u8], decoder: Option<&Decoder>) -> BTreeMap<String, String> {
-    let line = String::from_utf8_lossy(raw).into_owned();
+    // `from_utf8` checks ASCII a word at a time; the lossy walk is for the rest.
+    let line = match std::str::from_utf8(raw) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(raw).into_owned(),
+    };
     let mut fields = BTreeMap::new();
     let data = match decoder {
         None => serde_json::json!({ "line": line }).to_string(),
