@@ -33,6 +33,14 @@ const CHUNK: usize = 256 << 10;
 /// so that a service writing a line at a time does not queue a buffer per line (every
 /// queued buffer but the last is then more than half full).
 const APPEND_MAX: usize = CHUNK / 2;
+/// A read shorter than this means the service writes slowly (a line or so per
+/// `write`): the reader then lets [`GATHER`] pass before reading again, so that it
+/// wakes (and wakes the decoder) a thousand times a second at most rather than once a
+/// line. Longer reads follow one another at once.
+const SMALL_READ: usize = 64 << 10;
+/// How long lines of a slow writer gather in the pipe (1 MiB) before a read; `sync`
+/// cuts it short.
+const GATHER: Duration = Duration::from_millis(1);
 /// Observations handed to the sink at once: its lock is taken once per batch, and
 /// held for no longer than stamping this many events takes.
 const BATCH: usize = 256;
@@ -67,6 +75,8 @@ struct Queue {
     closed: bool,
     /// The decoder holds pieces it took and has not emitted yet.
     decoding: bool,
+    /// The decoder waits for pieces (only then is it woken: a wake-up is a syscall).
+    waiting: bool,
 }
 
 struct Shared {
@@ -76,6 +86,8 @@ struct Shared {
     reading: AtomicBool,
     /// `stop` asked the reader to give up waiting for end of file.
     abandon: AtomicBool,
+    /// The reader's thread, for `sync` to wake while it lets lines gather.
+    reader: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Shared {
@@ -134,10 +146,12 @@ fn start_with(
             free: Vec::new(),
             closed: false,
             decoding: false,
+            waiting: false,
         }),
         ready: Condvar::new(),
         reading: AtomicBool::new(false),
         abandon: AtomicBool::new(false),
+        reader: std::sync::OnceLock::new(),
     });
     let reader = {
         let (shared, pipe) = (shared.clone(), pipe.clone());
@@ -165,6 +179,7 @@ fn start_with(
 
 /// Reads the pipe until end of file (every writer gone) or `abandon`.
 fn read_loop(shared: &Shared, pipe: &OwnedFd, mut log: File) {
+    let _ = shared.reader.set(std::thread::current());
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
     loop {
         if shared.abandon.load(Ordering::Acquire) && unread(pipe) == 0 {
@@ -196,6 +211,9 @@ fn read_loop(shared: &Shared, pipe: &OwnedFd, mut log: File) {
         let _ = log.write_all(&buf);
         queue(shared, &mut buf);
         shared.reading.store(false, Ordering::Release);
+        if (n as usize) < SMALL_READ {
+            std::thread::park_timeout(GATHER);
+        }
     }
     let _ = log.flush();
     shared.reading.store(false, Ordering::Release);
@@ -234,8 +252,11 @@ fn queue(shared: &Shared, buf: &mut Vec<u8>) {
             }
         }
     }
+    let waiting = q.waiting;
     drop(q);
-    shared.ready.notify_all();
+    if waiting {
+        shared.ready.notify_all();
+    }
 }
 
 /// One cut of the byte stream, for the decoder to emit.
@@ -364,8 +385,10 @@ fn decode_loop(shared: &Shared, ctx: &Context, kind: &'static str, decoder: Opti
         let (mut pieces, closed) = {
             let mut q = shared.lock();
             while q.pieces.is_empty() && !q.closed {
+                q.waiting = true;
                 q = shared.ready.wait(q).unwrap_or_else(|p| p.into_inner());
             }
+            q.waiting = false;
             q.bytes = 0;
             q.decoding = true;
             (std::mem::take(&mut q.pieces), q.closed)
@@ -492,7 +515,14 @@ impl Probe {
                 let q = self.shared.lock();
                 q.pieces.is_empty() && !q.decoding
             };
-            if idle && unread(&self.pipe) == 0 && !self.shared.reading.load(Ordering::Acquire) {
+            let unread = unread(&self.pipe);
+            if unread > 0 {
+                // Don't wait for the reader to let more lines gather.
+                if let Some(reader) = self.shared.reader.get() {
+                    reader.unpark();
+                }
+            }
+            if idle && unread == 0 && !self.shared.reading.load(Ordering::Acquire) {
                 // Check again after the flags: the reader may have taken a chunk
                 // between the two reads.
                 let q = self.shared.lock();
