@@ -173,3 +173,39 @@ fn bad_sources_are_refused_at_load() {
         assert!(out.stderr.contains(expect), "{line}: {}", out.stderr);
     }
 }
+
+fn servers() {
+    let ok = std::process::Command::new("bash")
+        .arg(root().join("scripts/servers.sh"))
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "scripts/servers.sh failed");
+}
+
+#[test]
+fn tailed_files_and_polled_endpoints_are_events() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let doc = all_pass("files.star");
+    assert_eq!(doc["pass"], 4, "{doc}");
+    // A path that never appeared says so once the source stops.
+    let events = events_of(&doc, "test_failing_endpoints_are_events_not_test_failures");
+    assert!(
+        events.iter().any(|e| e["event_type"] == "tail.error"
+            && e["fields"]["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("never/appears.log never existed"))),
+        "{events:?}"
+    );
+    assert!(common::processes_with("files_svc.py").is_empty());
+}
+
+#[test]
+fn kafka_and_nats_messages_are_events() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    servers();
+    let doc = all_pass("brokers.star");
+    assert_eq!(doc["pass"], 4, "{doc}");
+    for marker in ["tansu broker", "nats-server -a 127.0.0.1"] {
+        assert!(common::processes_with(marker).is_empty(), "{marker} left");
+    }
+}

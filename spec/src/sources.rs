@@ -22,6 +22,9 @@ use crate::model::{Interface, Location, Service, Source, SourceKind};
 use crate::runtime::location;
 use crate::values::InterfaceRef;
 
+/// A `tail(path=)` prefix for the test's temporary directory, the services' `$TMPDIR`.
+pub const TMPDIR: &str = "$TMPDIR/";
+
 /// Shortest `poll(interval=)`: faster polling would be load, not observation.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -417,7 +420,13 @@ pub fn observe(
             DeclaredKind::Stderr => SourceKind::Stderr,
             DeclaredKind::Tail { path } => {
                 let p = std::path::Path::new(path.as_str());
-                let path = if p.is_absolute() {
+                if container && path.starts_with(TMPDIR) {
+                    bail!(
+                        "{}: service {service:?}: tail(path={path:?}): $TMPDIR is a binary service's; give a container service's path inside the container",
+                        d.at
+                    );
+                }
+                let path = if p.is_absolute() || path.starts_with(TMPDIR) {
                     path.clone()
                 } else if container {
                     bail!(

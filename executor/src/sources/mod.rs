@@ -10,8 +10,6 @@
 //! is polled), asks them to [`Running::sync`] before a query reads the trace, and
 //! stops them after the service has stopped.
 
-pub mod topic;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +21,7 @@ use crate::world::eventlog::EventLog;
 pub mod output;
 pub mod poll;
 pub mod tail;
+pub mod topic;
 
 /// One line or message, before the sink stamps it into the trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +63,9 @@ pub trait Running: Send + Sync {
     fn stop(self: Box<Self>);
 }
 
+/// The type of an event saying a source could not do its work.
+pub const SOURCE_ERROR: &str = "source_error";
+
 /// Stamps a source's observations into the test's log as events of the observed
 /// service.
 pub struct LogSink {
@@ -92,14 +94,24 @@ impl LogSink {
         }
     }
 
-    fn record(&self, o: Observation) {
+    /// A line or message is an event of the source's type; what went wrong with the
+    /// source itself (`KIND.error`, `KIND.dropped`) is a `source_error` event naming
+    /// the source, so that a query over `e.type == "topic"` sees messages only.
+    fn record(&self, mut o: Observation) {
         let event_type = match &o.detail {
             Some(d) => format!("{}.{d}", o.kind),
             None => o.kind.to_string(),
         };
+        let kind = match o.detail.as_deref() {
+            Some("error" | "dropped") => {
+                o.fields.insert("source".to_string(), o.kind.to_string());
+                SOURCE_ERROR
+            }
+            _ => o.kind,
+        };
         self.log.record(
             &self.service,
-            o.kind,
+            kind,
             event_type,
             self.service.clone(),
             o.fields,

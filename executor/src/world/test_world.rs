@@ -122,6 +122,9 @@ pub struct TestWorld {
     /// before every event that follows from the service's answer (its `ready`, a
     /// step's reply), which keeps what it wrote before answering ahead of it.
     outputs: Mutex<Vec<(String, crate::sources::output::Probe)>>,
+    /// Sources that connect to their service (poll, topic, wal_stream), started
+    /// when it is ready: before that it could only refuse them.
+    deferred: Mutex<Vec<Deferred>>,
 }
 
 /// A test's network: a namespace per service, the hosts file, the relays.
@@ -218,6 +221,14 @@ enum Pending {
         task: tokio::task::JoinHandle<StepResult>,
     },
     Done(StepResult),
+}
+
+/// A service's sources waiting for it to be ready.
+struct Deferred {
+    svc: Service,
+    observer: Arc<LogSink>,
+    root: Option<PathBuf>,
+    scratch: PathBuf,
 }
 
 /// Records a service's intercepted calls in the event log.
@@ -332,6 +343,7 @@ impl TestWorld {
             kafka_group: test_group(),
             sources: Mutex::new(Vec::new()),
             outputs: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
@@ -618,7 +630,7 @@ impl TestWorld {
                 covered,
             },
         );
-        self.observe(svc, &observer, None);
+        self.observe(svc, &observer, None, logs);
         Ok(state)
     }
 
@@ -673,17 +685,62 @@ impl TestWorld {
         })
     }
 
-    /// Starts `svc`'s event sources other than its output (started with it): right
-    /// after the service, before its healthcheck is polled. `root` is a container's
-    /// root directory as the host sees it.
-    fn observe(&self, svc: &Service, observer: &Arc<LogSink>, root: Option<PathBuf>) {
+    /// Starts `svc`'s event sources that read its files (its output started with it)
+    /// right after the service, before its healthcheck is polled, so nothing it
+    /// writes is missed; keeps those that connect to it for when it is ready.
+    /// `root` is a container's root directory as the host sees it.
+    fn observe(
+        &self,
+        svc: &Service,
+        observer: &Arc<LogSink>,
+        root: Option<PathBuf>,
+        scratch: &Path,
+    ) {
         observer.open();
-        for source in &svc.observe {
-            let started = match &source.kind {
-                SourceKind::Stdout | SourceKind::Stderr => continue,
-                other => self.start_source(svc, observer, other, source, root.as_deref()),
-            };
-            match started {
+        self.start_sources(svc, observer, root.as_deref(), scratch, |k| {
+            matches!(k, SourceKind::Tail { .. })
+        });
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Deferred {
+                svc: svc.clone(),
+                observer: observer.clone(),
+                root,
+                scratch: scratch.to_path_buf(),
+            });
+    }
+
+    /// Starts the sources of `service` that wait for it to be ready.
+    fn observe_ready(&self, service: &str) {
+        let waiting: Vec<Deferred> = {
+            let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            let (mine, others) = std::mem::take(&mut *d)
+                .into_iter()
+                .partition(|d| d.svc.name == service);
+            *d = others;
+            mine
+        };
+        for d in waiting {
+            self.start_sources(&d.svc, &d.observer, d.root.as_deref(), &d.scratch, |k| {
+                matches!(
+                    k,
+                    SourceKind::Poll { .. } | SourceKind::Topic { .. } | SourceKind::Wal { .. }
+                )
+            });
+        }
+    }
+
+    fn start_sources(
+        &self,
+        svc: &Service,
+        observer: &Arc<LogSink>,
+        root: Option<&Path>,
+        scratch: &Path,
+        now: impl Fn(&SourceKind) -> bool,
+    ) {
+        for source in svc.observe.iter().filter(|s| now(&s.kind)) {
+            match self.start_source(svc, observer, &source.kind, source, root, scratch) {
                 Ok(running) => self
                     .sources
                     .lock()
@@ -704,13 +761,54 @@ impl TestWorld {
         kind: &SourceKind,
         source: &faultbox_spec::model::Source,
         root: Option<&Path>,
+        scratch: &Path,
     ) -> Result<Box<dyn crate::sources::Running>, String> {
-        let _ = (observer, source, root);
-        Err(format!(
-            "service {:?}: {}() is not available in this build",
-            svc.name,
-            kind.event_type()
-        ))
+        let ctx = self.source_context(&svc.name, observer)?;
+        let decoder = source.decoder.clone();
+        Ok(match kind {
+            SourceKind::Stdout | SourceKind::Stderr => {
+                unreachable!("output sources start with the service")
+            }
+            SourceKind::Tail { path } => {
+                // A container's path is inside it: reached through its root.
+                let path = match (path.strip_prefix(faultbox_spec::sources::TMPDIR), root) {
+                    (Some(rest), _) => scratch.join(rest),
+                    (None, Some(root)) => root.join(path.trim_start_matches('/')),
+                    (None, None) => PathBuf::from(path),
+                };
+                crate::sources::tail::start(ctx, path, decoder)
+            }
+            SourceKind::Poll { url, interval } => {
+                crate::sources::poll::start(ctx, url, *interval, decoder)
+            }
+            SourceKind::Topic {
+                protocol,
+                service,
+                port,
+                topic,
+                group,
+            } => {
+                // The broker is read in its own namespace, where 127.0.0.1:PORT is it.
+                let ctx = crate::sources::Context {
+                    netns: self.home_of(service)?.0,
+                    ..ctx
+                };
+                crate::sources::topic::start(
+                    ctx,
+                    protocol,
+                    *port,
+                    topic,
+                    group.as_deref().unwrap_or(""),
+                    decoder,
+                )
+            }
+            SourceKind::Wal { .. } => {
+                return Err(format!(
+                    "service {:?}: wal_stream() is not available in this build",
+                    svc.name
+                ))
+            }
+        })
     }
 
     /// Records that a service started and makes it the test's: its `started` event
@@ -829,7 +927,7 @@ impl TestWorld {
                 covered,
             },
         );
-        self.observe(svc, &observer, Some(root));
+        self.observe(svc, &observer, Some(root), logs);
         Ok(state)
     }
 
@@ -947,6 +1045,7 @@ impl TestWorld {
         if what == "ready" {
             self.sync_output(service);
         }
+        let ready = what == "ready";
         self.log().record(
             service,
             &format!("service_{what}"),
@@ -954,6 +1053,9 @@ impl TestWorld {
             service.to_string(),
             fields,
         );
+        if ready {
+            self.observe_ready(service);
+        }
     }
 
     /// Records that the test driver changed a service's faults.
@@ -1042,6 +1144,10 @@ impl TestWorld {
             source.stop();
         }
         self.outputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.deferred
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
