@@ -22,6 +22,7 @@ pub mod output;
 pub mod poll;
 pub mod tail;
 pub mod topic;
+pub mod wal;
 
 /// One line or message, before the sink stamps it into the trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
