@@ -426,7 +426,7 @@ async fn observe(
                 }
             },
             _ = tokio::time::sleep(POLL_EVERY) => {
-                if let Err(e) = session.poll(config, changes, gate).await {
+                if let Err(e) = session.poll_if_new(config, changes, gate).await {
                     return Some(e);
                 }
             }
@@ -440,6 +440,11 @@ struct Session {
     connection: ConnectionTask,
     /// The prepared `pg_logical_slot_get_binary_changes` call.
     poll: Statement,
+    /// The prepared `SELECT pg_current_wal_flush_lsn()`.
+    flushed: Statement,
+    /// The flushed end of the WAL when the slot was last read: until it moves there
+    /// is nothing new, and a decoding pass costs the server far more than asking.
+    read_to: std::cell::Cell<Option<PgLsn>>,
 }
 
 /// The task that drives a session's socket; aborted if the session is dropped.
@@ -583,21 +588,29 @@ async fn setup(config: &Config) -> Result<Session, Failure> {
         return Err(failure);
     }
 
-    let poll = limited(
-        stopping,
-        QUERY_TIMEOUT,
-        "preparing the changes query",
-        client.prepare(
-            "SELECT lsn::text, xid::text, data FROM pg_logical_slot_get_binary_changes(\
-             $1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)",
-        ),
+    let prepare = |sql| {
+        limited(
+            stopping,
+            QUERY_TIMEOUT,
+            "preparing a query",
+            client.prepare(sql),
+        )
+    };
+    let poll = prepare(
+        "SELECT lsn::text, xid::text, data FROM pg_logical_slot_get_binary_changes(\
+         $1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)",
     )
     .await
     .map_err(retry)?;
+    let flushed = prepare("SELECT pg_current_wal_flush_lsn()")
+        .await
+        .map_err(retry)?;
     Ok(Session {
         client,
         connection,
         poll,
+        flushed,
+        read_to: std::cell::Cell::new(None),
     })
 }
 
@@ -715,6 +728,30 @@ fn slot_taken(slot: &str) -> Failure {
 }
 
 impl Session {
+    /// Reads the slot if the flushed WAL has moved since it was last read.
+    async fn poll_if_new(
+        &self,
+        config: &Config,
+        changes: &mut Changes,
+        gate: &Gate,
+    ) -> Result<(), String> {
+        let flushed: PgLsn = limited(
+            &config.stopping,
+            QUERY_TIMEOUT,
+            "the flushed WAL position",
+            self.client.query_one(&self.flushed, &[]),
+        )
+        .await?
+        .get(0);
+        if self.read_to.get() == Some(flushed) {
+            return Ok(());
+        }
+        self.poll(config, changes, gate).await?;
+        // The read went at least this far.
+        self.read_to.set(Some(flushed));
+        Ok(())
+    }
+
     /// Reads and emits everything the slot holds now.
     async fn poll(
         &self,
