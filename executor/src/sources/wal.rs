@@ -305,14 +305,23 @@ impl Reporter<'_> {
 }
 
 /// Connects and sets up (again after a lost session) until stopped.
+///
+/// A `sync` while there is no slot starts an attempt at once and is answered when
+/// it ends: called right after the service's healthcheck passes, it returns once
+/// the slot exists, so the test's first changes are seen.
 async fn run(config: &Config, gate: &Gate, commands: &mut async_mpsc::UnboundedReceiver<Command>) {
     let mut reporter = Reporter { gate, last: None };
     let mut changes = Changes::default();
     let mut delay = Duration::ZERO;
     let mut outage = Instant::now();
+    let mut syncs: Vec<mpsc::SyncSender<()>> = Vec::new();
     loop {
-        if !delay.is_zero() && !wait(delay, commands).await {
-            return;
+        if !delay.is_zero() {
+            match wait(delay, commands).await {
+                Waited::Elapsed => {}
+                Waited::Sync(reply) => syncs.push(reply),
+                Waited::Stop => return,
+            }
         }
         let result = {
             let mut setup = pin!(setup(config));
@@ -320,8 +329,7 @@ async fn run(config: &Config, gate: &Gate, commands: &mut async_mpsc::UnboundedR
                 tokio::select! {
                     r = &mut setup => break r,
                     command = commands.recv() => match command {
-                        // No slot yet: nothing committed now can be read later.
-                        Some(Command::Sync(reply)) => { let _ = reply.send(()); }
+                        Some(Command::Sync(reply)) => syncs.push(reply),
                         Some(Command::Stop(reply)) => {
                             // Setting up ends soon now (its waits are cut at the
                             // grace): what it made is dropped.
@@ -338,39 +346,49 @@ async fn run(config: &Config, gate: &Gate, commands: &mut async_mpsc::UnboundedR
                 }
             }
         };
-        match result {
+        let session = match result {
             Ok(session) => {
                 reporter.last = None;
                 changes.reset();
-                match observe(session, config, gate, &mut changes, commands).await {
-                    None => return,
-                    // Cut short by stop: not a failure of the server's.
-                    Some(_) if config.stopping.requested() => return idle(commands).await,
-                    Some(lost) => {
-                        reporter.report(format!(
-                            "lost the session with PostgreSQL ({lost}): changes committed \
-                             until a new slot exists are not seen; reconnecting"
-                        ));
-                        outage = Instant::now();
-                        delay = Duration::from_millis(50);
+                session
+            }
+            Err(failure) => {
+                // Nothing committed now can be read later: no slot.
+                syncs.drain(..).for_each(|reply| {
+                    let _ = reply.send(());
+                });
+                match failure {
+                    Failure::Fatal(message) => {
+                        reporter.report(message);
+                        return idle(commands).await;
+                    }
+                    Failure::NotYet(message) => {
+                        if outage.elapsed() >= STARTING_QUIET {
+                            reporter.report(message);
+                        }
+                        delay = (delay * 2)
+                            .clamp(Duration::from_millis(50), Duration::from_millis(200));
+                    }
+                    Failure::Retry(message) => {
+                        reporter.report(message);
+                        delay =
+                            (delay * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
                     }
                 }
+                continue;
             }
-            Err(Failure::Fatal(message)) => {
-                reporter.report(message);
-                return idle(commands).await;
-            }
-            Err(Failure::NotYet(message)) => {
-                if outage.elapsed() >= STARTING_QUIET {
-                    reporter.report(message);
-                }
-                // Short: the first changes of a test come right after the server is
-                // up, and those committed before the slot exists are never seen.
-                delay = (delay * 2).clamp(Duration::from_millis(50), Duration::from_millis(200));
-            }
-            Err(Failure::Retry(message)) => {
-                reporter.report(message);
-                delay = (delay * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        };
+        match observe(session, config, gate, &mut changes, commands, &mut syncs).await {
+            None => return,
+            // Cut short by stop: not a failure of the server's.
+            Some(_) if config.stopping.requested() => return idle(commands).await,
+            Some(lost) => {
+                reporter.report(format!(
+                    "lost the session with PostgreSQL ({lost}): changes committed until a \
+                     new slot exists are not seen; reconnecting"
+                ));
+                outage = Instant::now();
+                delay = Duration::from_millis(50);
             }
         }
     }
@@ -385,26 +403,47 @@ async fn idle(commands: &mut async_mpsc::UnboundedReceiver<Command>) {
     }
 }
 
-/// Sleeps `delay`, answering commands; a `sync` ends the wait early (there may be
-/// a server to find now). False when stopped.
-async fn wait(delay: Duration, commands: &mut async_mpsc::UnboundedReceiver<Command>) -> bool {
+enum Waited {
+    Elapsed,
+    /// A sync cut the wait short: there may be a server to find now.
+    Sync(mpsc::SyncSender<()>),
+    Stop,
+}
+
+/// Sleeps `delay` between attempts to set up.
+async fn wait(delay: Duration, commands: &mut async_mpsc::UnboundedReceiver<Command>) -> Waited {
     tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
+        _ = tokio::time::sleep(delay) => Waited::Elapsed,
         command = commands.recv() => match command {
-            Some(c) => !answer(c),
-            None => false,
+            Some(Command::Sync(reply)) => Waited::Sync(reply),
+            Some(Command::Stop(reply)) => {
+                let _ = reply.send(());
+                Waited::Stop
+            }
+            None => Waited::Stop,
         },
     }
 }
 
-/// Reads changes until stopped (`None`) or the session is lost (why).
+/// Reads changes until stopped (`None`) or the session is lost (why). `syncs`
+/// came while setting up: they are answered after a first read.
 async fn observe(
     session: Session,
     config: &Config,
     gate: &Gate,
     changes: &mut Changes,
     commands: &mut async_mpsc::UnboundedReceiver<Command>,
+    syncs: &mut Vec<mpsc::SyncSender<()>>,
 ) -> Option<String> {
+    if !syncs.is_empty() {
+        let r = session.catch_up(config, changes, gate).await;
+        syncs.drain(..).for_each(|reply| {
+            let _ = reply.send(());
+        });
+        if let Err(e) = r {
+            return Some(e);
+        }
+    }
     loop {
         tokio::select! {
             biased;

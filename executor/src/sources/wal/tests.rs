@@ -723,7 +723,10 @@ fn a_source_started_before_its_server_waits_for_it_quietly() {
     assert!(t0.elapsed() < Duration::from_millis(500));
     let pg = Pg::start_on(port, "logical");
     let db = Control::new(&pg);
-    db.wait_for_slot("early");
+    // Once the server is up, a sync returns when the slot exists (whatever the
+    // retry's backoff): what the test does next is seen.
+    source.sync();
+    assert_eq!(db.slots(), ["early"]);
     db.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (7)");
     source.sync();
     let events = sink.changes();
@@ -732,6 +735,36 @@ fn a_source_started_before_its_server_waits_for_it_quietly() {
     // A server that was starting is not an error.
     assert!(sink.errors().is_empty(), "{:?}", sink.errors());
     source.stop();
+}
+
+#[test]
+fn a_sync_between_retries_tries_at_once_and_returns_with_the_slot() {
+    let pg = Pg::start("logical");
+    let db = Control::new(&pg);
+    let mut credentials = pg.credentials();
+    credentials.database = Some("made_later".into());
+    let (mut source, sink) = observe(pg.port, credentials, "retried", &[]);
+    // The database does not exist: the source retries, backing off to 1 s, and says
+    // so once.
+    std::thread::sleep(Duration::from_secs(3));
+    let errors = sink.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("3D000"), "{}", errors[0]);
+    db.sql("CREATE DATABASE made_later");
+    // Logged in beforehand, so the check follows the sync closely.
+    let check = db.connect();
+    let t0 = Instant::now();
+    source.sync();
+    let took = t0.elapsed();
+    let slots = db.on(&check, "SELECT slot_name FROM pg_replication_slots");
+    assert_eq!(
+        slots,
+        [[Some("retried".to_string())]],
+        "after a sync of {took:?}"
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    source.stop();
+    assert!(db.slots().is_empty());
 }
 
 #[test]
