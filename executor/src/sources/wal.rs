@@ -76,7 +76,7 @@ pub fn start(
         port,
         credentials,
         slot: slot.to_string(),
-        publication: format!("faultbox_{slot}"),
+        publication: publication_name(slot),
         tables: tables.to_vec(),
         application_name: format!("faultbox wal_stream {slot}"),
         stopping: Arc::new(Stopping::default()),
@@ -105,15 +105,30 @@ pub fn start(
     })
 }
 
-/// The longest slot name: PostgreSQL cuts names at 63 bytes, and the publication,
-/// `faultbox_<slot>`, must keep its whole name to stay the slot's own.
-const MAX_SLOT_NAME: usize = 63 - "faultbox_".len();
+/// The longest name PostgreSQL keeps whole (it cuts longer ones).
+const MAX_NAME: usize = 63;
 
-/// What PostgreSQL accepts as a slot name, short enough for the publication's:
-/// checked here so a bad one is one clear event, not a server error on every retry.
+/// The slot's publication, `faultbox_<slot>`. A name too long to keep whole ends in
+/// a hash of the slot's instead, so two long slot names never share a publication.
+fn publication_name(slot: &str) -> String {
+    let name = format!("faultbox_{slot}");
+    if name.len() <= MAX_NAME {
+        return name;
+    }
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(slot.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let keep = MAX_NAME - hash.len() - 1;
+    format!("{}_{hash}", &name[..keep])
+}
+
+/// What PostgreSQL accepts as a slot name: checked here so a bad one is one clear
+/// event, not a server error on every retry.
 fn check_slot_name(slot: &str) -> Result<(), String> {
     let valid = !slot.is_empty()
-        && slot.len() <= MAX_SLOT_NAME
+        && slot.len() <= MAX_NAME
         && slot
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
@@ -121,8 +136,8 @@ fn check_slot_name(slot: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "slot name {slot:?} is not valid: it takes 1 to {MAX_SLOT_NAME} lower-case \
-             letters, digits and underscores"
+            "slot name {slot:?} is not valid: it takes 1 to {MAX_NAME} lower-case letters, \
+             digits and underscores"
         ))
     }
 }
@@ -314,6 +329,8 @@ async fn run(config: &Config, gate: &Gate, commands: &mut async_mpsc::UnboundedR
     let mut changes = Changes::default();
     let mut delay = Duration::ZERO;
     let mut outage = Instant::now();
+    // Why the last session was lost, until that is reported.
+    let mut lost: Option<String> = None;
     let mut syncs: Vec<mpsc::SyncSender<()>> = Vec::new();
     loop {
         if !delay.is_zero() {
@@ -349,6 +366,12 @@ async fn run(config: &Config, gate: &Gate, commands: &mut async_mpsc::UnboundedR
         let session = match result {
             Ok(session) => {
                 reporter.last = None;
+                if let Some(why) = lost.take() {
+                    reporter.report(format!(
+                        "the session with PostgreSQL was lost ({why}) and a new one made: \
+                         changes committed in between were not seen"
+                    ));
+                }
                 changes.reset();
                 session
             }
@@ -364,7 +387,12 @@ async fn run(config: &Config, gate: &Gate, commands: &mut async_mpsc::UnboundedR
                     }
                     Failure::NotYet(message) => {
                         if outage.elapsed() >= STARTING_QUIET {
-                            reporter.report(message);
+                            reporter.report(match &lost {
+                                Some(why) => {
+                                    format!("lost the session with PostgreSQL ({why}); {message}")
+                                }
+                                None => message,
+                            });
                         }
                         delay = (delay * 2)
                             .clamp(Duration::from_millis(50), Duration::from_millis(200));
@@ -382,11 +410,11 @@ async fn run(config: &Config, gate: &Gate, commands: &mut async_mpsc::UnboundedR
             None => return,
             // Cut short by stop: not a failure of the server's.
             Some(_) if config.stopping.requested() => return idle(commands).await,
-            Some(lost) => {
-                reporter.report(format!(
-                    "lost the session with PostgreSQL ({lost}): changes committed until a \
-                     new slot exists are not seen; reconnecting"
-                ));
+            // Said once a new session exists (or the server stays away): at the end
+            // of a test the server is killed before its sources stop, which is no
+            // failure worth an event.
+            Some(why) => {
+                lost = Some(why);
                 outage = Instant::now();
                 delay = Duration::from_millis(50);
             }
