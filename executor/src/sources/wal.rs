@@ -254,7 +254,8 @@ enum Failure {
     /// The server, or a table to publish, is not there yet: expected while the
     /// service starts.
     NotYet(String),
-    /// Something that may clear up (a database being created, a table missing).
+    /// Something that may clear up, reported at once (a database not created yet,
+    /// a login refused, a server that does not answer).
     Retry(String),
     /// Something only a change to the spec or server fixes.
     Fatal(String),
