@@ -209,3 +209,44 @@ fn kafka_and_nats_messages_are_events() {
         assert!(common::processes_with(marker).is_empty(), "{marker} left");
     }
 }
+
+#[test]
+fn a_wal_level_that_is_not_logical_is_explained() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    all_pass("wal.star");
+    assert!(common::processes_with("postgres -D /tmp/faultbox-").is_empty());
+}
+
+/// The examples folder's spec: the reference's data-integrity examples over a
+/// database's WAL, a Kafka topic and an API's log lines.
+#[test]
+fn the_event_sources_example_runs_the_references_integrity_checks() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    servers();
+    let out = common::faultbox_at(
+        &root(),
+        &[
+            "test",
+            "examples/event-sources/event_sources.star",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["pass"], 3, "{doc}");
+    // The fault did reach the database, and no record was published for the order.
+    let events = events_of(&doc, "test_no_message_loss_on_db_error");
+    assert!(events.iter().any(|e| e["fields"]["decision"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("deny"))));
+    assert!(!events.iter().any(|e| e["type"] == "topic"));
+    for marker in [
+        "orders_app.py",
+        "tansu broker",
+        "postgres -D /tmp/faultbox-",
+    ] {
+        assert!(common::processes_with(marker).is_empty(), "{marker} left");
+    }
+    assert!(common::scratch_leftovers().is_empty());
+}

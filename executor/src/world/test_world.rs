@@ -117,7 +117,7 @@ pub struct TestWorld {
     /// own, so committed offsets never carry over to another test or run.
     kafka_group: String,
     /// The running event sources (`observe=`), with the service each observes.
-    sources: Mutex<Vec<(String, Box<dyn crate::sources::Running>)>>,
+    sources: Mutex<Vec<Observed>>,
     /// Of those, the services' stdout and stderr sources: cheap to sync, so synced
     /// before every event that follows from the service's answer (its `ready`, a
     /// step's reply), which keeps what it wrote before answering ahead of it.
@@ -221,6 +221,15 @@ enum Pending {
         task: tokio::task::JoinHandle<StepResult>,
     },
     Done(StepResult),
+}
+
+/// A running event source.
+struct Observed {
+    service: String,
+    /// It connects to a service (poll, topic, wal_stream): stopped before the
+    /// services are, since a server may wait for its clients to leave.
+    connects: bool,
+    running: Box<dyn crate::sources::Running>,
 }
 
 /// A service's sources waiting for it to be ready.
@@ -664,7 +673,11 @@ impl TestWorld {
             self.sources
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((svc.name.clone(), running));
+                .push(Observed {
+                    service: svc.name.clone(),
+                    connects: false,
+                    running,
+                });
             fds.push(write);
         }
         let err = fds.pop().expect("two");
@@ -741,11 +754,18 @@ impl TestWorld {
     ) {
         for source in svc.observe.iter().filter(|s| now(&s.kind)) {
             match self.start_source(svc, observer, &source.kind, source, root, scratch) {
-                Ok(running) => self
-                    .sources
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((svc.name.clone(), running)),
+                Ok(running) => {
+                    // A first sync: a WAL slot exists before the test body writes.
+                    running.sync();
+                    self.sources
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Observed {
+                            service: svc.name.clone(),
+                            connects: !matches!(source.kind, SourceKind::Tail { .. }),
+                            running,
+                        })
+                }
                 Err(e) => crate::sources::Sink::emit(
                     observer.as_ref(),
                     crate::sources::Observation::error(source.kind.event_type(), e),
@@ -802,12 +822,13 @@ impl TestWorld {
                     decoder,
                 )
             }
-            SourceKind::Wal { .. } => {
-                return Err(format!(
-                    "service {:?}: wal_stream() is not available in this build",
-                    svc.name
-                ))
-            }
+            SourceKind::Wal { slot, tables, port } => crate::sources::wal::start(
+                ctx,
+                *port,
+                Credentials::default().or_env("postgres", &svc.env),
+                slot,
+                tables,
+            ),
         })
     }
 
@@ -1097,10 +1118,15 @@ impl TestWorld {
             net.relays.stop();
         }
         // While the services still run: what a database committed or a broker took
-        // is read before they go.
+        // is read before they go, and the sources that connect to them leave first.
         self.sync_sources();
-        let mut sources =
-            std::mem::take(&mut *self.sources.lock().unwrap_or_else(|p| p.into_inner()));
+        let (connecting, mut sources): (Vec<Observed>, Vec<Observed>) =
+            std::mem::take(&mut *self.sources.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .partition(|o| o.connects);
+        for o in connecting {
+            o.running.stop();
+        }
         let services: Vec<Arc<ServiceState>> = {
             let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
             self.services
@@ -1130,18 +1156,18 @@ impl TestWorld {
             // output), and before its `stopped` event.
             let (mine, others) = sources
                 .drain(..)
-                .partition::<Vec<_>, _>(|(name, _)| *name == s.decl.name);
+                .partition::<Vec<_>, _>(|o| o.service == s.decl.name);
             sources = others;
-            for (_, source) in mine {
-                source.stop();
+            for o in mine {
+                o.running.stop();
             }
             let mut fields = BTreeMap::new();
             fields.insert("exit_code".to_string(), outcome.exit.code().to_string());
             self.lifecycle(&s.decl.name, "stopped", fields);
         }
         // Sources of services that never started.
-        for (_, source) in sources {
-            source.stop();
+        for o in sources {
+            o.running.stop();
         }
         self.outputs
             .lock()
@@ -1170,13 +1196,13 @@ impl TestWorld {
 
     /// Lets every event source catch up with what its service did so far.
     pub fn sync_sources(&self) {
-        for (_, source) in self
+        for o in self
             .sources
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
-            source.sync();
+            o.running.sync();
         }
     }
 
