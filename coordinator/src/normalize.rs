@@ -18,7 +18,15 @@ use faultbox_executor::world::run::TestReport;
 use faultbox_spec::Verdict;
 
 /// The types of event sources' events (`observe=`).
-const SOURCE_KINDS: &[&str] = &["stdout", "stderr", "tail", "poll", "wal", "topic", "source_error"];
+const SOURCE_KINDS: &[&str] = &[
+    "stdout",
+    "stderr",
+    "tail",
+    "poll",
+    "wal",
+    "topic",
+    "source_error",
+];
 
 /// How a service's events are grouped, in this order.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]

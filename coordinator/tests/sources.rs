@@ -151,7 +151,7 @@ fn bad_sources_are_refused_at_load() {
         ),
         (
             "observe = [poll(url = 'http://example.com/')]",
-            "the host must be localhost or an IPv4 address",
+            "the host must be localhost or an IP address",
         ),
         (
             "observe = [poll(url = 'http://localhost:1/', interval = '1ms')]",
