@@ -122,7 +122,7 @@ pub struct TestWorld {
     /// before every event that follows from the service's answer (its `ready`, a
     /// step's reply), which keeps what it wrote before answering ahead of it.
     outputs: Mutex<Vec<(String, crate::sources::output::Probe)>>,
-    /// Sources that connect to their service (poll, topic, wal_stream), started
+    /// Sources that poll their service or read its broker (poll, topic), started
     /// when it is ready: before that it could only refuse them.
     deferred: Mutex<Vec<Deferred>>,
 }
@@ -698,9 +698,11 @@ impl TestWorld {
         })
     }
 
-    /// Starts `svc`'s event sources that read its files (its output started with it)
-    /// right after the service, before its healthcheck is polled, so nothing it
-    /// writes is missed; keeps those that connect to it for when it is ready.
+    /// Starts `svc`'s event sources that read what it writes (its files; its WAL,
+    /// quietly retrying until the server is up; its output started with it) right
+    /// after the service, before its healthcheck is polled, so nothing it writes is
+    /// missed; keeps `poll` and `topic` for when it is ready, since before that it
+    /// could only refuse them (and a Kafka topic is read from its start anyway).
     /// `root` is a container's root directory as the host sees it.
     fn observe(
         &self,
@@ -710,9 +712,14 @@ impl TestWorld {
         scratch: &Path,
     ) {
         observer.open();
-        self.start_sources(svc, observer, root.as_deref(), scratch, |k| {
-            matches!(k, SourceKind::Tail { .. })
-        });
+        self.start_sources(
+            svc,
+            observer,
+            root.as_deref(),
+            scratch,
+            |k| matches!(k, SourceKind::Tail { .. } | SourceKind::Wal { .. }),
+            false,
+        );
         self.deferred
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -724,8 +731,18 @@ impl TestWorld {
             });
     }
 
-    /// Starts the sources of `service` that wait for it to be ready.
+    /// Starts the sources of `service` that wait for it to be ready, and syncs those
+    /// already running (a WAL slot then exists before the test body writes).
     fn observe_ready(&self, service: &str) {
+        for o in self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|o| o.service == service && o.connects)
+        {
+            o.running.sync();
+        }
         let waiting: Vec<Deferred> = {
             let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
             let (mine, others) = std::mem::take(&mut *d)
@@ -735,12 +752,14 @@ impl TestWorld {
             mine
         };
         for d in waiting {
-            self.start_sources(&d.svc, &d.observer, d.root.as_deref(), &d.scratch, |k| {
-                matches!(
-                    k,
-                    SourceKind::Poll { .. } | SourceKind::Topic { .. } | SourceKind::Wal { .. }
-                )
-            });
+            self.start_sources(
+                &d.svc,
+                &d.observer,
+                d.root.as_deref(),
+                &d.scratch,
+                |k| matches!(k, SourceKind::Poll { .. } | SourceKind::Topic { .. }),
+                true,
+            );
         }
     }
 
@@ -751,12 +770,16 @@ impl TestWorld {
         root: Option<&Path>,
         scratch: &Path,
         now: impl Fn(&SourceKind) -> bool,
+        ready: bool,
     ) {
         for source in svc.observe.iter().filter(|s| now(&s.kind)) {
             match self.start_source(svc, observer, &source.kind, source, root, scratch) {
                 Ok(running) => {
-                    // A first sync: a WAL slot exists before the test body writes.
-                    running.sync();
+                    if ready {
+                        // Subscribed and connected before the test body runs: a
+                        // NATS message published then is not missed.
+                        running.sync();
+                    }
                     self.sources
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
