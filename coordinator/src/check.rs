@@ -68,7 +68,8 @@ pub fn run(spec: &Path, format: Option<&str>) -> i32 {
             // The same message `faultbox test` gives; JSON readers get it too.
             eprintln!("faultbox: error: {e}");
             if json_out {
-                let doc = json!({"spec": spec_arg, "ok": false, "error": e.to_string(), "findings": []});
+                let doc =
+                    json!({"spec": spec_arg, "ok": false, "error": e.to_string(), "findings": []});
                 let _ = crate::stdout::write(&format!("{doc}\n"));
             }
             return EXIT_ERROR;
@@ -198,7 +199,9 @@ fn services(loaded: &Loaded, out: &mut Vec<Finding>) {
                     code: "SERVICE_USER_UNRESOLVED",
                     severity: Severity::Warning,
                     message: format!("service {:?}: user {user:?}: {e}", svc.name),
-                    suggestion: "create the user on the host that runs the spec (as root), or drop user=".into(),
+                    suggestion:
+                        "create the user on the host that runs the spec (as root), or drop user="
+                            .into(),
                 });
             }
         }
@@ -360,7 +363,9 @@ fn queries(
 }
 
 /// Every top-level function of every spec file, by name.
-fn functions<'a>(outlines: &'a [(&faultbox_spec::loader::SpecFile, Outline)]) -> BTreeMap<&'a str, Vec<&'a Function>> {
+fn functions<'a>(
+    outlines: &'a [(&faultbox_spec::loader::SpecFile, Outline)],
+) -> BTreeMap<&'a str, Vec<&'a Function>> {
     let mut by_name: BTreeMap<&str, Vec<&Function>> = BTreeMap::new();
     for (_, o) in outlines {
         for f in &o.functions {

@@ -618,7 +618,8 @@ pub fn outline(ast: &AstModule) -> Outline {
             out.functions.push(f);
         }
     }
-    ast.statement().visit_expr(|e| outline_expr(ast, e, &mut out));
+    ast.statement()
+        .visit_expr(|e| outline_expr(ast, e, &mut out));
     out
 }
 
@@ -676,7 +677,12 @@ fn outline_expr(ast: &AstModule, e: &AstExpr, out: &mut Outline) {
             let name = id.node.ident.as_str();
             let (file, line) = place(ast, e.span);
             let mut query = |filters: Vec<(&str, &AstExpr)>| {
-                let get = |k: &str| filters.iter().find(|(n, _)| *n == k).map(|(_, v)| written(v));
+                let get = |k: &str| {
+                    filters
+                        .iter()
+                        .find(|(n, _)| *n == k)
+                        .map(|(_, v)| written(v))
+                };
                 out.queries.push(Query {
                     builtin: name.to_string(),
                     file: file.clone(),
