@@ -213,3 +213,42 @@ fn nothing_is_started() {
     );
     assert!(!mark.exists(), "check started a service");
 }
+
+/// A container without a filter that the spec faults: what `--dry-run` refuses is
+/// an error finding here, without Docker.
+#[test]
+fn a_fault_on_a_container_without_a_filter_is_found() {
+    let out = check(&spec("seccomp_off"), true);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(
+        findings(&doc(&out)),
+        vec![finding("FAULT_NOT_COVERED", "error", 2)]
+    );
+    let dry = faultbox_at(&root(), &["test", &spec("seccomp_off"), "--dry-run"]);
+    assert_eq!(dry.code, 1, "{}", dry.stderr);
+}
+
+/// No root needed: the check runs as an unprivileged user (when the suite runs as
+/// root and can switch to one).
+#[test]
+fn it_needs_no_root() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let out = check(&spec("clean"), false);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::faultbox())
+        .args(["check", &spec("clean")])
+        .current_dir(root())
+        .output()
+        .expect("setpriv runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
