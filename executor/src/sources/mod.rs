@@ -51,6 +51,14 @@ impl Observation {
 /// Where a source's observations go. Called from the source's own threads.
 pub trait Sink: Send + Sync {
     fn emit(&self, o: Observation);
+
+    /// Emits several observations in order. A sink that can take them in one go
+    /// (one lock for all) overrides it: busy sources emit through it.
+    fn emit_batch(&self, batch: Vec<Observation>) {
+        for o in batch {
+            self.emit(o);
+        }
+    }
 }
 
 /// A started source.
@@ -90,32 +98,26 @@ impl LogSink {
     /// Logs what was kept, and everything from now on as it comes.
     pub fn open(&self) {
         let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
-        for o in early.take().unwrap_or_default() {
-            self.record(o);
-        }
+        self.record(early.take().unwrap_or_default());
     }
 
     /// A line or message is an event of the source's type; what went wrong with the
     /// source itself (`KIND.error`, `KIND.dropped`) is a `source_error` event naming
     /// the source, so that a query over `e.type == "topic"` sees messages only.
-    fn record(&self, mut o: Observation) {
-        let event_type = match &o.detail {
-            Some(d) => format!("{}.{d}", o.kind),
-            None => o.kind.to_string(),
-        };
-        let kind = match o.detail.as_deref() {
-            Some("error" | "dropped") => {
-                o.fields.insert("source".to_string(), o.kind.to_string());
-                SOURCE_ERROR
-            }
-            _ => o.kind,
-        };
-        self.log.record(
+    fn record(&self, batch: impl IntoIterator<Item = Observation>) {
+        self.log.record_all(
             &self.service,
-            kind,
-            event_type,
-            self.service.clone(),
-            o.fields,
+            batch.into_iter().map(|mut o| {
+                let event_type = o.detail.as_ref().map(|d| format!("{}.{d}", o.kind));
+                let kind = match o.detail.as_deref() {
+                    Some("error" | "dropped") => {
+                        o.fields.insert("source".to_string(), o.kind.to_string());
+                        SOURCE_ERROR
+                    }
+                    _ => o.kind,
+                };
+                (kind, event_type, o.fields)
+            }),
         );
     }
 }
@@ -127,7 +129,18 @@ impl Sink for LogSink {
             Some(kept) => kept.push(o),
             None => {
                 drop(early);
-                self.record(o);
+                self.record([o]);
+            }
+        }
+    }
+
+    fn emit_batch(&self, batch: Vec<Observation>) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        match early.as_mut() {
+            Some(kept) => kept.extend(batch),
+            None => {
+                drop(early);
+                self.record(batch);
             }
         }
     }
@@ -150,7 +163,11 @@ pub struct Context {
 /// `data` (the decoder's output as JSON text, or `{"line": ...}` with no decoder) and,
 /// when the decoder refused it, `error`.
 pub fn decoded_fields(raw: &[u8], decoder: Option<&Decoder>) -> BTreeMap<String, String> {
-    let line = String::from_utf8_lossy(raw).into_owned();
+    // `from_utf8` checks ASCII a word at a time; the lossy walk is for the rest.
+    let line = match std::str::from_utf8(raw) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(raw).into_owned(),
+    };
     let mut fields = BTreeMap::new();
     let data = match decoder {
         None => serde_json::json!({ "line": line }).to_string(),

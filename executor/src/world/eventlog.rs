@@ -4,6 +4,11 @@
 //! Each service ticks its own entry when it records an event. A step merges the test
 //! driver's clock into the target's on send and the target's into the driver's on
 //! receive, so causality between steps and the calls they provoke is visible.
+//!
+//! Events are kept in a compact form and become [`Event`]s when read: stamping one
+//! (a busy service logs hundreds of thousands of lines a second) then allocates
+//! nothing but its fields, the trace holds less memory, and reading it costs
+//! what cloning it did.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -25,8 +30,114 @@ pub struct EventLog {
 
 #[derive(Default)]
 struct Inner {
-    events: Vec<Event>,
-    clocks: BTreeMap<String, BTreeMap<String, u64>>,
+    events: Vec<Stored>,
+    clocks: BTreeMap<String, Clock>,
+}
+
+/// A service's vector clock, split so that an event shares it instead of copying
+/// it: the service's own count, and what it has learnt of the others, which only a
+/// merge changes (copy on write).
+struct Clock {
+    name: Arc<str>,
+    own: u64,
+    others: Arc<BTreeMap<String, u64>>,
+    /// The kinds of event the service recorded, shared by their events.
+    kinds: Vec<Arc<str>>,
+}
+
+impl Clock {
+    fn kind(&mut self, kind: &str) -> Arc<str> {
+        if let Some(k) = self.kinds.iter().find(|k| ***k == *kind) {
+            return k.clone();
+        }
+        let k: Arc<str> = kind.into();
+        self.kinds.push(k.clone());
+        k
+    }
+}
+
+/// One event as kept; [`Stored::event`] makes the [`Event`].
+struct Stored {
+    timestamp_ns: u64,
+    service: Arc<str>,
+    kind: Arc<str>,
+    /// `None`: the same as `kind`.
+    event_type: Option<String>,
+    /// `None`: the same as `service`.
+    partition_key: Option<String>,
+    /// In key order: a few entries take a tenth of a map's node.
+    fields: Box<[(String, String)]>,
+    /// The service's own entry of its vector clock.
+    own: u64,
+    /// The rest of its vector clock.
+    others: Arc<BTreeMap<String, u64>>,
+}
+
+impl Stored {
+    fn event(&self, seq: u64) -> Event {
+        let mut vector_clock = (*self.others).clone();
+        vector_clock.insert(self.service.to_string(), self.own);
+        Event {
+            seq,
+            timestamp_ns: self.timestamp_ns,
+            service: self.service.to_string(),
+            kind: self.kind.to_string(),
+            event_type: match &self.event_type {
+                Some(t) => t.clone(),
+                None => self.kind.to_string(),
+            },
+            partition_key: match &self.partition_key {
+                Some(p) => p.clone(),
+                None => self.service.to_string(),
+            },
+            fields: self.fields.iter().cloned().collect(),
+            vector_clock,
+        }
+    }
+}
+
+impl Inner {
+    fn clock(&mut self, service: &str) -> &mut Clock {
+        if !self.clocks.contains_key(service) {
+            self.clocks.insert(
+                service.to_string(),
+                Clock {
+                    name: service.into(),
+                    own: 0,
+                    others: Arc::default(),
+                    kinds: Vec::new(),
+                },
+            );
+        }
+        self.clocks.get_mut(service).expect("inserted above")
+    }
+
+    /// Appends an event of `service`, ticking its clock; returns its sequence number.
+    fn push(
+        &mut self,
+        timestamp_ns: u64,
+        service: &str,
+        kind: &str,
+        event_type: Option<String>,
+        partition_key: Option<String>,
+        fields: BTreeMap<String, String>,
+    ) -> u64 {
+        let clock = self.clock(service);
+        clock.own += 1;
+        let kind = clock.kind(kind);
+        let stored = Stored {
+            timestamp_ns,
+            service: clock.name.clone(),
+            event_type: event_type.filter(|t| **t != *kind),
+            kind,
+            partition_key: partition_key.filter(|p| p != service),
+            fields: fields.into_iter().collect(),
+            own: clock.own,
+            others: clock.others.clone(),
+        };
+        self.events.push(stored);
+        self.events.len() as u64
+    }
 }
 
 impl Default for EventLog {
@@ -63,25 +174,18 @@ impl EventLog {
     ) -> u64 {
         let timestamp_ns = self.start.elapsed().as_nanos() as u64;
         let mut inner = self.lock();
-        let clock = inner.clocks.entry(service.to_string()).or_default();
-        *clock.entry(service.to_string()).or_default() += 1;
-        let vector_clock = clock.clone();
-        let seq = inner.events.len() as u64 + 1;
-        let event = Event {
-            seq,
+        let seq = inner.push(
             timestamp_ns,
-            service: service.to_string(),
-            kind: kind.to_string(),
-            event_type,
-            partition_key,
+            service,
+            kind,
+            Some(event_type),
+            Some(partition_key),
             fields,
-            vector_clock,
-        };
+        );
         if let Some(tap) = &self.tap {
             // Under the lock, so the stream's order is the log's.
-            tap.push(event.clone());
+            tap.push(inner.events[seq as usize - 1].event(seq));
         }
-        inner.events.push(event);
         drop(inner);
         if let Some(tap) = &self.tap {
             tap.wait_for_space();
@@ -89,20 +193,59 @@ impl EventLog {
         seq
     }
 
+    /// Appends events of `service` (each a kind, an event type if not the kind, and
+    /// fields) in order, one after the other, under one lock and one timestamp. Their
+    /// partition key is the service.
+    pub fn record_all<'a>(
+        &self,
+        service: &str,
+        events: impl IntoIterator<Item = (&'a str, Option<String>, BTreeMap<String, String>)>,
+    ) {
+        let timestamp_ns = self.start.elapsed().as_nanos() as u64;
+        let mut inner = self.lock();
+        for (kind, event_type, fields) in events {
+            let seq = inner.push(timestamp_ns, service, kind, event_type, None, fields);
+            if let Some(tap) = &self.tap {
+                tap.push(inner.events[seq as usize - 1].event(seq));
+            }
+        }
+        drop(inner);
+        if let Some(tap) = &self.tap {
+            tap.wait_for_space();
+        }
+    }
+
     /// Merges `from`'s clock into `into`'s (entry-wise maximum): a message from `from`
     /// reached `into`.
     pub fn merge(&self, into: &str, from: &str) {
         let mut inner = self.lock();
-        let source = inner.clocks.get(from).cloned().unwrap_or_default();
-        let target = inner.clocks.entry(into.to_string()).or_default();
-        for (k, v) in source {
-            let e = target.entry(k).or_default();
-            *e = (*e).max(v);
+        let Some(source) = inner.clocks.get(from) else {
+            return;
+        };
+        let (own, others) = (source.own, source.others.clone());
+        let target = inner.clock(into);
+        let own_entry = (own > 0).then_some((from, own));
+        for (k, v) in others
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .chain(own_entry)
+        {
+            if k == into {
+                target.own = target.own.max(v);
+            } else if target.others.get(k).is_none_or(|e| *e < v) {
+                Arc::make_mut(&mut target.others).insert(k.to_string(), v);
+            }
         }
     }
 
     pub fn events(&self) -> Vec<Event> {
-        self.lock().events.clone()
+        let inner = self.lock();
+        inner
+            .events
+            .iter()
+            .zip(1..)
+            .map(|(e, seq)| e.event(seq))
+            .collect()
     }
 }
 
@@ -154,5 +297,70 @@ mod tests {
             e[3].vector_clock,
             BTreeMap::from([("db".into(), 2), ("test".into(), 2)])
         );
+    }
+
+    /// The clocks as the log kept them before: a whole map per service, cloned into
+    /// every event.
+    #[derive(Default)]
+    struct Model(BTreeMap<String, BTreeMap<String, u64>>);
+    impl Model {
+        fn record(&mut self, service: &str) -> BTreeMap<String, u64> {
+            let clock = self.0.entry(service.to_string()).or_default();
+            *clock.entry(service.to_string()).or_default() += 1;
+            clock.clone()
+        }
+        fn merge(&mut self, into: &str, from: &str) {
+            let source = self.0.get(from).cloned().unwrap_or_default();
+            let target = self.0.entry(into.to_string()).or_default();
+            for (k, v) in source {
+                let e = target.entry(k).or_default();
+                *e = (*e).max(v);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn events_carry_the_clock_their_service_had(
+            ops in proptest::collection::vec((0usize..3, 0usize..3, 0u8..3), 0..80)
+        ) {
+            const NAMES: [&str; 3] = ["db", DRIVER, "api"];
+            let log = EventLog::default();
+            let mut model = Model::default();
+            let mut want = Vec::new();
+            for (a, b, op) in ops {
+                let (a, b) = (NAMES[a], NAMES[b]);
+                match op {
+                    0 => {
+                        log.record(a, "syscall", "syscall.write".into(), String::new(),
+                            BTreeMap::from([("n".to_string(), want.len().to_string())]));
+                        want.push((a, "syscall", "syscall.write", "", model.record(a)));
+                    }
+                    1 => {
+                        log.record_all(a, [
+                            ("stdout", None, BTreeMap::from([("n".to_string(), want.len().to_string())])),
+                            ("stdout", Some("stdout.dropped".to_string()), BTreeMap::from([("n".to_string(), (want.len() + 1).to_string())])),
+                        ]);
+                        want.push((a, "stdout", "stdout", a, model.record(a)));
+                        want.push((a, "stdout", "stdout.dropped", a, model.record(a)));
+                    }
+                    _ => {
+                        log.merge(a, b);
+                        model.merge(a, b);
+                    }
+                }
+            }
+            let got = log.events();
+            proptest::prop_assert_eq!(got.len(), want.len());
+            for (i, (e, (service, kind, event_type, key, clock))) in got.iter().zip(want).enumerate() {
+                proptest::prop_assert_eq!(e.seq, i as u64 + 1);
+                proptest::prop_assert_eq!(&e.service, service);
+                proptest::prop_assert_eq!(&e.kind, kind);
+                proptest::prop_assert_eq!(&e.event_type, event_type);
+                proptest::prop_assert_eq!(&e.partition_key, key);
+                proptest::prop_assert_eq!(&e.fields["n"], &i.to_string());
+                proptest::prop_assert_eq!(&e.vector_clock, &clock);
+            }
+        }
     }
 }
