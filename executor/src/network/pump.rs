@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
-use faultbox_protocols::{Answer, Conversation, Fields, Message, Request};
+use faultbox_protocols::{Answer, Conversation, FieldView, Fields, Interest, Message, Request};
 use faultbox_spec::world::ProxyAction;
 
 use super::plan::Edge;
@@ -178,6 +178,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The rules that may act on one direction of a connection, and what its
+/// conversation is told of them ([`Conversation::interest`]): rebuilt only when the
+/// rules change, so a chunk pays a comparison of a few pointers.
+#[derive(Default)]
+struct Acting {
+    rules: Vec<Arc<Active>>,
+    interest: Option<Interest>,
+}
+
+impl Acting {
+    fn update<'r>(&mut self, now: impl Iterator<Item = &'r Arc<Active>> + Clone) {
+        let same = now.clone().count() == self.rules.len()
+            && now.clone().zip(&self.rules).all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            return;
+        }
+        self.rules = now.cloned().collect();
+        self.interest = (!self.rules.is_empty()).then(|| {
+            let rules = self.rules.clone();
+            Arc::new(move |fields: &dyn FieldView| rules.iter().any(|r| r.matches(fields)))
+                as Interest
+        });
+    }
+}
+
 /// Client to server: frames requests, lets rules act on whole ones. Bytes go to
 /// the server straight from the chunk read when nothing holds them, and the
 /// requests of one chunk that no rule acts on go in one write.
@@ -196,6 +221,7 @@ async fn upstream(
     let mut forwarded_part = 0usize;
     let mut sent = 0u64;
     let mut cache = EdgeRules::default();
+    let mut acting = Acting::default();
     let edge = (
         f.edge.consumer.as_str(),
         f.edge.service.as_str(),
@@ -216,10 +242,11 @@ async fn upstream(
         } else {
             &[]
         };
+        acting.update(rules.iter());
         let found = {
             let mut conv = lock(&shared.conv);
             match conv.as_mut().map(|c| {
-                c.want_fields(!rules.is_empty());
+                c.interest(acting.interest.as_ref());
                 c.client(chunk)
             }) {
                 None => None,
@@ -525,7 +552,7 @@ async fn messages(
     let mut held: Vec<u8> = Vec::new();
     let mut forwarded_part = 0usize;
     let mut cache = EdgeRules::default();
-    let mut scoped: Vec<Arc<Active>> = Vec::new();
+    let mut scoped = Acting::default();
     let edge = (
         f.edge.consumer.as_str(),
         f.edge.service.as_str(),
@@ -553,20 +580,12 @@ async fn messages(
         // Only rules installed for this consumer act on what it is sent.
         if f.requests {
             let rules = f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
-            if scoped.len() != rules.iter().filter(|r| r.scoped).count()
-                || !rules
-                    .iter()
-                    .filter(|r| r.scoped)
-                    .zip(&scoped)
-                    .all(|(a, b)| Arc::ptr_eq(a, b))
-            {
-                scoped = rules.iter().filter(|r| r.scoped).cloned().collect();
-            }
+            scoped.update(rules.iter().filter(|r| r.scoped));
         }
         let found = {
             let mut conv = lock(&shared.conv);
             match conv.as_mut().map(|c| {
-                c.want_fields(!scoped.is_empty());
+                c.interest(scoped.interest.as_ref());
                 c.server_messages(chunk)
             }) {
                 None => None,
@@ -609,8 +628,8 @@ async fn messages(
                     send(&mut client, bytes, &mut received).await?;
                 }
                 run = pos + own;
-            } else if let Some(rule) = (already == 0 && m.matchable && !scoped.is_empty())
-                .then(|| f.rules.decide(edge, &scoped, &m.fields))
+            } else if let Some(rule) = (already == 0 && m.matchable && !scoped.rules.is_empty())
+                .then(|| f.rules.decide(edge, &scoped.rules, &m.fields))
                 .flatten()
             {
                 send(&mut client, &data[run..pos], &mut received).await?;
@@ -636,7 +655,7 @@ async fn messages(
             }
         }
         // A message in progress is held only while something may act on it.
-        let hold = !scoped.is_empty() || shared.duplicated.load(Ordering::SeqCst) > 0;
+        let hold = !scoped.rules.is_empty() || shared.duplicated.load(Ordering::SeqCst) > 0;
         if pos < data.len() && !hold {
             forwarded_part += data.len() - pos;
             pos = data.len();
