@@ -167,14 +167,26 @@ impl Side {
                 return Ok(Some((std::mem::take(&mut self.len), op)));
             }
             let rest = &bytes[*at..];
-            let Some(i) = memchr::memchr(b'\n', rest) else {
-                if self.line.len() + rest.len() > MAX_CONTROL_LINE {
-                    return Err(too_large("a NATS control line"));
-                }
-                self.line.extend_from_slice(rest);
-                self.len += rest.len();
-                *at = bytes.len();
-                return Ok(None);
+            let mut found = [(0usize, 0usize); WORDS];
+            let scanned = if self.line.is_empty() {
+                scan(rest, &mut found)
+            } else {
+                None
+            };
+            let (i, words_found) = match scanned {
+                Some((i, count, ascii)) => (i, Some((count, ascii))),
+                None => match memchr::memchr(b'\n', rest) {
+                    Some(i) => (i, None),
+                    None => {
+                        if self.line.len() + rest.len() > MAX_CONTROL_LINE {
+                            return Err(too_large("a NATS control line"));
+                        }
+                        self.line.extend_from_slice(rest);
+                        self.len += rest.len();
+                        *at = bytes.len();
+                        return Ok(None);
+                    }
+                },
             };
             let start = *at;
             *at += i + 1;
@@ -184,8 +196,12 @@ impl Side {
             if carried {
                 self.line.extend_from_slice(&rest[..=i]);
             }
-            let line = if carried { &self.line[..] } else { &rest[..=i] };
-            let parsed = parse(trim_eol(line), server);
+            let line = trim_eol(if carried { &self.line[..] } else { &rest[..=i] });
+            let (count, ascii) = match words_found {
+                Some(w) => w,
+                None => words(line, &mut found),
+            };
+            let parsed = parse(line, &found, count, ascii, server);
             if let Ok((Kind::Message { subject, .. }, _)) = parsed {
                 if carried {
                     self.subject.clear();
@@ -272,55 +288,47 @@ fn number(digits: &[u8]) -> Option<usize> {
 /// arguments (HMSG's), and one more to know there were too many.
 const WORDS: usize = 7;
 
-/// The words of `line` (runs of bytes between blanks) as ranges, the first
-/// [`WORDS`] of them put in `out`; returns how many there are, and whether the line
-/// is ASCII. (Filled in place: a returned array is copied back through the stack.)
-fn words(line: &[u8], out: &mut [(usize, usize); WORDS]) -> (usize, bool) {
-    if line.len() > 64 {
-        return words_bytewise(line, out);
+const LOW: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// 0x80 in every byte of `x` equal to `c`, exactly (no borrow crosses bytes).
+fn equal(x: u64, c: u8) -> u64 {
+    let y = x ^ (ONES * u64::from(c));
+    !(((y & LOW) + LOW) | y | LOW)
+}
+
+/// The top bit of each byte of `m` gathered to the low byte: bit `i` for byte `i`.
+fn gather(m: u64) -> u64 {
+    ((m >> 7) & ONES).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+/// Word `k` (bytes `8k..8k+8`) of `bytes` as a number, bytes past the end read as a
+/// byte that is no blank, line end or non-ASCII; loaded without a copy (the last
+/// word is the last eight bytes, shifted).
+fn load(bytes: &[u8], k: usize) -> u64 {
+    let (from, n) = (8 * k, bytes.len());
+    if from + 8 <= n {
+        return u64::from_le_bytes(bytes[from..from + 8].try_into().expect("eight bytes"));
     }
-    // Eight bytes at a time: a bit per blank byte, then words from the bits.
-    const LOW: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    // 0x80 in every byte of `x` equal to `c`, exactly (no borrow crosses bytes).
-    let equal = |x: u64, c: u8| {
-        let y = x ^ (ONES * u64::from(c));
-        !(((y & LOW) + LOW) | y | LOW)
+    let tail = n - from;
+    let x = if n >= 8 {
+        let last: [u8; 8] = bytes[n - 8..].try_into().expect("eight bytes");
+        u64::from_le_bytes(last) >> (8 * (8 - tail))
+    } else {
+        bytes
+            .iter()
+            .enumerate()
+            .fold(0u64, |x, (i, &b)| x | u64::from(b) << (8 * i))
     };
-    let mut blanks = 0u64;
-    let mut high = 0u64;
-    let mut add = |k: usize, x: u64| {
-        high |= x;
-        let m = (equal(x, b' ') | equal(x, b'\t')) >> 7;
-        // The bit of byte i (bit 8i) gathered to bit i.
-        blanks |= (m.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * k);
-    };
-    let n = line.len();
-    let mut full = line.chunks_exact(8);
-    for (k, chunk) in (&mut full).enumerate() {
-        add(
-            k,
-            u64::from_le_bytes(chunk.try_into().expect("eight bytes")),
-        );
-    }
-    let tail = full.remainder().len();
-    if tail > 0 {
-        // The last bytes, loaded as a word without a copy (the line's last eight
-        // bytes, shifted), the rest of the word filled with a byte that is no blank.
-        let x = if n >= 8 {
-            let last: [u8; 8] = line[n - 8..].try_into().expect("eight bytes");
-            u64::from_le_bytes(last) >> (8 * (8 - tail))
-        } else {
-            line.iter()
-                .enumerate()
-                .fold(0u64, |x, (i, &b)| x | u64::from(b) << (8 * i))
-        };
-        add(n / 8, x | (ONES * u64::from(b'x')) << (8 * tail));
-    }
-    let within = if line.len() == 64 {
+    x | (ONES * u64::from(b'x')) << (8 * tail)
+}
+
+/// The words of a line from a bit per blank byte among its first `len` (≤ 64).
+fn split(blanks: u64, len: usize, out: &mut [(usize, usize); WORDS]) -> usize {
+    let within = if len == 64 {
         u64::MAX
     } else {
-        (1u64 << line.len()) - 1
+        (1u64 << len) - 1
     };
     let filled = !blanks & within;
     let mut starts = filled & !(filled << 1);
@@ -337,7 +345,48 @@ fn words(line: &[u8], out: &mut [(usize, usize); WORDS]) -> (usize, bool) {
         starts &= starts - 1;
         ends &= ends - 1;
     }
-    (count, high & (ONES << 7) == 0)
+    count
+}
+
+/// The control line at the start of `rest`, when it ends within 64 bytes: where its
+/// `\n` is, its words (those of the line without its end of line, put in `out`),
+/// and whether it is ASCII. One pass, eight bytes at a time, finds the end, the
+/// blanks and any non-ASCII byte: what every relayed message costs.
+fn scan(rest: &[u8], out: &mut [(usize, usize); WORDS]) -> Option<(usize, usize, bool)> {
+    let (mut blanks, mut high) = (0u64, 0u64);
+    for k in 0..rest.len().div_ceil(8).min(8) {
+        let x = load(rest, k);
+        blanks |= gather(equal(x, b' ') | equal(x, b'\t')) << (8 * k);
+        high |= gather(x) << (8 * k);
+        let end = gather(equal(x, b'\n'));
+        if end != 0 {
+            let nl = 8 * k + end.trailing_zeros() as usize;
+            let len = if nl > 0 && rest[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            let ascii = high & ((1u64 << len) - 1) == 0;
+            return Some((nl, split(blanks, len, out), ascii));
+        }
+    }
+    None
+}
+
+/// The words of `line` (runs of bytes between blanks) as ranges, the first
+/// [`WORDS`] of them put in `out`; returns how many there are, and whether the line
+/// is ASCII. (Filled in place: a returned array is copied back through the stack.)
+fn words(line: &[u8], out: &mut [(usize, usize); WORDS]) -> (usize, bool) {
+    if line.len() > 64 {
+        return words_bytewise(line, out);
+    }
+    let (mut blanks, mut high) = (0u64, 0u64);
+    for k in 0..line.len().div_ceil(8) {
+        let x = load(line, k);
+        blanks |= gather(equal(x, b' ') | equal(x, b'\t')) << (8 * k);
+        high |= x;
+    }
+    (split(blanks, line.len(), out), high & (ONES << 7) == 0)
 }
 
 /// [`words`] a byte at a time, for long lines (`INFO`, `CONNECT`, long subjects).
@@ -372,7 +421,13 @@ fn words_bytewise(line: &[u8], out: &mut [(usize, usize); WORDS]) -> (usize, boo
 /// over the line finds its words and whether it is ASCII: this runs for every
 /// message relayed.
 #[inline(always)]
-fn parse(line: &[u8], server: bool) -> Result<(Kind, Option<usize>), Opaque> {
+fn parse(
+    line: &[u8],
+    found: &[(usize, usize); WORDS],
+    count: usize,
+    ascii: bool,
+    server: bool,
+) -> Result<(Kind, Option<usize>), Opaque> {
     let bad = |why: &str| {
         Opaque(format!(
             "not NATS ({why}): {:?}",
@@ -381,8 +436,6 @@ fn parse(line: &[u8], server: bool) -> Result<(Kind, Option<usize>), Opaque> {
     };
     // The op name and at most five arguments matter (HMSG's); more make the line
     // malformed. (INFO and CONNECT carry JSON instead, never read as arguments.)
-    let mut found = [(0usize, 0usize); WORDS];
-    let (count, ascii) = words(line, &mut found);
     if !ascii && std::str::from_utf8(line).is_err() {
         return Err(bad("a control line that is not UTF-8"));
     }
@@ -1103,6 +1156,29 @@ mod tests {
             let (mut a, mut b) = ([(0, 0); WORDS], [(0, 0); WORDS]);
             prop_assert_eq!(words(&line, &mut a), words_bytewise(&line, &mut b));
             prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn a_line_is_scanned_alike_in_one_pass(
+            rest in prop::collection::vec(
+                prop_oneof![
+                    4 => Just(b'a'), 2 => Just(b' '), 1 => Just(b'\t'), 1 => Just(b'\r'), 1 => Just(b'\n'),
+                    1 => Just(b'\x8a'), 1 => Just(b'\xa0'), 1 => Just(b'\x0a' ^ 0x80),
+                ],
+                0..90,
+            ),
+        ) {
+            let mut a = [(0, 0); WORDS];
+            let scanned = scan(&rest, &mut a);
+            match memchr::memchr(b'\n', &rest) {
+                Some(nl) if nl < 64 => {
+                    let mut b = [(0, 0); WORDS];
+                    let (count, ascii) = words_bytewise(trim_eol(&rest[..=nl]), &mut b);
+                    prop_assert_eq!(scanned, Some((nl, count, ascii)));
+                    prop_assert_eq!(&a[..count.min(WORDS)], &b[..count.min(WORDS)]);
+                }
+                _ => prop_assert_eq!(scanned, None),
+            }
         }
     }
 
