@@ -12,7 +12,12 @@
 //!   mid-stream acts on the next message exactly. While no rule may act on a
 //!   message (told by [`Conversation::interest`]), its subject is not copied out and
 //!   runs of such ops are reported as one request or message: a relay then handles
-//!   a chunk of a thousand small messages as one.
+//!   a chunk of a thousand small messages as one. While no rule may act on a
+//!   direction at all, its control lines are read only as far as framing needs
+//!   (the op's name and the size, its last word), not checked word by word: a
+//!   line with a word too many or a non-UTF-8 subject is then framed by its size,
+//!   not made opaque (the server refuses it itself); a line that reading does not
+//!   know is read in full.
 //! - Requests: every client op. `PUB`/`HPUB` are matchable; `PING` expects a `PONG`;
 //!   with `"verbose": true` in `CONNECT`, every other op expects a `+OK`.
 //! - Server messages: `MSG`/`HMSG` (deliveries) are matchable. `PONG` and, in verbose
@@ -71,10 +76,11 @@ enum Op<'a> {
     Connect {
         verbose: bool,
     },
-    /// `PUB`/`HPUB` (client) or `MSG`/`HMSG` (server), with its subject as sent.
+    /// `PUB`/`HPUB` (client) or `MSG`/`HMSG` (server), with its subject as sent
+    /// (`None` when its control line was read while no rule could act on it).
     Message {
         command: &'static str,
-        subject: &'a [u8],
+        subject: Option<&'a [u8]>,
     },
     Sub,
     Unsub,
@@ -117,6 +123,8 @@ struct Side {
     /// Where its subject lies in the chunk being read; `None`: in `subject`.
     subject_at: Option<(usize, usize)>,
     subject: Vec<u8>,
+    /// Its control line was read the light way: its subject is not known.
+    unknown: bool,
     /// Payload bytes still to come.
     skip: usize,
     /// How much of the `\r\n` after the payload has been checked.
@@ -128,11 +136,16 @@ struct Side {
 impl Side {
     /// The next complete op in `bytes` from `*at` on (moved past it) and the bytes it
     /// spans, counting those of earlier chunks. `None`: `bytes` ends inside one.
+    ///
+    /// `light`: no rule may act on these ops, so a control line is read only as far
+    /// as framing needs (its op and size), not checked to the letter; a line the
+    /// light way does not know is read in full.
     fn next<'a>(
         &'a mut self,
         bytes: &'a [u8],
         at: &mut usize,
         server: bool,
+        light: bool,
     ) -> Result<Option<(usize, Op<'a>)>, Opaque> {
         loop {
             if let Some(command) = self.pending {
@@ -160,13 +173,30 @@ impl Side {
                 self.pending = None;
                 self.crlf = 0;
                 let subject = match self.subject_at.take() {
-                    Some((from, to)) => &bytes[from..to],
-                    None => &self.subject[..],
+                    _ if std::mem::take(&mut self.unknown) => None,
+                    Some((from, to)) => Some(&bytes[from..to]),
+                    None => Some(&self.subject[..]),
                 };
                 let op = Op::Message { command, subject };
                 return Ok(Some((std::mem::take(&mut self.len), op)));
             }
             let rest = &bytes[*at..];
+            if light && self.line.is_empty() {
+                if let Some((i, (kind, size))) = line_end(rest)
+                    .and_then(|i| Some((i, light_parse(trim_eol(&rest[..=i]), server)?)))
+                {
+                    *at += i + 1;
+                    self.len += i + 1;
+                    if let Kind::Message { command, .. } = kind {
+                        self.pending = Some(command);
+                        self.skip = size.unwrap_or(0);
+                        self.subject_at = None;
+                        self.unknown = true;
+                        continue;
+                    }
+                    return Ok(Some((std::mem::take(&mut self.len), op_of(kind))));
+                }
+            }
             let mut found = [(0usize, 0usize); WORDS];
             let scanned = if self.line.is_empty() {
                 scan(rest, &mut found)
@@ -213,23 +243,85 @@ impl Side {
             }
             self.line.clear();
             let (kind, size) = parsed?;
-            let op = match kind {
-                Kind::Message { command, .. } => {
-                    self.pending = Some(command);
-                    self.skip = size.unwrap_or(0);
-                    continue;
-                }
-                Kind::Connect { verbose } => Op::Connect { verbose },
-                Kind::Sub => Op::Sub,
-                Kind::Unsub => Op::Unsub,
-                Kind::Ping => Op::Ping,
-                Kind::Pong => Op::Pong,
-                Kind::Info => Op::Info,
-                Kind::Ok => Op::Ok,
-                Kind::Err => Op::Err,
-            };
-            return Ok(Some((std::mem::take(&mut self.len), op)));
+            if let Kind::Message { command, .. } = kind {
+                self.pending = Some(command);
+                self.skip = size.unwrap_or(0);
+                continue;
+            }
+            return Ok(Some((std::mem::take(&mut self.len), op_of(kind))));
         }
+    }
+}
+
+/// The op of a control line that carries no message.
+fn op_of(kind: Kind) -> Op<'static> {
+    match kind {
+        Kind::Connect { verbose } => Op::Connect { verbose },
+        Kind::Message { command, .. } => Op::Message {
+            command,
+            subject: None,
+        },
+        Kind::Sub => Op::Sub,
+        Kind::Unsub => Op::Unsub,
+        Kind::Ping => Op::Ping,
+        Kind::Pong => Op::Pong,
+        Kind::Info => Op::Info,
+        Kind::Ok => Op::Ok,
+        Kind::Err => Op::Err,
+    }
+}
+
+/// Where the `\n` ending the line at the start of `rest` is, when within 64 bytes.
+fn line_end(rest: &[u8]) -> Option<usize> {
+    (0..rest.len().div_ceil(8).min(8)).find_map(|k| {
+        let end = equal(load(rest, k), b'\n');
+        (end != 0).then(|| 8 * k + end.trailing_zeros() as usize / 8)
+    })
+}
+
+/// A control line read only as far as framing needs, for a direction no rule may
+/// act on: its op (from its name) and, for a message, its size (the last word).
+/// `None` for a line it does not know the light way (`CONNECT`, anything odd),
+/// which is then read in full: only a line whose name and size are right but
+/// whose other words are not is taken here where the full reading would refuse
+/// it (the server refuses it too).
+fn light_parse(line: &[u8], server: bool) -> Option<(Kind, Option<usize>)> {
+    let blanks = equal(load(line, 0), b' ') | equal(load(line, 0), b'\t');
+    let name_end = if blanks != 0 {
+        blanks.trailing_zeros() as usize / 8
+    } else if line.len() <= 8 {
+        line.len()
+    } else {
+        return None;
+    };
+    let message = |command: &'static str| {
+        let digits = line.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let from = line.len() - digits;
+        if digits == 0 || digits > 19 || from <= name_end + 1 || !blank(line[from - 1]) {
+            return None;
+        }
+        let n = number(&line[from..])?;
+        (n <= MAX_MESSAGE).then_some((
+            Kind::Message {
+                command,
+                subject: (0, 0),
+            },
+            Some(n),
+        ))
+    };
+    match (server, word(&line[..name_end])) {
+        (false, PUB) => message("PUB"),
+        (false, HPUB) => message("HPUB"),
+        (true, MSG) => message("MSG"),
+        (true, HMSG) => message("HMSG"),
+        (false, SUB) => Some((Kind::Sub, None)),
+        (false, UNSUB) => Some((Kind::Unsub, None)),
+        (true, INFO) => Some((Kind::Info, None)),
+        (true, OK) => Some((Kind::Ok, None)),
+        (true, ERR) => Some((Kind::Err, None)),
+        (_, PING) => Some((Kind::Ping, None)),
+        (_, PONG) => Some((Kind::Pong, None)),
+        _ => None,
     }
 }
 
@@ -653,18 +745,21 @@ impl Framer for NatsConversation {
         let mut run = Run::default();
         let joins = self.want.joins();
         let mut at = 0;
-        while let Some((len, op)) = self.client.next(bytes, &mut at, false)? {
+        let light = matches!(self.want, Want::None);
+        while let Some((len, op)) = self.client.next(bytes, &mut at, false, light)? {
             if let Op::Connect { verbose } = op {
                 self.verbose = verbose;
             }
             let okay = self.verbose && !matches!(op, Op::Ping | Op::Pong);
             let replies = usize::from(okay || matches!(op, Op::Ping));
             let req = match op {
-                Op::Message { command, subject } => match self.want.fields(command, subject) {
-                    Some(fields) => Some(request(len, fields, true, replies)),
-                    None if joins => None,
-                    None => Some(request(len, Fields::new(), true, replies)),
-                },
+                Op::Message { command, subject } => {
+                    match subject.and_then(|subject| self.want.fields(command, subject)) {
+                        Some(fields) => Some(request(len, fields, true, replies)),
+                        None if joins => None,
+                        None => Some(request(len, Fields::new(), true, replies)),
+                    }
+                }
                 _ if joins => None,
                 _ => Some(request(len, Fields::new(), false, replies)),
             };
@@ -724,7 +819,8 @@ impl Framer for NatsConversation {
         let mut run = Run::default();
         let joins = self.want.joins();
         let mut at = 0;
-        while let Some((len, op)) = self.server.next(bytes, &mut at, true)? {
+        let light = matches!(self.want, Want::None);
+        while let Some((len, op)) = self.server.next(bytes, &mut at, true, light)? {
             let mut m = Message {
                 len,
                 fields: Fields::new(),
@@ -734,7 +830,7 @@ impl Framer for NatsConversation {
             };
             match op {
                 Op::Message { command, subject } => {
-                    if let Some(fields) = self.want.fields(command, subject) {
+                    if let Some(fields) = subject.and_then(|s| self.want.fields(command, s)) {
                         m.fields = fields;
                         m.matchable = true;
                     } else {
@@ -1021,6 +1117,7 @@ mod tests {
         (out, None)
     }
 
+    /// Ops of the client.
     fn client_op() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             4 => Just(b"PUB a.b 3\r\nabc\r\n".to_vec()),
@@ -1034,10 +1131,10 @@ mod tests {
             1 => Just(b"CONNECT {\"verbose\":true}\r\n".to_vec()),
             1 => Just(b"CONNECT {\"verbose\":false}\r\n".to_vec()),
             1 => Just([&b"PUB a.b."[..], &[b'x'; 60], b" 1\r\nx\r\n"].concat()),
-            1 => prop::collection::vec(any::<u8>(), 0..6),
         ]
     }
 
+    /// Ops of the server.
     fn server_op() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             4 => Just(b"MSG a.b 1 3\r\nabc\r\n".to_vec()),
@@ -1049,8 +1146,12 @@ mod tests {
             1 => Just(b"-ERR 'x'\r\n".to_vec()),
             1 => Just(b"INFO {\"server_id\":\"\xc3\xa9\"}\r\n".to_vec()),
             1 => Just([&b"MSG a.b."[..], &[b'x'; 60], b" 1 1\r\nx\r\n"].concat()),
-            1 => prop::collection::vec(any::<u8>(), 0..6),
         ]
+    }
+
+    /// Bytes NATS does not allow, mostly.
+    fn garbage() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..6)
     }
 
     /// Cuts of `n` bytes from `sizes` (each at least 1), the last taking the rest.
@@ -1071,10 +1172,12 @@ mod tests {
     /// Whatever the cuts, and whatever interest the relay gives before each chunk
     /// (rules installed and removed mid-stream), the conversation frames exactly
     /// what it frames with every op reported on its own: each report ends at an op
-    /// boundary; an op a rule may act on is reported alone with its fields; a run
-    /// holds only ops no rule wanted, ends at a response on the server's side, and
-    /// carries their replies; and it goes opaque in the chunk holding the byte
-    /// that makes it so.
+    /// boundary; an op a rule may act on is reported alone with its fields (unless
+    /// its control line was read while no rule could act: then its subject is not
+    /// known, and the relay, which has sent that message on in part already, never
+    /// acts on it); a run holds only ops no rule wanted, ends at a response on the
+    /// server's side, and carries their replies; and it goes opaque in the chunk
+    /// holding the byte that makes it so.
     fn check_modes(server: bool, ops: &[Vec<u8>], sizes: &[usize], modes: &[u8]) {
         let bytes = ops.concat();
         let bytewise = vec![1; bytes.len()];
@@ -1093,6 +1196,24 @@ mod tests {
             wrong.and_then(chunk_of),
             "goes opaque in the same chunk"
         );
+        // The interest in force for a chunk: the last one given (0: none yet).
+        let mode_of = |chunk: usize| {
+            (0..=chunk)
+                .rev()
+                .map(|c| modes[c % modes.len()])
+                .find(|&m| m != 0)
+                .unwrap_or(0)
+        };
+        // Whether an op's control line was read the light way: whole within one
+        // chunk, while no rule could act.
+        let light = |r: &Seen| {
+            let start = r.end - r.len;
+            let Some(nl) = memchr::memchr(b'\n', &bytes[start..]).map(|i| start + i) else {
+                return false;
+            };
+            let chunk = chunk_of(nl).expect("within the bytes");
+            chunk_of(start) == Some(chunk) && mode_of(chunk) == 1
+        };
         let by_end: std::collections::HashMap<usize, usize> = reference
             .iter()
             .enumerate()
@@ -1105,13 +1226,11 @@ mod tests {
             };
             let span = &reference[next..=last];
             next = last + 1;
-            let mode = (0..=*chunk)
-                .rev()
-                .map(|c| modes[c % modes.len()])
-                .find(|&m| m != 0)
-                .unwrap_or(0);
+            let mode = mode_of(*chunk);
             let wanted = |r: &Seen| {
-                r.matchable && (mode == 0 || (mode == 2 && r.fields["subject"] == "a.b"))
+                r.matchable
+                    && (mode == 0 || (mode == 2 && r.fields["subject"] == "a.b"))
+                    && !light(r)
             };
             if span.len() == 1 && (s.matchable || !s.forward || mode == 0) {
                 let r = &span[0].1;
@@ -1202,6 +1321,33 @@ mod tests {
         ) {
             check_modes(true, &ops, &sizes, &modes);
         }
+
+        /// With garbage, while a rule may act (so every line is read in full).
+        #[test]
+        fn garbage_goes_opaque_alike_while_rules_come_and_go(
+            server in any::<bool>(),
+            client in prop::collection::vec(prop_oneof![24 => client_op(), 1 => garbage()], 0..24),
+            from_server in prop::collection::vec(prop_oneof![21 => server_op(), 1 => garbage()], 0..24),
+            sizes in prop::collection::vec(1usize..48, 1..8),
+            modes in prop::collection::vec(prop_oneof![Just(0u8), Just(2u8)], 1..6),
+        ) {
+            check_modes(server, if server { &from_server } else { &client }, &sizes, &modes);
+        }
+    }
+
+    #[test]
+    fn while_no_rule_may_act_lines_are_read_only_as_far_as_framing_needs() {
+        // A publish with a word too many: its size frames it, but it is malformed.
+        let script = b"PUB a b c 5\r\nhello\r\nPING\r\n";
+        let mut full = Nats.conversation();
+        assert!(full.client(script).is_err(), "read in full, it goes opaque");
+        let mut light = Nats.conversation();
+        light.interest(None);
+        let reqs = light.client(script).unwrap();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!((reqs[0].len, reqs[0].replies), (script.len(), 1));
+        // Lines the light way does not know are read in full.
+        assert!(light.client(b"PUB a b\r\n").is_err());
     }
 
     #[test]
@@ -1215,7 +1361,9 @@ mod tests {
         assert_eq!(reqs.len(), 1);
         assert_eq!((reqs[0].len, reqs[0].replies), (22, 1));
         assert!(!reqs[0].matchable);
-        // A rule on a.b arrives while a publish is cut: it completes as what it is.
+        // A rule on a.b arrives while a publish is cut: it completes as part of a
+        // run (its line was read while no rule could act, and it is on its way in
+        // part already); the next publish on a.b is the rule's.
         let on_ab: Interest = Arc::new(|v: &dyn FieldView| v.field("topic") == Some("a.b"));
         conv.interest(Some(&on_ab));
         let reqs = conv
@@ -1227,11 +1375,7 @@ mod tests {
             .collect();
         assert_eq!(
             shape,
-            [
-                (18, true, Some("a.b".to_string())),
-                (12, false, None),
-                (14, true, Some("a.b".to_string())),
-            ]
+            [(30, false, None), (14, true, Some("a.b".to_string()))]
         );
     }
 }
