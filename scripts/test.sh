@@ -32,6 +32,8 @@ ours='target/(debug|release|tmp)/(faultbox|probe|target|inventory|orders)( |$)|e
 # The protocol specs' real servers and system under test.
 ours+='|sut\.py|postgres -D /tmp/faultbox-|datadir=/tmp/faultbox-|requirepass s3cret|memcached -l 127\.0\.0\.1 -p 11211 -U 0'
 ours+='|nats-server|nats_sut\.py|tansu broker|nx-27017|beam\.smp|epmd|grpc_(server|sut|people)\.py|grpc-users'
+# The event-source specs' services.
+ours+='|logger\.py|files_svc\.py|orders_app\.py'
 if pgrep -f "$ours" >/dev/null; then
     echo "leftover processes:" >&2
     pgrep -af "$ours" >&2

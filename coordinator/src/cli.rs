@@ -22,6 +22,16 @@ pub enum Command {
     Run(RunArgs),
     /// Run the tests of a Starlark spec against real services.
     Test(Box<TestArgs>),
+    /// Check a spec without running anything: load errors (exit 1), and findings with
+    /// a code and a suggestion (exit 2); exit 0 when clean.
+    Check {
+        /// The spec file.
+        #[arg(value_name = "FILE")]
+        spec: std::path::PathBuf,
+        /// Output format: one finding a line, or a JSON document on stdout.
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        format: Option<String>,
+    },
     /// Write a starter spec, editor stubs or Claude Code commands.
     Init {
         /// The binary to write a spec for.

@@ -18,6 +18,13 @@ impl Diagnostic {
     }
 }
 
+/// What `TEST_NO_ASSERTIONS` says, after a run and from `faultbox check` alike.
+pub fn no_assertions_message(test: &str) -> String {
+    format!("{test} checked nothing")
+}
+
+pub const NO_ASSERTIONS_SUGGESTION: &str = "add assert_eq/assert_true on the steps' results, or assert_eventually/assert_never on the trace; a test without assertions only proves the services started";
+
 /// The diagnostics of one run.
 pub fn diagnose(r: &TestReport) -> Vec<Diagnostic> {
     let mut out = Vec::new();
@@ -85,8 +92,8 @@ pub fn diagnose(r: &TestReport) -> Vec<Diagnostic> {
     if r.assertions == 0 && !r.probe && r.startup.is_none() && r.verdict == Verdict::Pass {
         out.push(Diagnostic {
             code: "TEST_NO_ASSERTIONS",
-            message: format!("{} checked nothing", r.name),
-            suggestion: "add assert_eq/assert_true on the steps' results, or assert_eventually/assert_never on the trace; a test without assertions only proves the services started".into(),
+            message: no_assertions_message(&r.name),
+            suggestion: NO_ASSERTIONS_SUGGESTION.into(),
         });
     }
     out

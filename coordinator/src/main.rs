@@ -1,6 +1,7 @@
 //! `faultbox`: the command line. Every subcommand returns its exit code; errors of
 //! Faultbox itself exit 1, and `run` passes the target's code through.
 
+mod check;
 mod cli;
 mod coordinator;
 mod decision_log;
@@ -46,6 +47,7 @@ fn main() {
     let code = match cli.command {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Test(args) => test_cmd::run(*args),
+        cli::Command::Check { spec, format } => check::run(&spec, format.as_deref()),
         cli::Command::Diff { a, b } => diff::run(&a, &b),
         cli::Command::Fleet(cmd) => fleet_cmd::fleet(cmd),
         cli::Command::Executor(args) => fleet_cmd::executor(args),

@@ -8,13 +8,33 @@
 //! scratch directory, calls on system paths (the loader's, /proc, /dev, the C
 //! library's name-service cache probe), whose number depends on the C library, and,
 //! of the relays' connection events, the connections' numbers and their closing
-//! (whether a connection closes before the test ends is a race, not behaviour).
+//! (whether a connection closes before the test ends is a race, not behaviour). Each
+//! event source's events (`observe=`) are a group of their own per service.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use faultbox_executor::world::run::TestReport;
 use faultbox_spec::Verdict;
+
+/// The types of event sources' events (`observe=`).
+const SOURCE_KINDS: &[&str] = &[
+    "stdout",
+    "stderr",
+    "tail",
+    "poll",
+    "wal",
+    "topic",
+    "source_error",
+];
+
+/// How a service's events are grouped, in this order.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Group<'a> {
+    Lifecycle,
+    Syscalls,
+    Source(&'a str),
+}
 
 /// Fields whose values differ between identical runs.
 const VOLATILE: &[&str] = &["pid", "duration_ms", "connection"];
@@ -27,7 +47,7 @@ pub fn normalize(reports: &[TestReport]) -> String {
             Verdict::Fail { reason, .. } => format!("fail: {}", stable(reason)),
         };
         let _ = writeln!(out, "test {} seed={} {result}", r.name, r.seed);
-        let mut per: BTreeMap<(&str, bool), Vec<String>> = BTreeMap::new();
+        let mut per: BTreeMap<(&str, Group), Vec<String>> = BTreeMap::new();
         for e in &r.events {
             if e.kind == "syscall"
                 && e.fields
@@ -45,15 +65,21 @@ pub fn normalize(reports: &[TestReport]) -> String {
                     let _ = write!(line, " {k}={}", stable(v));
                 }
             }
-            per.entry((&e.service, e.kind == "syscall"))
-                .or_default()
-                .push(line);
+            // Each event source's events are a group of their own: sources run on
+            // threads of their own, so how they interleave with each other and with
+            // the steps is not the system's behaviour.
+            let group = match e.kind.as_str() {
+                "syscall" => Group::Syscalls,
+                k if SOURCE_KINDS.contains(&k) => Group::Source(k),
+                _ => Group::Lifecycle,
+            };
+            per.entry((&e.service, group)).or_default().push(line);
         }
-        for ((service, syscalls), lines) in per {
-            let what = if syscalls {
-                "syscalls"
-            } else {
-                "lifecycle and steps"
+        for ((service, group), lines) in per {
+            let what = match group {
+                Group::Syscalls => "syscalls".to_string(),
+                Group::Lifecycle => "lifecycle and steps".to_string(),
+                Group::Source(k) => format!("{k} events"),
             };
             let _ = writeln!(out, "  service {service}: {what}");
             for l in lines {

@@ -81,6 +81,13 @@ fn a_nats_container_takes_message_faults_as_a_binary_does() {
     assert!(common::processes_with("nats_sut.py").is_empty());
 }
 
+/// Event sources on containers: PostgreSQL's stderr decoded by a regex, a file inside
+/// the container tailed through its root, its WAL, and a NATS container's subject.
+#[test]
+fn event_sources_observe_containers_as_they_do_binaries() {
+    every_test_passes(&spec("sources"), 4);
+}
+
 #[test]
 fn a_kafka_container_takes_record_faults_as_a_binary_does() {
     every_test_passes(&spec("kafka"), 2);

@@ -151,7 +151,7 @@ fn bad_sources_are_refused_at_load() {
         ),
         (
             "observe = [poll(url = 'http://example.com/')]",
-            "the host must be localhost or an IPv4 address",
+            "the host must be localhost or an IP address",
         ),
         (
             "observe = [poll(url = 'http://localhost:1/', interval = '1ms')]",
@@ -172,4 +172,81 @@ fn bad_sources_are_refused_at_load() {
         assert!(out.stderr.contains("spec.star:"), "{line}: {}", out.stderr);
         assert!(out.stderr.contains(expect), "{line}: {}", out.stderr);
     }
+}
+
+fn servers() {
+    let ok = std::process::Command::new("bash")
+        .arg(root().join("scripts/servers.sh"))
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "scripts/servers.sh failed");
+}
+
+#[test]
+fn tailed_files_and_polled_endpoints_are_events() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let doc = all_pass("files.star");
+    assert_eq!(doc["pass"], 4, "{doc}");
+    // A path that never appeared says so once the source stops.
+    let events = events_of(&doc, "test_failing_endpoints_are_events_not_test_failures");
+    assert!(
+        events.iter().any(|e| e["event_type"] == "tail.error"
+            && e["fields"]["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("never/appears.log never existed"))),
+        "{events:?}"
+    );
+    assert!(common::processes_with("files_svc.py").is_empty());
+}
+
+#[test]
+fn kafka_and_nats_messages_are_events() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    servers();
+    let doc = all_pass("brokers.star");
+    assert_eq!(doc["pass"], 4, "{doc}");
+    for marker in ["tansu broker", "nats-server -a 127.0.0.1"] {
+        assert!(common::processes_with(marker).is_empty(), "{marker} left");
+    }
+}
+
+#[test]
+fn a_wal_level_that_is_not_logical_is_explained() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    all_pass("wal.star");
+    assert!(common::processes_with("postgres -D /tmp/faultbox-").is_empty());
+}
+
+/// The examples folder's spec: the reference's data-integrity examples over a
+/// database's WAL, a Kafka topic and an API's log lines.
+#[test]
+fn the_event_sources_example_runs_the_references_integrity_checks() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    servers();
+    let out = common::faultbox_at(
+        &root(),
+        &[
+            "test",
+            "examples/event-sources/event_sources.star",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["pass"], 3, "{doc}");
+    // The fault did reach the database, and no record was published for the order.
+    let events = events_of(&doc, "test_no_message_loss_on_db_error");
+    assert!(events.iter().any(|e| e["fields"]["decision"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("deny"))));
+    assert!(!events.iter().any(|e| e["type"] == "topic"));
+    for marker in [
+        "orders_app.py",
+        "tansu broker",
+        "postgres -D /tmp/faultbox-",
+    ] {
+        assert!(common::processes_with(marker).is_empty(), "{marker} left");
+    }
+    assert!(common::scratch_leftovers().is_empty());
 }

@@ -328,8 +328,13 @@ fn connections(port: u16) -> usize {
         .count()
 }
 
+/// An event's `data`, without its `action` (always `produce`: checked here).
 fn data(o: &Observation) -> Value {
-    serde_json::from_str(&o.fields["data"]).expect("data is JSON")
+    let mut v: Value = serde_json::from_str(&o.fields["data"]).expect("data is JSON");
+    let action = v.as_object_mut().and_then(|m| m.remove("action"));
+    assert_eq!(action, Some(Value::from("produce")), "{v}");
+    assert_eq!(o.fields["action"], "produce");
+    v
 }
 
 /// Each partition's offsets, in emission order.

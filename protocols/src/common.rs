@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
-use crate::{Answer, Conversation, Fields, Message, Opaque, Reply, Request, MAX_MESSAGE};
+use crate::{Answer, Conversation, Fields, Interest, Message, Opaque, Reply, Request, MAX_MESSAGE};
 
 /// A protocol's conversation logic; [`Latched`] turns it into a [`Conversation`].
 /// The methods with defaults mean what [`Conversation`]'s do.
@@ -14,8 +14,8 @@ pub(crate) trait Framer: Send {
     fn server(&mut self, bytes: &[u8]) -> Result<usize, Opaque>;
     fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String>;
 
-    fn want_fields(&mut self, want: bool) {
-        let _ = want;
+    fn interest(&mut self, interest: Option<&Interest>) {
+        let _ = interest;
     }
     fn frames_server(&self) -> bool {
         false
@@ -106,8 +106,8 @@ impl<F: Framer> Conversation for Latched<F> {
         self.framer.answer(request, answer)
     }
 
-    fn want_fields(&mut self, want: bool) {
-        self.framer.want_fields(want);
+    fn interest(&mut self, interest: Option<&Interest>) {
+        self.framer.interest(interest);
     }
 
     fn frames_server(&self) -> bool {

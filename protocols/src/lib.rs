@@ -19,6 +19,7 @@
 //! held. A relay calls `answer()` for a request before it forwards any later one.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use common::MAX_PENDING;
 
@@ -48,7 +49,32 @@ pub const MAX_MESSAGE: usize = 16 << 20;
 /// `command`, `key`, `topic`. A key a request does not have is absent.
 pub type Fields = BTreeMap<&'static str, String>;
 
+/// Match fields as a rule reads them, one key at a time: [`Fields`], or a view a
+/// conversation borrows from the bytes it frames, so that finding no rule wants a
+/// message copies nothing out of it.
+pub trait FieldView {
+    /// The value of `key`, if the message has it.
+    fn field(&self, key: &str) -> Option<&str>;
+}
+
+impl FieldView for Fields {
+    fn field(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+/// Whether any rule may act on a message with these fields (see
+/// [`Conversation::interest`]).
+pub type Interest = Arc<dyn Fn(&dyn FieldView) -> bool + Send + Sync>;
+
 /// A complete request found in the client's stream.
+///
+/// Told that rules may act on some messages only ([`Conversation::interest`]), a
+/// conversation may report a run of consecutive requests none may act on as one:
+/// not matchable, spanning them all, with their replies summed. A relay treats
+/// them alike (it forwards them and expects their responses), and reading one
+/// request per chunk instead of one per message is most of what relaying small
+/// messages costs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     /// How many bytes of the client's stream it spans, counted from the end of the
@@ -146,6 +172,12 @@ pub struct Reply {
 /// side ([`Conversation::frames_server`]): messaging protocols deliver messages the
 /// client never asked for one by one (NATS `MSG`, AMQP deliveries), and rules act on
 /// them as they act on requests.
+///
+/// As with requests, a run of messages no rule may act on may be reported as one
+/// (not matchable, its responses summed); such a run never holds a message the
+/// conversation swallows, and ends at the first message that completes a
+/// response, so an answer given in the server's place still goes out right after
+/// the response before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// How many bytes of the server's stream it spans, counted from the end of the
@@ -201,11 +233,13 @@ pub trait Conversation: Send {
     /// protocol cannot give that answer to that request.
     fn answer(&mut self, request: &Request, answer: &Answer) -> Result<Reply, String>;
 
-    /// Whether any rule may act on what the next call returns: when not, a
-    /// conversation may leave match fields out (they cost allocations per message
-    /// and nobody reads them). A hint; fields may always be given.
-    fn want_fields(&mut self, want: bool) {
-        let _ = want;
+    /// Which messages of the next calls rules may act on: those `interest` accepts,
+    /// given their fields; none when `None`. A conversation may leave match fields
+    /// out of the others (they cost allocations per message and nobody reads them)
+    /// and report runs of them as one request or message. Until called, every
+    /// message gets its fields. A hint: fields may always be given.
+    fn interest(&mut self, interest: Option<&Interest>) {
+        let _ = interest;
     }
 
     /// Whether the server's bytes go through [`Conversation::server_messages`]

@@ -5,7 +5,19 @@
 //! - Framing: an op is a control line ended by `\r\n` (a bare `\n` is accepted, as
 //!   the server does); `PUB`/`HPUB`/`MSG`/`HMSG` are followed by their payload of
 //!   the size the line gives and an exact `\r\n`, which is checked. Ops are
-//!   case-insensitive. Payloads are skipped as they stream by, never held.
+//!   case-insensitive. Payloads are skipped as they stream by, never held; bytes
+//!   are read where they lie (a control line cut by the end of a chunk is the only
+//!   copy), and control lines are checked as UTF-8 only when they hold non-ASCII.
+//! - Every op is framed, whether or not a rule is installed, so a rule installed
+//!   mid-stream acts on the next message exactly. While no rule may act on a
+//!   message (told by [`Conversation::interest`]), its subject is not copied out and
+//!   runs of such ops are reported as one request or message: a relay then handles
+//!   a chunk of a thousand small messages as one. While no rule may act on a
+//!   direction at all, its control lines are read only as far as framing needs
+//!   (the op's name and the size, its last word), not checked word by word: a
+//!   line with a word too many or a non-UTF-8 subject is then framed by its size,
+//!   not made opaque (the server refuses it itself); a line that reading does not
+//!   know is read in full.
 //! - Requests: every client op. `PUB`/`HPUB` are matchable; `PING` expects a `PONG`;
 //!   with `"verbose": true` in `CONNECT`, every other op expects a `+OK`.
 //! - Server messages: `MSG`/`HMSG` (deliveries) are matchable. `PONG` and, in verbose
@@ -25,10 +37,10 @@
 
 use std::collections::VecDeque;
 
-use crate::common::{fields, find_line, request, request_id, too_large, trim_eol, Framer};
-use crate::common::{Inbox, Latched};
-use crate::{ActionKind, Answer, Conversation, Message, Opaque, Protocol, Reply, Request};
-use crate::{Fields, MAX_MESSAGE};
+use crate::common::Latched;
+use crate::common::{fields, request, request_id, too_large, trim_eol, Framer};
+use crate::{ActionKind, Answer, Conversation, FieldView, Interest, Message, Opaque, Protocol};
+use crate::{Fields, Reply, Request, MAX_MESSAGE};
 
 /// NATS.
 pub struct Nats;
@@ -60,14 +72,15 @@ const MAX_CONTROL_LINE: usize = 1 << 20;
 
 /// One op, as far as the conversation cares.
 #[derive(Debug, PartialEq, Eq)]
-enum Op {
+enum Op<'a> {
     Connect {
         verbose: bool,
     },
-    /// `PUB`/`HPUB` (client) or `MSG`/`HMSG` (server), with its subject.
+    /// `PUB`/`HPUB` (client) or `MSG`/`HMSG` (server), with its subject as sent
+    /// (`None` when its control line was read while no rule could act on it).
     Message {
         command: &'static str,
-        subject: String,
+        subject: Option<&'a [u8]>,
     },
     Sub,
     Unsub,
@@ -78,141 +91,504 @@ enum Op {
     Err,
 }
 
-/// One direction: ops parsed from its bytes.
+/// A control line's op; a message's subject as a range of the line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Connect {
+        verbose: bool,
+    },
+    Message {
+        command: &'static str,
+        subject: (usize, usize),
+    },
+    Sub,
+    Unsub,
+    Ping,
+    Pong,
+    Info,
+    Ok,
+    Err,
+}
+
+/// One direction: ops found in its bytes as they pass. The bytes are read where
+/// they lie; only a control line cut by the end of a chunk is copied, to be
+/// finished by the next one, and a message's subject when its payload runs on
+/// past the chunk.
 #[derive(Default)]
 struct Side {
-    inbox: Inbox,
-    scanned: usize,
-    /// An op whose control line was read, waiting for its payload and `\r\n`.
-    pending: Option<Op>,
+    /// The start of a control line whose end has not arrived yet.
+    line: Vec<u8>,
+    /// The message whose control line was read, waiting for its payload and `\r\n`.
+    pending: Option<&'static str>,
+    /// Where its subject lies in the chunk being read; `None`: in `subject`.
+    subject_at: Option<(usize, usize)>,
+    subject: Vec<u8>,
+    /// Its control line was read the light way: its subject is not known.
+    unknown: bool,
+    /// Payload bytes still to come.
+    skip: usize,
+    /// How much of the `\r\n` after the payload has been checked.
+    crlf: usize,
+    /// Bytes of the op in progress so far.
+    len: usize,
 }
 
 impl Side {
-    /// The next complete op and the bytes it spans, if the data holds one.
-    fn next(&mut self, server: bool, bare: bool) -> Result<Option<(usize, Op)>, Opaque> {
-        if self.pending.is_some() {
-            if self.inbox.skipping() {
-                return Ok(None);
+    /// The next complete op in `bytes` from `*at` on (moved past it) and the bytes it
+    /// spans, counting those of earlier chunks. `None`: `bytes` ends inside one.
+    ///
+    /// `light`: no rule may act on these ops, so a control line is read only as far
+    /// as framing needs (its op and size), not checked to the letter; a line the
+    /// light way does not know is read in full.
+    fn next<'a>(
+        &'a mut self,
+        bytes: &'a [u8],
+        at: &mut usize,
+        server: bool,
+        light: bool,
+    ) -> Result<Option<(usize, Op<'a>)>, Opaque> {
+        loop {
+            if let Some(command) = self.pending {
+                let n = self.skip.min(bytes.len() - *at);
+                self.skip -= n;
+                *at += n;
+                self.len += n;
+                while self.skip == 0 && self.crlf < 2 && *at < bytes.len() {
+                    if bytes[*at] != b"\r\n"[self.crlf] {
+                        return Err(Opaque("a NATS payload not followed by \\r\\n".into()));
+                    }
+                    self.crlf += 1;
+                    *at += 1;
+                    self.len += 1;
+                }
+                if self.crlf < 2 {
+                    // The chunk ends inside the message: its subject is kept for
+                    // when it completes.
+                    if let Some((from, to)) = self.subject_at.take() {
+                        self.subject.clear();
+                        self.subject.extend_from_slice(&bytes[from..to]);
+                    }
+                    return Ok(None);
+                }
+                self.pending = None;
+                self.crlf = 0;
+                let subject = match self.subject_at.take() {
+                    _ if std::mem::take(&mut self.unknown) => None,
+                    Some((from, to)) => Some(&bytes[from..to]),
+                    None => Some(&self.subject[..]),
+                };
+                let op = Op::Message { command, subject };
+                return Ok(Some((std::mem::take(&mut self.len), op)));
             }
-            let d = self.inbox.data();
-            if d.len() < 2 {
-                return Ok(None);
+            let rest = &bytes[*at..];
+            if light && self.line.is_empty() {
+                if let Some((i, (kind, size))) = line_end(rest)
+                    .and_then(|i| Some((i, light_parse(trim_eol(&rest[..=i]), server)?)))
+                {
+                    *at += i + 1;
+                    self.len += i + 1;
+                    if let Kind::Message { command, .. } = kind {
+                        self.pending = Some(command);
+                        self.skip = size.unwrap_or(0);
+                        self.subject_at = None;
+                        self.unknown = true;
+                        continue;
+                    }
+                    return Ok(Some((std::mem::take(&mut self.len), op_of(kind))));
+                }
             }
-            if &d[..2] != b"\r\n" {
-                return Err(Opaque("a NATS payload not followed by \\r\\n".into()));
+            let mut found = [(0usize, 0usize); WORDS];
+            let scanned = if self.line.is_empty() {
+                scan(rest, &mut found)
+            } else {
+                None
+            };
+            let (i, words_found) = match scanned {
+                Some((i, count, ascii)) => (i, Some((count, ascii))),
+                None => match memchr::memchr(b'\n', rest) {
+                    Some(i) => (i, None),
+                    None => {
+                        if self.line.len() + rest.len() > MAX_CONTROL_LINE {
+                            return Err(too_large("a NATS control line"));
+                        }
+                        self.line.extend_from_slice(rest);
+                        self.len += rest.len();
+                        *at = bytes.len();
+                        return Ok(None);
+                    }
+                },
+            };
+            let start = *at;
+            *at += i + 1;
+            self.len += i + 1;
+            // A line begun in an earlier chunk is finished here and read from the copy.
+            let carried = !self.line.is_empty();
+            if carried {
+                self.line.extend_from_slice(&rest[..=i]);
             }
-            self.inbox.consume(2);
-            let op = self.pending.take().expect("checked above");
-            return Ok(Some((self.inbox.take(), op)));
-        }
-        let d = self.inbox.data();
-        let Some(end) = find_line(d, &mut self.scanned) else {
-            if d.len() > MAX_CONTROL_LINE {
-                return Err(too_large("a NATS control line"));
+            let line = trim_eol(if carried { &self.line[..] } else { &rest[..=i] });
+            let (count, ascii) = match words_found {
+                Some(w) => w,
+                None => words(line, &mut found),
+            };
+            let parsed = parse(line, &found, count, ascii, server);
+            if let Ok((Kind::Message { subject, .. }, _)) = parsed {
+                if carried {
+                    self.subject.clear();
+                    self.subject.extend_from_slice(&line[subject.0..subject.1]);
+                    self.subject_at = None;
+                } else {
+                    self.subject_at = Some((start + subject.0, start + subject.1));
+                }
             }
-            return Ok(None);
-        };
-        let (op, payload) = parse(trim_eol(&d[..end]), server, bare)?;
-        self.inbox.consume(end);
-        match payload {
-            None => Ok(Some((self.inbox.take(), op))),
-            Some(n) => {
-                self.inbox.skip(n);
-                self.pending = Some(op);
-                self.next(server, bare)
+            self.line.clear();
+            let (kind, size) = parsed?;
+            if let Kind::Message { command, .. } = kind {
+                self.pending = Some(command);
+                self.skip = size.unwrap_or(0);
+                continue;
             }
+            return Ok(Some((std::mem::take(&mut self.len), op_of(kind))));
         }
     }
 }
 
-/// A control line's op, and the payload size that follows it. `bare`: the subject
-/// is not copied out.
-fn parse(line: &[u8], server: bool, bare: bool) -> Result<(Op, Option<usize>), Opaque> {
+/// The op of a control line that carries no message.
+fn op_of(kind: Kind) -> Op<'static> {
+    match kind {
+        Kind::Connect { verbose } => Op::Connect { verbose },
+        Kind::Message { command, .. } => Op::Message {
+            command,
+            subject: None,
+        },
+        Kind::Sub => Op::Sub,
+        Kind::Unsub => Op::Unsub,
+        Kind::Ping => Op::Ping,
+        Kind::Pong => Op::Pong,
+        Kind::Info => Op::Info,
+        Kind::Ok => Op::Ok,
+        Kind::Err => Op::Err,
+    }
+}
+
+/// Where the `\n` ending the line at the start of `rest` is, when within 64 bytes.
+fn line_end(rest: &[u8]) -> Option<usize> {
+    (0..rest.len().div_ceil(8).min(8)).find_map(|k| {
+        let end = equal(load(rest, k), b'\n');
+        (end != 0).then(|| 8 * k + end.trailing_zeros() as usize / 8)
+    })
+}
+
+/// A control line read only as far as framing needs, for a direction no rule may
+/// act on: its op (from its name) and, for a message, its size (the last word).
+/// `None` for a line it does not know the light way (`CONNECT`, anything odd),
+/// which is then read in full: only a line whose name and size are right but
+/// whose other words are not is taken here where the full reading would refuse
+/// it (the server refuses it too).
+fn light_parse(line: &[u8], server: bool) -> Option<(Kind, Option<usize>)> {
+    let blanks = equal(load(line, 0), b' ') | equal(load(line, 0), b'\t');
+    let name_end = if blanks != 0 {
+        blanks.trailing_zeros() as usize / 8
+    } else if line.len() <= 8 {
+        line.len()
+    } else {
+        return None;
+    };
+    let message = |command: &'static str| {
+        let digits = line.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let from = line.len() - digits;
+        if digits == 0 || digits > 19 || from <= name_end + 1 || !blank(line[from - 1]) {
+            return None;
+        }
+        let n = number(&line[from..])?;
+        (n <= MAX_MESSAGE).then_some((
+            Kind::Message {
+                command,
+                subject: (0, 0),
+            },
+            Some(n),
+        ))
+    };
+    match (server, word(&line[..name_end])) {
+        (false, PUB) => message("PUB"),
+        (false, HPUB) => message("HPUB"),
+        (true, MSG) => message("MSG"),
+        (true, HMSG) => message("HMSG"),
+        (false, SUB) => Some((Kind::Sub, None)),
+        (false, UNSUB) => Some((Kind::Unsub, None)),
+        (true, INFO) => Some((Kind::Info, None)),
+        (true, OK) => Some((Kind::Ok, None)),
+        (true, ERR) => Some((Kind::Err, None)),
+        (_, PING) => Some((Kind::Ping, None)),
+        (_, PONG) => Some((Kind::Pong, None)),
+        _ => None,
+    }
+}
+
+fn blank(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// An op name, upper-cased and packed with its length into one word, so that
+/// telling ops apart is a comparison of numbers; 0 for a name longer than any op's.
+const fn word(name: &[u8]) -> u64 {
+    if name.len() > 7 {
+        return 0;
+    }
+    let mut w = (name.len() as u64) << 56;
+    let mut i = 0;
+    while i < name.len() {
+        w |= (name[i].to_ascii_uppercase() as u64) << (8 * i);
+        i += 1;
+    }
+    w
+}
+
+const CONNECT: u64 = word(b"CONNECT");
+const PUB: u64 = word(b"PUB");
+const HPUB: u64 = word(b"HPUB");
+const SUB: u64 = word(b"SUB");
+const UNSUB: u64 = word(b"UNSUB");
+const MSG: u64 = word(b"MSG");
+const HMSG: u64 = word(b"HMSG");
+const INFO: u64 = word(b"INFO");
+const OK: u64 = word(b"+OK");
+const ERR: u64 = word(b"-ERR");
+const PING: u64 = word(b"PING");
+const PONG: u64 = word(b"PONG");
+
+/// A size argument, as `usize::from_str` reads it (an optional `+`, then digits).
+fn number(digits: &[u8]) -> Option<usize> {
+    let digits = digits.strip_prefix(b"+").unwrap_or(digits);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Nineteen digits never overflow 64 bits: only longer numbers are checked.
+    if digits.len() <= 19 && usize::BITS == 64 {
+        return Some(
+            digits
+                .iter()
+                .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0')),
+        );
+    }
+    digits.iter().try_fold(0usize, |n, &d| {
+        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+    })
+}
+
+/// At most this many words of a control line are told apart: an op name and five
+/// arguments (HMSG's), and one more to know there were too many.
+const WORDS: usize = 7;
+
+const LOW: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// 0x80 in every byte of `x` equal to `c`, exactly (no borrow crosses bytes).
+fn equal(x: u64, c: u8) -> u64 {
+    let y = x ^ (ONES * u64::from(c));
+    !(((y & LOW) + LOW) | y | LOW)
+}
+
+/// The top bit of each byte of `m` gathered to the low byte: bit `i` for byte `i`.
+fn gather(m: u64) -> u64 {
+    ((m >> 7) & ONES).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+/// Word `k` (bytes `8k..8k+8`) of `bytes` as a number, bytes past the end read as a
+/// byte that is no blank, line end or non-ASCII; loaded without a copy (the last
+/// word is the last eight bytes, shifted).
+fn load(bytes: &[u8], k: usize) -> u64 {
+    let (from, n) = (8 * k, bytes.len());
+    if from + 8 <= n {
+        return u64::from_le_bytes(bytes[from..from + 8].try_into().expect("eight bytes"));
+    }
+    let tail = n - from;
+    let x = if n >= 8 {
+        let last: [u8; 8] = bytes[n - 8..].try_into().expect("eight bytes");
+        u64::from_le_bytes(last) >> (8 * (8 - tail))
+    } else {
+        bytes
+            .iter()
+            .enumerate()
+            .fold(0u64, |x, (i, &b)| x | u64::from(b) << (8 * i))
+    };
+    x | (ONES * u64::from(b'x')) << (8 * tail)
+}
+
+/// The words of a line from a bit per blank byte among its first `len` (≤ 64).
+fn split(blanks: u64, len: usize, out: &mut [(usize, usize); WORDS]) -> usize {
+    let within = if len == 64 {
+        u64::MAX
+    } else {
+        (1u64 << len) - 1
+    };
+    let filled = !blanks & within;
+    let mut starts = filled & !(filled << 1);
+    let mut ends = filled & !(filled >> 1);
+    let mut count = 0;
+    while starts != 0 {
+        if count < WORDS {
+            out[count] = (
+                starts.trailing_zeros() as usize,
+                ends.trailing_zeros() as usize + 1,
+            );
+        }
+        count += 1;
+        starts &= starts - 1;
+        ends &= ends - 1;
+    }
+    count
+}
+
+/// The control line at the start of `rest`, when it ends within 64 bytes: where its
+/// `\n` is, its words (those of the line without its end of line, put in `out`),
+/// and whether it is ASCII. One pass, eight bytes at a time, finds the end, the
+/// blanks and any non-ASCII byte: what every relayed message costs.
+fn scan(rest: &[u8], out: &mut [(usize, usize); WORDS]) -> Option<(usize, usize, bool)> {
+    let (mut blanks, mut high) = (0u64, 0u64);
+    for k in 0..rest.len().div_ceil(8).min(8) {
+        let x = load(rest, k);
+        blanks |= gather(equal(x, b' ') | equal(x, b'\t')) << (8 * k);
+        high |= gather(x) << (8 * k);
+        let end = gather(equal(x, b'\n'));
+        if end != 0 {
+            let nl = 8 * k + end.trailing_zeros() as usize;
+            let len = if nl > 0 && rest[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            let ascii = high & ((1u64 << len) - 1) == 0;
+            return Some((nl, split(blanks, len, out), ascii));
+        }
+    }
+    None
+}
+
+/// The words of `line` (runs of bytes between blanks) as ranges, the first
+/// [`WORDS`] of them put in `out`; returns how many there are, and whether the line
+/// is ASCII. (Filled in place: a returned array is copied back through the stack.)
+fn words(line: &[u8], out: &mut [(usize, usize); WORDS]) -> (usize, bool) {
+    if line.len() > 64 {
+        return words_bytewise(line, out);
+    }
+    let (mut blanks, mut high) = (0u64, 0u64);
+    for k in 0..line.len().div_ceil(8) {
+        let x = load(line, k);
+        blanks |= gather(equal(x, b' ') | equal(x, b'\t')) << (8 * k);
+        high |= x;
+    }
+    (split(blanks, line.len(), out), high & (ONES << 7) == 0)
+}
+
+/// [`words`] a byte at a time, for long lines (`INFO`, `CONNECT`, long subjects).
+fn words_bytewise(line: &[u8], out: &mut [(usize, usize); WORDS]) -> (usize, bool) {
+    let mut count = 0;
+    let mut from = None;
+    for (i, &b) in line.iter().enumerate() {
+        match (blank(b), from) {
+            (false, None) => from = Some(i),
+            (true, Some(f)) => {
+                if count < WORDS {
+                    out[count] = (f, i);
+                }
+                count += 1;
+                from = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(f) = from {
+        if count < WORDS {
+            out[count] = (f, line.len());
+        }
+        count += 1;
+    }
+    (count, line.is_ascii())
+}
+
+/// A control line's op, and the payload size that follows it. Every op name and
+/// argument that matters is ASCII: the line is checked as UTF-8 only when it holds
+/// other bytes (a subject or JSON may), and nothing is copied out of it. One pass
+/// over the line finds its words and whether it is ASCII: this runs for every
+/// message relayed.
+#[inline(always)]
+fn parse(
+    line: &[u8],
+    found: &[(usize, usize); WORDS],
+    count: usize,
+    ascii: bool,
+    server: bool,
+) -> Result<(Kind, Option<usize>), Opaque> {
     let bad = |why: &str| {
         Opaque(format!(
             "not NATS ({why}): {:?}",
             String::from_utf8_lossy(&line[..line.len().min(64)])
         ))
     };
-    let text = std::str::from_utf8(line).map_err(|_| bad("a control line that is not UTF-8"))?;
-    let (name, rest) = match text.find([' ', '\t']) {
-        Some(i) => (&text[..i], text[i..].trim_start_matches([' ', '\t'])),
-        None => (text, ""),
-    };
-    // At most five arguments matter (HMSG's); more make the line malformed.
-    // (INFO and CONNECT carry JSON instead, never read as arguments.)
-    let mut argv = [""; 6];
-    let mut argc = 0;
-    for a in rest.split([' ', '\t']).filter(|a| !a.is_empty()) {
-        if argc == argv.len() {
-            argc = usize::MAX;
-            break;
-        }
-        argv[argc] = a;
-        argc += 1;
+    // The op name and at most five arguments matter (HMSG's); more make the line
+    // malformed. (INFO and CONNECT carry JSON instead, never read as arguments.)
+    if !ascii && std::str::from_utf8(line).is_err() {
+        return Err(bad("a control line that is not UTF-8"));
     }
-    let args = if argc == usize::MAX {
+    // The name runs from the line's first byte to its first blank.
+    let name = match found[0] {
+        (0, end) if count > 0 => word(&line[..end]),
+        _ => 0,
+    };
+    let args = if count > WORDS {
         &[][..]
     } else {
-        &argv[..argc]
+        &found[1..count.max(1)]
     };
-    let size = |s: &str| -> Result<usize, Opaque> {
-        let n: usize = s.parse().map_err(|_| bad("a size that is not a number"))?;
+    let size = |(from, to): (usize, usize)| -> Result<usize, Opaque> {
+        let n = number(&line[from..to]).ok_or_else(|| bad("a size that is not a number"))?;
         if n > MAX_MESSAGE {
             return Err(too_large("a NATS message"));
         }
         Ok(n)
     };
-    let mut upper = [0u8; 8];
-    let name = if name.len() <= upper.len() {
-        upper[..name.len()].copy_from_slice(name.as_bytes());
-        upper[..name.len()].make_ascii_uppercase();
-        std::str::from_utf8(&upper[..name.len()]).unwrap_or("")
-    } else {
-        ""
-    };
-    let message = |command: &'static str, subject: &str| Op::Message {
+    let message = |command: &'static str| Kind::Message {
         command,
-        subject: if bare {
-            String::new()
-        } else {
-            subject.to_string()
-        },
+        subject: args[0],
     };
     let op = match (server, name) {
-        (false, "CONNECT") => (
-            Op::Connect {
-                verbose: json_true(rest, "verbose"),
-            },
-            None,
-        ),
-        (false, "PUB") if (2..=3).contains(&args.len()) => {
-            (message("PUB", args[0]), Some(size(args[args.len() - 1])?))
+        (false, CONNECT) => {
+            let json = std::str::from_utf8(&line[found[0].1..]).unwrap_or("");
+            (
+                Kind::Connect {
+                    verbose: json_true(json, "verbose"),
+                },
+                None,
+            )
         }
-        (false, "HPUB") if (3..=4).contains(&args.len()) => {
+        (false, PUB) if (2..=3).contains(&args.len()) => {
+            (message("PUB"), Some(size(args[args.len() - 1])?))
+        }
+        (false, HPUB) if (3..=4).contains(&args.len()) => {
             let (headers, total) = (size(args[args.len() - 2])?, size(args[args.len() - 1])?);
             if headers > total {
                 return Err(bad("headers larger than the message"));
             }
-            (message("HPUB", args[0]), Some(total))
+            (message("HPUB"), Some(total))
         }
-        (false, "SUB") if (2..=3).contains(&args.len()) => (Op::Sub, None),
-        (false, "UNSUB") if (1..=2).contains(&args.len()) => (Op::Unsub, None),
-        (true, "MSG") if (3..=4).contains(&args.len()) => {
-            (message("MSG", args[0]), Some(size(args[args.len() - 1])?))
+        (false, SUB) if (2..=3).contains(&args.len()) => (Kind::Sub, None),
+        (false, UNSUB) if (1..=2).contains(&args.len()) => (Kind::Unsub, None),
+        (true, MSG) if (3..=4).contains(&args.len()) => {
+            (message("MSG"), Some(size(args[args.len() - 1])?))
         }
-        (true, "HMSG") if (4..=5).contains(&args.len()) => {
+        (true, HMSG) if (4..=5).contains(&args.len()) => {
             let (headers, total) = (size(args[args.len() - 2])?, size(args[args.len() - 1])?);
             if headers > total {
                 return Err(bad("headers larger than the message"));
             }
-            (message("HMSG", args[0]), Some(total))
+            (message("HMSG"), Some(total))
         }
-        (true, "INFO") => (Op::Info, None),
-        (true, "+OK") => (Op::Ok, None),
-        (true, "-ERR") => (Op::Err, None),
-        (_, "PING") => (Op::Ping, None),
-        (_, "PONG") => (Op::Pong, None),
+        (true, INFO) => (Kind::Info, None),
+        (true, OK) => (Kind::Ok, None),
+        (true, ERR) => (Kind::Err, None),
+        (_, PING) => (Kind::Ping, None),
+        (_, PONG) => (Kind::Pong, None),
         _ => return Err(bad("an op this side does not send, or its arguments")),
     };
     Ok(op)
@@ -231,6 +607,94 @@ fn json_true(json: &str, key: &str) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("true"))
 }
 
+/// Which messages get match fields (see [`Conversation::interest`]).
+#[derive(Default)]
+enum Want {
+    /// Every message, each reported on its own (until the relay says otherwise).
+    #[default]
+    All,
+    /// Only those the interest accepts; runs of the others are reported as one.
+    Some(Interest),
+    /// None: runs of messages are reported as one.
+    None,
+}
+
+/// A message's fields, borrowed from the bytes being framed.
+struct View<'a> {
+    command: &'static str,
+    subject: &'a str,
+}
+
+impl FieldView for View<'_> {
+    fn field(&self, key: &str) -> Option<&str> {
+        match key {
+            "command" => Some(self.command),
+            "subject" | "topic" => Some(self.subject),
+            _ => None,
+        }
+    }
+}
+
+impl Want {
+    /// The fields of a message, when a rule may act on it.
+    fn fields(&self, command: &'static str, subject: &[u8]) -> Option<Fields> {
+        if let Want::None = self {
+            return None;
+        }
+        // The control line was checked as UTF-8, so its subject is.
+        let subject = std::str::from_utf8(subject).unwrap_or_default();
+        let wanted = match self {
+            Want::Some(interest) => interest(&View { command, subject }),
+            _ => true,
+        };
+        wanted.then(|| {
+            fields([
+                ("command", command.to_string()),
+                ("subject", subject.to_string()),
+                ("topic", subject.to_string()),
+            ])
+        })
+    }
+
+    /// Whether runs of messages no rule may act on are reported as one.
+    fn joins(&self) -> bool {
+        !matches!(self, Want::All)
+    }
+}
+
+/// Consecutive ops no rule may act on, reported as one request or message.
+#[derive(Default)]
+struct Run {
+    len: usize,
+    /// Replies (client side) or responses (server side) they carry.
+    count: usize,
+    ops: usize,
+}
+
+impl Run {
+    fn add(&mut self, len: usize, count: usize) {
+        self.len += len;
+        self.count += count;
+        self.ops += 1;
+    }
+
+    fn request(&mut self) -> Option<Request> {
+        let run = std::mem::take(self);
+        (run.ops > 0).then(|| request(run.len, Fields::new(), false, run.count))
+    }
+
+    fn message(&mut self) -> Option<Message> {
+        let run = std::mem::take(self);
+        (run.ops > 0).then(|| Message {
+            len: run.len,
+            fields: Fields::new(),
+            matchable: false,
+            responses: run.count,
+            forward: true,
+        })
+    }
+}
+
 #[derive(Default)]
 struct NatsConversation {
     client: Side,
@@ -240,8 +704,8 @@ struct NatsConversation {
     /// In verbose mode, the `+OK`s owed in order: the request they answer, and
     /// whether the client gets it (the second `+OK` of a duplicate it does not).
     okays: VecDeque<(u64, bool)>,
-    /// No rule may act on the next messages: their subjects are not copied out.
-    bare: bool,
+    /// Which messages rules may act on: only those get fields and their own entry.
+    want: Want,
 }
 
 impl NatsConversation {
@@ -277,33 +741,27 @@ fn err_line(answer: &Answer, what: &str, subject: &str) -> Result<Vec<u8>, Strin
 
 impl Framer for NatsConversation {
     fn client(&mut self, bytes: &[u8]) -> Result<Vec<Request>, Opaque> {
-        self.client.inbox.extend(bytes);
         let mut out = Vec::new();
-        while let Some((len, op)) = self.client.next(false, self.bare)? {
+        let mut run = Run::default();
+        let joins = self.want.joins();
+        let mut at = 0;
+        let light = matches!(self.want, Want::None);
+        while let Some((len, op)) = self.client.next(bytes, &mut at, false, light)? {
             if let Op::Connect { verbose } = op {
                 self.verbose = verbose;
             }
             let okay = self.verbose && !matches!(op, Op::Ping | Op::Pong);
-            let replies = match op {
-                Op::Ping => 1,
-                _ if okay => 1,
-                _ => 0,
-            };
+            let replies = usize::from(okay || matches!(op, Op::Ping));
             let req = match op {
-                Op::Message { .. } if self.bare && !okay => {
-                    request(len, Fields::new(), true, replies)
+                Op::Message { command, subject } => {
+                    match subject.and_then(|subject| self.want.fields(command, subject)) {
+                        Some(fields) => Some(request(len, fields, true, replies)),
+                        None if joins => None,
+                        None => Some(request(len, Fields::new(), true, replies)),
+                    }
                 }
-                Op::Message { command, subject } => request(
-                    len,
-                    fields([
-                        ("command", command.to_string()),
-                        ("subject", subject.clone()),
-                        ("topic", subject),
-                    ]),
-                    true,
-                    replies,
-                ),
-                _ => request(len, Fields::new(), false, replies),
+                _ if joins => None,
+                _ => Some(request(len, Fields::new(), false, replies)),
             };
             if okay {
                 if self.okays.len() >= crate::MAX_PENDING {
@@ -312,10 +770,22 @@ impl Framer for NatsConversation {
                         crate::MAX_PENDING
                     )));
                 }
-                self.okays.push_back((request_id(&req), true));
+                let id = match &req {
+                    Some(req) => request_id(req),
+                    // Never looked up: only a request a rule acted on is.
+                    None => request_id(&request(len, Fields::new(), false, replies)),
+                };
+                self.okays.push_back((id, true));
             }
-            out.push(req);
+            match req {
+                Some(req) => {
+                    out.extend(run.request());
+                    out.push(req);
+                }
+                None => run.add(len, replies),
+            }
         }
+        out.extend(run.request());
         Ok(out)
     }
 
@@ -333,8 +803,11 @@ impl Framer for NatsConversation {
         Ok(Reply { bytes })
     }
 
-    fn want_fields(&mut self, want: bool) {
-        self.bare = !want;
+    fn interest(&mut self, interest: Option<&Interest>) {
+        self.want = match interest {
+            Some(i) => Want::Some(i.clone()),
+            None => Want::None,
+        };
     }
 
     fn frames_server(&self) -> bool {
@@ -342,9 +815,12 @@ impl Framer for NatsConversation {
     }
 
     fn server_messages(&mut self, bytes: &[u8]) -> Result<Vec<Message>, Opaque> {
-        self.server.inbox.extend(bytes);
         let mut out = Vec::new();
-        while let Some((len, op)) = self.server.next(true, self.bare)? {
+        let mut run = Run::default();
+        let joins = self.want.joins();
+        let mut at = 0;
+        let light = matches!(self.want, Want::None);
+        while let Some((len, op)) = self.server.next(bytes, &mut at, true, light)? {
             let mut m = Message {
                 len,
                 fields: Fields::new(),
@@ -353,14 +829,13 @@ impl Framer for NatsConversation {
                 forward: true,
             };
             match op {
-                Op::Message { .. } if self.bare => m.matchable = true,
                 Op::Message { command, subject } => {
-                    m.fields = fields([
-                        ("command", command.to_string()),
-                        ("subject", subject.clone()),
-                        ("topic", subject),
-                    ]);
-                    m.matchable = true;
+                    if let Some(fields) = subject.and_then(|s| self.want.fields(command, s)) {
+                        m.fields = fields;
+                        m.matchable = true;
+                    } else {
+                        m.matchable = !joins;
+                    }
                 }
                 Op::Pong => m.responses = 1,
                 Op::Ok => {
@@ -369,8 +844,18 @@ impl Framer for NatsConversation {
                 }
                 _ => {}
             }
+            if joins && !m.matchable && m.forward {
+                // A run ends at a response: an answer may be owed right after it.
+                run.add(m.len, m.responses);
+                if m.responses > 0 {
+                    out.extend(run.message());
+                }
+                continue;
+            }
+            out.extend(run.message());
             out.push(m);
         }
+        out.extend(run.message());
         Ok(out)
     }
 
@@ -411,6 +896,8 @@ impl Framer for NatsConversation {
 mod tests {
     use super::*;
     use crate::testkit::{check_cuts, play_whole, Dir};
+    use proptest::prelude::*;
+    use std::sync::Arc;
 
     fn c(s: &str) -> (Dir, Vec<u8>) {
         (Dir::C, s.as_bytes().to_vec())
@@ -561,5 +1048,334 @@ mod tests {
             .is_err());
         assert!(json_true("{\"a\":1,\"verbose\" : true}", "verbose"));
         assert!(!json_true("{\"verbose\":false}", "verbose"));
+    }
+
+    /// One op of either side, as the conversation reports it when it reports every
+    /// op with its fields: where it ends in the stream, and what it is.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct Seen {
+        end: usize,
+        len: usize,
+        fields: Fields,
+        matchable: bool,
+        /// Replies (client side) or responses (server side).
+        count: usize,
+        forward: bool,
+    }
+
+    /// Feeds `bytes` to one side of a fresh conversation in `chunks`, telling it
+    /// before each chunk the interest `modes` gives (`0`: nothing, `1`: no rule,
+    /// `2`: rules on subject `a.b`). Returns what it reported, with the chunk each
+    /// came from, and the chunk that made it opaque.
+    fn feed(
+        server: bool,
+        bytes: &[u8],
+        chunks: &[usize],
+        modes: &[u8],
+    ) -> (Vec<(usize, Seen)>, Option<usize>) {
+        let on_ab: Interest = Arc::new(|v: &dyn FieldView| v.field("subject") == Some("a.b"));
+        let mut conv = Nats.conversation();
+        let mut out = Vec::new();
+        let (mut at, mut end) = (0, 0);
+        for (i, &n) in chunks.iter().enumerate() {
+            match modes[i % modes.len()] {
+                1 => conv.interest(None),
+                2 => conv.interest(Some(&on_ab)),
+                _ => {}
+            }
+            let chunk = &bytes[at..at + n];
+            at += n;
+            let seen: Result<Vec<_>, _> = if server {
+                conv.server_messages(chunk).map(|ms| {
+                    ms.into_iter()
+                        .map(|m| (m.len, m.fields, m.matchable, m.responses, m.forward))
+                        .collect()
+                })
+            } else {
+                conv.client(chunk).map(|rs| {
+                    rs.into_iter()
+                        .map(|r| (r.len, r.fields, r.matchable, r.replies, true))
+                        .collect()
+                })
+            };
+            let Ok(seen) = seen else {
+                return (out, Some(i));
+            };
+            for (len, fields, matchable, count, forward) in seen {
+                end += len;
+                let s = Seen {
+                    end,
+                    len,
+                    fields,
+                    matchable,
+                    count,
+                    forward,
+                };
+                out.push((i, s));
+            }
+        }
+        (out, None)
+    }
+
+    /// Ops of the client.
+    fn client_op() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => Just(b"PUB a.b 3\r\nabc\r\n".to_vec()),
+            4 => Just(b"PUB x.y _INBOX.1 2\r\nhi\r\n".to_vec()),
+            2 => Just(b"pub a.b 0\r\n\r\n".to_vec()),
+            2 => Just(b"HPUB a.b 12 14\r\nNATS/1.0\r\n\r\nhi\r\n".to_vec()),
+            2 => Just(b"PING\r\n".to_vec()),
+            1 => Just(b"PONG\n".to_vec()),
+            1 => Just(b"SUB a.* 1\r\n".to_vec()),
+            1 => Just(b"UNSUB 1\r\n".to_vec()),
+            1 => Just(b"CONNECT {\"verbose\":true}\r\n".to_vec()),
+            1 => Just(b"CONNECT {\"verbose\":false}\r\n".to_vec()),
+            1 => Just([&b"PUB a.b."[..], &[b'x'; 60], b" 1\r\nx\r\n"].concat()),
+        ]
+    }
+
+    /// Ops of the server.
+    fn server_op() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => Just(b"MSG a.b 1 3\r\nabc\r\n".to_vec()),
+            4 => Just(b"MSG x.y 1 _INBOX.1 2\r\nhi\r\n".to_vec()),
+            2 => Just(b"HMSG a.b 2 12 14\r\nNATS/1.0\r\n\r\nhi\r\n".to_vec()),
+            2 => Just(b"PONG\r\n".to_vec()),
+            2 => Just(b"+OK\r\n".to_vec()),
+            1 => Just(b"PING\r\n".to_vec()),
+            1 => Just(b"-ERR 'x'\r\n".to_vec()),
+            1 => Just(b"INFO {\"server_id\":\"\xc3\xa9\"}\r\n".to_vec()),
+            1 => Just([&b"MSG a.b."[..], &[b'x'; 60], b" 1 1\r\nx\r\n"].concat()),
+        ]
+    }
+
+    /// Bytes NATS does not allow, mostly.
+    fn garbage() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..6)
+    }
+
+    /// Cuts of `n` bytes from `sizes` (each at least 1), the last taking the rest.
+    fn cuts(n: usize, sizes: &[usize]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut left = n;
+        for &s in sizes.iter().cycle() {
+            if left == 0 {
+                break;
+            }
+            let s = s.clamp(1, left);
+            out.push(s);
+            left -= s;
+        }
+        out
+    }
+
+    /// Whatever the cuts, and whatever interest the relay gives before each chunk
+    /// (rules installed and removed mid-stream), the conversation frames exactly
+    /// what it frames with every op reported on its own: each report ends at an op
+    /// boundary; an op a rule may act on is reported alone with its fields (unless
+    /// its control line was read while no rule could act: then its subject is not
+    /// known, and the relay, which has sent that message on in part already, never
+    /// acts on it); a run holds only ops no rule wanted, ends at a response on the
+    /// server's side, and carries their replies; and it goes opaque in the chunk
+    /// holding the byte that makes it so.
+    fn check_modes(server: bool, ops: &[Vec<u8>], sizes: &[usize], modes: &[u8]) {
+        let bytes = ops.concat();
+        let bytewise = vec![1; bytes.len()];
+        let (reference, wrong) = feed(server, &bytes, &bytewise, &[0]);
+        let chunks = cuts(bytes.len(), sizes);
+        let (got, opaque) = feed(server, &bytes, &chunks, modes);
+        let chunk_of = |byte: usize| {
+            let mut end = 0;
+            chunks.iter().position(|&n| {
+                end += n;
+                byte < end
+            })
+        };
+        assert_eq!(
+            opaque,
+            wrong.and_then(chunk_of),
+            "goes opaque in the same chunk"
+        );
+        // The interest in force for a chunk: the last one given (0: none yet).
+        let mode_of = |chunk: usize| {
+            (0..=chunk)
+                .rev()
+                .map(|c| modes[c % modes.len()])
+                .find(|&m| m != 0)
+                .unwrap_or(0)
+        };
+        // Whether an op's control line was read the light way: whole within one
+        // chunk, while no rule could act.
+        let light = |r: &Seen| {
+            let start = r.end - r.len;
+            let Some(nl) = memchr::memchr(b'\n', &bytes[start..]).map(|i| start + i) else {
+                return false;
+            };
+            let chunk = chunk_of(nl).expect("within the bytes");
+            chunk_of(start) == Some(chunk) && mode_of(chunk) == 1
+        };
+        let by_end: std::collections::HashMap<usize, usize> = reference
+            .iter()
+            .enumerate()
+            .map(|(i, (_, s))| (s.end, i))
+            .collect();
+        let mut next = 0;
+        for (chunk, s) in &got {
+            let Some(&last) = by_end.get(&s.end) else {
+                panic!("{s:?} does not end at an op boundary: {reference:?}");
+            };
+            let span = &reference[next..=last];
+            next = last + 1;
+            let mode = mode_of(*chunk);
+            let wanted = |r: &Seen| {
+                r.matchable
+                    && (mode == 0 || (mode == 2 && r.fields["subject"] == "a.b"))
+                    && !light(r)
+            };
+            if span.len() == 1 && (s.matchable || !s.forward || mode == 0) {
+                let r = &span[0].1;
+                if mode == 0 || wanted(r) {
+                    assert_eq!(s, r);
+                } else {
+                    assert_eq!((s.len, s.count, s.forward), (r.len, r.count, r.forward));
+                    assert!(s.fields.is_empty(), "{s:?}");
+                }
+                continue;
+            }
+            assert!(
+                mode != 0,
+                "ops are joined only once told the interest: {s:?}"
+            );
+            assert!(!s.matchable && s.forward && s.fields.is_empty(), "{s:?}");
+            assert_eq!(s.len, span.iter().map(|(_, r)| r.len).sum::<usize>());
+            assert_eq!(s.count, span.iter().map(|(_, r)| r.count).sum::<usize>());
+            for (i, (_, r)) in span.iter().enumerate() {
+                assert!(!wanted(r) && r.forward, "{r:?} joined into {s:?}");
+                if server && r.count > 0 {
+                    assert_eq!(i, span.len() - 1, "a run ends at a response: {s:?}");
+                }
+            }
+        }
+        if opaque.is_none() {
+            assert_eq!(next, reference.len(), "every op is reported");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn words_are_found_alike_eight_bytes_at_a_time(
+            line in prop::collection::vec(
+                prop_oneof![
+                    Just(b' '), Just(b'\t'), Just(b'a'), Just(b'\x80'), Just(b'\xff'),
+                    Just(b'\x00'), Just(b'\x09' ^ 0x80), Just(b' ' ^ 0x80), Just(b'!'),
+                ],
+                0..=64,
+            ),
+        ) {
+            let (mut a, mut b) = ([(0, 0); WORDS], [(0, 0); WORDS]);
+            prop_assert_eq!(words(&line, &mut a), words_bytewise(&line, &mut b));
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn a_line_is_scanned_alike_in_one_pass(
+            rest in prop::collection::vec(
+                prop_oneof![
+                    4 => Just(b'a'), 2 => Just(b' '), 1 => Just(b'\t'), 1 => Just(b'\r'), 1 => Just(b'\n'),
+                    1 => Just(b'\x8a'), 1 => Just(b'\xa0'), 1 => Just(b'\x0a' ^ 0x80),
+                ],
+                0..90,
+            ),
+        ) {
+            let mut a = [(0, 0); WORDS];
+            let scanned = scan(&rest, &mut a);
+            match memchr::memchr(b'\n', &rest) {
+                Some(nl) if nl < 64 => {
+                    let mut b = [(0, 0); WORDS];
+                    let (count, ascii) = words_bytewise(trim_eol(&rest[..=nl]), &mut b);
+                    prop_assert_eq!(scanned, Some((nl, count, ascii)));
+                    prop_assert_eq!(&a[..count.min(WORDS)], &b[..count.min(WORDS)]);
+                }
+                _ => prop_assert_eq!(scanned, None),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn publishes_frame_alike_whatever_rules_come_and_go(
+            ops in prop::collection::vec(client_op(), 0..24),
+            sizes in prop::collection::vec(1usize..48, 1..8),
+            modes in prop::collection::vec(0u8..3, 1..6),
+        ) {
+            check_modes(false, &ops, &sizes, &modes);
+        }
+
+        #[test]
+        fn deliveries_frame_alike_whatever_rules_come_and_go(
+            ops in prop::collection::vec(server_op(), 0..24),
+            sizes in prop::collection::vec(1usize..48, 1..8),
+            modes in prop::collection::vec(0u8..3, 1..6),
+        ) {
+            check_modes(true, &ops, &sizes, &modes);
+        }
+
+        /// With garbage, while a rule may act (so every line is read in full).
+        #[test]
+        fn garbage_goes_opaque_alike_while_rules_come_and_go(
+            server in any::<bool>(),
+            client in prop::collection::vec(prop_oneof![24 => client_op(), 1 => garbage()], 0..24),
+            from_server in prop::collection::vec(prop_oneof![21 => server_op(), 1 => garbage()], 0..24),
+            sizes in prop::collection::vec(1usize..48, 1..8),
+            modes in prop::collection::vec(prop_oneof![Just(0u8), Just(2u8)], 1..6),
+        ) {
+            check_modes(server, if server { &from_server } else { &client }, &sizes, &modes);
+        }
+    }
+
+    #[test]
+    fn while_no_rule_may_act_lines_are_read_only_as_far_as_framing_needs() {
+        // A publish with a word too many: its size frames it, but it is malformed.
+        let script = b"PUB a b c 5\r\nhello\r\nPING\r\n";
+        let mut full = Nats.conversation();
+        assert!(full.client(script).is_err(), "read in full, it goes opaque");
+        let mut light = Nats.conversation();
+        light.interest(None);
+        let reqs = light.client(script).unwrap();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!((reqs[0].len, reqs[0].replies), (script.len(), 1));
+        // Lines the light way does not know are read in full.
+        assert!(light.client(b"PUB a b\r\n").is_err());
+    }
+
+    #[test]
+    fn a_rule_arriving_mid_stream_sees_the_next_publish_whole() {
+        // No rule: everything that completes is one run, whatever it holds.
+        let mut conv = Nats.conversation();
+        conv.interest(None);
+        let reqs = conv
+            .client(b"PUB a.b 3\r\nabc\r\nPING\r\nPUB a.b 5\r\nhel")
+            .unwrap();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!((reqs[0].len, reqs[0].replies), (22, 1));
+        assert!(!reqs[0].matchable);
+        // A rule on a.b arrives while a publish is cut: it completes as part of a
+        // run (its line was read while no rule could act, and it is on its way in
+        // part already); the next publish on a.b is the rule's.
+        let on_ab: Interest = Arc::new(|v: &dyn FieldView| v.field("topic") == Some("a.b"));
+        conv.interest(Some(&on_ab));
+        let reqs = conv
+            .client(b"lo\r\nPUB x 1\r\n1\r\nPUB a.b 1\r\n2\r\n")
+            .unwrap();
+        let shape: Vec<_> = reqs
+            .iter()
+            .map(|r| (r.len, r.matchable, r.fields.get("subject").cloned()))
+            .collect();
+        assert_eq!(
+            shape,
+            [(30, false, None), (14, true, Some("a.b".to_string()))]
+        );
     }
 }

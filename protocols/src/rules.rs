@@ -85,6 +85,9 @@ pub struct Pattern {
     glob: Vec<char>,
     /// The same glob a byte per character, when the pattern is ASCII.
     ascii: Option<Vec<u8>>,
+    /// A NATS subject pattern as its text: compared token by token with every
+    /// message's subject while a rule is installed, so nothing is built per match.
+    subject: String,
 }
 
 impl Pattern {
@@ -105,13 +108,18 @@ impl Pattern {
             folding,
             glob: normalize(folding, pattern),
             ascii,
+            subject: if folding == Folding::Subject {
+                pattern.to_string()
+            } else {
+                String::new()
+            },
         }
     }
 
     /// Whether `value` (as the request carried it) matches.
     pub fn matches(&self, value: &str) -> bool {
         if self.folding == Folding::Subject {
-            return subject_matches(&self.glob, value);
+            return subject_matches(&self.subject, value);
         }
         match &self.ascii {
             Some(pattern) if value.is_ascii() => {
@@ -131,8 +139,7 @@ pub fn matches(protocol: &str, key: &str, pattern: &str, value: &str) -> bool {
 
 /// NATS subject matching: `*` is one whole token, a final `>` one or more; any
 /// other token matches itself exactly.
-fn subject_matches(pattern: &[char], value: &str) -> bool {
-    let pattern: String = pattern.iter().collect();
+fn subject_matches(pattern: &str, value: &str) -> bool {
     let mut p = pattern.split('.');
     let mut v = value.split('.');
     loop {

@@ -1,7 +1,9 @@
 //! Every conversation takes arbitrary bytes in arbitrary chunks from both sides
 //! without panicking or spinning, and once opaque stays opaque.
 
-use faultbox_protocols::{protocol, Answer, MAX_MESSAGE};
+use std::sync::Arc;
+
+use faultbox_protocols::{protocol, Answer, FieldView, Interest, MAX_MESSAGE};
 use proptest::prelude::*;
 
 const PROTOCOLS: [&str; 10] = [
@@ -108,9 +110,11 @@ fn chunky_bytes() -> impl Strategy<Value = Vec<u8>> {
     .prop_map(|parts| parts.concat())
 }
 
-/// Steps: which side sends, and the bytes.
-fn steps() -> impl Strategy<Value = Vec<(bool, Vec<u8>)>> {
-    prop::collection::vec((any::<bool>(), chunky_bytes()), 0..12)
+/// Steps: which side sends, the bytes, and what the conversation is told first of
+/// the rules that may act (0: nothing, 1: none, 2: one on every message, 3: one on
+/// subject or topic `a.b`).
+fn steps() -> impl Strategy<Value = Vec<(bool, Vec<u8>, u8)>> {
+    prop::collection::vec((any::<bool>(), chunky_bytes(), 0u8..4), 0..12)
 }
 
 proptest! {
@@ -121,7 +125,17 @@ proptest! {
         let p = protocol(name).expect("known protocol");
         let mut conv = p.conversation();
         let mut opaque = false;
-        for (client, bytes) in &steps {
+        let every: Interest = Arc::new(|_: &dyn FieldView| true);
+        let on_ab: Interest = Arc::new(|f: &dyn FieldView| {
+            f.field("subject").or(f.field("topic")) == Some("a.b")
+        });
+        for (client, bytes, interest) in &steps {
+            match interest {
+                1 => conv.interest(None),
+                2 => conv.interest(Some(&every)),
+                3 => conv.interest(Some(&on_ab)),
+                _ => {}
+            }
             for chunk in bytes.chunks(3) {
                 let went_opaque = if *client {
                     match conv.client(chunk) {

@@ -512,3 +512,236 @@ pub fn resolve(
         }
     }
 }
+
+/// Builtins that check something: a test that reaches none of them checks nothing.
+pub const CHECK_CALLS: &[&str] = &[
+    "assert_true",
+    "assert_eq",
+    "fail",
+    "assert_eventually",
+    "assert_never",
+    "assert_before",
+    "monitor",
+];
+/// Assertions on values (a step's result, an event list), as opposed to the trace.
+const VALUE_CHECKS: &[&str] = &["assert_true", "assert_eq", "fail"];
+
+/// A call of a checking or query builtin in a function's body.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub builtin: String,
+    pub file: String,
+    pub line: usize,
+    /// For value assertions: an argument reads an attribute or calls a method
+    /// (`resp.status`, `svc.send(...)`), so it checks what something returned rather
+    /// than a constant.
+    pub on_result: bool,
+}
+
+/// A top-level `def`, read without running it.
+#[derive(Debug, Clone)]
+pub struct Function {
+    pub name: String,
+    pub file: String,
+    /// The line of its `def`.
+    pub line: usize,
+    /// Every identifier its body names (called or passed, as in `run = flow`): the
+    /// other top-level functions it may reach.
+    pub names: BTreeSet<String>,
+    /// Checking and query builtins called in its body, nested functions and lambdas
+    /// included.
+    pub calls: Vec<Call>,
+}
+
+/// A query's `syscall=` or `service=` filter, as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Literal(String),
+    /// An identifier: a top-level constant of the file, or a local.
+    Name(String),
+    Computed,
+}
+
+/// A query (`events()`, `assert_eventually()`, `assert_never()`, `monitor()`, or a
+/// selector dict of `assert_before()`) with its filters as written.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub builtin: String,
+    pub file: String,
+    pub line: usize,
+    pub syscall: Option<Written>,
+    pub service: Option<Written>,
+}
+
+/// A `fault*`/`trace*` call that passes `**kwargs`: the syscalls it names are hidden
+/// from the filter, which covers only the names written in the call.
+#[derive(Debug, Clone)]
+pub struct Hidden {
+    pub builtin: String,
+    pub file: String,
+    pub line: usize,
+}
+
+/// What `faultbox check` reads from one parsed file.
+#[derive(Debug, Default)]
+pub struct Outline {
+    pub functions: Vec<Function>,
+    pub queries: Vec<Query>,
+    pub hidden: Vec<Hidden>,
+}
+
+fn place(ast: &AstModule, span: starlark::codemap::Span) -> (String, usize) {
+    let r = ast.file_span(span).resolve();
+    (r.file, r.span.begin.line + 1)
+}
+
+/// Reads a parsed file's top-level functions, queries and `**kwargs` fault calls.
+pub fn outline(ast: &AstModule) -> Outline {
+    use starlark::syntax::ast::StmtP;
+    let mut out = Outline::default();
+    let mut top = Vec::new();
+    match &ast.statement().node {
+        StmtP::Statements(xs) => top.extend(xs.iter()),
+        _ => top.push(ast.statement()),
+    }
+    for stmt in top {
+        if let StmtP::Def(def) = &stmt.node {
+            let (file, line) = place(ast, stmt.span);
+            let mut f = Function {
+                name: def.name.node.ident.clone(),
+                file,
+                line,
+                names: BTreeSet::new(),
+                calls: Vec::new(),
+            };
+            def.body.visit_expr(|e| body_expr(ast, e, &mut f));
+            out.functions.push(f);
+        }
+    }
+    ast.statement()
+        .visit_expr(|e| outline_expr(ast, e, &mut out));
+    out
+}
+
+/// Collects the names and calls of one expression of a function body, and of every
+/// expression inside it.
+fn body_expr(ast: &AstModule, e: &AstExpr, f: &mut Function) {
+    match &e.node {
+        ExprP::Identifier(id) => {
+            f.names.insert(id.node.ident.clone());
+        }
+        ExprP::Call(callee, args) => {
+            if let ExprP::Identifier(id) = &callee.node {
+                let name = id.node.ident.as_str();
+                if CHECK_CALLS.contains(&name) || name == "events" {
+                    let (file, line) = place(ast, e.span);
+                    let on_result = VALUE_CHECKS.contains(&name)
+                        && args.args.iter().any(|a| reads_result(a.expr()));
+                    f.calls.push(Call {
+                        builtin: name.to_string(),
+                        file,
+                        line,
+                        on_result,
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+    e.visit_expr(|c| body_expr(ast, c, f));
+}
+
+/// Whether an expression reads an attribute or calls a method.
+fn reads_result(e: &AstExpr) -> bool {
+    if matches!(e.node, ExprP::Dot(..)) {
+        return true;
+    }
+    let mut found = false;
+    e.visit_expr(|c| found = found || reads_result(c));
+    found
+}
+
+fn written(e: &AstExpr) -> Written {
+    use starlark::syntax::ast::AstLiteral;
+    match &e.node {
+        ExprP::Literal(AstLiteral::String(s)) => Written::Literal(s.node.clone()),
+        ExprP::Identifier(id) => Written::Name(id.node.ident.clone()),
+        _ => Written::Computed,
+    }
+}
+
+fn outline_expr(ast: &AstModule, e: &AstExpr, out: &mut Outline) {
+    use starlark::syntax::ast::AstLiteral;
+    if let ExprP::Call(callee, args) = &e.node {
+        if let ExprP::Identifier(id) = &callee.node {
+            let name = id.node.ident.as_str();
+            let (file, line) = place(ast, e.span);
+            let mut query = |filters: Vec<(&str, &AstExpr)>| {
+                let get = |k: &str| {
+                    filters
+                        .iter()
+                        .find(|(n, _)| *n == k)
+                        .map(|(_, v)| written(v))
+                };
+                out.queries.push(Query {
+                    builtin: name.to_string(),
+                    file: file.clone(),
+                    line,
+                    syscall: get("syscall"),
+                    service: get("service"),
+                });
+            };
+            if QUERY_CALLS.contains(&name) {
+                query(
+                    args.args
+                        .iter()
+                        .filter_map(|a| match &a.node {
+                            ArgumentP::Named(k, v) => Some((k.node.as_str(), v)),
+                            _ => None,
+                        })
+                        .collect(),
+                );
+            }
+            if name == "assert_before" {
+                for a in &args.args {
+                    if let ArgumentP::Named(_, v) = &a.node {
+                        if let ExprP::Dict(pairs) = &v.node {
+                            query(
+                                pairs
+                                    .iter()
+                                    .filter_map(|(k, v)| match &k.node {
+                                        ExprP::Literal(AstLiteral::String(k)) => {
+                                            Some((k.node.as_str(), v))
+                                        }
+                                        _ => None,
+                                    })
+                                    .collect(),
+                            );
+                        }
+                    }
+                }
+            }
+            if (FAULT_CALLS.contains(&name) || TRACE_CALLS.contains(&name))
+                && args
+                    .args
+                    .iter()
+                    .any(|a| matches!(a.node, ArgumentP::KwArgs(_)))
+            {
+                out.hidden.push(Hidden {
+                    builtin: name.to_string(),
+                    file,
+                    line,
+                });
+            }
+        }
+    }
+    e.visit_expr(|c| outline_expr(ast, c, out));
+}
+
+/// Reads and parses the spec file `name` (as the loader named it) and outlines it.
+pub fn outline_file(name: &str) -> Result<Outline, String> {
+    let source = std::fs::read_to_string(name).map_err(|e| format!("{name}: {e}"))?;
+    let ast = AstModule::parse(name, source, &crate::loader::dialect())
+        .map_err(|e| crate::loader::describe(&e))?;
+    Ok(outline(&ast))
+}

@@ -252,6 +252,35 @@ mod tests {
         assert!(matches!(Pattern::new("(a)"), Err(PatternError::NoGroups)));
     }
 
+    proptest::proptest! {
+        /// Lines are user input of the most arbitrary kind: no decoder panics on
+        /// any bytes, and what decodes is a map of the kinds of values promised.
+        #[test]
+        fn decoders_take_any_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let regex = Decoder::Regex(Pattern::new(r"(?P<level>[A-Z]+)[: ]+(?P<msg>.*)").unwrap());
+            for d in [&Decoder::Json, &Decoder::Logfmt, &regex] {
+                if let Ok(map) = d.decode(&bytes) {
+                    if !matches!(d, Decoder::Json) {
+                        proptest::prop_assert!(map.values().all(|v| v.is_string() || v.is_boolean()));
+                    }
+                }
+            }
+        }
+
+        /// Well-formed logfmt round-trips: every pair written is read back.
+        #[test]
+        fn logfmt_reads_what_is_written(pairs in proptest::collection::btree_map("[a-z_][a-z0-9_.]{0,8}", "[ -~]{0,12}", 1..6)) {
+            let line: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
+            let map = Decoder::Logfmt.decode(line.join(" ").as_bytes()).unwrap();
+            for (k, v) in &pairs {
+                proptest::prop_assert_eq!(map[k].as_str(), Some(v.as_str()));
+            }
+        }
+    }
+
     #[test]
     fn no_input_panics() {
         let p = Decoder::Regex(Pattern::new("(?P<a>.)").unwrap());

@@ -107,6 +107,16 @@ pub struct Loaded {
     pub path: PathBuf,
     /// Every spec file evaluated (the spec and all it `load()`s), canonical paths.
     pub files: Vec<PathBuf>,
+    /// The same files in the order their evaluation finished, named as errors name
+    /// them, with their modules: static checks re-read them and resolve their names.
+    pub evaluated: Vec<SpecFile>,
+}
+
+/// One evaluated spec file.
+pub struct SpecFile {
+    /// The path as given (the spec's, or joined to the loading file's directory).
+    pub name: String,
+    pub module: FrozenModule,
 }
 
 /// How long a spec's top level (with everything it loads) may take to evaluate.
@@ -179,9 +189,11 @@ fn load_here(path: &Path, limits: Limits) -> Result<Loaded, SpecError> {
         cache: RefCell::new(HashMap::new()),
         loading: RefCell::new(Vec::new()),
         faultable: RefCell::new(BTreeMap::new()),
+        evaluated: RefCell::new(Vec::new()),
     };
     let module = loader.eval_file(path)?;
     let faultable = loader.faultable.into_inner();
+    let evaluated = loader.evaluated.into_inner();
     let mut files: Vec<PathBuf> = loader.cache.borrow().keys().cloned().collect();
     files.sort();
     let declared = runtime.declared.into_inner();
@@ -231,6 +243,7 @@ fn load_here(path: &Path, limits: Limits) -> Result<Loaded, SpecError> {
         module,
         path: path.to_path_buf(),
         files,
+        evaluated,
     })
 }
 
@@ -331,6 +344,7 @@ struct Loader<'a> {
     /// Files being evaluated, to refuse cyclic loads.
     loading: RefCell<Vec<PathBuf>>,
     faultable: RefCell<BTreeMap<String, BTreeSet<String>>>,
+    evaluated: RefCell<Vec<SpecFile>>,
 }
 
 impl Loader<'_> {
@@ -389,6 +403,10 @@ impl Loader<'_> {
             .collect();
         crate::analysis::check(&sites, &literals, &frozen, &ops).map_err(SpecError::Eval)?;
         crate::analysis::resolve(&sites, &frozen, &mut self.faultable.borrow_mut());
+        self.evaluated.borrow_mut().push(SpecFile {
+            name,
+            module: frozen.clone(),
+        });
         self.cache.borrow_mut().insert(key, frozen.clone());
         Ok(frozen)
     }

@@ -22,6 +22,9 @@ use crate::model::{Interface, Location, Service, Source, SourceKind};
 use crate::runtime::location;
 use crate::values::InterfaceRef;
 
+/// A `tail(path=)` prefix for the test's temporary directory, the services' `$TMPDIR`.
+pub const TMPDIR: &str = "$TMPDIR/";
+
 /// Shortest `poll(interval=)`: faster polling would be load, not observation.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -191,17 +194,22 @@ pub fn check_poll_url(url: &str) -> anyhow::Result<()> {
     })?;
     let authority = rest.split('/').next().unwrap_or("");
     let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (authority, None),
+        // `[::1]` alone: the colons are the address's.
+        Some((h, p)) if !p.ends_with(']') => (h, Some(p)),
+        _ => (authority, None),
     };
     if let Some(p) = port {
         if p.parse::<u16>().ok().filter(|p| *p > 0).is_none() {
             bail!("poll(): url={url:?}: {p:?} is not a port");
         }
     }
-    if host != "localhost" && host.parse::<std::net::Ipv4Addr>().is_err() {
+    let ipv6 = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+    if host != "localhost" && host.parse::<std::net::Ipv4Addr>().is_err() && !ipv6 {
         bail!(
-            "poll(): url={url:?}: the host must be localhost or an IPv4 address (the request is made from inside the observed service's network namespace)"
+            "poll(): url={url:?}: the host must be localhost or an IP address (the request is made from inside the observed service's network namespace)"
         );
     }
     Ok(())
@@ -417,7 +425,13 @@ pub fn observe(
             DeclaredKind::Stderr => SourceKind::Stderr,
             DeclaredKind::Tail { path } => {
                 let p = std::path::Path::new(path.as_str());
-                let path = if p.is_absolute() {
+                if container && path.starts_with(TMPDIR) {
+                    bail!(
+                        "{}: service {service:?}: tail(path={path:?}): $TMPDIR is a binary service's; give a container service's path inside the container",
+                        d.at
+                    );
+                }
+                let path = if p.is_absolute() || path.starts_with(TMPDIR) {
                     path.clone()
                 } else if container {
                     bail!(
@@ -558,4 +572,32 @@ pub fn resolve(services: &mut [Service]) -> Result<(), (Location, String)> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_urls_are_http_to_the_services_own_addresses() {
+        for ok in [
+            "http://localhost:8080/metrics",
+            "http://localhost/",
+            "http://127.0.0.1:9/x?y=1",
+            "http://[::1]:8080/",
+            "http://[::1]",
+        ] {
+            assert!(check_poll_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://localhost/",
+            "localhost:8080",
+            "http://example.com/",
+            "http://localhost:0/",
+            "http://localhost:99999/",
+            "http://[nope]/",
+        ] {
+            assert!(check_poll_url(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
-use faultbox_protocols::{Answer, Conversation, Fields, Message, Request};
+use faultbox_protocols::{Answer, Conversation, FieldView, Fields, Interest, Message, Request};
 use faultbox_spec::world::ProxyAction;
 
 use super::plan::Edge;
@@ -178,6 +178,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The rules that may act on one direction of a connection, and what its
+/// conversation is told of them ([`Conversation::interest`]): rebuilt only when the
+/// rules change, so a chunk pays a comparison of a few pointers.
+#[derive(Default)]
+struct Acting {
+    rules: Vec<Arc<Active>>,
+    interest: Option<Interest>,
+}
+
+impl Acting {
+    fn update<'r>(&mut self, now: impl Iterator<Item = &'r Arc<Active>> + Clone) {
+        let same = now.clone().count() == self.rules.len()
+            && now.clone().zip(&self.rules).all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            return;
+        }
+        self.rules = now.cloned().collect();
+        self.interest = (!self.rules.is_empty()).then(|| {
+            let rules = self.rules.clone();
+            Arc::new(move |fields: &dyn FieldView| rules.iter().any(|r| r.matches(fields)))
+                as Interest
+        });
+    }
+}
+
 /// Client to server: frames requests, lets rules act on whole ones. Bytes go to
 /// the server straight from the chunk read when nothing holds them, and the
 /// requests of one chunk that no rule acts on go in one write.
@@ -196,6 +221,7 @@ async fn upstream(
     let mut forwarded_part = 0usize;
     let mut sent = 0u64;
     let mut cache = EdgeRules::default();
+    let mut acting = Acting::default();
     let edge = (
         f.edge.consumer.as_str(),
         f.edge.service.as_str(),
@@ -216,10 +242,11 @@ async fn upstream(
         } else {
             &[]
         };
+        acting.update(rules.iter());
         let found = {
             let mut conv = lock(&shared.conv);
             match conv.as_mut().map(|c| {
-                c.want_fields(!rules.is_empty());
+                c.interest(acting.interest.as_ref());
                 c.client(chunk)
             }) {
                 None => None,
@@ -525,7 +552,7 @@ async fn messages(
     let mut held: Vec<u8> = Vec::new();
     let mut forwarded_part = 0usize;
     let mut cache = EdgeRules::default();
-    let mut scoped: Vec<Arc<Active>> = Vec::new();
+    let mut scoped = Acting::default();
     let edge = (
         f.edge.consumer.as_str(),
         f.edge.service.as_str(),
@@ -553,20 +580,12 @@ async fn messages(
         // Only rules installed for this consumer act on what it is sent.
         if f.requests {
             let rules = f.rules.for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
-            if scoped.len() != rules.iter().filter(|r| r.scoped).count()
-                || !rules
-                    .iter()
-                    .filter(|r| r.scoped)
-                    .zip(&scoped)
-                    .all(|(a, b)| Arc::ptr_eq(a, b))
-            {
-                scoped = rules.iter().filter(|r| r.scoped).cloned().collect();
-            }
+            scoped.update(rules.iter().filter(|r| r.scoped));
         }
         let found = {
             let mut conv = lock(&shared.conv);
             match conv.as_mut().map(|c| {
-                c.want_fields(!scoped.is_empty());
+                c.interest(scoped.interest.as_ref());
                 c.server_messages(chunk)
             }) {
                 None => None,
@@ -609,8 +628,8 @@ async fn messages(
                     send(&mut client, bytes, &mut received).await?;
                 }
                 run = pos + own;
-            } else if let Some(rule) = (already == 0 && m.matchable && !scoped.is_empty())
-                .then(|| f.rules.decide(edge, &scoped, &m.fields))
+            } else if let Some(rule) = (already == 0 && m.matchable && !scoped.rules.is_empty())
+                .then(|| f.rules.decide(edge, &scoped.rules, &m.fields))
                 .flatten()
             {
                 send(&mut client, &data[run..pos], &mut received).await?;
@@ -636,7 +655,7 @@ async fn messages(
             }
         }
         // A message in progress is held only while something may act on it.
-        let hold = !scoped.is_empty() || shared.duplicated.load(Ordering::SeqCst) > 0;
+        let hold = !scoped.rules.is_empty() || shared.duplicated.load(Ordering::SeqCst) > 0;
         if pos < data.len() && !hold {
             forwarded_part += data.len() - pos;
             pos = data.len();
@@ -1235,5 +1254,369 @@ mod fast_path_tests {
         assert!(rules.remove(7));
         client.write_all(get("b").as_bytes()).await.unwrap();
         assert_eq!(read_exactly(&mut server, get("b").len()).await, get("b"));
+    }
+}
+
+#[cfg(test)]
+mod nats_tests {
+    //! NATS through the pumps: every op is framed whether or not a rule is
+    //! installed, so a rule installed mid-stream acts from the next message on and a
+    //! message already on its way goes through whole; runs of messages no rule acts
+    //! on leave answers where they belong. Scripted peers on loopback give exact cut
+    //! points; a real nats-server gives load.
+    use super::*;
+    use crate::network::plan::Port;
+    use faultbox_spec::world::ProxyRule;
+    use std::time::Duration;
+    use tokio::io::AsyncBufReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[derive(Default)]
+    struct Seen {
+        fired: Mutex<Vec<Fired>>,
+        opaque: Mutex<Vec<String>>,
+    }
+
+    impl Events for Seen {
+        fn fired(&self, fired: Fired) {
+            lock(&self.fired).push(fired);
+        }
+        fn opaque(&self, reason: String) {
+            lock(&self.opaque).push(reason);
+        }
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    fn rule(action: ProxyAction, subject: &str) -> ProxyRule {
+        ProxyRule {
+            action,
+            matches: vec![("subject".into(), subject.into())],
+            probability: 100.0,
+            label: None,
+        }
+    }
+
+    fn error(subject: &str) -> ProxyRule {
+        rule(
+            ProxyAction::Error {
+                message: Some("injected".into()),
+                status: None,
+            },
+            subject,
+        )
+    }
+
+    /// Installs `rule` on the queue's interface: for every consumer, or scoped to
+    /// the pumps' consumer (then it acts on deliveries too).
+    fn install(rules: &Rules, handle: u64, rule: ProxyRule, scoped: bool) {
+        let active = Arc::new(Active::new(handle as usize, "nats", rule).scoped(scoped));
+        let source = scoped.then_some("app");
+        rules.install(handle, "queue", "main", source, vec![active]);
+    }
+
+    type Pumps = tokio::task::JoinHandle<Result<(u64, u64), PumpError>>;
+
+    /// Pumps between `client` (the pumps' client end) and `server`.
+    fn start(rules: Arc<Rules>, client: TcpStream, server: TcpStream) -> (Arc<Seen>, Pumps) {
+        let seen = Arc::new(Seen::default());
+        let f = Framed {
+            edge: Edge {
+                consumer: "app".into(),
+                service: "queue".into(),
+                port: Port {
+                    interface: "main".into(),
+                    protocol: "nats".into(),
+                    port: 4222,
+                },
+                listen: Vec::new(),
+            },
+            requests: true,
+            rules,
+            events: seen.clone(),
+            on_sent: None,
+        };
+        let conv = faultbox_protocols::protocol("nats").unwrap().conversation();
+        (seen.clone(), tokio::spawn(framed(f, conv, client, server)))
+    }
+
+    /// A relay between two scripted peers: the client's end and the server's.
+    async fn scripted(rules: Arc<Rules>) -> (TcpStream, TcpStream, Arc<Seen>, Pumps) {
+        let (client, pump_client) = pair().await;
+        let (pump_server, server) = pair().await;
+        let (seen, task) = start(rules, pump_client, pump_server);
+        (client, server, seen, task)
+    }
+
+    async fn read_exactly(s: &mut TcpStream, n: usize) -> String {
+        let mut b = vec![0u8; n];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+            .await
+            .expect("bytes within 5s")
+            .unwrap();
+        String::from_utf8(b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_rule_installed_mid_publish_acts_from_the_next_publish() {
+        let rules = Arc::new(Rules::new(1));
+        let (mut client, mut server, seen, _pump) = scripted(rules.clone()).await;
+        // Half a publish goes through while no rule exists.
+        client.write_all(b"PUB bad 5\r\nhe").await.unwrap();
+        assert_eq!(read_exactly(&mut server, 13).await, "PUB bad 5\r\nhe");
+        install(&rules, 1, error("bad"), false);
+        client
+            .write_all(b"llo\r\nPUB bad 1\r\nx\r\nPUB ok 1\r\ny\r\n")
+            .await
+            .unwrap();
+        // The publish already on its way completes untouched; the next one on the
+        // subject is answered in the server's place; the last goes through.
+        let through = "llo\r\nPUB ok 1\r\ny\r\n";
+        assert_eq!(read_exactly(&mut server, through.len()).await, through);
+        let answer = "-ERR 'injected'\r\n";
+        assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
+        let fired = lock(&seen.fired).clone();
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert_eq!(fired[0].fields["subject"], "bad");
+        assert!(lock(&seen.opaque).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_goes_between_the_pongs_of_deliveries_relayed_as_one_run() {
+        let rules = Arc::new(Rules::new(1));
+        install(&rules, 1, error("bad"), false);
+        let (mut client, mut server, _seen, _pump) = scripted(rules).await;
+        client
+            .write_all(b"PING\r\nPUB bad 1\r\nx\r\nPING\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_exactly(&mut server, 12).await, "PING\r\nPING\r\n");
+        // No rule acts on deliveries (the rule is not scoped): the server's chunk is
+        // framed as runs, yet the error answering the publish comes right after the
+        // PONG of the PING before it.
+        server
+            .write_all(b"MSG a 1 1\r\nm\r\nPONG\r\nMSG a 1 1\r\nn\r\nPONG\r\n")
+            .await
+            .unwrap();
+        let want = "MSG a 1 1\r\nm\r\nPONG\r\n-ERR 'injected'\r\nMSG a 1 1\r\nn\r\nPONG\r\n";
+        assert_eq!(read_exactly(&mut client, want.len()).await, want);
+    }
+
+    #[tokio::test]
+    async fn a_scoped_rule_installed_mid_delivery_acts_from_the_next_delivery() {
+        let rules = Arc::new(Rules::new(1));
+        let (mut client, mut server, seen, _pump) = scripted(rules.clone()).await;
+        server.write_all(b"MSG drop.me 1 5\r\nhe").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 19).await, "MSG drop.me 1 5\r\nhe");
+        install(&rules, 1, rule(ProxyAction::Drop, "drop.*"), true);
+        server
+            .write_all(b"llo\r\nMSG drop.me 1 1\r\nx\r\nMSG keep 1 1\r\ny\r\n")
+            .await
+            .unwrap();
+        let want = "llo\r\nMSG keep 1 1\r\ny\r\n";
+        assert_eq!(read_exactly(&mut client, want.len()).await, want);
+        let fired = lock(&seen.fired).clone();
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert_eq!(
+            (fired[0].action, fired[0].fields["subject"].as_str()),
+            ("drop", "drop.me")
+        );
+    }
+
+    /// A nats-server on a free loopback port, killed when dropped.
+    struct NatsServer {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl Drop for NatsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl NatsServer {
+        async fn start() -> NatsServer {
+            let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .expect("nats-server is not installed (scripts/servers.sh installs it)");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new(bin)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start nats-server");
+            let mut server = NatsServer { child, port };
+            for _ in 0..200 {
+                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return server;
+                }
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    panic!("nats-server exited: {status}");
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let _ = server.child.kill();
+            panic!("nats-server did not listen on {port}");
+        }
+
+        /// A connection past INFO and CONNECT, PING answered.
+        async fn connect(&self) -> tokio::io::BufReader<TcpStream> {
+            let s = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+            greet(tokio::io::BufReader::new(s)).await
+        }
+    }
+
+    async fn line(r: &mut tokio::io::BufReader<TcpStream>) -> String {
+        let mut l = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut l))
+            .await
+            .expect("a line within 10s")
+            .unwrap();
+        assert!(n > 0, "the connection closed");
+        l
+    }
+
+    async fn pong(r: &mut tokio::io::BufReader<TcpStream>) {
+        loop {
+            let l = line(r).await;
+            assert!(!l.starts_with("-ERR"), "{l}");
+            if l == "PONG\r\n" {
+                return;
+            }
+        }
+    }
+
+    async fn greet(mut r: tokio::io::BufReader<TcpStream>) -> tokio::io::BufReader<TcpStream> {
+        assert!(line(&mut r).await.starts_with("INFO "));
+        r.get_mut()
+            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":true}\r\nPING\r\n")
+            .await
+            .unwrap();
+        pong(&mut r).await;
+        r
+    }
+
+    /// A publish of message `i`, on one of seven subjects, its payload naming it.
+    fn publish(i: usize) -> (String, Vec<u8>) {
+        let subject = format!("s.{}", i % 7);
+        let payload = format!("message {i} {}", "x".repeat(i % 23));
+        let op = format!("PUB {subject} {}\r\n{payload}\r\n", payload.len());
+        (subject, op.into_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_rule_installed_under_load_takes_the_next_messages_of_a_real_nats_server() {
+        let nats = NatsServer::start().await;
+        // The subscriber reads deliveries straight from the server.
+        let mut sub = nats.connect().await;
+        sub.get_mut()
+            .write_all(b"SUB s.* 1\r\nSUB end 2\r\nPING\r\n")
+            .await
+            .unwrap();
+        pong(&mut sub).await;
+        let (tx, mut seen_count) = tokio::sync::watch::channel(0usize);
+        let deliveries = tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let l = line(&mut sub).await;
+                if l == "PING\r\n" {
+                    sub.get_mut().write_all(b"PONG\r\n").await.unwrap();
+                    continue;
+                }
+                let parts: Vec<&str> = l.trim_end().split(' ').collect();
+                assert_eq!(parts[0], "MSG", "{l}");
+                let size: usize = parts[parts.len() - 1].parse().unwrap();
+                let mut payload = vec![0u8; size + 2];
+                sub.read_exact(&mut payload).await.unwrap();
+                assert!(payload.ends_with(b"\r\n"));
+                payload.truncate(size);
+                if parts[1] == "end" {
+                    return got;
+                }
+                got.push((parts[1].to_string(), String::from_utf8(payload).unwrap()));
+                let _ = tx.send(got.len());
+            }
+        });
+        // The publisher goes through the pumps.
+        let rules = Arc::new(Rules::new(1));
+        let (publisher, pump_client) = pair().await;
+        let upstream = TcpStream::connect(("127.0.0.1", nats.port)).await.unwrap();
+        let (seen, pump) = start(rules.clone(), pump_client, upstream);
+        let mut publisher = greet(tokio::io::BufReader::new(publisher)).await;
+        // Phase one: a stream written in pieces that cut ops anywhere, while the
+        // rule (dropping s.3) is installed once deliveries are under way.
+        let (first, second) = (20_000, 700);
+        let stream: Vec<u8> = (0..first).flat_map(|i| publish(i).1).collect();
+        let writer = {
+            let mut w = publisher.into_inner();
+            tokio::spawn(async move {
+                for (i, piece) in stream.chunks(977).enumerate() {
+                    w.write_all(piece).await.unwrap();
+                    // Paced, so that the rule arrives while the stream flows.
+                    if i % 16 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                w.write_all(b"PING\r\n").await.unwrap();
+                w
+            })
+        };
+        seen_count.wait_for(|n| *n >= 1000).await.unwrap();
+        install(&rules, 1, rule(ProxyAction::Drop, "s.3"), false);
+        publisher = tokio::io::BufReader::new(writer.await.unwrap());
+        pong(&mut publisher).await;
+        // Phase two: after the rule, every s.3 message is dropped.
+        let rest: Vec<u8> = (first..first + second)
+            .flat_map(|i| publish(i).1)
+            .chain(b"PUB end 0\r\n\r\nPING\r\n".iter().copied())
+            .collect();
+        publisher.get_mut().write_all(&rest).await.unwrap();
+        pong(&mut publisher).await;
+        let got = tokio::time::timeout(Duration::from_secs(20), deliveries)
+            .await
+            .expect("every delivery within 20s")
+            .unwrap();
+        // Whatever was not s.3 arrives whole and in order; of s.3, a prefix arrives
+        // (what was published before the rule took effect), none of phase two.
+        let published: Vec<(String, String)> = (0..first + second)
+            .map(|i| {
+                let (subject, op) = publish(i);
+                let op = String::from_utf8(op).unwrap();
+                let payload = op.split("\r\n").nth(1).unwrap().to_string();
+                (subject, payload)
+            })
+            .collect();
+        let others = |v: &[(String, String)]| -> Vec<(String, String)> {
+            v.iter().filter(|(s, _)| s != "s.3").cloned().collect()
+        };
+        assert_eq!(others(&got), others(&published));
+        let threes: Vec<_> = got.iter().filter(|(s, _)| s == "s.3").collect();
+        let all_threes: Vec<_> = published.iter().filter(|(s, _)| s == "s.3").collect();
+        assert!(!threes.is_empty(), "the rule came after deliveries began");
+        assert_eq!(threes[..], all_threes[..threes.len()]);
+        let phase_one = (0..first).filter(|i| i % 7 == 3).count();
+        assert!(threes.len() <= phase_one, "no s.3 of phase two arrives");
+        let fired = lock(&seen.fired).len();
+        assert_eq!(
+            fired,
+            all_threes.len() - threes.len(),
+            "one drop per s.3 lost"
+        );
+        assert!(lock(&seen.opaque).is_empty(), "{:?}", lock(&seen.opaque));
+        drop(publisher);
+        let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
     }
 }

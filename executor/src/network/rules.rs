@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 
 use faultbox_protocols::rules::Pattern;
-use faultbox_protocols::Fields;
+use faultbox_protocols::{FieldView, Fields};
 use faultbox_spec::world::ProxyRule;
 
 /// An installed rule, ready to match.
@@ -55,10 +55,10 @@ impl Active {
 
     /// Whether a request with `fields` matches every pattern (a key the request does
     /// not have never matches).
-    pub fn matches(&self, fields: &Fields) -> bool {
+    pub fn matches(&self, fields: &dyn FieldView) -> bool {
         self.patterns
             .iter()
-            .all(|(k, p)| fields.get(k.as_str()).is_some_and(|v| p.matches(v)))
+            .all(|(k, p)| fields.field(k).is_some_and(|v| p.matches(v)))
     }
 }
 

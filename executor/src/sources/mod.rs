@@ -10,8 +10,6 @@
 //! is polled), asks them to [`Running::sync`] before a query reads the trace, and
 //! stops them after the service has stopped.
 
-pub mod topic;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +21,8 @@ use crate::world::eventlog::EventLog;
 pub mod output;
 pub mod poll;
 pub mod tail;
+pub mod topic;
+pub mod wal;
 
 /// One line or message, before the sink stamps it into the trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +72,9 @@ pub trait Running: Send + Sync {
     fn stop(self: Box<Self>);
 }
 
+/// The type of an event saying a source could not do its work.
+pub const SOURCE_ERROR: &str = "source_error";
+
 /// Stamps a source's observations into the test's log as events of the observed
 /// service.
 pub struct LogSink {
@@ -98,12 +101,22 @@ impl LogSink {
         self.record(early.take().unwrap_or_default());
     }
 
+    /// A line or message is an event of the source's type; what went wrong with the
+    /// source itself (`KIND.error`, `KIND.dropped`) is a `source_error` event naming
+    /// the source, so that a query over `e.type == "topic"` sees messages only.
     fn record(&self, batch: impl IntoIterator<Item = Observation>) {
         self.log.record_all(
             &self.service,
-            batch.into_iter().map(|o| {
-                let event_type = o.detail.map(|d| format!("{}.{d}", o.kind));
-                (o.kind, event_type, o.fields)
+            batch.into_iter().map(|mut o| {
+                let event_type = o.detail.as_ref().map(|d| format!("{}.{d}", o.kind));
+                let kind = match o.detail.as_deref() {
+                    Some("error" | "dropped") => {
+                        o.fields.insert("source".to_string(), o.kind.to_string());
+                        SOURCE_ERROR
+                    }
+                    _ => o.kind,
+                };
+                (kind, event_type, o.fields)
             }),
         );
     }

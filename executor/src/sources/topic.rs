@@ -290,6 +290,10 @@ impl Worker {
             (None, _) => Map::from_iter([("value".to_string(), Value::Null)]),
         };
         data.extend(ours);
+        // What the source sees is what reached the topic: a record produced (the
+        // reference's integrity examples tell produced from consumed by `action`).
+        data.insert("action".into(), Value::from(ACTION));
+        all.insert("action".into(), ACTION.into());
         all.insert("data".into(), Value::Object(data).to_string());
         all.insert("value".into(), String::from_utf8_lossy(raw).into_owned());
         all.insert("protocol".into(), self.protocol.into());
@@ -301,6 +305,9 @@ impl Worker {
         });
     }
 }
+
+/// The `action` of every topic event: the record was produced to the topic.
+const ACTION: &str = "produce";
 
 /// Pauses between reconnects: doubling from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
 struct Backoff(Duration);

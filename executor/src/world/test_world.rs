@@ -117,11 +117,14 @@ pub struct TestWorld {
     /// own, so committed offsets never carry over to another test or run.
     kafka_group: String,
     /// The running event sources (`observe=`), with the service each observes.
-    sources: Mutex<Vec<(String, Box<dyn crate::sources::Running>)>>,
+    sources: Mutex<Vec<Observed>>,
     /// Of those, the services' stdout and stderr sources: cheap to sync, so synced
     /// before every event that follows from the service's answer (its `ready`, a
     /// step's reply), which keeps what it wrote before answering ahead of it.
     outputs: Mutex<Vec<(String, crate::sources::output::Probe)>>,
+    /// Sources that poll their service or read its broker (poll, topic), started
+    /// when it is ready: before that it could only refuse them.
+    deferred: Mutex<Vec<Deferred>>,
 }
 
 /// A test's network: a namespace per service, the hosts file, the relays.
@@ -218,6 +221,23 @@ enum Pending {
         task: tokio::task::JoinHandle<StepResult>,
     },
     Done(StepResult),
+}
+
+/// A running event source.
+struct Observed {
+    service: String,
+    /// It connects to a service (poll, topic, wal_stream): stopped before the
+    /// services are, since a server may wait for its clients to leave.
+    connects: bool,
+    running: Box<dyn crate::sources::Running>,
+}
+
+/// A service's sources waiting for it to be ready.
+struct Deferred {
+    svc: Service,
+    observer: Arc<LogSink>,
+    root: Option<PathBuf>,
+    scratch: PathBuf,
 }
 
 /// Records a service's intercepted calls in the event log.
@@ -332,6 +352,7 @@ impl TestWorld {
             kafka_group: test_group(),
             sources: Mutex::new(Vec::new()),
             outputs: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
@@ -618,7 +639,7 @@ impl TestWorld {
                 covered,
             },
         );
-        self.observe(svc, &observer, None);
+        self.observe(svc, &observer, None, logs);
         Ok(state)
     }
 
@@ -652,7 +673,11 @@ impl TestWorld {
             self.sources
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((svc.name.clone(), running));
+                .push(Observed {
+                    service: svc.name.clone(),
+                    connects: false,
+                    running,
+                });
             fds.push(write);
         }
         let err = fds.pop().expect("two");
@@ -673,22 +698,97 @@ impl TestWorld {
         })
     }
 
-    /// Starts `svc`'s event sources other than its output (started with it): right
-    /// after the service, before its healthcheck is polled. `root` is a container's
-    /// root directory as the host sees it.
-    fn observe(&self, svc: &Service, observer: &Arc<LogSink>, root: Option<PathBuf>) {
+    /// Starts `svc`'s event sources that read what it writes (its files; its WAL,
+    /// quietly retrying until the server is up; its output started with it) right
+    /// after the service, before its healthcheck is polled, so nothing it writes is
+    /// missed; keeps `poll` and `topic` for when it is ready, since before that it
+    /// could only refuse them (and a Kafka topic is read from its start anyway).
+    /// `root` is a container's root directory as the host sees it.
+    fn observe(
+        &self,
+        svc: &Service,
+        observer: &Arc<LogSink>,
+        root: Option<PathBuf>,
+        scratch: &Path,
+    ) {
         observer.open();
-        for source in &svc.observe {
-            let started = match &source.kind {
-                SourceKind::Stdout | SourceKind::Stderr => continue,
-                other => self.start_source(svc, observer, other, source, root.as_deref()),
-            };
-            match started {
-                Ok(running) => self
-                    .sources
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((svc.name.clone(), running)),
+        self.start_sources(
+            svc,
+            observer,
+            root.as_deref(),
+            scratch,
+            |k| matches!(k, SourceKind::Tail { .. } | SourceKind::Wal { .. }),
+            false,
+        );
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Deferred {
+                svc: svc.clone(),
+                observer: observer.clone(),
+                root,
+                scratch: scratch.to_path_buf(),
+            });
+    }
+
+    /// Starts the sources of `service` that wait for it to be ready, and syncs those
+    /// already running (a WAL slot then exists before the test body writes).
+    fn observe_ready(&self, service: &str) {
+        for o in self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|o| o.service == service && o.connects)
+        {
+            o.running.sync();
+        }
+        let waiting: Vec<Deferred> = {
+            let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            let (mine, others) = std::mem::take(&mut *d)
+                .into_iter()
+                .partition(|d| d.svc.name == service);
+            *d = others;
+            mine
+        };
+        for d in waiting {
+            self.start_sources(
+                &d.svc,
+                &d.observer,
+                d.root.as_deref(),
+                &d.scratch,
+                |k| matches!(k, SourceKind::Poll { .. } | SourceKind::Topic { .. }),
+                true,
+            );
+        }
+    }
+
+    fn start_sources(
+        &self,
+        svc: &Service,
+        observer: &Arc<LogSink>,
+        root: Option<&Path>,
+        scratch: &Path,
+        now: impl Fn(&SourceKind) -> bool,
+        ready: bool,
+    ) {
+        for source in svc.observe.iter().filter(|s| now(&s.kind)) {
+            match self.start_source(svc, observer, &source.kind, source, root, scratch) {
+                Ok(running) => {
+                    if ready {
+                        // Subscribed and connected before the test body runs: a
+                        // NATS message published then is not missed.
+                        running.sync();
+                    }
+                    self.sources
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Observed {
+                            service: svc.name.clone(),
+                            connects: !matches!(source.kind, SourceKind::Tail { .. }),
+                            running,
+                        })
+                }
                 Err(e) => crate::sources::Sink::emit(
                     observer.as_ref(),
                     crate::sources::Observation::error(source.kind.event_type(), e),
@@ -704,13 +804,55 @@ impl TestWorld {
         kind: &SourceKind,
         source: &faultbox_spec::model::Source,
         root: Option<&Path>,
+        scratch: &Path,
     ) -> Result<Box<dyn crate::sources::Running>, String> {
-        let _ = (observer, source, root);
-        Err(format!(
-            "service {:?}: {}() is not available in this build",
-            svc.name,
-            kind.event_type()
-        ))
+        let ctx = self.source_context(&svc.name, observer)?;
+        let decoder = source.decoder.clone();
+        Ok(match kind {
+            SourceKind::Stdout | SourceKind::Stderr => {
+                unreachable!("output sources start with the service")
+            }
+            SourceKind::Tail { path } => {
+                // A container's path is inside it: reached through its root.
+                let path = match (path.strip_prefix(faultbox_spec::sources::TMPDIR), root) {
+                    (Some(rest), _) => scratch.join(rest),
+                    (None, Some(root)) => root.join(path.trim_start_matches('/')),
+                    (None, None) => PathBuf::from(path),
+                };
+                crate::sources::tail::start(ctx, path, decoder)
+            }
+            SourceKind::Poll { url, interval } => {
+                crate::sources::poll::start(ctx, url, *interval, decoder)
+            }
+            SourceKind::Topic {
+                protocol,
+                service,
+                port,
+                topic,
+                group,
+            } => {
+                // The broker is read in its own namespace, where 127.0.0.1:PORT is it.
+                let ctx = crate::sources::Context {
+                    netns: self.home_of(service)?.0,
+                    ..ctx
+                };
+                crate::sources::topic::start(
+                    ctx,
+                    protocol,
+                    *port,
+                    topic,
+                    group.as_deref().unwrap_or(""),
+                    decoder,
+                )
+            }
+            SourceKind::Wal { slot, tables, port } => crate::sources::wal::start(
+                ctx,
+                *port,
+                Credentials::default().or_env("postgres", &svc.env),
+                slot,
+                tables,
+            ),
+        })
     }
 
     /// Records that a service started and makes it the test's: its `started` event
@@ -829,7 +971,7 @@ impl TestWorld {
                 covered,
             },
         );
-        self.observe(svc, &observer, Some(root));
+        self.observe(svc, &observer, Some(root), logs);
         Ok(state)
     }
 
@@ -947,6 +1089,7 @@ impl TestWorld {
         if what == "ready" {
             self.sync_output(service);
         }
+        let ready = what == "ready";
         self.log().record(
             service,
             &format!("service_{what}"),
@@ -954,6 +1097,9 @@ impl TestWorld {
             service.to_string(),
             fields,
         );
+        if ready {
+            self.observe_ready(service);
+        }
     }
 
     /// Records that the test driver changed a service's faults.
@@ -995,10 +1141,15 @@ impl TestWorld {
             net.relays.stop();
         }
         // While the services still run: what a database committed or a broker took
-        // is read before they go.
+        // is read before they go, and the sources that connect to them leave first.
         self.sync_sources();
-        let mut sources =
-            std::mem::take(&mut *self.sources.lock().unwrap_or_else(|p| p.into_inner()));
+        let (connecting, mut sources): (Vec<Observed>, Vec<Observed>) =
+            std::mem::take(&mut *self.sources.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .partition(|o| o.connects);
+        for o in connecting {
+            o.running.stop();
+        }
         let services: Vec<Arc<ServiceState>> = {
             let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
             self.services
@@ -1028,20 +1179,24 @@ impl TestWorld {
             // output), and before its `stopped` event.
             let (mine, others) = sources
                 .drain(..)
-                .partition::<Vec<_>, _>(|(name, _)| *name == s.decl.name);
+                .partition::<Vec<_>, _>(|o| o.service == s.decl.name);
             sources = others;
-            for (_, source) in mine {
-                source.stop();
+            for o in mine {
+                o.running.stop();
             }
             let mut fields = BTreeMap::new();
             fields.insert("exit_code".to_string(), outcome.exit.code().to_string());
             self.lifecycle(&s.decl.name, "stopped", fields);
         }
         // Sources of services that never started.
-        for (_, source) in sources {
-            source.stop();
+        for o in sources {
+            o.running.stop();
         }
         self.outputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.deferred
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
@@ -1064,13 +1219,13 @@ impl TestWorld {
 
     /// Lets every event source catch up with what its service did so far.
     pub fn sync_sources(&self) {
-        for (_, source) in self
+        for o in self
             .sources
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
-            source.sync();
+            o.running.sync();
         }
     }
 

@@ -1,12 +1,13 @@
 //! Exact decimals (PostgreSQL `numeric`, MySQL `DECIMAL`) as JSON a test can
 //! compare: a whole number within 64 bits is an int, a number a double holds
 //! exactly (as the same shortest decimal) is a float, anything else stays text so
-//! no digit is lost.
+//! no digit is lost. Public because the executor's WAL source reads `numeric`
+//! columns as text and gives them the same JSON as a step's query does.
 
 use serde_json::Value;
 
 /// `text` (`-12.50`, `1e3` is not produced by either server) as JSON.
-pub(super) fn decimal(text: &str) -> Value {
+pub fn decimal(text: &str) -> Value {
     let t = text.trim();
     let (sign, digits) = match t.strip_prefix('-') {
         Some(rest) => ("-", rest),
@@ -42,7 +43,7 @@ pub(super) fn decimal(text: &str) -> Value {
 
 /// A float as JSON; NaN and the infinities, which JSON has no numbers for, as the
 /// text the servers print.
-pub(super) fn float(f: f64) -> Value {
+pub fn float(f: f64) -> Value {
     if f.is_nan() {
         Value::String("NaN".into())
     } else if f.is_infinite() {
@@ -54,7 +55,7 @@ pub(super) fn float(f: f64) -> Value {
 
 /// A single-precision float as the double with the same shortest decimal (`0.1`,
 /// not `0.10000000149011612`).
-pub(super) fn float32(f: f32) -> Value {
+pub fn float32(f: f32) -> Value {
     match format!("{f}").parse::<f64>() {
         Ok(d) => float(d),
         Err(_) => float(f64::from(f)),

@@ -23,7 +23,7 @@ use std::time::Duration;
 #[cfg(feature = "client")]
 mod amqp;
 #[cfg(feature = "client")]
-mod decimal;
+pub mod decimal;
 #[cfg(feature = "client")]
 mod grpc;
 #[cfg(feature = "grpc-schema")]
