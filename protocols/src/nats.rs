@@ -153,6 +153,12 @@ impl Side {
                 self.skip -= n;
                 *at += n;
                 self.len += n;
+                if self.skip == 0 && self.crlf == 0 && bytes[*at..].starts_with(b"\r\n") {
+                    // Both bytes here, as they mostly are.
+                    self.crlf = 2;
+                    *at += 2;
+                    self.len += 2;
+                }
                 while self.skip == 0 && self.crlf < 2 && *at < bytes.len() {
                     if bytes[*at] != b"\r\n"[self.crlf] {
                         return Err(Opaque("a NATS payload not followed by \\r\\n".into()));
@@ -647,10 +653,15 @@ impl FieldView for View<'_> {
 
 impl Want {
     /// The fields of a message, when a rule may act on it.
+    #[inline]
     fn fields(&self, command: &'static str, subject: &[u8]) -> Option<Fields> {
         if let Want::None = self {
             return None;
         }
+        self.wanted(command, subject)
+    }
+
+    fn wanted(&self, command: &'static str, subject: &[u8]) -> Option<Fields> {
         // Read in full, a control line was checked as UTF-8; read the light way, a
         // subject that is not is no subject any rule names.
         let Ok(subject) = std::str::from_utf8(first_word(subject)) else {
@@ -758,8 +769,7 @@ impl Framer for NatsConversation {
         let mut run = Run::default();
         let joins = self.want.joins();
         let mut at = 0;
-        let light = self.want.joins();
-        while let Some((len, op)) = self.client.next(bytes, &mut at, false, light)? {
+        while let Some((len, op)) = self.client.next(bytes, &mut at, false, joins)? {
             if let Op::Connect { verbose } = op {
                 self.verbose = verbose;
             }
@@ -830,41 +840,36 @@ impl Framer for NatsConversation {
         let mut run = Run::default();
         let joins = self.want.joins();
         let mut at = 0;
-        let light = self.want.joins();
-        while let Some((len, op)) = self.server.next(bytes, &mut at, true, light)? {
-            let mut m = Message {
-                len,
-                fields: Fields::new(),
-                matchable: false,
-                responses: 0,
-                forward: true,
-            };
+        while let Some((len, op)) = self.server.next(bytes, &mut at, true, joins)? {
+            let (mut fields, mut matchable, mut responses, mut forward) = (None, false, 0, true);
             match op {
                 Op::Message { command, subject } => {
-                    if let Some(fields) = self.want.fields(command, subject) {
-                        m.fields = fields;
-                        m.matchable = true;
-                    } else {
-                        m.matchable = !joins;
-                    }
+                    fields = self.want.fields(command, subject);
+                    matchable = fields.is_some() || !joins;
                 }
-                Op::Pong => m.responses = 1,
+                Op::Pong => responses = 1,
                 Op::Ok => {
-                    m.responses = 1;
-                    m.forward = self.okays.pop_front().is_none_or(|(_, f)| f);
+                    responses = 1;
+                    forward = self.okays.pop_front().is_none_or(|(_, f)| f);
                 }
                 _ => {}
             }
-            if joins && !m.matchable && m.forward {
+            if joins && !matchable && forward {
                 // A run ends at a response: an answer may be owed right after it.
-                run.add(m.len, m.responses);
-                if m.responses > 0 {
+                run.add(len, responses);
+                if responses > 0 {
                     out.extend(run.message());
                 }
                 continue;
             }
             out.extend(run.message());
-            out.push(m);
+            out.push(Message {
+                len,
+                fields: fields.unwrap_or_default(),
+                matchable,
+                responses,
+                forward,
+            });
         }
         out.extend(run.message());
         Ok(out)
