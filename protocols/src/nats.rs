@@ -9,15 +9,16 @@
 //!   are read where they lie (a control line cut by the end of a chunk is the only
 //!   copy), and control lines are checked as UTF-8 only when they hold non-ASCII.
 //! - Every op is framed, whether or not a rule is installed, so a rule installed
-//!   mid-stream acts on the next message exactly. While no rule may act on a
-//!   message (told by [`Conversation::interest`]), its subject is not copied out and
-//!   runs of such ops are reported as one request or message: a relay then handles
-//!   a chunk of a thousand small messages as one. While no rule may act on a
-//!   direction at all, its control lines are read only as far as framing needs
-//!   (the op's name and the size, its last word), not checked word by word: a
-//!   line with a word too many or a non-UTF-8 subject is then framed by its size,
-//!   not made opaque (the server refuses it itself); a line that reading does not
-//!   know is read in full.
+//!   mid-stream acts on the next message exactly. Once the relay has said which
+//!   messages rules may act on ([`Conversation::interest`]), only those get their
+//!   fields copied out; runs of the others are reported as one request or message
+//!   (a relay then handles a chunk of a thousand small messages as one), and
+//!   control lines are read only as far as framing and matching need: the op's
+//!   name, the subject (the word after it) and the size (the last word), not
+//!   checked word by word. A line with a word too many or a non-UTF-8 word is then
+//!   framed by its size instead of making the connection opaque (the server
+//!   refuses such a line itself); a line that reading does not know is read in
+//!   full.
 //! - Requests: every client op. `PUB`/`HPUB` are matchable; `PING` expects a `PONG`;
 //!   with `"verbose": true` in `CONNECT`, every other op expects a `+OK`.
 //! - Server messages: `MSG`/`HMSG` (deliveries) are matchable. `PONG` and, in verbose
@@ -76,11 +77,12 @@ enum Op<'a> {
     Connect {
         verbose: bool,
     },
-    /// `PUB`/`HPUB` (client) or `MSG`/`HMSG` (server), with its subject as sent
-    /// (`None` when its control line was read while no rule could act on it).
+    /// `PUB`/`HPUB` (client) or `MSG`/`HMSG` (server), with its subject as sent:
+    /// the first word of `subject` (read the light way, the words up to the size
+    /// follow it; [`first_word`] picks it out when needed).
     Message {
         command: &'static str,
-        subject: Option<&'a [u8]>,
+        subject: &'a [u8],
     },
     Sub,
     Unsub,
@@ -123,8 +125,6 @@ struct Side {
     /// Where its subject lies in the chunk being read; `None`: in `subject`.
     subject_at: Option<(usize, usize)>,
     subject: Vec<u8>,
-    /// Its control line was read the light way: its subject is not known.
-    unknown: bool,
     /// Payload bytes still to come.
     skip: usize,
     /// How much of the `\r\n` after the payload has been checked.
@@ -137,9 +137,9 @@ impl Side {
     /// The next complete op in `bytes` from `*at` on (moved past it) and the bytes it
     /// spans, counting those of earlier chunks. `None`: `bytes` ends inside one.
     ///
-    /// `light`: no rule may act on these ops, so a control line is read only as far
-    /// as framing needs (its op and size), not checked to the letter; a line the
-    /// light way does not know is read in full.
+    /// `light`: a control line is read only as far as framing and matching need
+    /// (its op, subject and size), not checked word by word; a line the light way
+    /// does not know is read in full.
     fn next<'a>(
         &'a mut self,
         bytes: &'a [u8],
@@ -153,6 +153,12 @@ impl Side {
                 self.skip -= n;
                 *at += n;
                 self.len += n;
+                if self.skip == 0 && self.crlf == 0 && bytes[*at..].starts_with(b"\r\n") {
+                    // Both bytes here, as they mostly are.
+                    self.crlf = 2;
+                    *at += 2;
+                    self.len += 2;
+                }
                 while self.skip == 0 && self.crlf < 2 && *at < bytes.len() {
                     if bytes[*at] != b"\r\n"[self.crlf] {
                         return Err(Opaque("a NATS payload not followed by \\r\\n".into()));
@@ -173,38 +179,23 @@ impl Side {
                 self.pending = None;
                 self.crlf = 0;
                 let subject = match self.subject_at.take() {
-                    _ if std::mem::take(&mut self.unknown) => None,
-                    Some((from, to)) => Some(&bytes[from..to]),
-                    None => Some(&self.subject[..]),
+                    Some((from, to)) => &bytes[from..to],
+                    None => &self.subject[..],
                 };
                 let op = Op::Message { command, subject };
                 return Ok(Some((std::mem::take(&mut self.len), op)));
             }
             let rest = &bytes[*at..];
-            if light && self.line.is_empty() {
-                if let Some((i, (kind, size))) = line_end(rest)
-                    .and_then(|i| Some((i, light_parse(trim_eol(&rest[..=i]), server)?)))
-                {
-                    *at += i + 1;
-                    self.len += i + 1;
-                    if let Kind::Message { command, .. } = kind {
-                        self.pending = Some(command);
-                        self.skip = size.unwrap_or(0);
-                        self.subject_at = None;
-                        self.unknown = true;
-                        continue;
-                    }
-                    return Ok(Some((std::mem::take(&mut self.len), op_of(kind))));
-                }
-            }
             let mut found = [(0usize, 0usize); WORDS];
-            let scanned = if self.line.is_empty() {
-                scan(rest, &mut found)
-            } else {
-                None
+            // The line's end: found with its words in one pass when read in full
+            // and within 64 bytes, alone when read the light way.
+            let quick = match (self.line.is_empty(), light) {
+                (false, _) => None,
+                (true, true) => line_end(rest).map(|i| (i, None)),
+                (true, false) => scan(rest, &mut found).map(|(i, c, a)| (i, Some((c, a)))),
             };
-            let (i, words_found) = match scanned {
-                Some((i, count, ascii)) => (i, Some((count, ascii))),
+            let (i, words_found) = match quick {
+                Some(found) => found,
                 None => match memchr::memchr(b'\n', rest) {
                     Some(i) => (i, None),
                     None => {
@@ -227,11 +218,16 @@ impl Side {
                 self.line.extend_from_slice(&rest[..=i]);
             }
             let line = trim_eol(if carried { &self.line[..] } else { &rest[..=i] });
-            let (count, ascii) = match words_found {
-                Some(w) => w,
-                None => words(line, &mut found),
+            let parsed = match light.then(|| light_parse(line, server)).flatten() {
+                Some(known) => Ok(known),
+                None => {
+                    let (count, ascii) = match words_found {
+                        Some(w) => w,
+                        None => words(line, &mut found),
+                    };
+                    parse(line, &found, count, ascii, server)
+                }
             };
-            let parsed = parse(line, &found, count, ascii, server);
             if let Ok((Kind::Message { subject, .. }, _)) = parsed {
                 if carried {
                     self.subject.clear();
@@ -259,7 +255,7 @@ fn op_of(kind: Kind) -> Op<'static> {
         Kind::Connect { verbose } => Op::Connect { verbose },
         Kind::Message { command, .. } => Op::Message {
             command,
-            subject: None,
+            subject: &[],
         },
         Kind::Sub => Op::Sub,
         Kind::Unsub => Op::Unsub,
@@ -271,6 +267,11 @@ fn op_of(kind: Kind) -> Op<'static> {
     }
 }
 
+/// The bytes of `words` up to its first blank.
+fn first_word(words: &[u8]) -> &[u8] {
+    &words[..words.iter().position(|&b| blank(b)).unwrap_or(words.len())]
+}
+
 /// Where the `\n` ending the line at the start of `rest` is, when within 64 bytes.
 fn line_end(rest: &[u8]) -> Option<usize> {
     (0..rest.len().div_ceil(8).min(8)).find_map(|k| {
@@ -279,49 +280,104 @@ fn line_end(rest: &[u8]) -> Option<usize> {
     })
 }
 
-/// A control line read only as far as framing needs, for a direction no rule may
-/// act on: its op (from its name) and, for a message, its size (the last word).
-/// `None` for a line it does not know the light way (`CONNECT`, anything odd),
-/// which is then read in full: only a line whose name and size are right but
-/// whose other words are not is taken here where the full reading would refuse
-/// it (the server refuses it too).
+/// A control line read only as far as framing and matching need: its op (from
+/// its name) and, for a message, its subject (the first word after the name) and
+/// size (the last word). `None` for a line it does not know this way (`CONNECT`,
+/// anything odd), which is then read in full: only a line whose name, subject and
+/// size are right but whose other words are not is taken here where the full
+/// reading would refuse it (the server refuses it too).
+#[inline]
 fn light_parse(line: &[u8], server: bool) -> Option<(Kind, Option<usize>)> {
-    let blanks = equal(load(line, 0), b' ') | equal(load(line, 0), b'\t');
-    let name_end = if blanks != 0 {
-        blanks.trailing_zeros() as usize / 8
-    } else if line.len() <= 8 {
-        line.len()
-    } else {
-        return None;
-    };
-    let message = |command: &'static str| {
-        let digits = line.iter().rev().take_while(|b| b.is_ascii_digit()).count();
-        let from = line.len() - digits;
-        if digits == 0 || digits > 19 || from <= name_end + 1 || !blank(line[from - 1]) {
+    // The name, packed as `word` packs it, in the same pass that finds its end.
+    let mut name = 0u64;
+    let mut end = 0;
+    while end < line.len() && !blank(line[end]) {
+        if end == 7 {
             return None;
         }
-        let n = number(&line[from..])?;
-        (n <= MAX_MESSAGE).then_some((
-            Kind::Message {
-                command,
-                subject: (0, 0),
-            },
-            Some(n),
-        ))
+        name |= u64::from(line[end].to_ascii_uppercase()) << (8 * end);
+        end += 1;
+    }
+    let name = name | (end as u64) << 56;
+    let command = match (server, name) {
+        (false, PUB) => "PUB",
+        (false, HPUB) => "HPUB",
+        (true, MSG) => "MSG",
+        (true, HMSG) => "HMSG",
+        (false, SUB) => return Some((Kind::Sub, None)),
+        (false, UNSUB) => return Some((Kind::Unsub, None)),
+        (true, INFO) => return Some((Kind::Info, None)),
+        (true, OK) => return Some((Kind::Ok, None)),
+        (true, ERR) => return Some((Kind::Err, None)),
+        (_, PING) => return Some((Kind::Ping, None)),
+        (_, PONG) => return Some((Kind::Pong, None)),
+        _ => return None,
     };
-    match (server, word(&line[..name_end])) {
-        (false, PUB) => message("PUB"),
-        (false, HPUB) => message("HPUB"),
-        (true, MSG) => message("MSG"),
-        (true, HMSG) => message("HMSG"),
-        (false, SUB) => Some((Kind::Sub, None)),
-        (false, UNSUB) => Some((Kind::Unsub, None)),
-        (true, INFO) => Some((Kind::Info, None)),
-        (true, OK) => Some((Kind::Ok, None)),
-        (true, ERR) => Some((Kind::Err, None)),
-        (_, PING) => Some((Kind::Ping, None)),
-        (_, PONG) => Some((Kind::Pong, None)),
-        _ => None,
+    // The size: the digits ending the line, after a blank.
+    let mut size = line.len();
+    while size > end && line[size - 1].is_ascii_digit() {
+        size -= 1;
+    }
+    let subject = end + 1;
+    // The words between the name and the size: the subject, first, is picked out
+    // only when needed (`first_word`).
+    if size <= subject + 1
+        || line.len() - size > 19
+        || line.len() == size
+        || !blank(line[size - 1])
+        || blank(line[subject])
+    {
+        return None;
+    }
+    let n = line[size..]
+        .iter()
+        .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0'));
+    (n <= MAX_MESSAGE).then_some((
+        Kind::Message {
+            command,
+            subject: (subject, size - 1),
+        },
+        Some(n),
+    ))
+}
+
+impl Side {
+    /// Consumes, from `*at` on, whole messages that join a run: read the light way,
+    /// their control line, payload and `\r\n` all in `bytes`, and `wanted` false
+    /// for their command and subject. Returns the bytes they span. Stops at
+    /// anything else (another op, a message cut by the chunk's end, one a rule may
+    /// want, a line the light way does not know, bytes that are not NATS), which
+    /// [`Side::next`] then reads. This is the loop most relayed messages take:
+    /// nothing is returned per message.
+    fn skim(
+        &mut self,
+        bytes: &[u8],
+        at: &mut usize,
+        server: bool,
+        wanted: impl Fn(&'static str, &[u8]) -> bool,
+    ) -> usize {
+        if self.pending.is_some() || !self.line.is_empty() {
+            return 0;
+        }
+        let from = *at;
+        loop {
+            let rest = &bytes[*at..];
+            let Some(i) = line_end(rest) else { break };
+            let Some((Kind::Message { command, subject }, Some(n))) =
+                light_parse(trim_eol(&rest[..=i]), server)
+            else {
+                break;
+            };
+            let end = i + 1 + n;
+            if rest.len() < end + 2 || &rest[end..end + 2] != b"\r\n" {
+                break;
+            }
+            if wanted(command, &rest[subject.0..subject.1]) {
+                break;
+            }
+            *at += end + 2;
+        }
+        *at - from
     }
 }
 
@@ -637,12 +693,20 @@ impl FieldView for View<'_> {
 
 impl Want {
     /// The fields of a message, when a rule may act on it.
+    #[inline]
     fn fields(&self, command: &'static str, subject: &[u8]) -> Option<Fields> {
         if let Want::None = self {
             return None;
         }
-        // The control line was checked as UTF-8, so its subject is.
-        let subject = std::str::from_utf8(subject).unwrap_or_default();
+        self.wanted(command, subject)
+    }
+
+    fn wanted(&self, command: &'static str, subject: &[u8]) -> Option<Fields> {
+        // Read in full, a control line was checked as UTF-8; read the light way, a
+        // subject that is not is no subject any rule names.
+        let Ok(subject) = std::str::from_utf8(first_word(subject)) else {
+            return None;
+        };
         let wanted = match self {
             Want::Some(interest) => interest(&View { command, subject }),
             _ => true,
@@ -654,6 +718,17 @@ impl Want {
                 ("topic", subject.to_string()),
             ])
         })
+    }
+
+    /// Whether a rule may act on a message (what [`Want::fields`] decides, without
+    /// building the fields).
+    fn wants(&self, command: &'static str, subject: &[u8]) -> bool {
+        match self {
+            Want::All => true,
+            Want::None => false,
+            Want::Some(interest) => std::str::from_utf8(first_word(subject))
+                .is_ok_and(|subject| interest(&View { command, subject })),
+        }
     }
 
     /// Whether runs of messages no rule may act on are reported as one.
@@ -745,21 +820,31 @@ impl Framer for NatsConversation {
         let mut run = Run::default();
         let joins = self.want.joins();
         let mut at = 0;
-        let light = matches!(self.want, Want::None);
-        while let Some((len, op)) = self.client.next(bytes, &mut at, false, light)? {
+        loop {
+            // Without +OKs to account for, publishes of a run are skimmed whole.
+            if joins && !self.verbose {
+                let want = &self.want;
+                let n = self
+                    .client
+                    .skim(bytes, &mut at, false, |c, s| want.wants(c, s));
+                if n > 0 {
+                    run.add(n, 0);
+                }
+            }
+            let Some((len, op)) = self.client.next(bytes, &mut at, false, joins)? else {
+                break;
+            };
             if let Op::Connect { verbose } = op {
                 self.verbose = verbose;
             }
             let okay = self.verbose && !matches!(op, Op::Ping | Op::Pong);
             let replies = usize::from(okay || matches!(op, Op::Ping));
             let req = match op {
-                Op::Message { command, subject } => {
-                    match subject.and_then(|subject| self.want.fields(command, subject)) {
-                        Some(fields) => Some(request(len, fields, true, replies)),
-                        None if joins => None,
-                        None => Some(request(len, Fields::new(), true, replies)),
-                    }
-                }
+                Op::Message { command, subject } => match self.want.fields(command, subject) {
+                    Some(fields) => Some(request(len, fields, true, replies)),
+                    None if joins => None,
+                    None => Some(request(len, Fields::new(), true, replies)),
+                },
                 _ if joins => None,
                 _ => Some(request(len, Fields::new(), false, replies)),
             };
@@ -819,41 +904,49 @@ impl Framer for NatsConversation {
         let mut run = Run::default();
         let joins = self.want.joins();
         let mut at = 0;
-        let light = matches!(self.want, Want::None);
-        while let Some((len, op)) = self.server.next(bytes, &mut at, true, light)? {
-            let mut m = Message {
-                len,
-                fields: Fields::new(),
-                matchable: false,
-                responses: 0,
-                forward: true,
+        loop {
+            // Deliveries of a run are skimmed whole.
+            if joins {
+                let want = &self.want;
+                let n = self
+                    .server
+                    .skim(bytes, &mut at, true, |c, s| want.wants(c, s));
+                if n > 0 {
+                    run.add(n, 0);
+                }
+            }
+            let Some((len, op)) = self.server.next(bytes, &mut at, true, joins)? else {
+                break;
             };
+            let (mut fields, mut matchable, mut responses, mut forward) = (None, false, 0, true);
             match op {
                 Op::Message { command, subject } => {
-                    if let Some(fields) = subject.and_then(|s| self.want.fields(command, s)) {
-                        m.fields = fields;
-                        m.matchable = true;
-                    } else {
-                        m.matchable = !joins;
-                    }
+                    fields = self.want.fields(command, subject);
+                    matchable = fields.is_some() || !joins;
                 }
-                Op::Pong => m.responses = 1,
+                Op::Pong => responses = 1,
                 Op::Ok => {
-                    m.responses = 1;
-                    m.forward = self.okays.pop_front().is_none_or(|(_, f)| f);
+                    responses = 1;
+                    forward = self.okays.pop_front().is_none_or(|(_, f)| f);
                 }
                 _ => {}
             }
-            if joins && !m.matchable && m.forward {
+            if joins && !matchable && forward {
                 // A run ends at a response: an answer may be owed right after it.
-                run.add(m.len, m.responses);
-                if m.responses > 0 {
+                run.add(len, responses);
+                if responses > 0 {
                     out.extend(run.message());
                 }
                 continue;
             }
             out.extend(run.message());
-            out.push(m);
+            out.push(Message {
+                len,
+                fields: fields.unwrap_or_default(),
+                matchable,
+                responses,
+                forward,
+            });
         }
         out.extend(run.message());
         Ok(out)
@@ -969,6 +1062,21 @@ mod tests {
             err,
             b"-ERR 'Permissions Violation for Subscription to \"orders.new\"'\r\n"
         );
+    }
+
+    #[test]
+    fn a_payload_must_end_in_crlf_whatever_the_interest() {
+        let on_ab: Interest = Arc::new(|v: &dyn FieldView| v.field("subject") == Some("a.b"));
+        for interest in [None, Some(&on_ab)] {
+            let mut conv = Nats.conversation();
+            conv.interest(interest);
+            assert!(conv.client(b"PUB x 1\r\na\r\nPUB x 2\r\nhiX\r\n").is_err());
+            let mut conv = Nats.conversation();
+            conv.interest(interest);
+            assert!(conv
+                .server_messages(b"MSG x 1 1\r\na\r\nMSG x 1 2\r\nhi\n\r")
+                .is_err());
+        }
     }
 
     #[test]
@@ -1149,9 +1257,18 @@ mod tests {
         ]
     }
 
-    /// Bytes NATS does not allow, mostly.
+    /// Bytes NATS does not allow, mostly: random ones, and message lines and
+    /// payloads that may not go together.
     fn garbage() -> impl Strategy<Value = Vec<u8>> {
-        prop::collection::vec(any::<u8>(), 0..6)
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..6),
+            Just(b"PUB a.b 3\r\n".to_vec()),
+            Just(b"MSG a.b 1 3\r\n".to_vec()),
+            Just(b"abc\r\n".to_vec()),
+            Just(b"abcd\r\n".to_vec()),
+            Just(b"PUB a.b c d 1\r\nx\r\n".to_vec()),
+            Just(b"MSG a.\xff 1 1\r\nx\r\n".to_vec()),
+        ]
     }
 
     /// Cuts of `n` bytes from `sizes` (each at least 1), the last taking the rest.
@@ -1171,17 +1288,15 @@ mod tests {
 
     /// Whatever the cuts, and whatever interest the relay gives before each chunk
     /// (rules installed and removed mid-stream), the conversation frames exactly
-    /// what it frames with every op reported on its own: each report ends at an op
-    /// boundary; an op a rule may act on is reported alone with its fields (unless
-    /// its control line was read while no rule could act: then its subject is not
-    /// known, and the relay, which has sent that message on in part already, never
-    /// acts on it); a run holds only ops no rule wanted, ends at a response on the
-    /// server's side, and carries their replies; and it goes opaque in the chunk
-    /// holding the byte that makes it so.
-    fn check_modes(server: bool, ops: &[Vec<u8>], sizes: &[usize], modes: &[u8]) {
+    /// what it frames fed a byte at a time under the interest `reference` (`0`:
+    /// every op reported on its own): each report ends at an op boundary; an op a
+    /// rule may act on is reported alone with its fields; a run holds only ops no
+    /// rule wanted, ends at a response on the server's side, and carries their
+    /// replies; and it goes opaque in the chunk holding the byte that makes it so.
+    fn check_modes(server: bool, ops: &[Vec<u8>], sizes: &[usize], modes: &[u8], reference: u8) {
         let bytes = ops.concat();
         let bytewise = vec![1; bytes.len()];
-        let (reference, wrong) = feed(server, &bytes, &bytewise, &[0]);
+        let (reference, wrong) = feed(server, &bytes, &bytewise, &[reference]);
         let chunks = cuts(bytes.len(), sizes);
         let (got, opaque) = feed(server, &bytes, &chunks, modes);
         let chunk_of = |byte: usize| {
@@ -1204,16 +1319,6 @@ mod tests {
                 .find(|&m| m != 0)
                 .unwrap_or(0)
         };
-        // Whether an op's control line was read the light way: whole within one
-        // chunk, while no rule could act.
-        let light = |r: &Seen| {
-            let start = r.end - r.len;
-            let Some(nl) = memchr::memchr(b'\n', &bytes[start..]).map(|i| start + i) else {
-                return false;
-            };
-            let chunk = chunk_of(nl).expect("within the bytes");
-            chunk_of(start) == Some(chunk) && mode_of(chunk) == 1
-        };
         let by_end: std::collections::HashMap<usize, usize> = reference
             .iter()
             .enumerate()
@@ -1228,9 +1333,7 @@ mod tests {
             next = last + 1;
             let mode = mode_of(*chunk);
             let wanted = |r: &Seen| {
-                r.matchable
-                    && (mode == 0 || (mode == 2 && r.fields["subject"] == "a.b"))
-                    && !light(r)
+                r.matchable && (mode == 0 || (mode == 2 && r.fields["subject"] == "a.b"))
             };
             if span.len() == 1 && (s.matchable || !s.forward || mode == 0) {
                 let r = &span[0].1;
@@ -1310,7 +1413,7 @@ mod tests {
             sizes in prop::collection::vec(1usize..48, 1..8),
             modes in prop::collection::vec(0u8..3, 1..6),
         ) {
-            check_modes(false, &ops, &sizes, &modes);
+            check_modes(false, &ops, &sizes, &modes, 0);
         }
 
         #[test]
@@ -1319,35 +1422,44 @@ mod tests {
             sizes in prop::collection::vec(1usize..48, 1..8),
             modes in prop::collection::vec(0u8..3, 1..6),
         ) {
-            check_modes(true, &ops, &sizes, &modes);
+            check_modes(true, &ops, &sizes, &modes, 0);
         }
 
-        /// With garbage, while a rule may act (so every line is read in full).
+        /// With garbage, under one interest throughout: lines are read the same way
+        /// (in full, or as far as framing and matching need) whatever the cuts.
         #[test]
-        fn garbage_goes_opaque_alike_while_rules_come_and_go(
+        fn garbage_is_framed_alike_whatever_the_cuts(
             server in any::<bool>(),
             client in prop::collection::vec(prop_oneof![24 => client_op(), 1 => garbage()], 0..24),
             from_server in prop::collection::vec(prop_oneof![21 => server_op(), 1 => garbage()], 0..24),
             sizes in prop::collection::vec(1usize..48, 1..8),
-            modes in prop::collection::vec(prop_oneof![Just(0u8), Just(2u8)], 1..6),
+            mode in 0u8..3,
         ) {
-            check_modes(server, if server { &from_server } else { &client }, &sizes, &modes);
+            let ops = if server { &from_server } else { &client };
+            check_modes(server, ops, &sizes, &[mode], mode);
         }
     }
 
     #[test]
-    fn while_no_rule_may_act_lines_are_read_only_as_far_as_framing_needs() {
+    fn once_told_the_rules_lines_are_read_only_as_far_as_framing_and_matching_need() {
         // A publish with a word too many: its size frames it, but it is malformed.
-        let script = b"PUB a b c 5\r\nhello\r\nPING\r\n";
+        let script = b"PUB a.b c d 5\r\nhello\r\nPING\r\n";
         let mut full = Nats.conversation();
         assert!(full.client(script).is_err(), "read in full, it goes opaque");
-        let mut light = Nats.conversation();
-        light.interest(None);
-        let reqs = light.client(script).unwrap();
+        let mut none = Nats.conversation();
+        none.interest(None);
+        let reqs = none.client(script).unwrap();
         assert_eq!(reqs.len(), 1);
         assert_eq!((reqs[0].len, reqs[0].replies), (script.len(), 1));
+        let on_ab: Interest = Arc::new(|v: &dyn FieldView| v.field("subject") == Some("a.b"));
+        let mut some = Nats.conversation();
+        some.interest(Some(&on_ab));
+        let reqs = some.client(script).unwrap();
+        assert_eq!(reqs[0].fields["subject"], "a.b");
+        assert_eq!(reqs[0].len, 22);
         // Lines the light way does not know are read in full.
-        assert!(light.client(b"PUB a b\r\n").is_err());
+        assert!(none.client(b"PUB a b\r\n").is_err());
+        assert!(some.client(b"PUB 5\r\n").is_err());
     }
 
     #[test]
@@ -1361,9 +1473,7 @@ mod tests {
         assert_eq!(reqs.len(), 1);
         assert_eq!((reqs[0].len, reqs[0].replies), (22, 1));
         assert!(!reqs[0].matchable);
-        // A rule on a.b arrives while a publish is cut: it completes as part of a
-        // run (its line was read while no rule could act, and it is on its way in
-        // part already); the next publish on a.b is the rule's.
+        // A rule on a.b arrives while a publish is cut: it completes as what it is.
         let on_ab: Interest = Arc::new(|v: &dyn FieldView| v.field("topic") == Some("a.b"));
         conv.interest(Some(&on_ab));
         let reqs = conv
@@ -1375,7 +1485,11 @@ mod tests {
             .collect();
         assert_eq!(
             shape,
-            [(30, false, None), (14, true, Some("a.b".to_string()))]
+            [
+                (18, true, Some("a.b".to_string())),
+                (12, false, None),
+                (14, true, Some("a.b".to_string())),
+            ]
         );
     }
 }
