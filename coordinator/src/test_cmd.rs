@@ -198,10 +198,16 @@ pub fn run(args: TestArgs) -> i32 {
     let show_all = args.show == "all";
     let debug = args.debug;
     let spec_for_emit = spec_arg.clone();
+    let loaded_for_emit = loaded.clone();
     let printer = progress.clone();
     let emit: coordinator::Emit = Box::new(move |r| {
         if r.verdict != Verdict::Pass || show_all {
-            printer.print(&report::human(&spec_for_emit, r, debug));
+            printer.print(&report::human(
+                &spec_for_emit,
+                &loaded_for_emit.spec,
+                r,
+                debug,
+            ));
         }
     });
     let bar = progress.clone();
@@ -264,7 +270,11 @@ pub fn run(args: TestArgs) -> i32 {
             .filter(|(r, _)| r.name == test.name)
         {
             if want_json {
-                results.push(report::TestEntry::Ran(report::test_json(&spec_arg, report)));
+                results.push(report::TestEntry::Ran(report::test_json(
+                    &spec_arg,
+                    &loaded.spec,
+                    report,
+                )));
             }
             entries.push(junit::Entry::Ran { report, executor });
         }
