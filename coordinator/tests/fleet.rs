@@ -134,7 +134,7 @@ fn fleet(dir: &Path, names: &[&str]) {
 }
 
 fn summary(stdout: &str) -> Vec<(String, u64, String)> {
-    common::summary(&serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")))
+    common::summary(&common::results(stdout))
 }
 
 fn no_services_left() {
@@ -186,7 +186,7 @@ fn two_executors_give_the_same_report_as_one_process() {
         remote.stderr
     );
     // Both executors did work.
-    let doc: serde_json::Value = serde_json::from_str(&remote.stdout).unwrap();
+    let doc = common::results_of(&remote);
     assert!(doc["tests"].as_array().unwrap().len() > 4);
 
     // The same normalized trace as in-process, and the second run ships nothing.
