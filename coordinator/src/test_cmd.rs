@@ -482,6 +482,7 @@ async fn run_on_fleet(
     let (coord, coord_handle, done_rx) = coordinator::start(plan, emit, progress).await?;
     interrupt_on_signal(coord.clone());
     let identity = Arc::new(identity);
+    let names = Arc::new(crate::remote::Names::new(&bundle, &loaded.path));
     let shipped = Arc::new((bundle, contents));
     for link in links {
         tokio::spawn(crate::remote::keep(
@@ -490,6 +491,7 @@ async fn run_on_fleet(
             endpoint.clone(),
             identity.clone(),
             shipped.clone(),
+            names.clone(),
         ));
     }
     let finished = done_rx

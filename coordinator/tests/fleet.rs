@@ -188,6 +188,26 @@ fn two_executors_give_the_same_report_as_one_process() {
     // Both executors did work.
     let doc = common::results_of(&remote);
     assert!(doc["tests"].as_array().unwrap().len() > 4);
+    // Executors load the bundle from their own directory, yet reasons, faults and
+    // diagnostics name the spec as it was given here: the same as in-process.
+    let places = |doc: &serde_json::Value| -> Vec<String> {
+        let mut out = Vec::new();
+        for t in doc["tests"].as_array().unwrap() {
+            out.extend(t["reason"].as_str().map(str::to_string));
+            for f in t["faults"].as_array().unwrap() {
+                out.push(format!("{}:{}", f["file"], f["line"]));
+            }
+        }
+        out
+    };
+    let (here, there) = (places(&common::results_of(&local)), places(&doc));
+    assert_eq!(there, here);
+    assert!(
+        here.iter()
+            .any(|p| p.starts_with(&format!("{spec}:11: assert_eq")))
+            && here.contains(&format!("\"{spec}\":11")),
+        "{here:?}"
+    );
 
     // The same normalized trace as in-process, and the second run ships nothing.
     let (a, b) = (s.0.join("remote.norm"), s.0.join("local.norm"));
