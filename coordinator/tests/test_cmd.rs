@@ -678,6 +678,52 @@ fn composition_runs_scenarios_assumptions_and_the_matrix() {
         .map(|f| f["syscall"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["connect", "fsync"]);
+    // One cell run alone: the others are listed as not run here, the excluded one as
+    // excluded, and the assumption's faults name the fault_assumption() line.
+    let one = test_cmd(&[
+        "examples/composition.star",
+        "--test",
+        "matrix_order_flow_disk_full",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    let doc = json(&one);
+    let results: Vec<(&str, &str, &str)> = doc["matrix"]["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["scenario"].as_str().unwrap(),
+                c["fault"].as_str().unwrap(),
+                c["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("order_flow", "inventory_down", "skip"),
+            ("order_flow", "disk_full", "pass"),
+            ("order_flow", "slow_disk", "skip"),
+            ("stock_check", "inventory_down", "skip"),
+            ("stock_check", "disk_full", "excluded"),
+            ("stock_check", "slow_disk", "skip"),
+        ]
+    );
+    let fault = &doc["tests"][0]["faults"][0];
+    let source = std::fs::read_to_string(root().join("examples/composition.star")).unwrap();
+    let line = fault["line"].as_u64().unwrap() as usize;
+    assert_eq!(fault["file"], "examples/composition.star", "{fault}");
+    assert!(
+        source
+            .lines()
+            .nth(line - 1)
+            .unwrap()
+            .contains("fault_assumption(\"disk_full\""),
+        "line {line} of composition.star is not the assumption: {fault}"
+    );
 }
 
 /// The agent loop on the JSON document: a failed run says how it failed, how to
