@@ -25,20 +25,34 @@ const WIDTH: u32 = 1400;
 const HEIGHT: u32 = 900;
 
 /// Runs `faultbox test <spec> --report <out> <extra>` from the workspace root; no
-/// service or scratch directory may outlive it.
+/// service of it, and not its scratch directory, may outlive it.
 fn faultbox_test(spec: &str, out: &Path, extra: &[&str]) -> common::Out {
-    let mut args = vec!["test", spec, "--report", out.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let o = common::faultbox_at(&root(), &args);
+    let child = Command::new(common::faultbox())
+        .current_dir(root())
+        .args(["test", spec, "--report"])
+        .arg(out)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("faultbox runs");
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
     common::wait_processes(
         "report_svc.py",
         |n| n == 0,
         3,
         "report_svc.py still running",
     );
-    let left = common::scratch_leftovers();
-    assert!(left.is_empty(), "{left:?}");
-    o
+    // Its own only: other checkouts' runs on this machine have theirs.
+    let scratch = PathBuf::from(format!("/tmp/faultbox-{pid}"));
+    assert!(!scratch.exists(), "{} left behind", scratch.display());
+    common::Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
 }
 
 /// The JSON the page carries, read from the file as written.
@@ -628,4 +642,58 @@ fn a_trace_of_50000_events_draws_only_what_is_in_view() {
     // Only the faults: the denied writes and the fault rule's start and end.
     let (_, st) = browser.dom(&page, "trace-0/faults");
     assert_eq!(num(&st, "rows"), faulted);
+}
+
+#[test]
+fn an_interrupted_run_still_gives_a_page() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("report-interrupted");
+    let page = s.0.join("report.html");
+    let mut child = Command::new(common::faultbox())
+        .current_dir(root())
+        .args([
+            "test",
+            "coordinator/tests/specs/report/burst.star",
+            "--report",
+        ])
+        .arg(&page)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Interrupted while its service makes its 50,000 calls.
+    common::wait_processes("report_svc.py", |n| n > 0, 20, "the service never started");
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) takes plain integers; the pid is our own child's, not yet reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("faultbox did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(130));
+    common::wait_processes(
+        "report_svc.py",
+        |n| n == 0,
+        3,
+        "report_svc.py still running",
+    );
+    let data = page_data(&std::fs::read_to_string(&page).unwrap());
+    assert!(
+        data["aborted"].as_str().unwrap().starts_with("interrupted"),
+        "{}",
+        data["aborted"]
+    );
+    let (dom, _) = Browser::new().dom(&page, "");
+    assert!(dom.contains(r#"<span id="verdict" class="fail">no results</span>"#));
 }
