@@ -644,43 +644,62 @@ fn a_trace_of_50000_events_draws_only_what_is_in_view() {
     assert_eq!(num(&st, "rows"), faulted);
 }
 
+/// A `faultbox` run that a test interrupts; on drop, one still running is interrupted
+/// (so it stops its services) and, if that does not end it, killed.
+struct Interruptible(std::process::Child);
+
+impl Interruptible {
+    /// Sends SIGINT and waits up to 30 s for the exit code.
+    fn interrupt(&mut self) -> Option<Option<i32>> {
+        // SAFETY: kill(2) takes plain integers; the pid is our own child's, which is
+        // not reaped before `try_wait` sees it exit.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.0.try_wait() {
+                return Some(st.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Interruptible {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) && self.interrupt().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn an_interrupted_run_still_gives_a_page() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scratch::new("report-interrupted");
     let page = s.0.join("report.html");
-    let mut child = Command::new(common::faultbox())
-        .current_dir(root())
-        .args([
-            "test",
-            "coordinator/tests/specs/report/burst.star",
-            "--report",
-        ])
-        .arg(&page)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = Interruptible(
+        Command::new(common::faultbox())
+            .current_dir(root())
+            .args([
+                "test",
+                "coordinator/tests/specs/report/burst.star",
+                "--report",
+            ])
+            .arg(&page)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Interrupted while its service makes its 50,000 calls.
     common::wait_processes("report_svc.py", |n| n > 0, 20, "the service never started");
     std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: kill(2) takes plain integers; the pid is our own child's, not yet reaped.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("faultbox did not stop after SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = run.interrupt().expect("faultbox stops after SIGINT");
     assert_eq!(code, Some(130));
     common::wait_processes(
         "report_svc.py",
