@@ -556,6 +556,11 @@ fn no_tests_and_specs_that_do_not_load_still_give_a_page() {
     assert!(dom.contains("The spec has no tests to run."));
     let (_, st) = browser.dom(&page, "trace");
     assert_eq!(st["tab"], "trace");
+    // Every time: nothing to run once raced the executor's start and exited 1.
+    for _ in 0..20 {
+        let o = faultbox_test("coordinator/tests/specs/report/empty.star", &page, &[]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+    }
 
     // An unknown name on line 3: exit 1 as without --report, and a page naming it.
     let spec = s.0.join("spec.star");
