@@ -162,6 +162,11 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILE")]
     pub junit: Option<std::path::PathBuf>,
 
+    /// Also writes an HTML report: the summary, the fault matrix, every run and its
+    /// trace as a space-time diagram, in one file that needs no network to open.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+
     /// Runs the jobs on these executors instead of in this process:
     /// `HOST:PORT[,HOST:PORT...]`, or `@FILE` with one address a line.
     #[arg(long, value_name = "ADDRS", requires = "fleet")]

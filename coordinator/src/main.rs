@@ -9,6 +9,7 @@ mod diagnostics;
 mod diff;
 mod fleet_cmd;
 mod generate;
+mod html_report;
 mod init;
 mod junit;
 mod logging;
