@@ -121,6 +121,11 @@ fn scenario(name: &str) {
         stdout.contains(&format!("{name}: ok")),
         "{stdout}\n{stderr}"
     );
+    // The SDK passes the servers' stderr on: whatever the input, no server panicked.
+    assert!(
+        !stderr.contains("panicked"),
+        "{name}: a server panicked:\n{stderr}"
+    );
     // What the scenario measured (shown with --nocapture).
     eprint!("{stdout}");
 }
