@@ -220,7 +220,17 @@ pub fn run(args: TestArgs) -> i32 {
         }
     });
     let bar = progress.clone();
-    let on_progress: coordinator::OnProgress = Box::new(move |c| bar.update(c));
+    let mut lines = match args.progress_fd.map(crate::mcp::progress::Lines::from_fd) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => return error(format!("--progress-fd: {e}")),
+    };
+    let on_progress: coordinator::OnProgress = Box::new(move |c| {
+        bar.update(c);
+        if let Some(l) = &mut lines {
+            l.update(c);
+        }
+    });
     let finished = match remote {
         // Nothing to run (no tests, or none in this shard): starting an executor for
         // a coordinator that is done at once only races its shutdown.
