@@ -4,6 +4,8 @@
 set -euo pipefail
 
 packages=(libseccomp-dev pkg-config gcc make python3 strace util-linux bsdutils procps iproute2 logrotate)
+# The HTML report's tests open it in headless Chromium; a font gives its screenshots text.
+packages+=(chromium fonts-dejavu-core)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -91,6 +91,9 @@ pub enum Command {
     Fleet(FleetCommand),
     /// Serve jobs to the fleet's coordinators over QUIC.
     Executor(ExecutorArgs),
+    /// Serve the Model Context Protocol on stdin/stdout for LLM agents: run, list,
+    /// check and generate tests as MCP tools (nothing but protocol goes to stdout).
+    Mcp,
     /// Compare two normalized traces (exit 0 identical, 2 different).
     Diff {
         #[arg(value_name = "A")]
@@ -162,6 +165,11 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILE")]
     pub junit: Option<std::path::PathBuf>,
 
+    /// Also writes an HTML report: the summary, the fault matrix, every run and its
+    /// trace as a space-time diagram, in one file that needs no network to open.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+
     /// Runs the jobs on these executors instead of in this process:
     /// `HOST:PORT[,HOST:PORT...]`, or `@FILE` with one address a line.
     #[arg(long, value_name = "ADDRS", requires = "fleet")]
@@ -187,6 +195,11 @@ pub struct TestArgs {
     /// Debug logging: every intercepted syscall, service lifecycle, return values.
     #[arg(long)]
     pub debug: bool,
+
+    /// Writes a JSON line per finished run (`{"done","total","failed"}`) to this
+    /// inherited file descriptor: how `faultbox mcp` follows the runs it starts.
+    #[arg(long, value_name = "FD", hide = true)]
+    pub progress_fd: Option<i32>,
 }
 
 /// A test time limit: a duration such as `90s` or `5m`, more than 0 and at most a day.

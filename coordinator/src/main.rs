@@ -9,9 +9,11 @@ mod diagnostics;
 mod diff;
 mod fleet_cmd;
 mod generate;
+mod html_report;
 mod init;
 mod junit;
 mod logging;
+mod mcp;
 mod normalize;
 mod output;
 mod partition;
@@ -49,6 +51,7 @@ fn main() {
         cli::Command::Test(args) => test_cmd::run(*args),
         cli::Command::Check { spec, format } => check::run(&spec, format.as_deref()),
         cli::Command::Diff { a, b } => diff::run(&a, &b),
+        cli::Command::Mcp => mcp::run(),
         cli::Command::Fleet(cmd) => fleet_cmd::fleet(cmd),
         cli::Command::Executor(args) => fleet_cmd::executor(args),
         cli::Command::Init {

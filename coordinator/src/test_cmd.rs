@@ -35,12 +35,26 @@ fn error(msg: impl std::fmt::Display) -> i32 {
     EXIT_ERROR
 }
 
+/// Reports an error that leaves the run without results; with `--report`, the page
+/// says so too, since whoever opens it expects one.
+fn aborted(args: &TestArgs, msg: impl std::fmt::Display, code: i32) -> i32 {
+    let msg = msg.to_string();
+    eprintln!("faultbox: error: {msg}");
+    if let Some(path) = &args.report {
+        let spec = args.spec.display().to_string();
+        if let Err(e) = crate::html_report::write_aborted(path, &spec, &msg) {
+            eprintln!("faultbox: error: --report {}: {e}", path.display());
+        }
+    }
+    code
+}
+
 pub fn run(args: TestArgs) -> i32 {
     // What runs of this host that were killed outright left behind.
     faultbox_executor::sandbox::scratch::sweep();
     let loaded = match faultbox_spec::load(&args.spec) {
         Ok(l) => l,
-        Err(e) => return error(e),
+        Err(e) => return aborted(&args, e, EXIT_ERROR),
     };
     let spec_arg = args.spec.display().to_string();
     let mut tests = loaded.spec.tests.clone();
@@ -88,7 +102,8 @@ pub fn run(args: TestArgs) -> i32 {
             program::resolve(svc).map(drop)
         };
         if let Err(e) = found {
-            return error(format!("{}: service {:?}: {e}", svc.declared_at, svc.name));
+            let msg = format!("{}: service {:?}: {e}", svc.declared_at, svc.name);
+            return aborted(&args, msg, EXIT_ERROR);
         }
         // A container without a filter cannot take a fault or trace: refuse, rather
         // than run a test whose faults are silently inert.
@@ -211,8 +226,21 @@ pub fn run(args: TestArgs) -> i32 {
         }
     });
     let bar = progress.clone();
-    let on_progress: coordinator::OnProgress = Box::new(move |c| bar.update(c));
+    let mut lines = match args.progress_fd.map(crate::mcp::progress::Lines::from_fd) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => return error(format!("--progress-fd: {e}")),
+    };
+    let on_progress: coordinator::OnProgress = Box::new(move |c| {
+        bar.update(c);
+        if let Some(l) = &mut lines {
+            l.update(c);
+        }
+    });
     let finished = match remote {
+        // Nothing to run (no tests, or none in this shard): starting an executor for
+        // a coordinator that is done at once only races its shutdown.
+        _ if plan.tests.is_empty() => Ok(Finished::Reports(Vec::new())),
         None => runtime.block_on(run_in_process(
             plan,
             (emit, on_progress),
@@ -232,16 +260,19 @@ pub fn run(args: TestArgs) -> i32 {
     progress.finish();
     let ran = match finished {
         Ok(Finished::Reports(r)) => r,
-        Ok(Finished::Error(e)) => return error(e),
-        Ok(Finished::NoExecutor(e)) => {
-            eprintln!("faultbox: error: {e}");
-            return EXIT_NO_EXECUTOR;
-        }
+        Ok(Finished::Error(e)) => return aborted(&args, e, EXIT_ERROR),
+        Ok(Finished::NoExecutor(e)) => return aborted(&args, e, EXIT_NO_EXECUTOR),
         Ok(Finished::Interrupted) => {
             eprintln!("faultbox: interrupted: the running jobs were cancelled");
+            if let Some(path) = &args.report {
+                let why = "interrupted: the running jobs were cancelled";
+                if let Err(e) = crate::html_report::write_aborted(path, &spec_arg, why) {
+                    eprintln!("faultbox: error: --report {}: {e}", path.display());
+                }
+            }
             return EXIT_INTERRUPTED;
         }
-        Err(e) => return error(e),
+        Err(e) => return aborted(&args, e, EXIT_ERROR),
     };
     let shard = args.partition.map(|p| p.to_string()).unwrap_or_default();
     let skip_reason = |_: &str| format!("outside shard {shard}");
@@ -305,6 +336,8 @@ pub fn run(args: TestArgs) -> i32 {
     if let Some(m) = matrix_json {
         head["matrix"] = m;
     }
+    // The HTML report shows the summary too; the JSON document takes `head`.
+    let html_head = args.report.is_some().then(|| head.clone());
     let doc = if want_json {
         let doc = report::Document {
             head,
@@ -349,6 +382,24 @@ pub fn run(args: TestArgs) -> i32 {
     if let Some(path) = &args.output {
         if let Err(e) = std::fs::write(path, format!("{doc}\n")) {
             return error(format!("--output {}: {e}", path.display()));
+        }
+    }
+    if let (Some(path), Some(head)) = (&args.report, &html_head) {
+        let run = crate::html_report::Run {
+            spec: &spec_arg,
+            duration_ms: head["duration_ms"].as_u64().unwrap_or(0),
+            matrix: head.get("matrix"),
+            services: loaded
+                .spec
+                .services
+                .iter()
+                .map(|s| s.name.clone())
+                .collect(),
+            model: &loaded.spec,
+            entries: &entries,
+        };
+        if let Err(e) = crate::html_report::write(path, &run) {
+            return error(format!("--report {}: {e}", path.display()));
         }
     }
     if failed > 0 {

@@ -162,6 +162,7 @@ fn two_executors_give_the_same_report_as_one_process() {
     let executors = format!("{},{}", e1.addr, e2.addr);
     let fleet_dir = dir.to_str().unwrap();
     let spec = "coordinator/tests/specs/seeds.star";
+    let page = s.0.join("report.html");
     let remote = faultbox_cmd(&[
         "test",
         spec,
@@ -173,6 +174,8 @@ fn two_executors_give_the_same_report_as_one_process() {
         &executors,
         "--fleet",
         fleet_dir,
+        "--report",
+        page.to_str().unwrap(),
     ]);
     let local = faultbox_cmd(&["test", spec, "--runs", "12", "--format", "json"]);
     assert_eq!(remote.code, 2, "{}", remote.stderr);
@@ -207,6 +210,31 @@ fn two_executors_give_the_same_report_as_one_process() {
             .any(|p| p.starts_with(&format!("{spec}:11: assert_eq")))
             && here.contains(&format!("\"{spec}\":11")),
         "{here:?}"
+    );
+    // The HTML report of a fleet run has every run, each with the executor it ran on.
+    let html = std::fs::read_to_string(&page).unwrap();
+    let open = r#"<script type="application/json" id="fb-data">"#;
+    let data = &html[html.find(open).unwrap() + open.len()..];
+    let data: serde_json::Value =
+        serde_json::from_str(&data[..data.find("</script>").unwrap()]).unwrap();
+    assert_eq!(
+        data["runs"].as_array().unwrap().len(),
+        doc["tests"].as_array().unwrap().len()
+    );
+    let ran_on: std::collections::BTreeSet<&str> = data["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["executor"].as_str().unwrap())
+        .collect();
+    assert!(
+        ran_on.iter().all(|e| ["e1", "e2"].contains(e)),
+        "{ran_on:?}"
+    );
+    assert_eq!(
+        data["executors"],
+        serde_json::json!(ran_on),
+        "the summary names them"
     );
 
     // The same normalized trace as in-process, and the second run ships nothing.

@@ -412,8 +412,14 @@ pub fn scratch_leftovers() -> Vec<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| {
+            // `faultbox-PID`: a run's scratch is a leak once its process is gone (a
+            // live one belongs to a run still going, here or in another test).
             n.strip_prefix("faultbox-")
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+                .and_then(|rest| {
+                    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+                    digits.parse::<u32>().ok()
+                })
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
         })
         .collect()
 }

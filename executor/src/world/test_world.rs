@@ -1078,11 +1078,17 @@ impl TestWorld {
     }
 
     fn pending_running(&self) -> bool {
+        self.pending_in_flight() > 0
+    }
+
+    /// How many steps started by parallel() branches are still waiting for an answer.
+    fn pending_in_flight(&self) -> usize {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .any(|p| matches!(p, Pending::Running { task, .. } if !task.is_finished()))
+            .filter(|p| matches!(p, Pending::Running { task, .. } if !task.is_finished()))
+            .count()
     }
 
     /// Records a change in `service`'s life: `started`, `ready` or `stopped`. Its type
@@ -1474,6 +1480,7 @@ impl World for TestWorld {
 
     fn parallel_release(&self) -> Result<(), WorldError> {
         const IDLE: std::time::Duration = std::time::Duration::from_millis(20);
+        const FIRST_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
         let limit = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let roots: Vec<i32> = self
             .services
@@ -1494,12 +1501,26 @@ impl World for TestWorld {
         // threads that join later rank below, oldest first.
         let mut ranking: Vec<(String, i32)> = Vec::new();
         let mut first = true;
+        let mut first_seen: Option<std::time::Instant> = None;
         loop {
             let mut held = self.scheduler.settle(IDLE, limit, &busy);
             if held.is_empty() {
                 if !self.pending_running() || std::time::Instant::now() >= limit {
                     break;
                 }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                continue;
+            }
+            // The first batch fixes the ranking, so it waits a little for steps whose
+            // request has not reached a service yet: on a loaded machine a branch's send
+            // can trail the other's held call by more than IDLE.
+            if first
+                && held.len() < self.pending_in_flight()
+                && first_seen
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    < FIRST_BATCH
+            {
                 std::thread::sleep(std::time::Duration::from_millis(2));
                 continue;
             }
