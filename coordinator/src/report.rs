@@ -131,6 +131,8 @@ pub fn test_json<'a>(spec_arg: &str, spec: &Spec, r: &'a TestReport) -> TestJson
         "result": if r.verdict == Verdict::Pass { "pass" } else { "fail" },
         "seed": r.seed,
         "duration_ms": r.duration.as_millis() as u64,
+        // On every run, not just failed ones: a passing seed is worth re-running too.
+        "replay_command": replay_command(spec_arg, &r.name, r.seed),
         "faults": faults,
         "syscall_summary": syscall_summary(r),
         "diagnostics": crate::diagnostics::diagnose(r, spec).iter().map(|d| d.to_json()).collect::<Vec<_>>(),
@@ -147,8 +149,8 @@ pub fn test_json<'a>(spec_arg: &str, spec: &Spec, r: &'a TestReport) -> TestJson
             "stop": ms(r.timings.stop),
         },
     });
-    // As in the reference's example: a failed run carries why, how it failed and the
-    // command that replays it; a passing one none of the three.
+    // As in the reference's example: a failed run carries why and how it failed; a
+    // passing one neither.
     if let Verdict::Fail {
         reason,
         failure_type: kind,
@@ -156,7 +158,6 @@ pub fn test_json<'a>(spec_arg: &str, spec: &Spec, r: &'a TestReport) -> TestJson
     {
         head["reason"] = json!(reason);
         head["failure_type"] = json!(failure_type(kind));
-        head["replay_command"] = json!(replay_command(spec_arg, &r.name, r.seed));
     }
     // "when non-None": the value as JSON, or its repr() from an executor that sent none.
     match (&r.return_json, &r.return_value) {

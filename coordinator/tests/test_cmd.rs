@@ -109,12 +109,13 @@ fn the_example_spec_passes() {
         "syscall_summary",
         "diagnostics",
         "events",
+        "replay_command",
     ] {
         assert!(happy.get(key).is_some(), "{key} missing");
     }
-    // As in the reference's example, a passing run has no reason, failure type or
-    // replay command, and no return value when it returned None.
-    for key in ["reason", "failure_type", "replay_command", "return_value"] {
+    // As in the reference's example, a passing run has no reason or failure type, and
+    // no return value when it returned None.
+    for key in ["reason", "failure_type", "return_value"] {
         assert!(happy.get(key).is_none(), "{key} on a passing run: {happy}");
     }
     let window = tests
@@ -822,9 +823,13 @@ def test_nothing():
                                      "remaining": 99}}),
         "{returns}"
     );
-    for key in ["reason", "failure_type", "replay_command"] {
+    for key in ["reason", "failure_type"] {
         assert!(returns.get(key).is_none(), "{key}: {returns}");
     }
+    assert_eq!(
+        returns["replay_command"],
+        format!("faultbox test {spec} --test returns --seed 0")
+    );
     let nothing = find(&doc, "test_nothing");
     let d = &nothing["diagnostics"][0];
     assert_eq!(d["code"], "TEST_NO_ASSERTIONS", "{nothing}");
@@ -872,9 +877,9 @@ def test_nothing():
             Box::new(move |d| d["tests"][failed]["failure_type"] = "monitor_violation".into()),
         ),
         (
-            "a failed run without its replay command",
+            "a run without its replay command",
             Box::new(move |d| {
-                d["tests"][failed]
+                d["tests"][passed]
                     .as_object_mut()
                     .unwrap()
                     .remove("replay_command");
