@@ -315,7 +315,7 @@ async fn act(ctx: &Ctx, rule: &Active, fields: Fields, req: Request<Incoming>) -
         ProxyAction::Delay(d) => {
             detail.insert("delay_ms".into(), d.as_millis().to_string());
             fire("delay", detail);
-            tokio::time::sleep(*d).await;
+            crate::engine::timer::sleep(*d).await;
             return forward(ctx, req).await;
         }
         ProxyAction::Duplicate => {
