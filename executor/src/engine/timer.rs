@@ -10,16 +10,17 @@
 //! oneshot from this thread.
 //!
 //! Waking from a long idle is slow on virtual machines (here ~10 µs after 100 µs of
-//! idle, 50–75 µs after 10 ms), so a wait of 2 ms or more is armed early by the
-//! wake-up latency seen lately and the rest is spun: at most 200 µs, ~30–50 µs here.
+//! idle, 50–75 µs after 10 ms), so a wait of 2 ms or more is armed early by 1.5× the
+//! wake-up latency seen lately (at most 200 µs) and the rest is spun.
 //!
 //! One timer serves the whole process ([`Timer::process`]): one thread whatever the
 //! number of services, slots and runs, and relays, which belong to no supervisor,
 //! use the same one. Measured against a timer per supervisor (`timer_bench`), waits
-//! end as late either way with 1, 4 or 16 supervisors; a thread per supervisor would
-//! add its start and stop (35–100 µs here) to every service of every run.
+//! end as late with one supervisor, mostly within a few µs with 4, and up to ~15 µs
+//! later with 16 at once (one thread wakes them in turn); a thread per supervisor
+//! would add its start and stop (35–190 µs here) to every service of every run.
 //!
-//! A binary heap is enough: adding a deadline costs 0.2–0.3 µs with 1,000 or 100,000
+//! A binary heap is enough: adding a deadline costs 0.2–0.4 µs with 1,000 or 100,000
 //! others pending, against a budget of 50 µs per delay.
 
 use std::cmp::Ordering as CmpOrdering;
