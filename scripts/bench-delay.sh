@@ -101,7 +101,8 @@ if [[ -z $before_bin ]]; then
         echo "$commit" >"$src/.commit"
     fi
     # The harness is this tree's: it only drives the relays through their public API.
-    cp executor/examples/relay_bench.rs "$src/executor/examples/relay_bench.rs"
+    cmp -s executor/examples/relay_bench.rs "$src/executor/examples/relay_bench.rs" ||
+        cp executor/examples/relay_bench.rs "$src/executor/examples/relay_bench.rs"
     log "building $before_ref (release) in $work/before-target"
     (cd "$src" && CARGO_TARGET_DIR=$work/before-target cargo build --release \
         -p faultbox-coordinator -p faultbox-shim >&2 &&
@@ -207,15 +208,17 @@ ns_per_call() {
 }
 
 floor_round() {
-    local side v
-    v=$(ns_per_call "$build/minsup" --mode continue --recv blocking --sync-wakeup 1 getppid \
+    local side v c
+    c=$(ns_per_call "$build/minsup" --mode continue --recv blocking --sync-wakeup 1 getppid \
         -- "$build/loop" getppid "$floor_iters")
-    record floor/c "$v"
-    log "  C continue: $v ns/call"
+    record floor/c "$c"
+    log "  C continue: $c ns/call"
     for side in "${sides[@]}"; do
         v=$(ns_per_call "${bin[$side]}/faultbox" run --log-format=json --fault "getppid=EPERM:0%" \
             -- "$build/loop" getppid "$floor_iters")
         record "floor/$side" "$v"
+        # The same round's ratio: drift between rounds cancels out.
+        record "floor/$side/ratio" "$(awk "BEGIN { printf \"%.3f\", $v / $c }")"
         log "  $side faultbox continue: $v ns/call"
     done
 }
@@ -299,6 +302,7 @@ relay_round() {
 
 # --- rounds -------------------------------------------------------------------------
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 section relay && start_relays
 for ((r = 1; r <= rounds; r++)); do
     log "round $r/$rounds"
@@ -309,14 +313,14 @@ done
 
 # --- report -------------------------------------------------------------------------
 
-# med KEY: the median over rounds.
+# med KEY [DECIMALS]: the median over rounds (one decimal unless told).
 med() {
-    tr ' ' '\n' <<<"${samples[$1]:-}" | grep -v '^$' | sort -g | awk '
+    tr ' ' '\n' <<<"${samples[$1]:-}" | grep -v '^$' | sort -g | awk -v p="${2:-1}" '
         { a[NR] = $1 }
         END {
             if (NR == 0) { print "n/a"; exit }
             m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
-            printf "%.1f\n", m
+            printf "%.*f\n", p, m
         }'
 }
 calc() { awk "BEGIN { printf \"%.${2:-1}f\", $1 }"; }
@@ -328,6 +332,7 @@ report() {
     echo
     echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) · Linux $(uname -r) $(uname -m) · $(nproc) CPUs${cpu:+ · $cpu}"
     echo "· $rounds interleaved round(s), medians over rounds$([[ $quick == 1 ]] && echo " · QUICK (a tenth of the calls)")"
+    echo "· load average $load_start at the start, $load_end at the end"
     echo
     local d side
     if section syscall; then
@@ -363,11 +368,11 @@ report() {
         c=$(med floor/c); b=$(med floor/before); a=$(med floor/after)
         echo "### Undelayed calls against the C floor (\`loop getppid $floor_iters\`)"
         echo
-        echo "| configuration | ns/call | × C floor |"
-        echo "|---|---:|---:|"
-        echo "| C continue, blocking recv + SYNC_WAKE_UP (minsup) | $c | 1.00 |"
-        echo "| faultbox continue (getppid=EPERM:0%), before | $b | $(calc "$b / $c" 2) |"
-        echo "| faultbox continue (getppid=EPERM:0%), after | $a | $(calc "$a / $c" 2) |"
+        echo "| configuration | ns/call | × C floor | × C floor, median of the rounds' ratios |"
+        echo "|---|---:|---:|---:|"
+        echo "| C continue, blocking recv + SYNC_WAKE_UP (minsup) | $c | 1.00 | 1.00 |"
+        echo "| faultbox continue (getppid=EPERM:0%), before | $b | $(calc "$b / $c" 2) | $(med floor/before/ratio 2) |"
+        echo "| faultbox continue (getppid=EPERM:0%), after | $a | $(calc "$a / $c" 2) | $(med floor/after/ratio 2) |"
         echo
     fi
     if section relay; then
@@ -403,6 +408,7 @@ report() {
     fi
 }
 
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 report_text=$(report)
 echo "$report_text"
 if [[ -n $out_file ]]; then
