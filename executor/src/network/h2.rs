@@ -32,11 +32,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, TE};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use faultbox_protocols::{Answer, Fields};
+use faultbox_protocols::{Answer, FieldView, Fields};
 use faultbox_spec::world::ProxyAction;
 
 use super::plan::Edge;
@@ -213,9 +213,10 @@ pub async fn relay(
 
 /// One call, from the consumer's request to the end of both of its streams.
 async fn call(ctx: &Ctx, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
-    let Some((rule, fields)) = decide(ctx, &req) else {
+    let Some(rule) = decide(ctx, &req) else {
         return forward(ctx, req, respond).await;
     };
+    let fields = fields(ctx.kind, req.method(), req.uri());
     let action = unless_reset(&mut respond, act(ctx, &rule, fields)).await;
     match action {
         // The consumer gave up on the call while it was held.
@@ -226,9 +227,10 @@ async fn call(ctx: &Ctx, req: Request<RecvStream>, mut respond: SendResponse<Byt
     }
 }
 
-/// The rule that acts on `req`, if any, with the request's match fields: one
-/// atomic load while the edge's rules did not change.
-fn decide(ctx: &Ctx, req: &Request<RecvStream>) -> Option<(Arc<Active>, Fields)> {
+/// The rule that acts on `req`, if any: one atomic load while the edge's rules did
+/// not change, and the request's keys read in place (nothing is copied out of a
+/// call no rule acts on).
+fn decide(ctx: &Ctx, req: &Request<RecvStream>) -> Option<Arc<Active>> {
     let edge = (
         ctx.edge.consumer.as_str(),
         ctx.edge.service.as_str(),
@@ -241,26 +243,54 @@ fn decide(ctx: &Ctx, req: &Request<RecvStream>) -> Option<(Arc<Active>, Fields)>
     if rules.is_empty() {
         return None;
     }
-    let fields = fields(ctx.kind, req);
-    ctx.rules
-        .decide(edge, rules, &fields)
-        .map(|rule| (rule, fields))
+    let keys = Keys::of(ctx.kind, req.method(), req.uri());
+    ctx.rules.decide(edge, rules, &keys)
 }
 
-/// The match fields of a request.
-fn fields(kind: Kind, req: &Request<RecvStream>) -> Fields {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+/// A request's match keys, borrowed from it: what [`fields`] would hold.
+struct Keys<'a> {
+    kind: Kind,
+    method: &'a str,
+    path: &'a str,
+    /// The path without its query, for `path=`.
+    bare: &'a str,
+}
+
+impl<'a> Keys<'a> {
+    fn of(kind: Kind, method: &'a Method, uri: &'a Uri) -> Keys<'a> {
+        Keys {
+            kind,
+            method: method.as_str(),
+            path: uri.path(),
+            bare: faultbox_protocols::http2::bare_path(path_and_query(uri)),
+        }
+    }
+}
+
+impl FieldView for Keys<'_> {
+    fn field(&self, key: &str) -> Option<&str> {
+        match (self.kind, key) {
+            (Kind::Grpc, "method") => Some(self.path),
+            (Kind::Http, "method") => Some(self.method),
+            (Kind::Http, "path") => Some(self.bare),
+            _ => None,
+        }
+    }
+}
+
+fn path_and_query(uri: &Uri) -> &str {
+    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+}
+
+/// The match fields of a request, for the trace of a rule that fired.
+fn fields(kind: Kind, method: &Method, uri: &Uri) -> Fields {
     match kind {
         Kind::Grpc => {
             let mut f = Fields::new();
-            f.insert("method", req.uri().path().to_string());
+            f.insert("method", uri.path().to_string());
             f
         }
-        Kind::Http => faultbox_protocols::http2::fields(req.method().as_str(), path),
+        Kind::Http => faultbox_protocols::http2::fields(method.as_str(), path_and_query(uri)),
     }
 }
 
@@ -856,6 +886,35 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), f)
             .await
             .expect("within 5 s")
+    }
+
+    /// Rules match the keys read in place exactly as they would the fields a fired
+    /// rule reports.
+    #[test]
+    fn keys_read_in_place_are_the_fields() {
+        let uris = [
+            "http://api/echo.E/Say",
+            "http://api/echo.E/Say?x=1",
+            "/a/b?q=1#f",
+            "http://api",
+            "*",
+        ];
+        for kind in [Kind::Grpc, Kind::Http] {
+            for method in [Method::POST, Method::GET] {
+                for uri in uris {
+                    let uri: Uri = uri.parse().unwrap();
+                    let keys = Keys::of(kind, &method, &uri);
+                    let fields = fields(kind, &method, &uri);
+                    for key in ["method", "path", "query", "topic"] {
+                        assert_eq!(
+                            keys.field(key),
+                            fields.get(key).map(String::as_str),
+                            "{kind:?} {method} {uri} {key}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[tokio::test]
