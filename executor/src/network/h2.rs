@@ -24,7 +24,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -109,6 +109,87 @@ const WINDOW: u32 = 1 << 20;
 /// had when it was built on hyper).
 const MAX_HEADER_LIST: u32 = 16 << 10;
 
+/// Passes of the connection's loop one poll may make before it lets the scheduler
+/// run other tasks.
+const MAX_PASSES: usize = 8;
+
+/// The waker a connection's loop polls everything with. h2 wakes the connection's
+/// task whenever a call queues a frame, and a call whenever its connection reads
+/// a frame for it: wakes that happen while the loop is running, so a plain waker
+/// would have the task scheduled again right after each poll, and tokio's
+/// scheduler, seeing a task woken by itself, rouses the other worker to steal it
+/// (a cross-CPU wake-up, several context switches per call). This waker notes
+/// such a wake and the loop makes another pass instead; a wake that comes while
+/// the loop is not running (the sockets' readiness) wakes the task.
+#[derive(Default)]
+struct Passes {
+    /// IDLE, POLLING, or WOKEN (polling, and woken since the pass began).
+    state: std::sync::atomic::AtomicU8,
+    task: futures_util::task::AtomicWaker,
+}
+
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+impl Passes {
+    fn enter(&self, task: &Waker) {
+        self.task.register(task);
+        self.state.store(POLLING, Ordering::SeqCst);
+    }
+
+    /// Whether the loop may wait: nothing woke it during this pass. If something
+    /// did, the next pass begins.
+    fn done(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(POLLING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(_) => {
+                self.state.store(POLLING, Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
+    fn leave<T>(&self, out: Poll<T>) -> Poll<T> {
+        self.state.store(IDLE, Ordering::SeqCst);
+        out
+    }
+
+    fn yield_now<T>(&self) -> Poll<T> {
+        self.state.store(IDLE, Ordering::SeqCst);
+        self.task.wake();
+        Poll::Pending
+    }
+}
+
+impl std::task::Wake for Passes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut now = self.state.load(Ordering::SeqCst);
+        loop {
+            match now {
+                WOKEN => return,
+                POLLING => match self.state.compare_exchange(
+                    POLLING,
+                    WOKEN,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
+                    Ok(_) => return,
+                    Err(was) => now = was,
+                },
+                _ => return self.task.wake(),
+            }
+        }
+    }
+}
+
 /// Serves `client` (which starts with the HTTP/2 preface) and forwards its requests
 /// to `server`; returns the bytes read from and written to the client.
 pub async fn relay(
@@ -160,42 +241,63 @@ pub async fn relay(
     let mut accepting = true;
     let mut service_done = false;
     // One loop polls, in the order a call's bytes travel, the consumer's connection
-    // (new calls, its frames in and out), the calls, and the service's connection.
-    let result = poll_fn(|cx| loop {
-        while accepting {
-            match consumer.poll_accept(cx) {
-                Poll::Ready(Some(Ok((req, respond)))) => calls.push(call(&ctx, req, respond)),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(H2Error::Consumer(e))),
-                Poll::Ready(None) => accepting = false,
-                Poll::Pending => break,
-            }
-        }
-        if !accepting {
-            // No more calls: the connection ends once those in flight have.
-            if let Poll::Ready(r) = consumer.poll_closed(cx) {
-                return Poll::Ready(r.map_err(H2Error::Consumer));
-            }
-        }
-        while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {}
-        if ctx.dropped.load(Ordering::Relaxed) {
-            return Poll::Ready(Err(H2Error::Dropped));
-        }
-        if !service_done {
-            match service_conn.as_mut().poll(cx) {
-                Poll::Pending => {}
-                // The service said goodbye: so does the relay, letting calls in
-                // flight end as they can.
-                Poll::Ready(Ok(())) => {
-                    service_done = true;
-                    consumer.graceful_shutdown();
-                    continue;
+    // (new calls, its frames in and out), the calls, and the service's connection;
+    // what one of them wakes in another during the pass is polled by the next pass
+    // of the same poll (see [`Passes`]).
+    let passes = Arc::new(Passes::default());
+    let own = Waker::from(passes.clone());
+    let result = poll_fn(|cx| {
+        passes.enter(cx.waker());
+        let cx = &mut Context::from_waker(&own);
+        for _ in 0..MAX_PASSES {
+            'pass: {
+                while accepting {
+                    match consumer.poll_accept(cx) {
+                        Poll::Ready(Some(Ok((req, respond)))) => {
+                            calls.push(call(&ctx, req, respond))
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            return passes.leave(Poll::Ready(Err(H2Error::Consumer(e))))
+                        }
+                        Poll::Ready(None) => accepting = false,
+                        Poll::Pending => break,
+                    }
                 }
-                // The service vanished: the consumer's connection goes too, as a
-                // direct one would.
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(H2Error::Service(e))),
+                if !accepting {
+                    // No more calls: the connection ends once those in flight have.
+                    if let Poll::Ready(r) = consumer.poll_closed(cx) {
+                        return passes.leave(Poll::Ready(r.map_err(H2Error::Consumer)));
+                    }
+                }
+                while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {}
+                if ctx.dropped.load(Ordering::Relaxed) {
+                    return passes.leave(Poll::Ready(Err(H2Error::Dropped)));
+                }
+                if !service_done {
+                    match service_conn.as_mut().poll(cx) {
+                        Poll::Pending => {}
+                        // The service said goodbye: so does the relay, letting calls
+                        // in flight end as they can.
+                        Poll::Ready(Ok(())) => {
+                            service_done = true;
+                            consumer.graceful_shutdown();
+                            break 'pass;
+                        }
+                        // The service vanished: the consumer's connection goes too,
+                        // as a direct one would.
+                        Poll::Ready(Err(e)) => {
+                            return passes.leave(Poll::Ready(Err(H2Error::Service(e))))
+                        }
+                    }
+                }
+                if passes.done() {
+                    return Poll::Pending;
+                }
             }
         }
-        return Poll::Pending;
+        // Still woken after as many passes: back to the scheduler (tokio's
+        // cooperative budget, for one, wakes a task that used it up).
+        passes.yield_now()
     })
     .await;
     if let Err(H2Error::Dropped) = result {
@@ -886,6 +988,46 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), f)
             .await
             .expect("within 5 s")
+    }
+
+    /// A wake during a pass asks for another pass and does not schedule the task; a
+    /// wake between polls schedules it; so does giving up after the last pass.
+    #[test]
+    fn wakes_during_a_pass_make_another_pass() {
+        #[derive(Default)]
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count::default());
+        let task = Waker::from(count.clone());
+        let passes = Arc::new(Passes::default());
+        let own = Waker::from(passes.clone());
+        passes.enter(&task);
+        own.wake_by_ref();
+        own.wake_by_ref();
+        assert!(!passes.done(), "woken during the pass: another pass");
+        assert!(passes.done(), "nothing woke the second pass");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        own.wake_by_ref();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken between polls");
+        passes.enter(&task);
+        assert!(passes.yield_now::<()>().is_pending());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            2,
+            "a yield schedules the task"
+        );
+        passes.enter(&task);
+        assert!(passes.leave(Poll::Ready(())).is_ready());
+        own.wake_by_ref();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            3,
+            "after the end, wakes go through"
+        );
     }
 
     /// Rules match the keys read in place exactly as they would the fields a fired
