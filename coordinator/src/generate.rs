@@ -250,18 +250,25 @@ fn variable(service: &str) -> String {
     service.replace('-', "_")
 }
 
-/// Runs the command; returns the exit code.
-pub fn run(spec_path: &Path, output: Option<&Path>, opts: Options, dry_run: bool) -> i32 {
-    let fail = |m: String| {
-        eprintln!("faultbox: error: {m}");
-        1
-    };
-    let loaded = match faultbox_spec::load(spec_path) {
-        Ok(l) => l,
-        Err(e) => return fail(e.to_string()),
-    };
+/// What `faultbox generate` makes of a spec, before anything is written.
+pub struct Generated {
+    /// The scenarios generated for.
+    pub scenarios: Vec<String>,
+    pub mutations: Vec<Mutation>,
+    /// Each file to write and its text.
+    pub files: Vec<(PathBuf, String)>,
+}
+
+/// Loads `spec_path` and generates its files (`output`: one file for everything,
+/// else `<scenario>.faults.star` beside the spec); writes nothing.
+pub fn generate(
+    spec_path: &Path,
+    output: Option<&Path>,
+    opts: &Options,
+) -> Result<Generated, String> {
+    let loaded = faultbox_spec::load(spec_path).map_err(|e| e.to_string())?;
     if !["network", "disk", "all"].contains(&opts.category.as_str()) {
-        return fail(format!(
+        return Err(format!(
             "--category {}: expected network, disk or all",
             opts.category
         ));
@@ -273,7 +280,7 @@ pub fn run(spec_path: &Path, output: Option<&Path>, opts: Options, dry_run: bool
         .filter(|s| opts.scenario.as_deref().is_none_or(|n| n == s.name))
         .collect();
     if scenarios.is_empty() {
-        return fail(match &opts.scenario {
+        return Err(match &opts.scenario {
             Some(n) => format!(
                 "--scenario {n}: no scenario() of that name in {}",
                 spec_path.display()
@@ -286,51 +293,81 @@ pub fn run(spec_path: &Path, output: Option<&Path>, opts: Options, dry_run: bool
     }
     if let Some(svc) = &opts.service {
         if !spec.services.iter().any(|s| s.depends_on.contains(svc)) {
-            return fail(format!(
+            return Err(format!(
                 "--service {svc}: no service depends on it, so there is nothing to fail"
             ));
         }
     }
-    let muts = mutations(spec, &opts);
+    let muts = mutations(spec, opts);
     let spec_arg = spec_path.display().to_string();
-    if dry_run {
-        use std::fmt::Write as _;
-        let mut out = String::new();
-        for sc in &scenarios {
-            for m in &muts {
-                let _ = writeln!(
-                    out,
-                    "{}: {} ({}) target={} {}={}",
-                    sc.name, m.name, m.category, m.target, m.fault.0, m.fault.1
-                );
-            }
-        }
-        let _ = writeln!(out, "{} scenarios × {} faults", scenarios.len(), muts.len());
-        return match crate::stdout::write(&out) {
-            Ok(()) => 0,
-            Err(e) => fail(e),
-        };
-    }
     let dir = spec_path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let files: Vec<(PathBuf, Vec<&ScenarioDecl>)> = match output {
+    let planned: Vec<(PathBuf, Vec<&ScenarioDecl>)> = match output {
         Some(path) => vec![(path.to_path_buf(), scenarios.clone())],
         None => scenarios
             .iter()
             .map(|s| (dir.join(format!("{}.faults.star", s.name)), vec![*s]))
             .collect(),
     };
+    let files = planned
+        .into_iter()
+        .map(|(path, scs)| {
+            let file_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let text = render(spec, &spec_arg, &scs, &muts, &file_dir);
+            (path, text)
+        })
+        .collect();
+    Ok(Generated {
+        scenarios: scenarios.iter().map(|s| s.name.clone()).collect(),
+        mutations: muts,
+        files,
+    })
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(spec_path: &Path, output: Option<&Path>, opts: Options, dry_run: bool) -> i32 {
+    let fail = |m: String| {
+        eprintln!("faultbox: error: {m}");
+        1
+    };
+    let generated = match generate(spec_path, output, &opts) {
+        Ok(g) => g,
+        Err(e) => return fail(e),
+    };
+    if dry_run {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for sc in &generated.scenarios {
+            for m in &generated.mutations {
+                let _ = writeln!(
+                    out,
+                    "{sc}: {} ({}) target={} {}={}",
+                    m.name, m.category, m.target, m.fault.0, m.fault.1
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{} scenarios × {} faults",
+            generated.scenarios.len(),
+            generated.mutations.len()
+        );
+        return match crate::stdout::write(&out) {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        };
+    }
     let what = if output.is_some() { "--output: " } else { "" };
-    if let Err(e) = crate::output::check_all(files.iter().map(|(p, _)| p.as_path()), opts.existing)
-    {
+    if let Err(e) = crate::output::check_all(
+        generated.files.iter().map(|(p, _)| p.as_path()),
+        opts.existing,
+    ) {
         return fail(format!("{what}{e}"));
     }
-    for (path, scs) in files {
-        let file_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let text = render(spec, &spec_arg, &scs, &muts, &file_dir);
-        if let Err(e) = crate::output::write(&path, &text, opts.existing) {
+    for (path, text) in &generated.files {
+        if let Err(e) = crate::output::write(path, text, opts.existing) {
             return fail(format!("{what}{e}"));
         }
     }

@@ -53,18 +53,26 @@ pub fn for_binary(
     output: Option<&Path>,
     existing: Existing,
 ) -> i32 {
+    match binary_spec(binary, name, port, protocol) {
+        Ok(s) => emit(&s, output, existing),
+        Err(e) => fail(e),
+    }
+}
+
+/// The text of a starter spec for one binary.
+pub fn binary_spec(binary: &str, name: &str, port: u32, protocol: &str) -> Result<String, String> {
     if !["http", "tcp"].contains(&protocol) {
-        return fail(format!("--protocol {protocol}: expected http or tcp"));
+        return Err(format!("--protocol {protocol}: expected http or tcp"));
     }
     if port == 0 || port > 65535 {
-        return fail(format!("--port {port}: expected 1 to 65535"));
+        return Err(format!("--port {port}: expected 1 to 65535"));
     }
     if name.is_empty()
         || !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        return fail(format!(
+        return Err(format!(
             "--name {name:?}: letters, digits, '-' and '_' only"
         ));
     }
@@ -100,7 +108,7 @@ pub fn for_binary(
         s,
         "def test_disk_errors():\n    # What does {name} do when its writes fail? Replace with what it should do.\n    fault({var}, write = deny(\"EIO\"), run = happy_path)"
     );
-    emit(&s, output, existing)
+    Ok(s)
 }
 
 /// What a compose service's protocol and port look like.
@@ -281,14 +289,16 @@ fn parse_compose(path: &Path, text: &str) -> Result<Vec<ComposeService>, String>
 
 /// A spec from a docker-compose file.
 pub fn from_compose(file: &Path, output: Option<&Path>, existing: Existing) -> i32 {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("{}: {e}", file.display())),
-    };
-    let services = match parse_compose(file, &text) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
+    match compose_spec(file) {
+        Ok(s) => emit(&s, output, existing),
+        Err(e) => fail(e),
+    }
+}
+
+/// The text of a spec from a docker-compose file.
+pub fn compose_spec(file: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let services = parse_compose(file, &text)?;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -366,7 +376,7 @@ pub fn from_compose(file: &Path, output: Option<&Path>, existing: Existing) -> i
             );
         }
     }
-    emit(&s, output, existing)
+    Ok(s)
 }
 
 /// Typing stubs for every builtin, and editor settings that use them.

@@ -13,6 +13,7 @@ mod html_report;
 mod init;
 mod junit;
 mod logging;
+mod mcp;
 mod normalize;
 mod output;
 mod partition;
@@ -50,6 +51,7 @@ fn main() {
         cli::Command::Test(args) => test_cmd::run(*args),
         cli::Command::Check { spec, format } => check::run(&spec, format.as_deref()),
         cli::Command::Diff { a, b } => diff::run(&a, &b),
+        cli::Command::Mcp => mcp::run(),
         cli::Command::Fleet(cmd) => fleet_cmd::fleet(cmd),
         cli::Command::Executor(args) => fleet_cmd::executor(args),
         cli::Command::Init {

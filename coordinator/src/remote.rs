@@ -17,6 +17,63 @@ use tokio::sync::mpsc;
 /// How long dialing and the handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The coordinator's names for the spec files an executor's reports mention.
+/// Executors load the bundle from a directory of their own (`.../bundles/HASH/`), so
+/// a fault's `file:line` or a failure's reason names a file there; a diagnostic that
+/// says which line to change must name the file the user has.
+#[derive(Clone, Debug)]
+pub struct Names {
+    /// `/HASH/`: what every path inside an executor's copy of the bundle contains.
+    marker: String,
+    /// What the coordinator puts in front of a path inside the bundle: the spec as
+    /// given, without the spec's path inside the bundle (`specs/` for
+    /// `specs/x.star`). `None` when the two do not line up: paths stay as reported.
+    local: Option<String>,
+}
+
+impl Names {
+    /// `spec` is the spec as given on the command line.
+    pub fn new(bundle: &Bundle, spec: &std::path::Path) -> Names {
+        let spec = spec.to_string_lossy();
+        let local = spec
+            .strip_suffix(bundle.spec.as_str())
+            .filter(|prefix| prefix.is_empty() || prefix.ends_with('/'))
+            .map(str::to_string);
+        Names {
+            marker: format!("/{}/", bundle.hash),
+            local,
+        }
+    }
+
+    /// `path` as the coordinator names it, if it is inside the executor's bundle.
+    fn local(&self, path: &str) -> Option<String> {
+        let local = self.local.as_ref()?;
+        let at = path.find(&self.marker)?;
+        Some(format!("{local}{}", &path[at + self.marker.len()..]))
+    }
+
+    /// Renames the spec files `report` mentions: the faults' places, and the place a
+    /// failure's reason starts with.
+    pub fn localize(&self, report: &mut faultbox_executor::world::run::TestReport) {
+        for f in &mut report.faults {
+            if let Some(at) = f.declared_at.as_mut() {
+                if let Some(local) = self.local(&at.file) {
+                    at.file = local;
+                }
+            }
+        }
+        if let faultbox_spec::Verdict::Fail { reason, .. } = &mut report.verdict {
+            // `FILE:LINE: message`: only a leading path is renamed.
+            let path_end = reason.find(": ").unwrap_or(0);
+            if !reason[..path_end].contains(char::is_whitespace) {
+                if let Some(local) = self.local(&reason[..path_end]) {
+                    reason.replace_range(..path_end, &local);
+                }
+            }
+        }
+    }
+}
+
 /// An executor that accepted the bundle and is ready for jobs.
 pub struct Link {
     pub addr: SocketAddr,
@@ -137,6 +194,7 @@ impl Link {
     pub async fn relay(
         self,
         coordinator: ActorRef<CoordinatorMsg>,
+        names: std::sync::Arc<Names>,
     ) -> Result<tokio::sync::oneshot::Receiver<()>, String> {
         let Link {
             addr,
@@ -187,9 +245,10 @@ impl Link {
                     }
                     Ok(Frame::Done {
                         job,
-                        report,
+                        mut report,
                         streamed,
                     }) => {
+                        names.localize(&mut report);
                         let done = CoordinatorMsg::Done {
                             executor: name.clone(),
                             job,
@@ -305,12 +364,13 @@ pub async fn keep(
     endpoint: quinn::Endpoint,
     identity: std::sync::Arc<Identity>,
     bundle: std::sync::Arc<(Bundle, Contents)>,
+    names: std::sync::Arc<Names>,
 ) {
     let running =
         |c: &ActorRef<CoordinatorMsg>| matches!(c.get_status(), ractor::ActorStatus::Running);
     loop {
         let addr = link.addr;
-        let Ok(ended) = link.relay(coordinator.clone()).await else {
+        let Ok(ended) = link.relay(coordinator.clone(), names.clone()).await else {
             return;
         };
         let _ = ended.await;

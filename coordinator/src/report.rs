@@ -1,7 +1,8 @@
 //! Reports of `faultbox test`: the human summary on stderr and the JSON document of
 //! the reference (`tests[]` with name, result, reason, failure_type, seed,
 //! duration_ms, replay_command, return_value, faults, syscall_summary, diagnostics,
-//! events).
+//! events). `docs/json.md` describes the document field by field and
+//! `docs/schema/test-results.schema.json` pins its shape: change the three together.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,7 +10,8 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use faultbox_executor::world::run::TestReport;
-use faultbox_spec::Verdict;
+use faultbox_spec::run::FailureType;
+use faultbox_spec::{Spec, Verdict};
 
 /// The command that replays one run.
 pub fn replay_command(spec: &str, test: &str, seed: u64) -> String {
@@ -82,21 +84,28 @@ struct EventJson<'a> {
     vector_clock: &'a BTreeMap<String, u64>,
 }
 
-pub fn test_json<'a>(spec: &str, r: &'a TestReport) -> TestJson<'a> {
-    let (result, reason, failure_type) = match &r.verdict {
-        Verdict::Pass => ("pass", Value::Null, Value::Null),
-        Verdict::Fail {
-            reason,
-            failure_type,
-        } => ("fail", json!(reason), json!(failure_type.as_str())),
-    };
+/// `failure_type` as the reference lists it: `assertion`, `timeout`, `service_start`
+/// or `error`. A monitor's violated invariant is an assertion; its reason says it was
+/// a monitor's.
+fn failure_type(f: &FailureType) -> &'static str {
+    match f {
+        FailureType::MonitorViolation => "assertion",
+        other => other.as_str(),
+    }
+}
+
+/// One run's entry of `tests[]`. `spec_arg` is the spec as given on the command line
+/// (for `replay_command`); `spec` gives the lines diagnostics point at.
+pub fn test_json<'a>(spec_arg: &str, spec: &Spec, r: &'a TestReport) -> TestJson<'a> {
     let faults: Vec<Value> = r
         .faults
         .iter()
         .map(|f| {
             json!({"service": f.service, "syscall": f.syscall, "action": f.action,
                    "errno": f.errno, "delay": f.delay, "label": f.label, "hits": f.hits,
-                   "interface": f.interface})
+                   "interface": f.interface,
+                   "file": f.declared_at.as_ref().map(|a| &a.file),
+                   "line": f.declared_at.as_ref().map(|a| a.line)})
         })
         .collect();
     let events = r
@@ -117,18 +126,16 @@ pub fn test_json<'a>(spec: &str, r: &'a TestReport) -> TestJson<'a> {
             }
         })
         .collect();
-    let head = json!({
+    let mut head = json!({
         "name": r.name,
-        "result": result,
-        "reason": reason,
-        "failure_type": failure_type,
+        "result": if r.verdict == Verdict::Pass { "pass" } else { "fail" },
         "seed": r.seed,
         "duration_ms": r.duration.as_millis() as u64,
-        "replay_command": replay_command(spec, &r.name, r.seed),
-        "return_value": r.return_value,
+        // On every run, not just failed ones: a passing seed is worth re-running too.
+        "replay_command": replay_command(spec_arg, &r.name, r.seed),
         "faults": faults,
         "syscall_summary": syscall_summary(r),
-        "diagnostics": crate::diagnostics::diagnose(r).iter().map(|d| d.to_json()).collect::<Vec<_>>(),
+        "diagnostics": crate::diagnostics::diagnose(r, spec).iter().map(|d| d.to_json()).collect::<Vec<_>>(),
         "interleaving": match r.order {
             Some(faultbox_executor::engine::scheduler::Order::Nth(n)) if r.explored.is_some() => json!(n),
             _ => Value::Null,
@@ -142,6 +149,22 @@ pub fn test_json<'a>(spec: &str, r: &'a TestReport) -> TestJson<'a> {
             "stop": ms(r.timings.stop),
         },
     });
+    // As in the reference's example: a failed run carries why and how it failed; a
+    // passing one neither.
+    if let Verdict::Fail {
+        reason,
+        failure_type: kind,
+    } = &r.verdict
+    {
+        head["reason"] = json!(reason);
+        head["failure_type"] = json!(failure_type(kind));
+    }
+    // "when non-None": the value as JSON, or its repr() from an executor that sent none.
+    match (&r.return_json, &r.return_value) {
+        (Some(v), _) => head["return_value"] = v.clone(),
+        (None, Some(repr)) => head["return_value"] = json!(repr),
+        (None, None) => {}
+    }
     TestJson { head, events }
 }
 
@@ -150,7 +173,7 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 /// The human block for one run.
-pub fn human(spec: &str, r: &TestReport, debug: bool) -> String {
+pub fn human(spec_arg: &str, spec: &Spec, r: &TestReport, debug: bool) -> String {
     let mut s = String::new();
     let ms = r.duration.as_millis();
     let ordering = match (r.order, r.explored) {
@@ -178,7 +201,11 @@ pub fn human(spec: &str, r: &TestReport, debug: bool) -> String {
                 r.name, r.seed
             );
             let _ = writeln!(s, "    reason: {reason}");
-            let _ = writeln!(s, "    replay: {}", replay_command(spec, &r.name, r.seed));
+            let _ = writeln!(
+                s,
+                "    replay: {}",
+                replay_command(spec_arg, &r.name, r.seed)
+            );
         }
     }
     for f in &r.faults {
@@ -217,8 +244,8 @@ pub fn human(spec: &str, r: &TestReport, debug: bool) -> String {
     for ((svc, sc, d), n) in decisions {
         let _ = writeln!(s, "    {svc} {sc} {d} ×{n}");
     }
-    for d in crate::diagnostics::diagnose(r) {
-        let _ = writeln!(s, "    {}: {} ({})", d.code, d.message, d.suggestion);
+    for d in crate::diagnostics::diagnose(r, spec) {
+        let _ = writeln!(s, "    {}", d.human());
     }
     if debug {
         if let Some(v) = &r.return_value {
@@ -273,7 +300,12 @@ pub fn matrices(spec: &faultbox_spec::Spec, reports: &[TestReport]) -> (String, 
                         "— (excluded)".to_string()
                     }
                     Some(test) => match reports.iter().rev().find(|r| &r.name == test) {
-                        None => "—".to_string(),
+                        None => {
+                            // Not run here (another shard's, or left out by --test).
+                            cells_json.push(json!({"scenario": s, "fault": f, "test": test,
+                                                   "result": "skip"}));
+                            "—".to_string()
+                        }
                         Some(r) => {
                             run += 1;
                             let ms = r.duration.as_millis();

@@ -213,14 +213,30 @@ pub fn run(args: TestArgs) -> i32 {
     let show_all = args.show == "all";
     let debug = args.debug;
     let spec_for_emit = spec_arg.clone();
+    let loaded_for_emit = loaded.clone();
     let printer = progress.clone();
     let emit: coordinator::Emit = Box::new(move |r| {
         if r.verdict != Verdict::Pass || show_all {
-            printer.print(&report::human(&spec_for_emit, r, debug));
+            printer.print(&report::human(
+                &spec_for_emit,
+                &loaded_for_emit.spec,
+                r,
+                debug,
+            ));
         }
     });
     let bar = progress.clone();
-    let on_progress: coordinator::OnProgress = Box::new(move |c| bar.update(c));
+    let mut lines = match args.progress_fd.map(crate::mcp::progress::Lines::from_fd) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => return error(format!("--progress-fd: {e}")),
+    };
+    let on_progress: coordinator::OnProgress = Box::new(move |c| {
+        bar.update(c);
+        if let Some(l) = &mut lines {
+            l.update(c);
+        }
+    });
     let finished = match remote {
         // Nothing to run (no tests, or none in this shard): starting an executor for
         // a coordinator that is done at once only races its shutdown.
@@ -285,7 +301,11 @@ pub fn run(args: TestArgs) -> i32 {
             .filter(|(r, _)| r.name == test.name)
         {
             if want_json {
-                results.push(report::TestEntry::Ran(report::test_json(&spec_arg, report)));
+                results.push(report::TestEntry::Ran(report::test_json(
+                    &spec_arg,
+                    &loaded.spec,
+                    report,
+                )));
             }
             entries.push(junit::Entry::Ran { report, executor });
         }
@@ -375,6 +395,7 @@ pub fn run(args: TestArgs) -> i32 {
                 .iter()
                 .map(|s| s.name.clone())
                 .collect(),
+            model: &loaded.spec,
             entries: &entries,
         };
         if let Err(e) = crate::html_report::write(path, &run) {
@@ -512,6 +533,7 @@ async fn run_on_fleet(
     let (coord, coord_handle, done_rx) = coordinator::start(plan, emit, progress).await?;
     interrupt_on_signal(coord.clone());
     let identity = Arc::new(identity);
+    let names = Arc::new(crate::remote::Names::new(&bundle, &loaded.path));
     let shipped = Arc::new((bundle, contents));
     for link in links {
         tokio::spawn(crate::remote::keep(
@@ -520,6 +542,7 @@ async fn run_on_fleet(
             endpoint.clone(),
             identity.clone(),
             shipped.clone(),
+            names.clone(),
         ));
     }
     let finished = done_rx

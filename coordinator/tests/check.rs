@@ -20,7 +20,7 @@ fn spec(name: &str) -> String {
 }
 
 fn doc(out: &Out) -> serde_json::Value {
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    common::parse_valid(common::Schema::CheckResults, &out.stdout)
 }
 
 /// The findings of a JSON document as (code, severity, line).

@@ -46,8 +46,7 @@ fn faultbox(args: &[&str]) -> common::Out {
 /// The tests of a `--format json` run, each of which must have passed, with the exit
 /// code that says so.
 fn passing(out: &common::Out) -> Vec<serde_json::Value> {
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let doc = common::results_of(out);
     let tests = doc["tests"].as_array().unwrap().clone();
     for t in &tests {
         assert_eq!(
@@ -115,8 +114,7 @@ fn an_image_that_is_not_there_is_one_clear_error() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let out = faultbox(&["test", &spec("missing"), "--format", "json"]);
     assert_eq!(out.code, 2);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let doc = common::results_of(&out);
     let reason = doc["tests"][0]["reason"]
         .as_str()
         .unwrap_or_default()
@@ -342,7 +340,7 @@ fn two_slots_and_a_timeout_leave_nothing_behind() {
         "json",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = common::results_of(&out);
     assert_eq!(doc["tests"].as_array().unwrap().len(), 4);
     // A test over its time limit with its container running: it fails as a timeout
     // and the container goes (checked by `faultbox`).
@@ -356,7 +354,7 @@ fn two_slots_and_a_timeout_leave_nothing_behind() {
         "json",
     ]);
     assert_eq!(out.code, 2, "{}", out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = common::results_of(&out);
     assert_eq!(doc["tests"][0]["failure_type"], "timeout", "{}", out.stdout);
     assert!(
         t.elapsed() < Duration::from_secs(30),

@@ -134,7 +134,7 @@ fn fleet(dir: &Path, names: &[&str]) {
 }
 
 fn summary(stdout: &str) -> Vec<(String, u64, String)> {
-    common::summary(&serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")))
+    common::summary(&common::results(stdout))
 }
 
 fn no_services_left() {
@@ -189,8 +189,28 @@ fn two_executors_give_the_same_report_as_one_process() {
         remote.stderr
     );
     // Both executors did work.
-    let doc: serde_json::Value = serde_json::from_str(&remote.stdout).unwrap();
+    let doc = common::results_of(&remote);
     assert!(doc["tests"].as_array().unwrap().len() > 4);
+    // Executors load the bundle from their own directory, yet reasons, faults and
+    // diagnostics name the spec as it was given here: the same as in-process.
+    let places = |doc: &serde_json::Value| -> Vec<String> {
+        let mut out = Vec::new();
+        for t in doc["tests"].as_array().unwrap() {
+            out.extend(t["reason"].as_str().map(str::to_string));
+            for f in t["faults"].as_array().unwrap() {
+                out.push(format!("{}:{}", f["file"], f["line"]));
+            }
+        }
+        out
+    };
+    let (here, there) = (places(&common::results_of(&local)), places(&doc));
+    assert_eq!(there, here);
+    assert!(
+        here.iter()
+            .any(|p| p.starts_with(&format!("{spec}:11: assert_eq")))
+            && here.contains(&format!("\"{spec}\":11")),
+        "{here:?}"
+    );
     // The HTML report of a fleet run has every run, each with the executor it ran on.
     let html = std::fs::read_to_string(&page).unwrap();
     let open = r#"<script type="application/json" id="fb-data">"#;

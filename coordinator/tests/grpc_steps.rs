@@ -46,8 +46,7 @@ fn faultbox(args: &[&str]) -> Out {
 /// Each test of `spec` with its result and reason.
 fn results(spec: &str) -> (Out, Vec<(String, String, String)>) {
     let out = faultbox(&["test", spec, "--format", "json"]);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let doc = common::results_of(&out);
     let tests = doc["tests"]
         .as_array()
         .unwrap()

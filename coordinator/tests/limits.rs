@@ -38,7 +38,7 @@ fn spec(name: &str, source: &str) -> (String, common::Scratch) {
 }
 
 fn json(out: &Out) -> serde_json::Value {
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stderr))
+    common::results_of(out)
 }
 
 fn test<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {

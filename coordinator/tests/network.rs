@@ -40,7 +40,7 @@ fn services_reach_each_other_only_through_relays() {
         "json",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = common::results_of(&out);
     let ev = events(&doc, "test_every_way_of_addressing_reaches_the_service");
     // Each connection c made to a crossed c's relay: opened and closed on a's side,
     // with the bytes both ways.
@@ -125,7 +125,7 @@ fn protocol_rules_act_at_the_relays() {
     );
     let shiviz = std::fs::read_to_string(&shiviz).unwrap();
     assert!(shiviz.contains("proxy.response"), "{shiviz}");
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = common::results_of(&out);
     let ev = events(&doc, "test_http_response");
     let fired = ev
         .iter()

@@ -66,8 +66,7 @@ fn spec(name: &str) -> String {
 /// Runs every test of a protocol's spec; all must pass.
 fn passes(protocol: &str) {
     let out = faultbox(&["test", &spec(protocol), "--format", "json"]);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let doc = common::results_of(&out);
     for t in doc["tests"].as_array().unwrap() {
         assert_eq!(
             t["result"], "pass",
@@ -91,17 +90,10 @@ fn rolls(protocol: &str, seed: u64) -> Vec<bool> {
         "json",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = common::results_of(&out);
     let t = &doc["tests"][0];
-    let value: serde_json::Value = serde_json::from_str(
-        &t["return_value"]
-            .as_str()
-            .unwrap()
-            .replace("True", "true")
-            .replace("False", "false"),
-    )
-    .unwrap_or_else(|e| panic!("{e}: {}", t["return_value"]));
-    let oks: Vec<bool> = value
+    // The test returns the list of `ok`s: a JSON array of booleans.
+    let oks: Vec<bool> = t["return_value"]
         .as_array()
         .unwrap()
         .iter()

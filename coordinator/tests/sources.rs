@@ -22,8 +22,7 @@ fn run_spec(spec: &str, extra: &[&str]) -> serde_json::Value {
         out.code,
         out.stderr
     );
-    serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{spec}: {e}\n{}\n{}", out.stdout, out.stderr))
+    common::results_of(&out)
 }
 
 fn verdicts(doc: &serde_json::Value) -> Vec<(String, String, String)> {
@@ -233,7 +232,7 @@ fn the_event_sources_example_runs_the_references_integrity_checks() {
         ],
     );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = common::results_of(&out);
     assert_eq!(doc["pass"], 3, "{doc}");
     // The fault did reach the database, and no record was published for the order.
     let events = events_of(&doc, "test_no_message_loss_on_db_error");

@@ -64,7 +64,7 @@ fn steps_and_ready_against_real_servers() {
     let left = common::scratch_leftovers();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = common::results_of(&out);
     assert_eq!(doc["pass"], 5, "{doc}");
 
     // ready() passed for each: every service was ready before the body ran.

@@ -47,7 +47,7 @@ fn assert_no_services_left() {
 }
 
 fn json(out: &Out) -> serde_json::Value {
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    common::results_of(out)
 }
 
 fn spec_file(name: &str, source: &str) -> (PathBuf, impl Drop) {
@@ -77,12 +77,8 @@ fn the_example_spec_passes() {
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let doc = json(&out);
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
-    assert_eq!(
-        file["summary"], doc["summary"],
-        "--output holds the same document"
-    );
+    let file = common::results(&std::fs::read_to_string(&written).unwrap());
+    assert_eq!(file, doc, "--output holds the same document");
     let tests = doc["tests"].as_array().unwrap();
     assert_eq!(tests.len(), 10);
     assert!(
@@ -107,18 +103,26 @@ fn the_example_spec_passes() {
     for key in [
         "name",
         "result",
-        "reason",
-        "failure_type",
         "seed",
         "duration_ms",
-        "replay_command",
         "faults",
         "syscall_summary",
         "diagnostics",
         "events",
+        "replay_command",
     ] {
         assert!(happy.get(key).is_some(), "{key} missing");
     }
+    // As in the reference's example, a passing run has no reason or failure type, and
+    // no return value when it returned None.
+    for key in ["reason", "failure_type", "return_value"] {
+        assert!(happy.get(key).is_none(), "{key} on a passing run: {happy}");
+    }
+    let window = tests
+        .iter()
+        .find(|t| t["name"] == "test_trace_window")
+        .unwrap();
+    assert_eq!(window["return_value"], serde_json::json!({"fsyncs": 2}));
     let events = happy["events"].as_array().unwrap();
     let fsync = events
         .iter()
@@ -194,10 +198,10 @@ fn the_same_seed_makes_the_same_decisions() {
             "json",
         ]);
         assert_eq!(out.code, 0, "{}", out.stderr);
-        json(&out)["tests"][0]["return_value"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        // The returned list, as a JSON array of the replies.
+        let replies = json(&out)["tests"][0]["return_value"].clone();
+        assert_eq!(replies.as_array().map(Vec::len), Some(21), "{replies}");
+        replies.to_string()
     };
     let a = run("7");
     assert_eq!(a, run("7"));
@@ -631,13 +635,11 @@ fn composition_runs_scenarios_assumptions_and_the_matrix() {
         .iter()
         .find(|t| t["name"] == "test_order_flow")
         .unwrap();
-    assert!(
-        flow["return_value"]
-            .as_str()
-            .unwrap()
-            .starts_with("response(status=200"),
-        "{flow}"
-    );
+    // The scenario returned its response: an object of the response's attributes.
+    let response = &flow["return_value"];
+    assert_eq!(response["status"], 200, "{flow}");
+    assert_eq!(response["ok"], true, "{flow}");
+    assert_eq!(response["data"]["status"], "confirmed", "{flow}");
     assert!(
         diagnostics(&doc, "test_order_flow").is_empty(),
         "a probe is not meant to assert"
@@ -677,6 +679,238 @@ fn composition_runs_scenarios_assumptions_and_the_matrix() {
         .map(|f| f["syscall"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["connect", "fsync"]);
+    // One cell run alone: the others are listed as not run here, the excluded one as
+    // excluded, and the assumption's faults name the fault_assumption() line.
+    let one = test_cmd(&[
+        "examples/composition.star",
+        "--test",
+        "matrix_order_flow_disk_full",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    let doc = json(&one);
+    let results: Vec<(&str, &str, &str)> = doc["matrix"]["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["scenario"].as_str().unwrap(),
+                c["fault"].as_str().unwrap(),
+                c["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("order_flow", "inventory_down", "skip"),
+            ("order_flow", "disk_full", "pass"),
+            ("order_flow", "slow_disk", "skip"),
+            ("stock_check", "inventory_down", "skip"),
+            ("stock_check", "disk_full", "excluded"),
+            ("stock_check", "slow_disk", "skip"),
+        ]
+    );
+    let fault = &doc["tests"][0]["faults"][0];
+    let source = std::fs::read_to_string(root().join("examples/composition.star")).unwrap();
+    let line = fault["line"].as_u64().unwrap() as usize;
+    assert_eq!(fault["file"], "examples/composition.star", "{fault}");
+    assert!(
+        source
+            .lines()
+            .nth(line - 1)
+            .unwrap()
+            .contains("fault_assumption(\"disk_full\""),
+        "line {line} of composition.star is not the assumption: {fault}"
+    );
+}
+
+/// The agent loop on the JSON document: a failed run says how it failed, how to
+/// replay it, and which spec line to change; a passing one returns its value as JSON.
+#[test]
+fn failures_name_the_spec_line_to_change() {
+    let src = r#"load('LOAD', 'orders', 'inventory', 'place')
+def test_wrong_call():
+    def scenario():
+        assert_eq(place().status, 500)
+    fault(inventory, unlink = deny('EIO'), run = scenario)
+def test_bad_step():
+    inventory.send(data = 'PING', nosuch = 1)
+def test_returns():
+    resp = place()
+    assert_eq(resp.status, 200)
+    return {'status': resp.status, 'order': resp.data, 'ok': resp.ok, 'none': None}
+def test_nothing():
+    place()
+"#;
+    let load = root().join("examples/faultbox.star");
+    let (spec, _rm) = spec_file("lines", &src.replace("LOAD", load.to_str().unwrap()));
+    let spec = spec.to_str().unwrap();
+    let out = test_cmd(&[spec, "--format", "json"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let doc = json(&out);
+    let find = |doc: &serde_json::Value, n: &str| {
+        doc["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == n)
+            .unwrap_or_else(|| panic!("{n} not in {doc}"))
+            .clone()
+    };
+    // The fault on a call inventory never makes: the scenario's assertion fails, and
+    // the diagnostic names the fault() line and what to change there.
+    let wrong = find(&doc, "test_wrong_call");
+    assert_eq!(wrong["result"], "fail");
+    assert_eq!(wrong["failure_type"], "assertion", "{wrong}");
+    assert!(
+        wrong["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{spec}:4: assert_eq")),
+        "{wrong}"
+    );
+    assert!(wrong.get("return_value").is_none(), "{wrong}");
+    let d = &wrong["diagnostics"][0];
+    assert_eq!(d["code"], "FAULT_NOT_FIRED", "{wrong}");
+    assert_eq!(d["severity"], "warning");
+    assert_eq!(
+        (d["file"].as_str(), d["line"].as_u64()),
+        (Some(spec), Some(5))
+    );
+    assert!(
+        d["suggestion"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("change unlink= (or its path glob) at {spec}:5")),
+        "{d}"
+    );
+    let fault = &wrong["faults"][0];
+    assert_eq!(
+        (&fault["syscall"], &fault["hits"], &fault["line"]),
+        (
+            &serde_json::json!("unlink"),
+            &serde_json::json!(0),
+            &serde_json::json!(5)
+        )
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{spec}:5: FAULT_NOT_FIRED: fault unlink=deny(EIO)"
+        )),
+        "{}",
+        out.stderr
+    );
+    // A step that cannot run is an error, located too.
+    let bad = find(&doc, "test_bad_step");
+    assert_eq!(bad["failure_type"], "error", "{bad}");
+    assert!(
+        bad["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{spec}:7: ")),
+        "{bad}"
+    );
+    // A passing run: its return value as JSON, and no failure fields.
+    let returns = find(&doc, "test_returns");
+    assert_eq!(returns["result"], "pass");
+    assert_eq!(
+        returns["return_value"],
+        serde_json::json!({"status": 200, "ok": true, "none": null,
+                           "order": {"status": "confirmed", "sku": "widget", "qty": 1,
+                                     "remaining": 99}}),
+        "{returns}"
+    );
+    for key in ["reason", "failure_type"] {
+        assert!(returns.get(key).is_none(), "{key}: {returns}");
+    }
+    assert_eq!(
+        returns["replay_command"],
+        format!("faultbox test {spec} --test returns --seed 0")
+    );
+    let nothing = find(&doc, "test_nothing");
+    let d = &nothing["diagnostics"][0];
+    assert_eq!(d["code"], "TEST_NO_ASSERTIONS", "{nothing}");
+    assert_eq!(d["line"], 12, "the def's line: {d}");
+    assert!(nothing.get("return_value").is_none(), "it returned None");
+    // replay_command is the whole command: run as given, it fails the same way.
+    let replay = wrong["replay_command"].as_str().unwrap();
+    assert_eq!(
+        replay,
+        format!("faultbox test {spec} --test wrong_call --seed 0")
+    );
+    let mut args: Vec<&str> = replay.split_whitespace().skip(2).collect();
+    args.extend(["--format", "json"]);
+    let again = test_cmd(&args);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    let again = json(&again);
+    assert_eq!(again["tests"].as_array().unwrap().len(), 1);
+    let replayed = find(&again, "test_wrong_call");
+    assert_eq!(replayed["diagnostics"], wrong["diagnostics"]);
+    assert_eq!(replayed["failure_type"], "assertion");
+    // The schema catches drift: this document matched it (json() validates); each of
+    // these changes must not.
+    let index = |name: &str| {
+        doc["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|t| t["name"] == name)
+            .unwrap()
+    };
+    let (failed, passed) = (index("test_wrong_call"), index("test_returns"));
+    type Drift = Box<dyn Fn(&mut serde_json::Value)>;
+    let drifts: [(&str, Drift); 8] = [
+        ("a new summary field", Box::new(|d| d["extra"] = 1.into())),
+        (
+            "a new run field",
+            Box::new(move |d| d["tests"][passed]["why"] = "x".into()),
+        ),
+        (
+            "a retyped seed",
+            Box::new(move |d| d["tests"][passed]["seed"] = "0".into()),
+        ),
+        (
+            "a failure type the reference lacks",
+            Box::new(move |d| d["tests"][failed]["failure_type"] = "monitor_violation".into()),
+        ),
+        (
+            "a run without its replay command",
+            Box::new(move |d| {
+                d["tests"][passed]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("replay_command");
+            }),
+        ),
+        (
+            "a reason on a passing run",
+            Box::new(move |d| d["tests"][passed]["reason"] = serde_json::Value::Null),
+        ),
+        (
+            "a diagnostic with a line and no file",
+            Box::new(move |d| {
+                d["tests"][failed]["diagnostics"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("file");
+            }),
+        ),
+        (
+            "an event with a bad timestamp",
+            Box::new(move |d| d["tests"][passed]["events"][0]["timestamp"] = "yesterday".into()),
+        ),
+    ];
+    for (what, change) in drifts {
+        let mut drifted = doc.clone();
+        change(&mut drifted);
+        assert!(
+            !common::violations(common::Schema::TestResults, &drifted).is_empty(),
+            "the schema let {what} through"
+        );
+    }
 }
 
 #[test]
@@ -703,7 +937,8 @@ def test_bad_callback():\n    monitor(lambda e: e['no_such_key'], service = 'inv
             .clone()
     };
     let watched = find("test_watched");
-    assert_eq!(watched["failure_type"], "monitor_violation", "{watched}");
+    // The reference's failure types: a monitor's violated invariant is an assertion.
+    assert_eq!(watched["failure_type"], "assertion", "{watched}");
     let reason = watched["reason"].as_str().unwrap();
     assert!(
         reason.contains("monitor violation at event #")

@@ -7,7 +7,7 @@
 //! in (a test gives each service its own; the pump does not know the difference).
 //!
 //! ```text
-//! relay_bench --edge PROTOCOL:LISTEN:UPSTREAM[:rule] [--edge ...]
+//! relay_bench --edge PROTOCOL:LISTEN:UPSTREAM[:rule|:delay=DURATION] [--edge ...]
 //! ```
 //!
 //! With `:rule`, the edge gets a rule of its protocol that matches none of the
@@ -19,6 +19,11 @@
 //! prints a summary line per edge to stderr and exits. A rule that fired or a
 //! connection that went opaque is reported on stderr at once: the script treats
 //! either as a failed measurement.
+//!
+//! With `:delay=DURATION` (`scripts/bench-delay.sh`), the edge gets a delay rule that
+//! matches every request of the benchmark (`delay(command="GET")` for Redis,
+//! `delay(method="GET")` for HTTP): what it adds over an edge without rules is what
+//! a protocol delay costs. Its firings are counted, not reported.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,11 +41,20 @@ struct Spec {
     protocol: String,
     listen: u16,
     upstream: u16,
-    rule: bool,
+    rule: Rule,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Rule {
+    None,
+    NonMatching,
+    Delay(Duration),
 }
 
 fn usage() -> ! {
-    eprintln!("usage: relay_bench --edge PROTOCOL:LISTEN:UPSTREAM[:rule] [--edge ...]");
+    eprintln!(
+        "usage: relay_bench --edge PROTOCOL:LISTEN:UPSTREAM[:rule|:delay=DURATION] [--edge ...]"
+    );
     std::process::exit(2)
 }
 
@@ -54,21 +68,22 @@ fn parse() -> Vec<Spec> {
         let v = args.next().unwrap_or_else(|| usage());
         let parts: Vec<&str> = v.split(':').collect();
         let port = |s: &str| s.parse::<u16>().unwrap_or_else(|_| usage());
-        match parts.as_slice() {
-            [p, l, u] => out.push(Spec {
-                protocol: p.to_string(),
-                listen: port(l),
-                upstream: port(u),
-                rule: false,
-            }),
-            [p, l, u, "rule"] => out.push(Spec {
-                protocol: p.to_string(),
-                listen: port(l),
-                upstream: port(u),
-                rule: true,
-            }),
+        let (p, l, u, rule) = match parts.as_slice() {
+            [p, l, u] => (p, l, u, Rule::None),
+            [p, l, u, "rule"] => (p, l, u, Rule::NonMatching),
+            [p, l, u, d] if d.starts_with("delay=") => {
+                let d = faultbox_shim::rule::parse_duration(&d["delay=".len()..])
+                    .unwrap_or_else(|_| usage());
+                (p, l, u, Rule::Delay(d))
+            }
             _ => usage(),
-        }
+        };
+        out.push(Spec {
+            protocol: p.to_string(),
+            listen: port(l),
+            upstream: port(u),
+            rule,
+        });
     }
     if out.is_empty() {
         usage();
@@ -106,6 +121,24 @@ fn nonmatching(protocol: &str) -> ProxyRule {
     ProxyRule {
         action,
         matches,
+        probability: 100.0,
+        label: None,
+    }
+}
+
+/// A rule of `protocol` that every request of the load generators matches.
+fn delay_all(protocol: &str, d: Duration) -> ProxyRule {
+    let key = match protocol {
+        "redis" => "command",
+        "http" => "method",
+        other => {
+            eprintln!("relay_bench: no delay rule for protocol {other:?}");
+            std::process::exit(2)
+        }
+    };
+    ProxyRule {
+        action: ProxyAction::Delay(d),
+        matches: [(key.to_string(), "GET".to_string())].into(),
         probability: 100.0,
         label: None,
     }
@@ -155,7 +188,9 @@ fn main() {
             }
             Report::Rule { fired, .. } => {
                 c.fired.fetch_add(1, Ordering::Relaxed);
-                eprintln!("relay_bench: {service}: a rule fired: {fired:?}");
+                if !service.contains("-delay-") {
+                    eprintln!("relay_bench: {service}: a rule fired: {fired:?}");
+                }
             }
             Report::Opaque { reason, .. } => {
                 c.opaque.fetch_add(1, Ordering::Relaxed);
@@ -170,15 +205,23 @@ fn main() {
         let service = format!(
             "{}-{}-{}",
             s.protocol,
-            if s.rule { "rule" } else { "pass" },
+            match s.rule {
+                Rule::None => "pass",
+                Rule::NonMatching => "rule",
+                Rule::Delay(_) => "delay",
+            },
             s.listen
         );
         counts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(service.clone(), Arc::default());
-        if s.rule {
-            let rule = nonmatching(&s.protocol);
+        let rule = match s.rule {
+            Rule::None => None,
+            Rule::NonMatching => Some(nonmatching(&s.protocol)),
+            Rule::Delay(d) => Some(delay_all(&s.protocol, d)),
+        };
+        if let Some(rule) = rule {
             eprintln!("relay_bench: {service}: rule {rule}");
             let active = Arc::new(Active::new(i + 1, &s.protocol, rule));
             rules.install(1000 + i as u64, &service, "main", None, vec![active]);

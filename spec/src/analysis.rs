@@ -551,6 +551,9 @@ pub struct Function {
     /// Checking and query builtins called in its body, nested functions and lambdas
     /// included.
     pub calls: Vec<Call>,
+    /// Its docstring (a string literal as its first statement), dedented: what a
+    /// test is about, for tools that list tests.
+    pub doc: Option<String>,
 }
 
 /// A query's `syscall=` or `service=` filter, as written.
@@ -613,6 +616,7 @@ pub fn outline(ast: &AstModule) -> Outline {
                 line,
                 names: BTreeSet::new(),
                 calls: Vec::new(),
+                doc: docstring(&def.body),
             };
             def.body.visit_expr(|e| body_expr(ast, e, &mut f));
             out.functions.push(f);
@@ -621,6 +625,38 @@ pub fn outline(ast: &AstModule) -> Outline {
     ast.statement()
         .visit_expr(|e| outline_expr(ast, e, &mut out));
     out
+}
+
+/// The docstring of a function body: its first statement, when that is a string
+/// literal, with the indentation of its continuation lines removed.
+fn docstring(body: &starlark::syntax::ast::AstStmt) -> Option<String> {
+    use starlark::syntax::ast::{AstLiteral, StmtP};
+    let first = match &body.node {
+        StmtP::Statements(xs) => xs.first()?,
+        _ => body,
+    };
+    let StmtP::Expression(e) = &first.node else {
+        return None;
+    };
+    let ExprP::Literal(AstLiteral::String(s)) = &e.node else {
+        return None;
+    };
+    let mut lines = s.node.lines();
+    let head = lines.next().unwrap_or("").trim();
+    let rest: Vec<&str> = lines.collect();
+    let indent = rest
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let mut out = vec![head.to_string()];
+    out.extend(
+        rest.iter()
+            .map(|l| l.get(indent..).unwrap_or("").trim_end().to_string()),
+    );
+    let text = out.join("\n").trim().to_string();
+    (!text.is_empty()).then_some(text)
 }
 
 /// Collects the names and calls of one expression of a function body, and of every
@@ -744,4 +780,46 @@ pub fn outline_file(name: &str) -> Result<Outline, String> {
     let ast = AstModule::parse(name, source, &crate::loader::dialect())
         .map_err(|e| crate::loader::describe(&e))?;
     Ok(outline(&ast))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docs(source: &str) -> Vec<(String, Option<String>)> {
+        let ast = AstModule::parse("t.star", source.to_string(), &crate::loader::dialect())
+            .expect("parses");
+        outline(&ast)
+            .functions
+            .into_iter()
+            .map(|f| (f.name, f.doc))
+            .collect()
+    }
+
+    #[test]
+    fn docstrings_are_the_first_statement_dedented() {
+        let got = docs(concat!(
+            "def test_a():\n",
+            "    \"\"\"Orders survive a slow disk.\n",
+            "\n",
+            "        The WAL is fsynced first.\n",
+            "    \"\"\"\n",
+            "    pass\n",
+            "def test_b():\n",
+            "    x = \"not a docstring\"\n",
+            "def test_c():\n",
+            "    'One line.'\n",
+        ));
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "test_a".to_string(),
+                    Some("Orders survive a slow disk.\n\nThe WAL is fsynced first.".to_string())
+                ),
+                ("test_b".to_string(), None),
+                ("test_c".to_string(), Some("One line.".to_string())),
+            ]
+        );
+    }
 }

@@ -26,6 +26,10 @@ use crate::values::{FaultValue, InterfaceRef, ServiceValue};
 
 /// The module variable holding registered tests.
 pub const REGISTRY: &str = "_faultbox_registry";
+/// Beside the registry, index for index: where each entry was registered
+/// (`file:line` of the `scenario()`, `fault_scenario()` or `fault_matrix()` call), so
+/// reports can name the line a registered test comes from.
+pub const REGISTRY_AT: &str = "_faultbox_registry_at";
 /// The test module's variable holding the monitors of the running test.
 pub const MONITORS: &str = "_faultbox_monitors";
 
@@ -96,17 +100,23 @@ fn is_callable(v: Value) -> bool {
     matches!(v.get_type(), "function" | "native_function" | "partial")
 }
 
-/// Appends `entry` to the registry of the module being evaluated.
+/// Appends `entry` to the registry of the module being evaluated, and where the call
+/// that registers it is to [`REGISTRY_AT`].
 fn register<'v>(eval: &mut Evaluator<'v, '_, '_>, entry: Value<'v>) {
-    let module = eval.module();
-    let mut list: Vec<Value<'v>> = module
-        .get(REGISTRY)
-        .and_then(ListRef::from_value)
-        .map(|l| l.content().to_vec())
-        .unwrap_or_default();
-    list.push(entry);
-    let value = eval.heap().alloc(AllocList(list));
-    eval.module().set(REGISTRY, value);
+    let at = eval
+        .heap()
+        .alloc(crate::runtime::location(eval).to_string());
+    for (name, item) in [(REGISTRY, entry), (REGISTRY_AT, at)] {
+        let mut list: Vec<Value<'v>> = eval
+            .module()
+            .get(name)
+            .and_then(ListRef::from_value)
+            .map(|l| l.content().to_vec())
+            .unwrap_or_default();
+        list.push(item);
+        let value = eval.heap().alloc(AllocList(list));
+        eval.module().set(name, value);
+    }
 }
 
 /// `[x]` for a single assumption, the items for a list.
@@ -215,6 +225,7 @@ pub fn composition(builder: &mut GlobalsBuilder) {
             );
         }
         let heap = eval.heap();
+        let at = crate::runtime::location(eval);
         let mut interface = None;
         let target_name = match target {
             None => None,
@@ -317,6 +328,8 @@ pub fn composition(builder: &mut GlobalsBuilder) {
             ("children", tuple(heap, children)),
             ("monitors", monitors),
             ("description", heap.alloc(description.unwrap_or(""))),
+            // Where it was made: diagnostics about its faults name this line.
+            ("_at", heap.alloc(at.to_string())),
         ])))
     }
 
@@ -693,6 +706,18 @@ fn flatten<'v>(roots: &[Value<'v>], out: &mut Vec<Value<'v>>) {
     }
 }
 
+/// Tells the world where assumption `a` was made, for the faults under `handle`.
+fn declared_at(world: &dyn crate::world::World, handle: u64, a: Value) {
+    let Some((file, line)) = text(a, "_at").and_then(|at| at.rsplit_once(':')) else {
+        return;
+    };
+    let at = crate::model::Location {
+        file: file.to_string(),
+        line: line.parse().unwrap_or(0),
+    };
+    world.fault_declared_at(handle, &at);
+}
+
 /// Installs the faults of `assumptions` (and their children) and activates their
 /// monitors; returns the handles to remove the faults with.
 pub fn apply<'v>(
@@ -723,7 +748,10 @@ pub fn apply<'v>(
                     .map_err(|e| anyhow!("{e}"))
             });
             match installed {
-                Ok(h) => handles.push(h),
+                Ok(h) => {
+                    declared_at(&*world, h, *a);
+                    handles.push(h);
+                }
                 Err(e) => {
                     failed = Some(anyhow!("fault assumption {name:?}: {e}"));
                     break;
@@ -753,7 +781,10 @@ pub fn apply<'v>(
                 .map_err(|e| anyhow!("{e}"))
         });
         match installed {
-            Ok(h) => handles.push(h),
+            Ok(h) => {
+                declared_at(&*world, h, *a);
+                handles.push(h);
+            }
             Err(e) => {
                 failed = Some(anyhow!("fault assumption {name:?}: {e}"));
                 break;

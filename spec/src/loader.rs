@@ -201,6 +201,7 @@ fn load_here(path: &Path, limits: Limits) -> Result<Loaded, SpecError> {
     crate::sources::resolve(&mut services)
         .map_err(|(at, message)| SpecError::Topology { at, message })?;
     let mut tests = Vec::new();
+    let mut defs = DefLines::default();
     for name in module.names() {
         let name = name.as_str();
         if !name.starts_with("test_") {
@@ -210,6 +211,19 @@ fn load_here(path: &Path, limits: Limits) -> Result<Loaded, SpecError> {
         if v.value().get_type() != "function" {
             continue;
         }
+        // A function's repr is `<file>.<name>`: the file that defines it.
+        let repr = v.value().to_str();
+        let file = repr.strip_suffix(&format!(".{name}")).unwrap_or("");
+        let declared_at = match defs.line(file, name) {
+            Some(line) => Location {
+                file: file.to_string(),
+                line,
+            },
+            None => Location {
+                file: path.display().to_string(),
+                line: 0,
+            },
+        };
         tests.push(Test {
             name: name.to_string(),
             function: name.to_string(),
@@ -217,10 +231,7 @@ fn load_here(path: &Path, limits: Limits) -> Result<Loaded, SpecError> {
             cell: None,
             probe: false,
             timeout: None,
-            declared_at: Location {
-                file: path.display().to_string(),
-                line: 0,
-            },
+            declared_at,
         });
     }
     let (matrices, scenarios) = registered(&module, path, &mut tests)?;
@@ -249,6 +260,25 @@ fn load_here(path: &Path, limits: Limits) -> Result<Loaded, SpecError> {
 
 type Registered = (Vec<crate::model::Matrix>, Vec<crate::model::ScenarioDecl>);
 
+/// The lines of the top-level `def`s of spec files, each file read once.
+#[derive(Default)]
+struct DefLines(HashMap<String, HashMap<String, usize>>);
+
+impl DefLines {
+    /// The line of `def name` in `file`; `None` if the file cannot be read.
+    fn line(&mut self, file: &str, name: &str) -> Option<usize> {
+        self.0
+            .entry(file.to_string())
+            .or_insert_with(|| {
+                crate::analysis::outline_file(file)
+                    .map(|o| o.functions.into_iter().map(|f| (f.name, f.line)).collect())
+                    .unwrap_or_default()
+            })
+            .get(name)
+            .copied()
+    }
+}
+
 /// Reads the tests, matrices and scenarios registered by composition builtins in
 /// `module`.
 fn registered(
@@ -268,6 +298,24 @@ fn registered(
         starlark::values::list::ListRef::from_value(list.value())
             .map(|l| l.content().to_vec())
             .unwrap_or_default();
+    let places: Vec<Location> = module
+        .get_any_visibility(crate::compose::REGISTRY_AT)
+        .ok()
+        .and_then(|(l, _)| {
+            starlark::values::list::ListRef::from_value(l.value()).map(|l| {
+                l.iter()
+                    .map(|at| {
+                        let (file, line) = at.unpack_str().unwrap_or("").rsplit_once(':')?;
+                        Some(Location {
+                            file: file.to_string(),
+                            line: line.parse().ok()?,
+                        })
+                    })
+                    .map(Option::unwrap_or_default)
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
     for (i, e) in entries.into_iter().enumerate() {
         if kind(e) == Some(KIND_MATRIX) {
             let strings = |name: &str| -> Vec<String> {
@@ -327,10 +375,10 @@ fn registered(
             cell,
             probe,
             timeout,
-            declared_at: Location {
+            declared_at: places.get(i).cloned().unwrap_or_else(|| Location {
                 file: path.display().to_string(),
                 line: 0,
-            },
+            }),
         });
     }
     Ok((matrices, scenarios))

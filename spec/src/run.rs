@@ -7,6 +7,10 @@ use std::sync::Arc;
 
 use starlark::environment::Module;
 use starlark::eval::Evaluator;
+use starlark::values::dict::DictRef;
+use starlark::values::list::ListRef;
+use starlark::values::tuple::TupleRef;
+use starlark::values::{Heap, Value};
 use starlark::ErrorKind;
 
 use crate::faults::{AssertionFailed, MonitorViolation};
@@ -56,6 +60,8 @@ pub struct TestOutcome {
     pub verdict: Verdict,
     /// `repr()` of the test function's return value, when it is not None.
     pub return_value: Option<String>,
+    /// The same value as JSON, for the machine-readable report (see [`json_form`]).
+    pub return_json: Option<serde_json::Value>,
     /// How many assertions the test evaluated.
     pub assertions: u64,
 }
@@ -86,6 +92,7 @@ pub fn run_test(
                     failure_type: FailureType::Error,
                 },
                 return_value: None,
+                return_json: None,
                 assertions: 0,
             }
         }
@@ -121,6 +128,7 @@ pub fn run_test(
             Ok(v) => TestOutcome {
                 verdict: Verdict::Pass,
                 return_value: (!v.is_none()).then(|| v.to_repr()),
+                return_json: (!v.is_none()).then(|| json_form(v, module.heap(), 0)),
                 assertions,
             },
             Err(e) => TestOutcome {
@@ -132,10 +140,64 @@ pub fn run_test(
                     },
                 },
                 return_value: None,
+                return_json: None,
                 assertions,
             },
         }
     })
+}
+
+/// How deep [`json_form`] follows nested values: a list that contains itself ends
+/// here as its `repr()`.
+const JSON_DEPTH: usize = 64;
+
+/// A Starlark value as JSON, so an agent reads a test's return value with `jq`
+/// instead of parsing `repr()`: None, bools, numbers, strings, lists, tuples, dicts and
+/// structs as themselves; a step's response (and any other value with attributes) as
+/// an object of its attributes; anything else (a function, a float JSON cannot
+/// hold) as its `repr()` string.
+pub fn json_form<'v>(v: Value<'v>, heap: Heap<'v>, depth: usize) -> serde_json::Value {
+    use serde_json::Value as J;
+    if depth >= JSON_DEPTH {
+        return J::String(v.to_repr());
+    }
+    if let Ok(j) = v.to_json_value() {
+        return j;
+    }
+    if let Some(l) = ListRef::from_value(v) {
+        return J::Array(l.iter().map(|x| json_form(x, heap, depth + 1)).collect());
+    }
+    if let Some(t) = TupleRef::from_value(v) {
+        return J::Array(
+            t.content()
+                .iter()
+                .map(|x| json_form(*x, heap, depth + 1))
+                .collect(),
+        );
+    }
+    if let Some(d) = DictRef::from_value(v) {
+        return J::Object(
+            d.iter()
+                .map(|(k, x)| {
+                    let key = k.unpack_str().map_or_else(|| k.to_repr(), str::to_string);
+                    (key, json_form(x, heap, depth + 1))
+                })
+                .collect(),
+        );
+    }
+    let attrs = v.dir_attr();
+    if attrs.is_empty() || v.unpack_str().is_some() {
+        return J::String(v.to_repr());
+    }
+    J::Object(
+        attrs
+            .iter()
+            .filter_map(|a| {
+                let x = v.get_attr(a, heap).ok().flatten()?;
+                Some((a.clone(), json_form(x, heap, depth + 1)))
+            })
+            .collect(),
+    )
 }
 
 /// The verdict of a body its guard stopped: a timeout, or an error for a cancelled

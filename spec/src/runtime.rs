@@ -930,6 +930,7 @@ fn with_faults<'v>(
     let rt = Runtime::get(eval).map_err(starlark::Error::new_other)?;
     let ctx = rt.test(what).map_err(starlark::Error::new_other)?;
     let world = ctx.world.clone();
+    let at = location(eval);
     let mut handles = Vec::new();
     let mut installed = Ok(());
     let mut assumptions = Vec::new();
@@ -945,7 +946,10 @@ fn with_faults<'v>(
             continue;
         }
         match install(ctx, *t, wanted) {
-            Ok(h) => handles.push(h),
+            Ok(h) => {
+                world.fault_declared_at(h, &at);
+                handles.push(h);
+            }
             Err(e) => {
                 installed = Err(starlark::Error::new_other(anyhow!("{what}: {e}")));
                 break;
@@ -1305,7 +1309,13 @@ pub fn testing(builder: &mut GlobalsBuilder) {
             )));
         }
         let (handles, installed) = match world.partition(&sa.name, &sb.name) {
-            Ok(h) => (h, Ok(())),
+            Ok(h) => {
+                let at = location(eval);
+                for handle in &h {
+                    world.fault_declared_at(*handle, &at);
+                }
+                (h, Ok(()))
+            }
             Err(e) => (
                 Vec::new(),
                 Err(starlark::Error::new_other(anyhow!("partition(): {e}"))),
@@ -1336,7 +1346,8 @@ pub fn testing(builder: &mut GlobalsBuilder) {
             source,
             faults: &faults,
         };
-        install(ctx, target, &wanted).map_err(|e| anyhow!("fault_start(): {e}"))?;
+        let handle = install(ctx, target, &wanted).map_err(|e| anyhow!("fault_start(): {e}"))?;
+        ctx.world.fault_declared_at(handle, &location(eval));
         Ok(NoneType)
     }
 

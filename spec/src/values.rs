@@ -515,6 +515,10 @@ impl<'v> StarlarkValue<'v> for LazyResponse {
         };
         ResponseValue(r).get_attr(attribute, heap)
     }
+
+    fn dir_attr(&self) -> Vec<String> {
+        ResponseValue(Default::default()).dir_attr()
+    }
 }
 
 /// The reply of a `tcp` step started inside `parallel()`: a string once `parallel()`

@@ -165,6 +165,10 @@ pub trait World {
     fn trace_start(&self, service: &str, syscalls: &[String]) -> Result<u64, WorldError>;
     /// Removes the faults or trace added under `handle`.
     fn fault_remove(&self, handle: u64) -> Result<(), WorldError>;
+    /// Where the spec asked for the faults or rules under `handle` (the `fault()`,
+    /// `fault_start()` or `fault_assumption()` call), so a diagnostic about them can
+    /// name the line to change.
+    fn fault_declared_at(&self, _handle: u64, _at: &crate::model::Location) {}
     /// Ends every trace of `service`.
     fn trace_stop(&self, service: &str) -> Result<(), WorldError>;
     /// Removes every fault of `service`.
@@ -244,6 +248,9 @@ impl World for Host {
     }
     fn fault_remove(&self, handle: u64) -> Result<(), WorldError> {
         paused(|| self.0.fault_remove(handle))
+    }
+    fn fault_declared_at(&self, handle: u64, at: &crate::model::Location) {
+        paused(|| self.0.fault_declared_at(handle, at))
     }
     fn trace_stop(&self, service: &str) -> Result<(), WorldError> {
         paused(|| self.0.trace_stop(service))

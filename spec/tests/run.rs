@@ -12,6 +12,8 @@ use faultbox_spec::{load, run_test, Verdict};
 struct FakeWorld {
     log: Mutex<Vec<String>>,
     next: Mutex<u64>,
+    /// (handle, `file:line`) of every `fault_declared_at`.
+    sites: Mutex<Vec<(u64, String)>>,
 }
 
 impl World for FakeWorld {
@@ -94,6 +96,13 @@ impl World for FakeWorld {
     fn fault_remove(&self, handle: u64) -> Result<(), WorldError> {
         self.log.lock().unwrap().push(format!("remove#{handle}"));
         Ok(())
+    }
+    fn fault_declared_at(&self, handle: u64, at: &faultbox_spec::model::Location) {
+        let file = Path::new(&at.file).file_name().unwrap().to_string_lossy();
+        self.sites
+            .lock()
+            .unwrap()
+            .push((handle, format!("{file}:{}", at.line)));
     }
     fn fault_stop(&self, service: &str) -> Result<(), WorldError> {
         self.log.lock().unwrap().push(format!("stop {service}"));
@@ -303,6 +312,67 @@ fn event_queries_and_temporal_assertions() {
     let (out, _) = run("test_events");
     assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
     assert_eq!(out.return_value.as_deref(), Some("{\"writes\": 1}"));
+}
+
+#[test]
+fn return_values_have_a_json_form() {
+    let (out, _) = run("test_events");
+    assert_eq!(out.return_json, Some(serde_json::json!({"writes": 1})));
+    let (out, _) = run("test_returns_values");
+    assert_eq!(out.verdict, Verdict::Pass, "{out:?}");
+    assert_eq!(
+        out.return_json,
+        Some(serde_json::json!({
+            "resp": {"status": 200, "body": "{\"echo\": \"/x\"}", "data": {"echo": "/x"},
+                     "ok": true, "error": "", "duration_ms": 3},
+            "nested": [1, [2, "three"]],
+            "ok": true,
+            "none": null,
+            "f": "len",
+        }))
+    );
+    assert!(out.return_value.unwrap().contains("response(status=200"));
+    let (out, _) = run("test_assert_fails");
+    assert_eq!(out.return_json, None, "a failed test returns nothing");
+}
+
+/// Faults, assumptions and tests know the spec line that declared them, so reports
+/// can say which line to change.
+#[test]
+fn faults_and_tests_know_their_spec_line() {
+    let loaded =
+        load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs/tests.star")).unwrap();
+    let line = |name: &str| {
+        let t = loaded.spec.tests.iter().find(|t| t.name == name).unwrap();
+        assert!(t.declared_at.file.ends_with("tests.star"), "{t:?}");
+        t.declared_at.line
+    };
+    assert_eq!(line("test_steps"), 7, "a def test: its def line");
+    assert_eq!(line("test_db_slow"), 174, "a fault_scenario(): its call");
+    let sites = |name: &str| {
+        let test = loaded
+            .spec
+            .tests
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap()
+            .clone();
+        let world = Arc::new(FakeWorld::default());
+        let out = run_test(&loaded, &test, world.clone(), limits());
+        assert_eq!(out.verdict, Verdict::Pass, "{name}: {out:?}");
+        let sites = world.sites.lock().unwrap().clone();
+        sites
+    };
+    // fault(): the call; fault_start(): the call; an assumption: where it was made.
+    assert_eq!(
+        sites("test_fault_scoped"),
+        [(1, "tests.star:19".to_string())]
+    );
+    assert_eq!(
+        sites("test_returns_values"),
+        [(1, "tests.star:166".to_string())]
+    );
+    assert_eq!(sites("test_db_slow"), [(1, "tests.star:169".to_string())]);
 }
 
 #[test]

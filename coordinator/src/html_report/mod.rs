@@ -47,6 +47,8 @@ pub struct Run<'a> {
     pub matrix: Option<&'a Value>,
     /// The spec's services, in declaration order: the diagram's lanes.
     pub services: Vec<String>,
+    /// The loaded spec: the lines diagnostics point at.
+    pub model: &'a faultbox_spec::Spec,
     /// Every run and skipped test, in plan order.
     pub entries: &'a [Entry<'a>],
 }
@@ -93,7 +95,7 @@ pub fn write(path: &Path, run: &Run<'_>) -> Result<(), ReportError> {
                 seeds.insert(report.seed);
                 executors.insert(*executor);
                 runs.push(RunData {
-                    head: run_head(run.spec, report, executor),
+                    head: run_head(run.spec, run.model, report, executor),
                     trace: Some(trace::trace(&report.events, &run.services)),
                 });
             }
@@ -150,7 +152,7 @@ fn now() -> String {
 }
 
 /// Everything of a run but its trace.
-fn run_head(spec: &str, r: &TestReport, executor: &str) -> Value {
+fn run_head(spec: &str, model: &faultbox_spec::Spec, r: &TestReport, executor: &str) -> Value {
     let (result, reason, failure_type) = match &r.verdict {
         Verdict::Pass => ("pass", None, None),
         Verdict::Fail {
@@ -183,7 +185,7 @@ fn run_head(spec: &str, r: &TestReport, executor: &str) -> Value {
         "assertions": r.assertions,
         "cell": r.cell,
         "faults": faults,
-        "diagnostics": crate::diagnostics::diagnose(r).iter().map(|d| d.to_json()).collect::<Vec<_>>(),
+        "diagnostics": crate::diagnostics::diagnose(r, model).iter().map(|d| d.to_json()).collect::<Vec<_>>(),
     })
 }
 

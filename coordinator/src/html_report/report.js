@@ -140,7 +140,8 @@
     }
     if (r.diagnostics && r.diagnostics.length) {
       body.append(el('h4', { text: 'Diagnostics' }), el('ul', {}, ...r.diagnostics.map((d) =>
-        el('li', { class: 'diag' }, el('code', { text: d.code }), ' ' + d.message + ' — ' + d.suggestion))));
+        el('li', { class: 'diag' }, d.file ? d.file + ':' + d.line + ': ' : '', el('code', { text: d.code }),
+          ' ' + d.message + ' — ' + d.suggestion))));
     }
     if (r.faults && r.faults.length) {
       body.append(el('h4', { text: 'Faults' }), el('ul', {}, ...r.faults.map((f) =>

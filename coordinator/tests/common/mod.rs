@@ -252,7 +252,9 @@ pub fn faultbox_at(dir: &Path, args: &[&str]) -> Out {
     faultbox_at_env(dir, args, &[])
 }
 
-/// Runs `faultbox <args>` in `dir` with `env` added to its environment.
+/// Runs `faultbox <args>` in `dir` with `env` added to its environment. What a
+/// `faultbox test` or `faultbox check` prints with `--format json` is validated
+/// against its schema in `docs/schema/` (see [`validate_output`]).
 #[allow(dead_code)]
 pub fn faultbox_at_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
     let out = Command::new(faultbox())
@@ -261,11 +263,136 @@ pub fn faultbox_at_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
         .envs(env.iter().copied())
         .output()
         .expect("faultbox runs");
-    Out {
+    let out = Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    validate_output(args, &out);
+    out
+}
+
+/// The machine-readable documents Faultbox prints, each with a schema in
+/// `docs/schema/`.
+#[derive(Clone, Copy, Debug)]
+pub enum Schema {
+    /// `faultbox test --format json` and `--output FILE`.
+    TestResults,
+    /// `faultbox check --format json`.
+    CheckResults,
+}
+
+impl Schema {
+    /// The schema's text, read at compile time so a change to it rebuilds the tests.
+    fn text(self) -> &'static str {
+        match self {
+            Schema::TestResults => include_str!("../../../docs/schema/test-results.schema.json"),
+            Schema::CheckResults => {
+                include_str!("../../../docs/schema/check-results.schema.json")
+            }
+        }
     }
+
+    /// The compiled validator; `format` (timestamps) is checked too, not just noted.
+    fn validator(self) -> &'static jsonschema::Validator {
+        static TEST: OnceLock<jsonschema::Validator> = OnceLock::new();
+        static CHECK: OnceLock<jsonschema::Validator> = OnceLock::new();
+        let cell = match self {
+            Schema::TestResults => &TEST,
+            Schema::CheckResults => &CHECK,
+        };
+        cell.get_or_init(|| {
+            let schema: serde_json::Value = serde_json::from_str(self.text())
+                .unwrap_or_else(|e| panic!("{self:?}: the schema is not JSON: {e}"));
+            jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .should_validate_formats(true)
+                .build(&schema)
+                .unwrap_or_else(|e| panic!("{self:?}: not a valid JSON Schema: {e}"))
+        })
+    }
+}
+
+/// Where and how `doc` departs from `schema`; empty when it matches.
+pub fn violations(schema: Schema, doc: &serde_json::Value) -> Vec<String> {
+    schema
+        .validator()
+        .iter_errors(doc)
+        .map(|e| format!("  at {}: {e}", e.instance_path()))
+        .collect()
+}
+
+/// Fails the test, listing every violation, if `doc` does not match `schema`.
+pub fn validate(schema: Schema, doc: &serde_json::Value) {
+    let errors = violations(schema, doc);
+    if !errors.is_empty() {
+        let mut text = doc.to_string();
+        if text.len() > 4000 {
+            let mut cut = 4000;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("...");
+        }
+        panic!(
+            "the document does not match docs/schema ({schema:?}):\n{}\n{text}",
+            errors.join("\n")
+        );
+    }
+}
+
+/// Parses `text` as a document of `schema` and validates it.
+pub fn parse_valid(schema: Schema, text: &str) -> serde_json::Value {
+    let doc = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    validate(schema, &doc);
+    doc
+}
+
+/// A `faultbox test --format json` (or `--output`) document, validated.
+pub fn results(text: &str) -> serde_json::Value {
+    parse_valid(Schema::TestResults, text)
+}
+
+/// The validated `faultbox test --format json` document `out` printed; its stderr
+/// is shown if there is none.
+pub fn results_of(out: &Out) -> serde_json::Value {
+    if serde_json::from_str::<serde_json::Value>(&out.stdout).is_err() {
+        panic!(
+            "no JSON document on stdout (exit {}):\n{}\n{}",
+            out.code, out.stdout, out.stderr
+        );
+    }
+    results(&out.stdout)
+}
+
+/// What a run of `faultbox <args>` printed on stdout, checked against its schema when
+/// `args` ask `faultbox test` or `faultbox check` for `--format json`: whenever it
+/// printed something, and always when the exit code says the document was written
+/// (0 or 2; `check` also writes one for a spec that does not load, with 1).
+pub fn validate_output(args: &[&str], out: &Out) {
+    let json = args
+        .windows(2)
+        .any(|w| w[0] == "--format" && w[1] == "json")
+        || args.contains(&"--format=json");
+    // --dry-run prints its plan as text whatever the format.
+    if !json || args.contains(&"--dry-run") {
+        return;
+    }
+    let (schema, written) = match args.first() {
+        Some(&"test") => (Schema::TestResults, [0, 2].contains(&out.code)),
+        Some(&"check") => (Schema::CheckResults, [0, 1, 2].contains(&out.code)),
+        _ => return,
+    };
+    if out.stdout.trim().is_empty() {
+        assert!(
+            !written,
+            "faultbox {args:?} exited {} with no JSON on stdout:\n{}",
+            out.code, out.stderr
+        );
+        return;
+    }
+    parse_valid(schema, &out.stdout);
 }
 
 /// Waits until `count(processes with marker)` satisfies `ok`, failing with `what`

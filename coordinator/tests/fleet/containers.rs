@@ -21,8 +21,7 @@ fn the_containers_demo_runs_on_an_executor() {
         "--fleet",
         dir.to_str().unwrap(),
     ]);
-    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let doc = crate::common::results_of(&out);
     let tests = doc["tests"].as_array().unwrap();
     assert_eq!(tests.len(), 4, "{}", out.stdout);
     for t in tests {

@@ -3,8 +3,9 @@
 //!
 //! It runs on its own thread, blocked in the receive ioctl, so that a deny or continue
 //! costs one receive and one answer and never waits on the async runtime (a `poll`
-//! before each receive would add ~0.75 µs to every call). A delay is handed to a
-//! runtime timer and answered from there, so it holds up nothing else. A blocked
+//! before each receive would add ~0.75 µs to every call). A delay is handed to the
+//! process's delay timer ([`crate::engine::timer`]), whose thread answers the call
+//! when the deadline passes, so it holds up nothing else. A blocked
 //! receive does not wake when the target dies, so [`SupervisorHandle::stop`] ends the
 //! loop with a thread-directed signal once the target has been reaped.
 
@@ -20,6 +21,7 @@ use faultbox_shim::syscalls::{self, Arch};
 
 use crate::engine::procfs::Procfs;
 use crate::engine::rules::{Decision, EngineSlot};
+use crate::engine::timer::{Answers, NotScheduled, Timer};
 use crate::engine::vclock::{self, VirtualClock};
 
 /// One intercepted call and what was decided.
@@ -47,6 +49,7 @@ pub trait EventSink: Send + Sync + 'static {
 pub struct HeldCall {
     listener: Arc<OwnedFd>,
     id: u64,
+    answers: Option<Arc<Answers>>,
     runtime: tokio::runtime::Handle,
     sink: Arc<dyn EventSink>,
     pub event: SyscallEvent,
@@ -59,14 +62,14 @@ impl HeldCall {
         self.sink.syscall(self.event.clone());
         let fd = self.listener.as_raw_fd();
         match self.event.decision {
-            Decision::Delay(d) => {
-                let listener = self.listener.clone();
-                let id = self.id;
-                self.runtime.spawn(async move {
-                    tokio::time::sleep(d).await;
-                    answer(listener.as_raw_fd(), id, &Decision::Allow);
-                });
-            }
+            // The delay starts now, when the call is let go.
+            Decision::Delay(d) => continue_after(
+                self.answers.as_deref(),
+                &self.runtime,
+                &self.listener,
+                self.id,
+                d,
+            ),
             ref other => answer(fd, self.id, other),
         }
     }
@@ -84,6 +87,7 @@ pub trait Holder: Send + Sync + 'static {
 pub struct SupervisorHandle {
     thread: Option<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    answers: Option<Arc<Answers>>,
 }
 
 impl SupervisorHandle {
@@ -108,6 +112,11 @@ impl SupervisorHandle {
             std::thread::sleep(Duration::from_micros(200));
         }
         let _ = thread.join();
+        // Delayed calls still pending belong to a target that is gone: drop them with
+        // the listener they hold.
+        if let Some(a) = &self.answers {
+            a.close();
+        }
     }
 }
 
@@ -151,8 +160,10 @@ pub fn spawn(
 ) -> std::io::Result<SupervisorHandle> {
     install_wake_handler();
     let stop = Arc::new(AtomicBool::new(false));
+    let answers = Timer::process().map(|t| Arc::new(t.answers()));
     let mut sup = Supervisor {
         listener: Arc::new(listener),
+        answers: answers.clone(),
         engine,
         runtime,
         sink,
@@ -178,11 +189,14 @@ pub fn spawn(
     Ok(SupervisorHandle {
         thread: Some(thread),
         stop,
+        answers,
     })
 }
 
 struct Supervisor {
     listener: Arc<OwnedFd>,
+    /// Delayed answers on the process's timer (`None` if it could not start).
+    answers: Option<Arc<Answers>>,
     engine: EngineSlot,
     runtime: tokio::runtime::Handle,
     sink: Arc<dyn EventSink>,
@@ -295,6 +309,7 @@ impl Supervisor {
             Some(h) if h.holding() && !system(&event) => match h.hold(Box::new(HeldCall {
                 listener: self.listener.clone(),
                 id: req.id,
+                answers: self.answers.clone(),
                 runtime: self.runtime.clone(),
                 sink: self.sink.clone(),
                 event,
@@ -315,14 +330,13 @@ impl Supervisor {
                 }
                 answer(fd, req.id, &Decision::Allow);
             }
-            Decision::Delay(d) => {
-                let listener = self.listener.clone();
-                let id = req.id;
-                self.runtime.spawn(async move {
-                    tokio::time::sleep(d).await;
-                    answer(listener.as_raw_fd(), id, &Decision::Allow);
-                });
-            }
+            Decision::Delay(d) => continue_after(
+                self.answers.as_deref(),
+                &self.runtime,
+                &self.listener,
+                req.id,
+                d,
+            ),
             ref other => answer(fd, req.id, other),
         }
     }
@@ -411,8 +425,35 @@ fn hung_up(fd: i32) -> bool {
     rc == 1 && pfd.revents & libc::POLLIN == 0 && pfd.revents & libc::POLLHUP != 0
 }
 
+/// Lets a delayed call proceed once `d` has passed: answered by the timer thread, or
+/// by the runtime's (millisecond) timer if the delay timer could not start.
+fn continue_after(
+    answers: Option<&Answers>,
+    runtime: &tokio::runtime::Handle,
+    listener: &Arc<OwnedFd>,
+    id: u64,
+    d: Duration,
+) {
+    let scheduled = match answers {
+        Some(a) => a.continue_after(d, listener, id),
+        None => Err(NotScheduled::Stopped),
+    };
+    match scheduled {
+        Ok(()) => {}
+        // The supervisor has stopped: its target is gone, so is the call.
+        Err(NotScheduled::Closed) => {}
+        Err(NotScheduled::Stopped) => {
+            let listener = listener.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep(d).await;
+                answer(listener.as_raw_fd(), id, &Decision::Allow);
+            });
+        }
+    }
+}
+
 /// Answers a notification. A caller that is gone (`ENOENT`) needs no answer.
-fn answer(fd: i32, id: u64, decision: &Decision) {
+pub(crate) fn answer(fd: i32, id: u64, decision: &Decision) {
     let r = match decision {
         Decision::Deny(e) => notify::respond_error(fd, id, *e),
         _ => notify::respond_continue(fd, id),

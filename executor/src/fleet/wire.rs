@@ -12,7 +12,7 @@ use crate::world::run::TestReport;
 use faultbox_spec::world::Event;
 
 /// Bumped whenever a frame changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The largest frame accepted: a bundle's files travel in frames of their own.
 pub const MAX_FRAME: usize = 512 << 20;

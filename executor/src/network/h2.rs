@@ -661,7 +661,7 @@ async fn act(ctx: &Ctx, rule: &Active, fields: Fields) -> Act {
         ProxyAction::Delay(d) => {
             detail.insert("delay_ms".into(), d.as_millis().to_string());
             fire("delay", detail);
-            tokio::time::sleep(*d).await;
+            crate::engine::timer::sleep(*d).await;
             return Act::Forward;
         }
         ProxyAction::Duplicate => {

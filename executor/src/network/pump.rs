@@ -345,7 +345,7 @@ async fn act(
             if let Some(f) = on_sent {
                 f(*sent + bytes.len() as u64);
             }
-            tokio::time::sleep(*d).await;
+            crate::engine::timer::sleep(*d).await;
             lock(&shared.order).push_server(req.replies);
             Ok(write(server, bytes, sent, on_sent).await?)
         }
@@ -691,7 +691,7 @@ async fn act_on_message(
         ProxyAction::Delay(d) => {
             detail.insert("delay_ms".into(), d.as_millis().to_string());
             fire("delay", detail);
-            tokio::time::sleep(*d).await;
+            crate::engine::timer::sleep(*d).await;
             return bytes.to_vec();
         }
         ProxyAction::Drop => (

@@ -396,7 +396,7 @@ impl Connection {
                         // The rule decides when this connection goes on: the driver's
                         // parallel() branches need not wait for it.
                         progressed(&self.waiters, self.peer, u64::MAX);
-                        tokio::time::sleep(*d).await
+                        crate::engine::timer::sleep(*d).await
                     }
                     _ => {
                         let _ = client.set_zero_linger();

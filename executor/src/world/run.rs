@@ -58,6 +58,9 @@ pub struct TestReport {
     pub started_at: std::time::SystemTime,
     pub verdict: Verdict,
     pub return_value: Option<String>,
+    /// The return value as JSON, for `--format json`.
+    #[serde(default)]
+    pub return_json: Option<serde_json::Value>,
     pub duration: Duration,
     pub events: Vec<Event>,
     pub faults: Vec<FaultReport>,
@@ -88,6 +91,7 @@ impl TestReport {
             started_at: std::time::SystemTime::now(),
             verdict,
             return_value: None,
+            return_json: None,
             duration: Duration::ZERO,
             events: Vec::new(),
             faults: Vec::new(),
@@ -234,6 +238,7 @@ fn run_here(loaded: &Arc<Loaded>, test: &Test, opts: &TestOptions) -> TestReport
         r.timings.body = t.elapsed();
         r.verdict = outcome.verdict;
         r.return_value = outcome.return_value;
+        r.return_json = outcome.return_json;
         r.assertions = outcome.assertions;
         r.crashed = started
             .iter()
@@ -295,6 +300,7 @@ fn run_body(
     let outcome = |verdict| faultbox_spec::TestOutcome {
         verdict,
         return_value: None,
+        return_json: None,
         assertions: 0,
     };
     // The thread enters the namespace through a descriptor of its own, so it does not

@@ -46,6 +46,9 @@ pub struct FaultReport {
     /// The interface a protocol rule acts on.
     #[serde(default)]
     pub interface: Option<String>,
+    /// The spec call that installed it, for diagnostics that name the line to change.
+    #[serde(default)]
+    pub declared_at: Option<faultbox_spec::model::Location>,
 }
 
 /// A running service of the test.
@@ -93,7 +96,7 @@ pub struct TestWorld {
     installed: Mutex<BTreeMap<u64, Installed>>,
     next: AtomicU64,
     /// Every fault ever installed: (rule id, report without hits).
-    reports: Mutex<Vec<(usize, FaultReport)>>,
+    reports: Mutex<Vec<(usize, u64, FaultReport)>>,
     /// Set under `--virtual-time`: shared by every service of the test.
     vclock: Option<Arc<crate::engine::vclock::VirtualClock>>,
     /// Orders the services' calls inside `parallel()`.
@@ -1243,7 +1246,7 @@ impl TestWorld {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(id, r)| FaultReport {
+            .map(|(id, _, r)| FaultReport {
                 hits: match proxy.iter().find(|a| a.id == *id) {
                     Some(a) => a.hits.load(Ordering::Relaxed),
                     None => hits.get(id).copied().unwrap_or(0),
@@ -1595,6 +1598,7 @@ impl World for TestWorld {
                     label: rule.label.clone(),
                     hits: 0,
                     interface: None,
+                    declared_at: None,
                 },
             ));
             compiled.push((c, scs));
@@ -1614,7 +1618,7 @@ impl World for TestWorld {
         self.reports
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(reports);
+            .extend(reports.into_iter().map(|(id, r)| (id, handle, r)));
         self.rebuild(service)?;
         self.fault_event("fault_applied", service, text.join(" "));
         Ok(handle)
@@ -1681,25 +1685,24 @@ impl World for TestWorld {
             )));
         };
         let mut actives = Vec::new();
+        let mut reports = Vec::new();
         for rule in rules {
             let id = self.next.fetch_add(1, Ordering::SeqCst) as usize;
             let active = Arc::new(Active::new(id, protocol, rule.clone()).scoped(source.is_some()));
-            self.reports
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((
-                    id,
-                    FaultReport {
-                        service: service.to_string(),
-                        syscall: String::new(),
-                        action: rule.to_string(),
-                        errno: None,
-                        delay: None,
-                        label: rule.label.clone(),
-                        hits: 0,
-                        interface: Some(interface.to_string()),
-                    },
-                ));
+            reports.push((
+                id,
+                FaultReport {
+                    service: service.to_string(),
+                    syscall: String::new(),
+                    action: rule.to_string(),
+                    errno: None,
+                    delay: None,
+                    label: rule.label.clone(),
+                    hits: 0,
+                    interface: Some(interface.to_string()),
+                    declared_at: None,
+                },
+            ));
             self.proxy_rules
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1707,6 +1710,10 @@ impl World for TestWorld {
             actives.push(active);
         }
         let handle = self.next.fetch_add(1, Ordering::SeqCst);
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(reports.into_iter().map(|(id, r)| (id, handle, r)));
         self.rules
             .install(handle, service, interface, source, actives);
         self.installed
@@ -1725,6 +1732,19 @@ impl World for TestWorld {
         }
         self.fault_event("fault_applied", service, text.join(" "));
         Ok(handle)
+    }
+
+    fn fault_declared_at(&self, handle: u64, at: &faultbox_spec::model::Location) {
+        for (_, h, r) in self
+            .reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            if *h == handle {
+                r.declared_at = Some(at.clone());
+            }
+        }
     }
 
     fn proxy_stop(&self, service: &str, interface: &str) -> Result<(), WorldError> {
