@@ -44,14 +44,18 @@ pub fn preface(first: &[u8]) -> Preface {
 
 /// The match fields of an h2c request on an `http` interface.
 pub fn fields(method: &str, path_and_query: &str) -> Fields {
-    let path = path_and_query
-        .split(['?', '#'])
-        .next()
-        .unwrap_or(path_and_query);
     let mut f = Fields::new();
     f.insert("method", method.to_string());
-    f.insert("path", path.to_string());
+    f.insert("path", bare_path(path_and_query).to_string());
     f
+}
+
+/// The path `path=` matches: without the query or a fragment.
+pub fn bare_path(path_and_query: &str) -> &str {
+    path_and_query
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(path_and_query)
 }
 
 /// An answer given in the server's place: a status, a content type and a body.

@@ -2,45 +2,41 @@
 //! starts with the HTTP/2 preface (h2c with prior knowledge). HTTP/2 multiplexes
 //! streams over one connection with shared HPACK state and flow control, so it is
 //! not framed byte-wise like the other protocols: the relay terminates it. It
-//! serves the consumer's connection with an HTTP/2 server and forwards each request
+//! serves the consumer's connection as an HTTP/2 server and forwards each request
 //! on one HTTP/2 client connection of its own to the service (one upstream
 //! connection per consumer connection, so an edge keeps its connections one to
 //! one). Bodies are streamed both ways, never buffered, and trailers are kept
 //! (gRPC's status lives in them).
 //!
-//! Everything a connection runs (both HTTP/2 connections, every stream's handler and
-//! body pump) is polled by the connection's own task: no wake-up crosses to another
-//! worker between a request and its forwarding, and stopping the connection's task
-//! stops all of it (a call held by a delay included).
+//! Both connections are driven with the `h2` crate directly, and every call is one
+//! future polled by the connection's own task, next to the two connections: no
+//! wake-up crosses to another worker between a request and its forwarding, a call
+//! costs no task, channel or boxed body of its own, and stopping the connection's
+//! task stops all of it (a call held by a delay included).
 //!
 //! Rules act per request (per stream): an answer in the server's place (a gRPC
 //! trailers-only error or a successful call; an HTTP status and body for h2c), a
 //! delay that holds only that stream, or a drop that resets the consumer's whole
 //! connection (and the relay's to the service), as a network failure would.
 
-use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::os::fd::{AsFd, OwnedFd};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http_body_util::combinators::BoxBody;
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
-use hyper::rt::Executor;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, TE};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
-use faultbox_protocols::{Answer, Fields};
+use faultbox_protocols::{Answer, FieldView, Fields};
 use faultbox_spec::world::ProxyAction;
 
 use super::plan::Edge;
@@ -60,53 +56,29 @@ pub enum Kind {
 #[derive(Debug, thiserror::Error)]
 pub enum H2Error {
     #[error("the consumer's HTTP/2 connection failed: {0}")]
-    Consumer(hyper::Error),
+    Consumer(h2::Error),
     #[error("the HTTP/2 handshake with the service failed: {0}")]
-    Handshake(hyper::Error),
+    Handshake(h2::Error),
     #[error("the service's HTTP/2 connection failed: {0}")]
-    Service(hyper::Error),
+    Service(h2::Error),
     #[error("dropped by a rule")]
     Dropped,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-/// How long a dropped call's stream waits for its connection to be reset before it
-/// ends on its own (the reset comes first; this only bounds the task).
-const DROP_GRACE: Duration = Duration::from_secs(5);
-
-/// Everything a connection's requests share.
+/// Everything a connection's calls share.
 struct Ctx {
     edge: Edge,
     kind: Kind,
     rules: Arc<Rules>,
     cache: Mutex<EdgeRules>,
     events: Arc<dyn Events>,
-    upstream: hyper::client::conn::http2::SendRequest<Incoming>,
-    dropped: Notify,
-    exec: Local,
+    upstream: h2::client::SendRequest<Bytes>,
+    /// Set by a call a `drop()` rule fired on: the connection's task resets both
+    /// connections once it sees it (right after polling that call).
+    dropped: AtomicBool,
 }
-
-type Spawned = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// What hyper spawns for a connection, handed to the connection's own task (which
-/// polls it with the connections); dropped if that task is over.
-#[derive(Clone)]
-struct Local(tokio::sync::mpsc::UnboundedSender<Spawned>);
-
-impl<F> Executor<F> for Local
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        let _ = self.0.send(Box::pin(async move {
-            fut.await;
-        }));
-    }
-}
-
-type Out = BoxBody<Bytes, hyper::Error>;
 
 /// Detects the HTTP/2 preface without consuming it: waits until the client's first
 /// bytes are the whole preface or are not a start of it. End of stream is "not".
@@ -129,6 +101,95 @@ pub async fn starts_with_preface(client: &TcpStream) -> std::io::Result<bool> {
     }
 }
 
+/// Flow-control windows: larger than HTTP/2's 64 KiB default so a relayed stream
+/// is not held to one window per round trip.
+const WINDOW: u32 = 1 << 20;
+
+/// The largest header list either side accepts (hyper's default, which the relay
+/// had when it was built on hyper).
+const MAX_HEADER_LIST: u32 = 16 << 10;
+
+/// Passes of the connection's loop one poll may make before it lets the scheduler
+/// run other tasks.
+const MAX_PASSES: usize = 8;
+
+/// The waker a connection's loop polls everything with. h2 wakes the connection's
+/// task whenever a call queues a frame, and a call whenever its connection reads
+/// a frame for it: wakes that happen while the loop is running, so a plain waker
+/// would have the task scheduled again right after each poll, and tokio's
+/// scheduler, seeing a task woken by itself, rouses the other worker to steal it
+/// (a cross-CPU wake-up, several context switches per call). This waker notes
+/// such a wake and the loop makes another pass instead; a wake that comes while
+/// the loop is not running (the sockets' readiness) wakes the task.
+#[derive(Default)]
+struct Passes {
+    /// IDLE, POLLING, or WOKEN (polling, and woken since the pass began).
+    state: std::sync::atomic::AtomicU8,
+    task: futures_util::task::AtomicWaker,
+}
+
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+impl Passes {
+    fn enter(&self, task: &Waker) {
+        self.task.register(task);
+        self.state.store(POLLING, Ordering::SeqCst);
+    }
+
+    /// Whether the loop may wait: nothing woke it during this pass. If something
+    /// did, the next pass begins.
+    fn done(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(POLLING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(_) => {
+                self.state.store(POLLING, Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
+    fn leave<T>(&self, out: Poll<T>) -> Poll<T> {
+        self.state.store(IDLE, Ordering::SeqCst);
+        out
+    }
+
+    fn yield_now<T>(&self) -> Poll<T> {
+        self.state.store(IDLE, Ordering::SeqCst);
+        self.task.wake();
+        Poll::Pending
+    }
+}
+
+impl std::task::Wake for Passes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut now = self.state.load(Ordering::SeqCst);
+        loop {
+            match now {
+                WOKEN => return,
+                POLLING => match self.state.compare_exchange(
+                    POLLING,
+                    WOKEN,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
+                    Ok(_) => return,
+                    Err(was) => now = was,
+                },
+                _ => return self.task.wake(),
+            }
+        }
+    }
+}
+
 /// Serves `client` (which starts with the HTTP/2 preface) and forwards its requests
 /// to `server`; returns the bytes read from and written to the client.
 pub async fn relay(
@@ -143,69 +204,107 @@ pub async fn relay(
     let client_fd: OwnedFd = client.as_fd().try_clone_to_owned()?;
     let server_fd: OwnedFd = server.as_fd().try_clone_to_owned()?;
     let counts = Arc::new(Counts::default());
-    let (spawn, mut spawned) = tokio::sync::mpsc::unbounded_channel();
-    let exec = Local(spawn);
-    let (upstream, service_conn) = hyper::client::conn::http2::Builder::new(exec.clone())
-        .initial_stream_window_size(WINDOW)
+    let (upstream, service_conn) = h2::client::Builder::new()
+        .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW * 4)
-        .handshake::<_, Incoming>(TokioIo::new(server))
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(1 << 20)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false)
+        .handshake::<_, Bytes>(server)
         .await
         .map_err(H2Error::Handshake)?;
-    let ctx = Arc::new(Ctx {
+    let mut consumer = h2::server::Builder::new()
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW * 4)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_concurrent_streams(200)
+        .max_send_buffer_size(400 << 10)
+        .max_local_error_reset_streams(Some(1024))
+        .handshake::<_, Bytes>(Counted {
+            inner: client,
+            counts: counts.clone(),
+        })
+        .await
+        .map_err(H2Error::Consumer)?;
+    let ctx = Ctx {
         edge,
         kind,
         rules,
         cache: Mutex::new(EdgeRules::default()),
         events,
         upstream,
-        dropped: Notify::new(),
-        exec: exec.clone(),
-    });
-    let service = {
-        let ctx = ctx.clone();
-        hyper::service::service_fn(move |req| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
-        })
+        dropped: AtomicBool::new(false),
     };
-    let consumer_conn = hyper::server::conn::http2::Builder::new(exec)
-        .auto_date_header(false)
-        .initial_stream_window_size(WINDOW)
-        .initial_connection_window_size(WINDOW * 4)
-        .serve_connection(
-            TokioIo::new(Counted {
-                inner: client,
-                counts: counts.clone(),
-            }),
-            service,
-        );
-    tokio::pin!(consumer_conn, service_conn);
+    let mut service_conn = pin!(service_conn);
+    let mut calls = FuturesUnordered::new();
+    let mut accepting = true;
     let mut service_done = false;
-    let mut tasks = FuturesUnordered::new();
-    let result = loop {
-        tokio::select! {
-            Some(task) = spawned.recv() => tasks.push(task),
-            Some(()) = tasks.next(), if !tasks.is_empty() => {}
-            r = &mut consumer_conn => break r.map_err(H2Error::Consumer),
-            r = &mut service_conn, if !service_done => {
-                service_done = true;
-                match r {
-                    // The service said goodbye: so does the relay, letting calls in
-                    // flight end as they can.
-                    Ok(()) => consumer_conn.as_mut().graceful_shutdown(),
-                    // The service vanished: the consumer's connection goes too, as a
-                    // direct one would.
-                    Err(e) => break Err(H2Error::Service(e)),
+    // One loop polls, in the order a call's bytes travel, the consumer's connection
+    // (new calls, its frames in and out), the calls, and the service's connection;
+    // what one of them wakes in another during the pass is polled by the next pass
+    // of the same poll (see [`Passes`]).
+    let passes = Arc::new(Passes::default());
+    let own = Waker::from(passes.clone());
+    let result = poll_fn(|cx| {
+        passes.enter(cx.waker());
+        let cx = &mut Context::from_waker(&own);
+        for _ in 0..MAX_PASSES {
+            'pass: {
+                while accepting {
+                    match consumer.poll_accept(cx) {
+                        Poll::Ready(Some(Ok((req, respond)))) => {
+                            calls.push(call(&ctx, req, respond))
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            return passes.leave(Poll::Ready(Err(H2Error::Consumer(e))))
+                        }
+                        Poll::Ready(None) => accepting = false,
+                        Poll::Pending => break,
+                    }
                 }
-            }
-            _ = ctx.dropped.notified() => {
-                for fd in [&client_fd, &server_fd] {
-                    let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
+                if !accepting {
+                    // No more calls: the connection ends once those in flight have.
+                    if let Poll::Ready(r) = consumer.poll_closed(cx) {
+                        return passes.leave(Poll::Ready(r.map_err(H2Error::Consumer)));
+                    }
                 }
-                break Err(H2Error::Dropped);
+                while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {}
+                if ctx.dropped.load(Ordering::Relaxed) {
+                    return passes.leave(Poll::Ready(Err(H2Error::Dropped)));
+                }
+                if !service_done {
+                    match service_conn.as_mut().poll(cx) {
+                        Poll::Pending => {}
+                        // The service said goodbye: so does the relay, letting calls
+                        // in flight end as they can.
+                        Poll::Ready(Ok(())) => {
+                            service_done = true;
+                            consumer.graceful_shutdown();
+                            break 'pass;
+                        }
+                        // The service vanished: the consumer's connection goes too,
+                        // as a direct one would.
+                        Poll::Ready(Err(e)) => {
+                            return passes.leave(Poll::Ready(Err(H2Error::Service(e))))
+                        }
+                    }
+                }
+                if passes.done() {
+                    return Poll::Pending;
+                }
             }
         }
-    };
+        // Still woken after as many passes: back to the scheduler (tokio's
+        // cooperative budget, for one, wakes a task that used it up).
+        passes.yield_now()
+    })
+    .await;
+    if let Err(H2Error::Dropped) = result {
+        for fd in [&client_fd, &server_fd] {
+            let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
+        }
+    }
     result.map(|()| {
         (
             counts.read.load(Ordering::Relaxed),
@@ -214,73 +313,316 @@ pub async fn relay(
     })
 }
 
-/// Flow-control windows: larger than HTTP/2's 64 KiB default so a relayed stream
-/// is not held to one window per round trip.
-const WINDOW: u32 = 1 << 20;
+/// One call, from the consumer's request to the end of both of its streams.
+async fn call(ctx: &Ctx, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    let Some(rule) = decide(ctx, &req) else {
+        return forward(ctx, req, respond).await;
+    };
+    let fields = fields(ctx.kind, req.method(), req.uri());
+    let action = unless_reset(&mut respond, act(ctx, &rule, fields)).await;
+    match action {
+        // The consumer gave up on the call while it was held.
+        None => {}
+        Some(Act::Forward) => forward(ctx, req, respond).await,
+        Some(Act::Answer(reply)) => answer(*reply, req.into_body(), respond).await,
+        Some(Act::Drop) => ctx.dropped.store(true, Ordering::Relaxed),
+    }
+}
 
-async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Out> {
+/// The rule that acts on `req`, if any: one atomic load while the edge's rules did
+/// not change, and the request's keys read in place (nothing is copied out of a
+/// call no rule acts on).
+fn decide(ctx: &Ctx, req: &Request<RecvStream>) -> Option<Arc<Active>> {
     let edge = (
         ctx.edge.consumer.as_str(),
         ctx.edge.service.as_str(),
         ctx.edge.port.interface.as_str(),
     );
-    let rule = {
-        let mut cache = ctx.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let rules = ctx
-            .rules
-            .for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
-        if rules.is_empty() {
-            None
-        } else {
-            let fields = fields(ctx.kind, &req);
-            ctx.rules
-                .decide(edge, rules, &fields)
-                .map(|rule| (rule, fields))
-        }
-    };
-    let Some((rule, fields)) = rule else {
-        return forward(ctx, req).await;
-    };
-    act(ctx, &rule, fields, req).await
+    let mut cache = ctx.cache.lock().unwrap_or_else(|p| p.into_inner());
+    let rules = ctx
+        .rules
+        .for_edge_cached(edge.0, edge.1, edge.2, &mut cache);
+    if rules.is_empty() {
+        return None;
+    }
+    let keys = Keys::of(ctx.kind, req.method(), req.uri());
+    ctx.rules.decide(edge, rules, &keys)
 }
 
-/// The match fields of a request.
-fn fields(kind: Kind, req: &Request<Incoming>) -> Fields {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    match kind {
-        Kind::Grpc => {
-            let mut f = Fields::new();
-            f.insert("method", req.uri().path().to_string());
-            f
+/// A request's match keys, borrowed from it: what [`fields`] would hold.
+struct Keys<'a> {
+    kind: Kind,
+    method: &'a str,
+    path: &'a str,
+    /// The path without its query, for `path=`.
+    bare: &'a str,
+}
+
+impl<'a> Keys<'a> {
+    fn of(kind: Kind, method: &'a Method, uri: &'a Uri) -> Keys<'a> {
+        Keys {
+            kind,
+            method: method.as_str(),
+            path: uri.path(),
+            bare: faultbox_protocols::http2::bare_path(path_and_query(uri)),
         }
-        Kind::Http => faultbox_protocols::http2::fields(req.method().as_str(), path),
     }
 }
 
-/// Sends `req` to the service and streams its response back.
-async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Out> {
+impl FieldView for Keys<'_> {
+    fn field(&self, key: &str) -> Option<&str> {
+        match (self.kind, key) {
+            (Kind::Grpc, "method") => Some(self.path),
+            (Kind::Http, "method") => Some(self.method),
+            (Kind::Http, "path") => Some(self.bare),
+            _ => None,
+        }
+    }
+}
+
+fn path_and_query(uri: &Uri) -> &str {
+    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+}
+
+/// The match fields of a request, for the trace of a rule that fired.
+fn fields(kind: Kind, method: &Method, uri: &Uri) -> Fields {
+    match kind {
+        Kind::Grpc => {
+            let mut f = Fields::new();
+            f.insert("method", uri.path().to_string());
+            f
+        }
+        Kind::Http => faultbox_protocols::http2::fields(method.as_str(), path_and_query(uri)),
+    }
+}
+
+/// `fut`, unless the consumer resets the call's stream first.
+async fn unless_reset<F: Future>(respond: &mut SendResponse<Bytes>, fut: F) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match respond.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Sends `req` to the service and streams its response back; both bodies are
+/// pumped at once (a streaming call sends and receives at the same time).
+async fn forward(ctx: &Ctx, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    let (head, body) = req.into_parts();
+    let end = body.is_end_stream();
     let mut upstream = ctx.upstream.clone();
-    let sent = async {
-        upstream.ready().await?;
-        upstream.send_request(req).await
+    let sent = match poll_fn(|cx| upstream.poll_ready(cx)).await {
+        Ok(()) => upstream.send_request(Request::from_parts(head, ()), end),
+        Err(e) => Err(e),
     };
-    match sent.await {
-        Ok(resp) => resp.map(BodyExt::boxed),
-        // The service's connection failed: the relay's select ends the consumer's
+    drop(upstream);
+    let (mut response, to_service) = match sent {
+        Ok(sent) => sent,
+        // The service's connection failed: the relay's loop ends the consumer's
         // connection too; until then this stream says the service is unreachable.
-        Err(_) => unreachable_response(ctx.kind),
+        Err(_) => return reply(unreachable_reply(ctx.kind), &mut respond),
+    };
+    let mut request = (!end).then(|| Pump::new(body, to_service));
+    let mut back: Option<Pump> = None;
+    let mut respond = Some(respond);
+    poll_fn(|cx| {
+        if let Some(p) = request.as_mut() {
+            if p.poll(cx).is_ready() {
+                request = None;
+            }
+        }
+        if let Some(r) = respond.as_mut() {
+            // Waiting for the service's response headers.
+            if r.poll_reset(cx).is_ready() {
+                // The consumer cancelled: dropping the service's stream cancels it
+                // there too.
+                return Poll::Ready(());
+            }
+            let Poll::Ready(got) = Pin::new(&mut response).poll(cx) else {
+                return Poll::Pending;
+            };
+            let mut r = respond.take().expect("checked above");
+            match got {
+                Ok(resp) => {
+                    let (mut head, body) = resp.into_parts();
+                    // Connection-specific headers cannot arrive over HTTP/2 (h2
+                    // refuses them); `te` can, and is not for responses.
+                    head.headers.remove(TE);
+                    let end = body.is_end_stream();
+                    match r.send_response(Response::from_parts(head, ()), end) {
+                        Ok(to_consumer) if !end => back = Some(Pump::new(body, to_consumer)),
+                        Ok(_) => {}
+                        Err(_) => r.send_reset(Reason::INTERNAL_ERROR),
+                    }
+                }
+                // The service reset the call or its connection failed.
+                Err(_) => reply(unreachable_reply(ctx.kind), &mut r),
+            }
+        }
+        if let Some(p) = back.as_mut() {
+            if p.poll(cx).is_ready() {
+                back = None;
+            }
+        }
+        // Over once both directions are (a client stream may go on sending after
+        // the service answered, as it would on a direct connection).
+        if respond.is_none() && back.is_none() && request.is_none() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// One direction of a stream: DATA frames and trailers from one connection to the
+/// other, as they come, holding at most one frame while the receiver's flow-control
+/// window is closed.
+struct Pump {
+    from: RecvStream,
+    to: SendStream<Bytes>,
+    held: Option<(Bytes, bool)>,
+    data_done: bool,
+}
+
+impl Pump {
+    fn new(from: RecvStream, to: SendStream<Bytes>) -> Pump {
+        Pump {
+            from,
+            to,
+            held: None,
+            data_done: false,
+        }
+    }
+
+    /// Ready once the direction is over: ended, reset by either side, or failed.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            // The receiver reset the stream: nothing more goes its way.
+            if self.to.poll_reset(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if let Some((data, end)) = self.held.take() {
+                while self.to.capacity() == 0 {
+                    match self.to.poll_capacity(cx) {
+                        Poll::Pending => {
+                            self.held = Some((data, end));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(0))) => {}
+                        Poll::Ready(Some(Ok(_))) => break,
+                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                    }
+                }
+                if self.to.send_data(data, end).is_err() || end {
+                    return Poll::Ready(());
+                }
+                continue;
+            }
+            if !self.data_done {
+                match ready!(self.from.poll_data(cx)) {
+                    Some(Ok(data)) => {
+                        // Taken off the sender's window at once: what bounds the
+                        // bytes in flight is the receiver's window, held above.
+                        let _ = self.from.flow_control().release_capacity(data.len());
+                        let end = self.from.is_end_stream();
+                        if data.is_empty() {
+                            // Needs no window: an empty frame that ends the stream.
+                            if self.to.send_data(data, end).is_err() || end {
+                                return Poll::Ready(());
+                            }
+                            continue;
+                        }
+                        // A claim on the window only once data is in hand (a claim
+                        // held while waiting for data could starve other streams).
+                        self.to.reserve_capacity(1);
+                        self.held = Some((data, end));
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        self.failed(e);
+                        return Poll::Ready(());
+                    }
+                    None => self.data_done = true,
+                }
+            }
+            match ready!(self.from.poll_trailers(cx)) {
+                Ok(Some(trailers)) => {
+                    self.to.reserve_capacity(0);
+                    let _ = self.to.send_trailers(trailers);
+                }
+                Ok(None) => {
+                    let _ = self.to.send_data(Bytes::new(), true);
+                }
+                Err(e) => self.failed(e),
+            }
+            return Poll::Ready(());
+        }
+    }
+
+    /// The sender reset its stream or its connection failed: a reset with its
+    /// reason goes on, except NO_ERROR (an early response), which ends the stream.
+    fn failed(&mut self, e: h2::Error) {
+        match e.reason() {
+            Some(Reason::NO_ERROR) => {
+                let _ = self.to.send_data(Bytes::new(), true);
+            }
+            reason => self.to.send_reset(reason.unwrap_or(Reason::INTERNAL_ERROR)),
+        }
+    }
+}
+
+/// What a rule does to a call.
+enum Act {
+    Forward,
+    Answer(Box<Reply>),
+    Drop,
+}
+
+/// A response given in the server's place.
+struct Reply {
+    head: Response<()>,
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+/// Sends `r` on the consumer's stream: headers, at most one data frame, trailers.
+fn reply(r: Reply, respond: &mut SendResponse<Bytes>) {
+    let end = r.data.is_none() && r.trailers.is_none();
+    let mut to = match respond.send_response(r.head, end) {
+        Ok(to) => to,
+        Err(_) => return respond.send_reset(Reason::INTERNAL_ERROR),
+    };
+    if let Some(d) = r.data {
+        let _ = to.send_data(d, r.trailers.is_none());
+    }
+    if let Some(t) = r.trailers {
+        let _ = to.send_trailers(t);
+    }
+}
+
+/// Answers a call in the server's place, then reads the rest of the request and
+/// discards it, as a server that answers early does: resetting it would reset the
+/// stream under the answer, which some clients (curl) report instead of the answer.
+/// It ends with the stream, or with the connection.
+async fn answer(r: Reply, mut body: RecvStream, mut respond: SendResponse<Bytes>) {
+    reply(r, &mut respond);
+    while let Some(Ok(data)) = body.data().await {
+        let _ = body.flow_control().release_capacity(data.len());
     }
 }
 
 /// What a stream gets when the service's connection failed under it: HTTP 502, or
 /// gRPC UNAVAILABLE (what a client sees when its connection breaks mid-call).
-fn unreachable_response(kind: Kind) -> Response<Out> {
+fn unreachable_reply(kind: Kind) -> Reply {
     match kind {
-        Kind::Grpc => grpc_response(faultbox_protocols::grpc::GrpcReply {
+        Kind::Grpc => grpc_reply(faultbox_protocols::grpc::GrpcReply {
             headers: vec![
                 ("grpc-status", "14".into()),
                 ("grpc-message", "the service's connection failed".into()),
@@ -290,14 +632,18 @@ fn unreachable_response(kind: Kind) -> Response<Out> {
             status: 14,
         }),
         Kind::Http => {
-            let mut r = Response::new(fixed(Bytes::new(), None));
-            *r.status_mut() = StatusCode::BAD_GATEWAY;
-            r
+            let mut head = Response::new(());
+            *head.status_mut() = StatusCode::BAD_GATEWAY;
+            Reply {
+                head,
+                data: None,
+                trailers: None,
+            }
         }
     }
 }
 
-async fn act(ctx: &Ctx, rule: &Active, fields: Fields, req: Request<Incoming>) -> Response<Out> {
+async fn act(ctx: &Ctx, rule: &Active, fields: Fields) -> Act {
     let mut detail = std::collections::BTreeMap::new();
     let fire = |action: &'static str, detail| {
         ctx.events.fired(Fired {
@@ -316,7 +662,7 @@ async fn act(ctx: &Ctx, rule: &Active, fields: Fields, req: Request<Incoming>) -
             detail.insert("delay_ms".into(), d.as_millis().to_string());
             fire("delay", detail);
             crate::engine::timer::sleep(*d).await;
-            return forward(ctx, req).await;
+            return Act::Forward;
         }
         ProxyAction::Duplicate => {
             // Refused at load (neither gRPC nor HTTP supports it); said so if it came.
@@ -325,13 +671,11 @@ async fn act(ctx: &Ctx, rule: &Active, fields: Fields, req: Request<Incoming>) -
                 "HTTP/2 requests are not duplicated".into(),
             );
             fire("duplicate", detail);
-            return forward(ctx, req).await;
+            return Act::Forward;
         }
         ProxyAction::Drop => {
             fire("drop", detail);
-            ctx.dropped.notify_one();
-            tokio::time::sleep(DROP_GRACE).await;
-            return unreachable_response(ctx.kind);
+            return Act::Drop;
         }
         ProxyAction::Response {
             status,
@@ -360,56 +704,53 @@ async fn act(ctx: &Ctx, rule: &Active, fields: Fields, req: Request<Incoming>) -
         Kind::Grpc => faultbox_protocols::grpc::answer(&answer)
             .map(|r| {
                 detail.insert("status".into(), r.status.to_string());
-                grpc_response(r)
+                grpc_reply(r)
             })
             .map_err(|e| e.to_string()),
         Kind::Http => faultbox_protocols::http2::answer(&answer)
             .map(|r| {
                 detail.insert("status".into(), r.status.to_string());
-                http_response(r)
+                http_reply(r)
             })
             .map_err(|e| e.to_string()),
     };
     match made {
-        Ok(resp) => {
+        Ok(reply) => {
             fire(name, detail);
-            // The rest of the request is read and discarded, as a server that
-            // answers early does: dropping it would reset the stream under the
-            // answer, which some clients (curl) report instead of the answer. It
-            // ends with the stream, or with the connection.
-            ctx.exec.execute(drain(req.into_body()));
-            resp
+            Act::Answer(Box::new(reply))
         }
         Err(why) => {
             // Checked at load, so only a rule this kind cannot answer gets here: the
             // request goes through and the trace says why the rule did not act.
             detail.insert("refused".into(), why.to_string());
             fire(name, detail);
-            forward(ctx, req).await
+            Act::Forward
         }
     }
 }
 
-async fn drain(mut body: Incoming) {
-    while let Some(Ok(_)) = body.frame().await {}
-}
-
-fn grpc_response(r: faultbox_protocols::grpc::GrpcReply) -> Response<Out> {
-    let trailers = (!r.trailers.is_empty()).then(|| headers(&r.trailers));
-    let body = (!r.body.is_empty()).then(|| Bytes::from(r.body));
-    let mut resp = Response::new(fixed(body.unwrap_or_default(), trailers));
-    let h = resp.headers_mut();
+fn grpc_reply(r: faultbox_protocols::grpc::GrpcReply) -> Reply {
+    let mut head = Response::new(());
+    let h = head.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     h.extend(headers(&r.headers));
-    resp
+    Reply {
+        head,
+        data: (!r.body.is_empty()).then(|| Bytes::from(r.body)),
+        trailers: (!r.trailers.is_empty()).then(|| headers(&r.trailers)),
+    }
 }
 
-fn http_response(r: faultbox_protocols::http2::Reply) -> Response<Out> {
-    let mut resp = Response::new(fixed(Bytes::from(r.body), None));
-    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
-    resp.headers_mut()
+fn http_reply(r: faultbox_protocols::http2::Reply) -> Reply {
+    let mut head = Response::new(());
+    *head.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    head.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(r.content_type));
-    resp
+    Reply {
+        head,
+        data: (!r.body.is_empty()).then(|| Bytes::from(r.body)),
+        trailers: None,
+    }
 }
 
 fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
@@ -422,43 +763,6 @@ fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
         }
     }
     map
-}
-
-/// A body given in the server's place: at most one data frame, then trailers.
-struct Fixed {
-    data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-fn fixed(data: Bytes, trailers: Option<HeaderMap>) -> Out {
-    Fixed {
-        data: (!data.is_empty()).then_some(data),
-        trailers,
-    }
-    .map_err(|never| match never {})
-    .boxed()
-}
-
-impl Body for Fixed {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let me = self.get_mut();
-        if let Some(d) = me.data.take() {
-            return Poll::Ready(Some(Ok(Frame::data(d))));
-        }
-        Poll::Ready(me.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-
-    /// An empty body with no trailers ends the stream with the headers: what makes
-    /// a gRPC error trailers-only.
-    fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
-    }
 }
 
 #[derive(Default)]
@@ -536,11 +840,17 @@ mod tests {
     use super::*;
     use crate::network::plan::Port;
     use faultbox_spec::world::ProxyRule;
-    use http_body_util::Full;
+    use http_body_util::combinators::BoxBody;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Body, Frame, Incoming};
     use hyper_util::rt::TokioExecutor;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
+
+    type Out = BoxBody<Bytes, hyper::Error>;
 
     #[derive(Default)]
     struct Seen(Mutex<Vec<Fired>>);
@@ -678,6 +988,75 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), f)
             .await
             .expect("within 5 s")
+    }
+
+    /// A wake during a pass asks for another pass and does not schedule the task; a
+    /// wake between polls schedules it; so does giving up after the last pass.
+    #[test]
+    fn wakes_during_a_pass_make_another_pass() {
+        #[derive(Default)]
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count::default());
+        let task = Waker::from(count.clone());
+        let passes = Arc::new(Passes::default());
+        let own = Waker::from(passes.clone());
+        passes.enter(&task);
+        own.wake_by_ref();
+        own.wake_by_ref();
+        assert!(!passes.done(), "woken during the pass: another pass");
+        assert!(passes.done(), "nothing woke the second pass");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        own.wake_by_ref();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken between polls");
+        passes.enter(&task);
+        assert!(passes.yield_now::<()>().is_pending());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            2,
+            "a yield schedules the task"
+        );
+        passes.enter(&task);
+        assert!(passes.leave(Poll::Ready(())).is_ready());
+        own.wake_by_ref();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            3,
+            "after the end, wakes go through"
+        );
+    }
+
+    /// Rules match the keys read in place exactly as they would the fields a fired
+    /// rule reports.
+    #[test]
+    fn keys_read_in_place_are_the_fields() {
+        let uris = [
+            "http://api/echo.E/Say",
+            "http://api/echo.E/Say?x=1",
+            "/a/b?q=1#f",
+            "http://api",
+            "*",
+        ];
+        for kind in [Kind::Grpc, Kind::Http] {
+            for method in [Method::POST, Method::GET] {
+                for uri in uris {
+                    let uri: Uri = uri.parse().unwrap();
+                    let keys = Keys::of(kind, &method, &uri);
+                    let fields = fields(kind, &method, &uri);
+                    for key in ["method", "path", "query", "topic"] {
+                        assert_eq!(
+                            keys.field(key),
+                            fields.get(key).map(String::as_str),
+                            "{kind:?} {method} {uri} {key}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[tokio::test]

@@ -369,7 +369,10 @@ impl Connection {
                 connection: self.id,
                 report: self.report.clone(),
             };
-            if let Some(rule) = self.rules.decide(edge, &rules, &Default::default()) {
+            if let Some(rule) = self
+                .rules
+                .decide(edge, &rules, &faultbox_protocols::Fields::new())
+            {
                 let mut detail = std::collections::BTreeMap::new();
                 let action = match &rule.rule.action {
                     faultbox_spec::world::ProxyAction::Delay(d) => {

@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 
 use faultbox_protocols::rules::Pattern;
-use faultbox_protocols::{FieldView, Fields};
+use faultbox_protocols::FieldView;
 use faultbox_spec::world::ProxyRule;
 
 /// An installed rule, ready to match.
@@ -180,12 +180,13 @@ impl Rules {
     }
 
     /// The rule that acts on a request with `fields` on an edge: the first of `rules`
-    /// that matches and whose roll passes.
+    /// that matches and whose roll passes. The fields may be a view borrowed from
+    /// the request, so that deciding no rule acts copies nothing.
     pub fn decide(
         &self,
         edge: (&str, &str, &str),
         rules: &[Arc<Active>],
-        fields: &Fields,
+        fields: &dyn FieldView,
     ) -> Option<Arc<Active>> {
         for r in rules.iter().filter(|r| r.matches(fields)) {
             if r.rule.probability >= 100.0 || self.roll(edge) < r.rule.probability {
@@ -221,6 +222,7 @@ fn fnv(s: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use faultbox_protocols::Fields;
     use faultbox_spec::world::ProxyAction;
 
     fn rule(matches: &[(&str, &str)], probability: f64) -> ProxyRule {
