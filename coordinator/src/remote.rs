@@ -233,6 +233,10 @@ impl Link {
                         }
                     }
                     Ok(Frame::Events { job, events }) => {
+                        let events = match events.decode() {
+                            Ok(e) => e,
+                            Err(e) => break Some(e.to_string()),
+                        };
                         let events = CoordinatorMsg::Events {
                             executor: name.clone(),
                             job,

@@ -337,6 +337,83 @@ fn two_executors_give_the_same_report_as_one_process() {
     }
 }
 
+/// Events cross the wire in a compact form (names once per batch, numbers as steps):
+/// a fleet run of events from a stdout source, with text beyond ASCII, gives the same
+/// normalized trace as one process, and every event's type and fields come back byte
+/// for byte, in order, in the JSON document.
+#[test]
+fn compact_events_give_the_in_process_trace_and_document() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("fleet-compact");
+    let dir = s.0.join("fleet");
+    fleet(&dir, &["e1", "e2"]);
+    let e1 = Executor::start(&dir, "e1", 7715, &s.0.join("w1"), "1");
+    let e2 = Executor::start(&dir, "e2", 7716, &s.0.join("w2"), "1");
+    let executors = format!("{},{}", e1.addr, e2.addr);
+    let spec = "soak/fleet/stream.star";
+    let run = |name: &str, fleet: bool| {
+        let norm = s.0.join(format!("{name}.norm"));
+        let json = s.0.join(format!("{name}.json"));
+        let mut args = vec![
+            "test",
+            spec,
+            "--test",
+            "text_burst",
+            "--runs",
+            "2",
+            "--normalize",
+            norm.to_str().unwrap(),
+            "--output",
+            json.to_str().unwrap(),
+        ];
+        if fleet {
+            args.extend(["--executors", &executors, "--fleet", dir.to_str().unwrap()]);
+        }
+        let out = faultbox_cmd(&args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        // What a run's events say, without what differs between identical runs.
+        let events: Vec<Vec<(String, serde_json::Value)>> = doc["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                t["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e["type"] == "stdout")
+                    .map(|e| {
+                        (
+                            e["event_type"].as_str().unwrap().to_string(),
+                            e["fields"].clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        (std::fs::read_to_string(&norm).unwrap(), events)
+    };
+    let (remote_norm, remote_events) = run("remote", true);
+    let (local_norm, local_events) = run("local", false);
+    assert!(
+        remote_norm.lines().count() > 1200,
+        "{} lines",
+        remote_norm.lines().count()
+    );
+    assert!(remote_norm.contains("traitée ✓ 注文"));
+    assert!(
+        remote_norm == local_norm,
+        "the fleet's trace differs from the in-process one"
+    );
+    assert_eq!(remote_events.len(), 2);
+    assert!(remote_events.iter().all(|e| e.len() == 600));
+    assert!(remote_events == local_events, "the events' fields differ");
+    drop((e1, e2));
+    no_services_left();
+}
+
 #[test]
 fn strangers_expired_certificates_and_bad_addresses_are_refused() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

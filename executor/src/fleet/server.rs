@@ -12,6 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 
 use crate::fleet::actor::{Executor, ExecutorArgs};
+use crate::fleet::batch::EventBatch;
 use crate::fleet::bundle::Store;
 use crate::fleet::identity::{Identity, IdentityError, Role};
 use crate::fleet::job::{CoordinatorMsg, ExecutorMsg};
@@ -304,7 +305,10 @@ impl Actor for LinkProxy {
     ) -> Result<(), ActorProcessingErr> {
         let frame = match message {
             CoordinatorMsg::Pull { .. } => Frame::Pull,
-            CoordinatorMsg::Events { job, events, .. } => Frame::Events { job, events },
+            CoordinatorMsg::Events { job, events, .. } => Frame::Events {
+                job,
+                events: EventBatch::encode(&events),
+            },
             CoordinatorMsg::Done {
                 job,
                 report,

@@ -6,10 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fleet::batch::EventBatch;
 use crate::fleet::bundle::Bundle;
 use crate::fleet::job::Job;
 use crate::world::run::TestReport;
-use faultbox_spec::world::Event;
 
 /// Bumped whenever a frame changes shape.
 pub const PROTOCOL_VERSION: u32 = 6;
@@ -45,8 +45,9 @@ pub enum Frame {
     Run(Job),
     /// Coordinator → executor: stop this job; its result is no longer wanted.
     Cancel { job: u64 },
-    /// Executor → coordinator: the next batch of a running job's events.
-    Events { job: u64, events: Vec<Event> },
+    /// Executor → coordinator: the next batch of a running job's events, in the
+    /// compact form of [`EventBatch`].
+    Events { job: u64, events: EventBatch },
     /// Coordinator → executor: one batch of the job's events was taken.
     Ack { job: u64 },
     /// Executor → coordinator: a job ended; `streamed` events came before it.
@@ -178,7 +179,7 @@ mod tests {
     fn kinds_name_frames_without_their_contents() {
         let events = Frame::Events {
             job: 1,
-            events: Vec::new(),
+            events: EventBatch::default(),
         };
         assert_eq!(events.kind(), "Events");
         assert_eq!(Frame::Ack { job: 1 }.kind(), "Ack");
