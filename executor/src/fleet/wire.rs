@@ -12,7 +12,7 @@ use crate::fleet::job::Job;
 use crate::world::run::TestReport;
 
 /// Bumped whenever a frame changes shape.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest frame accepted: a bundle's files travel in frames of their own.
 pub const MAX_FRAME: usize = 512 << 20;
