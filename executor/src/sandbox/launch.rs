@@ -3,7 +3,13 @@
 //!
 //! Clones happen on one long-lived thread because `PR_SET_PDEATHSIG` fires when the
 //! *thread* that created the child exits: a pool thread could retire and kill a
-//! healthy target. The child only calls async-signal-safe functions before exec.
+//! healthy target. The child shares the launcher's memory (`CLONE_VM`, as
+//! `posix_spawn` does) on a stack of its own until it execs: copying the page tables
+//! of a large multi-threaded process for a child that execs at once, then tearing
+//! them down and taking the copy-on-write faults that follow, was the largest single
+//! cost of starting a service. The child only calls async-signal-safe functions and
+//! writes no memory the launcher reads; the launcher waits for its exec before the
+//! memory it reads is freed or reused.
 
 use std::ffi::{CString, OsString};
 use std::fs::File;
@@ -387,8 +393,9 @@ fn clone_on_launcher_thread(child: Prepared) -> Result<(i32, OwnedFd), LaunchErr
                 // The thread's own network namespace, to return to after cloning a
                 // child into a test's namespace.
                 let home = File::open("/proc/thread-self/ns/net").ok();
+                let mut stack = ChildStack::new();
                 for (prepared, reply) in rx {
-                    let _ = reply.send(clone_in_netns(&prepared, home.as_ref()));
+                    let _ = reply.send(clone_in_netns(&prepared, home.as_ref(), &mut stack));
                 }
             })
             .expect("spawning the launcher thread");
@@ -409,9 +416,13 @@ fn clone_on_launcher_thread(child: Prepared) -> Result<(i32, OwnedFd), LaunchErr
 /// Clones the child inside `p.netns` when given: the launcher thread enters that
 /// namespace for the clone (a child starts in its parent thread's namespace) and
 /// returns home after.
-fn clone_in_netns(p: &Prepared, home: Option<&File>) -> std::io::Result<(i32, OwnedFd)> {
+fn clone_in_netns(
+    p: &Prepared,
+    home: Option<&File>,
+    stack: &mut ChildStack,
+) -> std::io::Result<(i32, OwnedFd)> {
     let Some(netns) = p.netns else {
-        return clone_child(p);
+        return clone_child(p, stack);
     };
     let home = home
         .ok_or_else(|| std::io::Error::other("launcher cannot return to its network namespace"))?;
@@ -419,7 +430,7 @@ fn clone_in_netns(p: &Prepared, home: Option<&File>) -> std::io::Result<(i32, Ow
     if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let result = clone_child(p);
+    let result = clone_child(p, stack);
     // SAFETY: as above.
     if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         // A launcher stuck in a test's namespace would put later targets there.
@@ -431,51 +442,113 @@ fn clone_in_netns(p: &Prepared, home: Option<&File>) -> std::io::Result<(i32, Ow
     result
 }
 
-fn clone_child(p: &Prepared) -> std::io::Result<(i32, OwnedFd)> {
+/// The stack the cloned child runs on until it execs: one, reused, since the
+/// launcher waits for each child's exec before the next clone.
+struct ChildStack(Box<[u8]>);
+
+impl ChildStack {
+    /// Room for the child's few libc calls; the child never allocates.
+    const SIZE: usize = 256 << 10;
+
+    fn new() -> ChildStack {
+        ChildStack(vec![0u8; Self::SIZE].into_boxed_slice())
+    }
+
+    /// The initial stack pointer: the top, 16-byte aligned (the stack grows down).
+    fn top(&mut self) -> *mut libc::c_void {
+        let end = self.0.as_mut_ptr_range().end as usize;
+        (end & !15) as *mut libc::c_void
+    }
+}
+
+/// What the child's entry point reads: everything lives in the launcher's frame,
+/// which outlives the child's use of it (the launcher waits for the exec).
+struct ChildArgs<'a> {
+    p: &'a Prepared,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+}
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points at the `ChildArgs` in `clone_child`'s frame, alive and
+    // unchanged until this child execs or exits; `child_exec` never returns.
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        child_exec(a.p, a.argv, a.envp)
+    }
+}
+
+fn clone_child(p: &Prepared, stack: &mut ChildStack) -> std::io::Result<(i32, OwnedFd)> {
     let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
+    // Closed in the child by its exec (or its exit): end-of-file here says the child
+    // no longer uses this thread's memory.
+    let (exec_read, exec_write) = pipe()?;
     let mut pidfd: libc::c_int = -1;
-    // SAFETY: clone_args is plain old data; zero is valid for unused members.
-    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     let net = if p.netns.is_some() {
         0
     } else {
         libc::CLONE_NEWNET
     };
-    args.flags =
-        (libc::CLONE_NEWUSER | libc::CLONE_NEWPID | net | libc::CLONE_NEWNS | libc::CLONE_PIDFD)
-            as u64;
-    args.pidfd = &mut pidfd as *mut libc::c_int as u64;
-    args.exit_signal = libc::SIGCHLD as u64;
-    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
-    // address space with only the calling thread, and runs `child_exec`, which uses
-    // async-signal-safe calls only and never returns.
+    let flags = libc::CLONE_VM
+        | libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | net
+        | libc::CLONE_NEWNS
+        | libc::CLONE_PIDFD
+        | libc::SIGCHLD;
+    let args = ChildArgs {
+        p,
+        argv: &argv,
+        envp: &envp,
+    };
+    // SAFETY: the child runs `child_entry` on `stack`, which nothing else uses until
+    // the child has exec'd or exited (waited for below); it shares this address
+    // space, reads only `args` and what it points to, which stay alive and unchanged
+    // until then, and makes async-signal-safe calls only. With CLONE_PIDFD the kernel
+    // stores the new pidfd through the parent-tid pointer.
     let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut libc::clone_args,
-            std::mem::size_of::<libc::clone_args>(),
+        libc::clone(
+            child_entry,
+            stack.top(),
+            flags,
+            &args as *const ChildArgs as *mut libc::c_void,
+            &mut pidfd as *mut libc::c_int,
         )
     };
     if pid < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if pid == 0 {
-        // SAFETY: see above; we are the child.
-        unsafe { child_exec(p, &argv, &envp) }
-    }
+    drop(exec_write);
     // SAFETY: CLONE_PIDFD stored a new pidfd that we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     if let Maps::ByParent { go, .. } = &p.maps {
-        if let Err(e) = map_identity(pid as i32, go) {
+        if let Err(e) = map_identity(pid, go) {
             kill(&pidfd, libc::SIGKILL);
             reap(&pidfd);
             return Err(e);
         }
     }
-    Ok((pid as i32, pidfd))
+    wait_for_exec(&exec_read);
+    Ok((pid, pidfd))
+}
+
+/// Blocks until every write end of the exec pipe is closed: the child has exec'd or
+/// exited.
+fn wait_for_exec(read: &OwnedFd) {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reading one byte into a valid buffer from a pipe we own.
+        let n = unsafe { libc::read(read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        // Nothing is ever written, so 0 is end-of-file. An error is retried (EINTR)
+        // unless the descriptor itself is bad, which cannot happen to a pipe we own.
+        if n == 0 || (n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF))
+        {
+            return;
+        }
+    }
 }
 
 /// Writes the identity uid and gid maps of child `pid`, then lets it go on.
