@@ -1894,3 +1894,45 @@ fn init_and_generate_never_overwrite_without_force() {
     assert!(std::fs::read_to_string(&link).unwrap().contains("service("));
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
 }
+
+/// Network namespaces are handed from one run to the next: a server that binds a
+/// fixed port without SO_REUSEADDR and closes its connections first (leaving
+/// TIME_WAIT on that port) still binds in every run, and runs that fail (a failing
+/// body, a service that dies at start) leave nothing behind.
+#[test]
+fn namespaces_serve_run_after_run() {
+    let server = "svc = service('svc', 'python3', interface('main', 'tcp', 7400), args = ['-c', 'import os,socket\\ns=socket.socket()\\ns.bind((\"127.0.0.1\",7400))\\ns.listen()\\nwhile True:\\n c,_=s.accept()\\n try:\\n  c.recv(64)\\n  c.sendall((os.readlink(\"/proc/self/ns/net\")+\"\\\\n\").encode())\\n except OSError:\\n  pass\\n c.close()'], healthcheck = tcp('localhost:7400'))\n";
+    let (spec, _rm) = spec_file(
+        "reuse",
+        &format!("{server}\ndef test_reply():\n    r = svc.send(data = 'ns?')\n    assert_true(r.startswith('net:['), r)\n    return r\n\ndef test_fails():\n    svc.send(data = 'ns?')\n    fail('deliberately')\n"),
+    );
+    let spec = spec.to_str().unwrap();
+    let (dies, _rm2) = spec_file(
+        "reuse-dies",
+        "svc = service('svc', 'python3', interface('main', 'tcp', 7400), args = ['-c', 'raise SystemExit(3)'], healthcheck = tcp('localhost:7400'))\n\ndef test_never_starts():\n    pass\n",
+    );
+    let out = test_cmd(&[dies.to_str().unwrap(), "--runs", "5"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("exited with code 3"), "{}", out.stderr);
+    let out = test_cmd(&[spec, "--runs", "30", "--slots", "2", "--format", "json"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let doc = json(&out);
+    let mut seen = std::collections::BTreeSet::new();
+    for t in doc["tests"].as_array().unwrap() {
+        match t["name"].as_str().unwrap() {
+            "test_reply" => {
+                assert_eq!(t["result"], "pass", "{t}");
+                let ns = t["return_value"].as_str().unwrap().to_string();
+                assert!(ns.starts_with("net:["), "{ns}");
+                seen.insert(ns);
+            }
+            _ => assert_eq!(
+                t["reason"].as_str().map(|r| r.contains("deliberately")),
+                Some(true),
+                "{t}"
+            ),
+        }
+    }
+    // 30 runs of each test: the server's namespace was one a run before had used.
+    assert!(seen.len() < 30, "no namespace served twice: {seen:?}");
+}

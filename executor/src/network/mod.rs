@@ -8,6 +8,7 @@
 //! observed.
 //!
 //! - [`namespace`]: namespaces, and sockets created inside them.
+//! - [`sockdiag`]: the sockets left in a namespace, so it can serve another test.
 //! - [`plan`]: addresses, the hosts file, and which relays a test has.
 //! - [`relay`]: the relays themselves: listeners, connections, the pumps.
 //! - [`pump`]: a relayed connection's two directions, framed by its protocol.
@@ -20,3 +21,4 @@ pub mod plan;
 pub mod pump;
 pub mod relay;
 pub mod rules;
+pub mod sockdiag;

@@ -5,9 +5,14 @@
 //! another's from ordinary async tasks.
 //!
 //! Creating a namespace costs about half a millisecond of kernel work, on every
-//! service of every test: a few fresh ones are kept ready, made by a thread of their
-//! own while tests run, so a test takes them without waiting. A namespace is never
-//! reused: each comes from `unshare`, with only `lo`, up.
+//! service of every test, and tearing it down as much again: a few are kept ready by
+//! a thread of their own, so a test takes them without waiting. A namespace a test is
+//! done with goes back to that thread, which hands it out again only when nothing of
+//! the test is left in it: no thread of ours inside, no socket but TIME_WAIT entries
+//! (destroyed, see [`crate::network::sockdiag`]). Otherwise it is dropped and the
+//! kernel tears it down. Either way a test gets a namespace with only `lo`, up, and
+//! no sockets; services cannot have changed its configuration, since their user
+//! namespace does not own it.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -27,6 +32,8 @@ use socket2::{Domain, Socket, Type};
 #[derive(Debug)]
 pub struct NetNs {
     current: Mutex<Arc<OwnedFd>>,
+    /// Made for a test (not adopted, not someone else's): goes back to the pool.
+    recycle: std::sync::atomic::AtomicBool,
     /// Namespaces adopted over: their descriptors stay open while this value lives,
     /// so a number handed out by [`NetNs::raw_fd`] never names another file.
     retired: Mutex<Vec<Arc<OwnedFd>>>,
@@ -41,21 +48,36 @@ enum Job {
 
 type Request = (Job, mpsc::SyncSender<Vec<std::io::Result<OwnedFd>>>);
 
-/// How many fresh namespaces are kept ready.
+/// How many namespaces are made ahead of need.
 const SPARE: usize = 8;
+/// How many ready ones are kept at most: returned ones beyond are dropped.
+const KEEP: usize = 32;
 
-/// Fresh namespaces, and the signal that one was taken.
+/// Ready namespaces, returned ones waiting to be checked, and the signal that
+/// either changed.
 struct Pool {
-    ready: Mutex<Vec<OwnedFd>>,
-    taken: std::sync::Condvar,
+    state: Mutex<PoolState>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    ready: Vec<OwnedFd>,
+    returned: Vec<OwnedFd>,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
     POOL.get_or_init(|| {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
-            ready: Mutex::new(Vec::new()),
-            taken: std::sync::Condvar::new(),
+            state: Mutex::new(PoolState::default()),
+            wake: std::sync::Condvar::new(),
         }));
         let _ = std::thread::Builder::new()
             .name("faultbox-netns-pool".into())
@@ -64,17 +86,25 @@ fn pool() -> &'static Pool {
                     return;
                 };
                 loop {
-                    let mut ready = pool.ready.lock().unwrap_or_else(|p| p.into_inner());
-                    while ready.len() >= SPARE {
-                        ready = pool.taken.wait(ready).unwrap_or_else(|p| p.into_inner());
+                    let mut st = pool.lock();
+                    while st.returned.is_empty() && st.ready.len() >= SPARE {
+                        st = pool.wake.wait(st).unwrap_or_else(|p| p.into_inner());
                     }
-                    drop(ready);
+                    if let Some(fd) = st.returned.pop() {
+                        drop(st);
+                        let clean = scrub(&fd, &home);
+                        tracing::debug!(target: "netns", clean, "a test's namespace returned");
+                        if clean {
+                            let mut st = pool.lock();
+                            if st.ready.len() < KEEP {
+                                st.ready.push(fd);
+                            }
+                        }
+                        continue;
+                    }
+                    drop(st);
                     match fresh(&home) {
-                        Ok(fd) => pool
-                            .ready
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(fd),
+                        Ok(fd) => pool.lock().ready.push(fd),
                         // Creation fails the same way for the test that asks; it
                         // then creates its own and reports why.
                         Err(_) => return,
@@ -83,6 +113,54 @@ fn pool() -> &'static Pool {
             });
         pool
     })
+}
+
+/// Whether the namespace behind `fd` may serve another test, after destroying its
+/// TIME_WAIT entries. Runs on the pool thread, which is home again afterwards.
+fn scrub(fd: &OwnedFd, home: &File) -> bool {
+    // A thread of ours still inside (a test's body that was left behind) could make
+    // sockets there at any time.
+    let Some(name) = ns_name(fd) else {
+        return false;
+    };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    for task in tasks.flatten() {
+        if std::fs::read_link(task.path().join("ns/net")).is_ok_and(|l| l.as_os_str() == name) {
+            return false;
+        }
+    }
+    // SAFETY: setns(2) on a namespace descriptor; it moves only this thread.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return false;
+    }
+    let clean = (|| -> Result<bool, crate::network::sockdiag::DiagError> {
+        use crate::network::sockdiag::{Diag, TIME_WAIT};
+        let mut diag = Diag::open()?;
+        let left = diag.sockets()?;
+        // Anything but TIME_WAIT has an owner still (or is closing): not ours to end.
+        if left.iter().any(|e| e.state != TIME_WAIT) {
+            return Ok(false);
+        }
+        for e in &left {
+            diag.destroy(e)?;
+        }
+        Ok(diag.sockets()?.is_empty())
+    })()
+    .unwrap_or(false);
+    go_home(home);
+    clean
+}
+
+/// The namespace's name as its links in /proc read, `net:[inode]`.
+fn ns_name(fd: &OwnedFd) -> Option<std::ffi::OsString> {
+    // SAFETY: fstat on a descriptor we own, into a zeroed stat buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    Some(format!("net:[{}]", st.st_ino).into())
 }
 
 /// A new namespace with `lo` up, made by the calling thread, which is home again
@@ -115,22 +193,25 @@ impl NetNs {
     /// A new namespace with only `lo`, up: a ready one, or one made now.
     pub fn create() -> std::io::Result<NetNs> {
         let p = pool();
-        let spare = p.ready.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        p.taken.notify_one();
-        match spare {
-            Some(fd) => Ok(NetNs::from_fd(fd)),
+        let spare = p.lock().ready.pop();
+        p.wake.notify_one();
+        let ns = match spare {
+            Some(fd) => NetNs::from_fd(fd),
             None => {
                 let home = File::open("/proc/thread-self/ns/net")?;
                 std::thread::scope(|s| s.spawn(|| fresh(&home)).join())
                     .map_err(|_| std::io::Error::other("creating a network namespace panicked"))?
-                    .map(NetNs::from_fd)
+                    .map(NetNs::from_fd)?
             }
-        }
+        };
+        ns.recycle.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(ns)
     }
 
     fn from_fd(fd: OwnedFd) -> NetNs {
         NetNs {
             current: Mutex::new(Arc::new(fd)),
+            recycle: std::sync::atomic::AtomicBool::new(false),
             retired: Mutex::new(Vec::new()),
         }
     }
@@ -145,6 +226,9 @@ impl NetNs {
     /// From now on this value stands for `other`'s namespace. Work already under way
     /// in the old one finishes there (it holds its own reference).
     pub fn adopt(&self, other: NetNs) {
+        // Docker's namespace is not ours to hand to another test.
+        self.recycle
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let fd = other.handle();
         let old = std::mem::replace(
             &mut *self.current.lock().unwrap_or_else(|p| p.into_inner()),
@@ -221,6 +305,29 @@ impl NetNs {
                 std::io::ErrorKind::TimedOut,
                 format!("connecting to {addr}: no answer within {timeout:?}"),
             )),
+        }
+    }
+}
+
+impl Drop for NetNs {
+    /// A namespace made for a test goes back to the pool, unless a socket being made
+    /// for it still holds it (the pool checks the rest).
+    fn drop(&mut self) {
+        if !*self.recycle.get_mut() {
+            return;
+        }
+        let fd = self.current.get_mut().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(fd) != 1 {
+            return;
+        }
+        if let Ok(copy) = fd.try_clone() {
+            let p = pool();
+            let mut st = p.lock();
+            if st.returned.len() < KEEP {
+                st.returned.push(copy);
+                drop(st);
+                p.wake.notify_one();
+            }
         }
     }
 }

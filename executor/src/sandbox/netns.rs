@@ -15,17 +15,21 @@ pub enum SandboxError {
     Open(std::io::Error),
 }
 
-/// A network namespace the calling thread has moved into.
+/// A network namespace the calling thread has moved into, until this value is
+/// dropped (on that thread): the thread goes home then, so the namespace can serve
+/// another test.
 pub struct Sandbox {
     netns: NetNs,
+    home: std::fs::File,
 }
 
 impl Sandbox {
     /// Moves the calling thread (only it) into a new network namespace.
     pub fn enter() -> Result<Sandbox, SandboxError> {
+        let home = std::fs::File::open("/proc/thread-self/ns/net").map_err(SandboxError::Open)?;
         let netns = NetNs::create().map_err(SandboxError::Unshare)?;
         netns.enter().map_err(SandboxError::Open)?;
-        Ok(Sandbox { netns })
+        Ok(Sandbox { netns, home })
     }
 
     /// Checks, on a throwaway thread, that sandboxes can be created here.
@@ -42,5 +46,15 @@ impl Sandbox {
     /// The namespace, for launching services into it.
     pub fn netns(&self) -> RawFd {
         self.netns.raw_fd()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns(2) on a namespace descriptor we hold; it moves only this
+        // thread. Should it fail, the thread stays inside, and the pool sees it
+        // there and does not hand the namespace out again.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
     }
 }

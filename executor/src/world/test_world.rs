@@ -1146,7 +1146,10 @@ impl TestWorld {
     /// `grace`. The services' namespaces go with their last reference.
     pub fn stop_all(&self, grace: std::time::Duration) {
         // Relays first: what the services do on the way out is not the test's traffic.
-        if let Some(net) = self.net.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        // The namespaces are let go only once the services are gone, so they can
+        // serve another test.
+        let net = self.net.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(net) = &net {
             net.relays.stop();
         }
         // While the services still run: what a database committed or a broker took
@@ -1209,6 +1212,7 @@ impl TestWorld {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        drop(net);
     }
 
     /// Lets `service`'s stdout and stderr sources catch up.
