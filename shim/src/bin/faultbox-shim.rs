@@ -9,6 +9,8 @@
 //! the socket, and the listener is sent over it by a helper thread (see
 //! [`socket_handoff`]).
 
+#![no_main]
+
 use std::ffi::{CString, OsString};
 use std::io::Write;
 use std::os::fd::{IntoRawFd, RawFd};
@@ -18,7 +20,22 @@ use std::time::{Duration, Instant};
 use faultbox_shim::handoff::{self, Hello, ShimArgs, Stage, Status};
 use faultbox_shim::{fdpass, filter};
 
-fn main() {
+/// Entered from the C runtime directly: the standard runtime's start-up (finding the
+/// main thread's stack guard reads all of /proc/self/maps) cost more than the rest of
+/// the shim, which runs for microseconds on every service start and then execs.
+/// Arguments still come from `std::env` (glibc hands them to Rust at load).
+#[no_mangle]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    // SAFETY: ignoring a signal installs no handler; this is what the standard
+    // runtime would do, so a closed status pipe is an error here, not a signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    shim_main();
+    0
+}
+
+fn shim_main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let args = match ShimArgs::parse(&args) {
         Ok(a) => a,
