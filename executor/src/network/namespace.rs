@@ -48,10 +48,13 @@ enum Job {
 
 type Request = (Job, mpsc::SyncSender<Vec<std::io::Result<OwnedFd>>>);
 
-/// How many namespaces are made ahead of need.
+/// How many namespaces are made ahead of need at first; each time a test finds
+/// none ready the pool keeps [`GROW`] more, up to [`KEEP`] (many slots of
+/// many-service tests use dozens at once).
 const SPARE: usize = 8;
+const GROW: usize = 4;
 /// How many ready ones are kept at most: returned ones beyond are dropped.
-const KEEP: usize = 32;
+const KEEP: usize = 64;
 
 /// Ready namespaces, returned ones waiting to be checked, and the signal that
 /// either changed.
@@ -60,10 +63,11 @@ struct Pool {
     wake: std::sync::Condvar,
 }
 
-#[derive(Default)]
 struct PoolState {
     ready: Vec<OwnedFd>,
     returned: Vec<OwnedFd>,
+    /// How many the pool thread keeps ready.
+    spare: usize,
 }
 
 impl Pool {
@@ -76,7 +80,11 @@ fn pool() -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
     POOL.get_or_init(|| {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
-            state: Mutex::new(PoolState::default()),
+            state: Mutex::new(PoolState {
+                ready: Vec::new(),
+                returned: Vec::new(),
+                spare: SPARE,
+            }),
             wake: std::sync::Condvar::new(),
         }));
         let _ = std::thread::Builder::new()
@@ -87,7 +95,7 @@ fn pool() -> &'static Pool {
                 };
                 loop {
                     let mut st = pool.lock();
-                    while st.returned.is_empty() && st.ready.len() >= SPARE {
+                    while st.returned.is_empty() && st.ready.len() >= st.spare {
                         st = pool.wake.wait(st).unwrap_or_else(|p| p.into_inner());
                     }
                     if let Some(fd) = st.returned.pop() {
@@ -193,7 +201,14 @@ impl NetNs {
     /// A new namespace with only `lo`, up: a ready one, or one made now.
     pub fn create() -> std::io::Result<NetNs> {
         let p = pool();
-        let spare = p.lock().ready.pop();
+        let spare = {
+            let mut st = p.lock();
+            let fd = st.ready.pop();
+            if fd.is_none() {
+                st.spare = (st.spare + GROW).min(KEEP);
+            }
+            fd
+        };
         p.wake.notify_one();
         let ns = match spare {
             Some(fd) => NetNs::from_fd(fd),

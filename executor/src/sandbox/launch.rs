@@ -1,8 +1,8 @@
 //! Starting a target: clone3 into new user, PID, network and mount namespaces, exec
 //! the shim, and take the seccomp listener from it.
 //!
-//! Clones happen on one long-lived thread because `PR_SET_PDEATHSIG` fires when the
-//! *thread* that created the child exits: a pool thread could retire and kill a
+//! Clones happen on a few long-lived threads because `PR_SET_PDEATHSIG` fires when
+//! the *thread* that created the child exits: a pool thread could retire and kill a
 //! healthy target. The child shares the launcher's memory (`CLONE_VM`, as
 //! `posix_spawn` does) on a stack of its own until it execs: copying the page tables
 //! of a large multi-threaded process for a child that execs at once, then tearing
@@ -383,22 +383,34 @@ const IDENTITY_MAP: &str = "0 0 4294967295";
 
 type Request = (Prepared, mpsc::SyncSender<std::io::Result<(i32, OwnedFd)>>);
 
+/// How many launcher threads clone side by side: a clone waits for its child's exec,
+/// so with one thread the starts of many slots queued behind each other.
+const LAUNCHERS: usize = 4;
+
 fn clone_on_launcher_thread(child: Prepared) -> Result<(i32, OwnedFd), LaunchError> {
     static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     let sender = LAUNCHER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
-            .name("faultbox-launcher".into())
-            .spawn(move || {
-                // The thread's own network namespace, to return to after cloning a
-                // child into a test's namespace.
-                let home = File::open("/proc/thread-self/ns/net").ok();
-                let mut stack = ChildStack::new();
-                for (prepared, reply) in rx {
-                    let _ = reply.send(clone_in_netns(&prepared, home.as_ref(), &mut stack));
-                }
-            })
-            .expect("spawning the launcher thread");
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for i in 0..LAUNCHERS {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("faultbox-launcher-{i}"))
+                .spawn(move || {
+                    // The thread's own network namespace, to return to after cloning
+                    // a child into a test's namespace.
+                    let home = File::open("/proc/thread-self/ns/net").ok();
+                    let mut stack = ChildStack::new();
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((prepared, reply)) = next else {
+                            return;
+                        };
+                        let _ = reply.send(clone_in_netns(&prepared, home.as_ref(), &mut stack));
+                    }
+                })
+                .expect("spawning a launcher thread");
+        }
         Mutex::new(tx)
     });
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
@@ -442,8 +454,8 @@ fn clone_in_netns(
     result
 }
 
-/// The stack the cloned child runs on until it execs: one, reused, since the
-/// launcher waits for each child's exec before the next clone.
+/// The stack the cloned child runs on until it execs: one per launcher thread,
+/// reused, since a launcher waits for each child's exec before its next clone.
 struct ChildStack(Box<[u8]>);
 
 impl ChildStack {
