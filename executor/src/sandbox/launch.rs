@@ -516,6 +516,15 @@ fn clone_child(p: &Prepared, stack: &mut ChildStack) -> std::io::Result<(i32, Ow
         argv: &argv,
         envp: &envp,
     };
+    // Blocked around the clone, so the child starts with every signal blocked.
+    // SAFETY: sigset_t is plain data, filled by sigfillset; pthread_sigmask changes
+    // this thread's mask only, and `old` restores it below.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
     // SAFETY: the child runs `child_entry` on `stack`, which nothing else uses until
     // the child has exec'd or exited (waited for below); it shares this address
     // space, reads only `args` and what it points to, which stay alive and unchanged
@@ -530,8 +539,11 @@ fn clone_child(p: &Prepared, stack: &mut ChildStack) -> std::io::Result<(i32, Ow
             &mut pidfd as *mut libc::c_int,
         )
     };
+    let clone_error = std::io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     if pid < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(clone_error);
     }
     drop(exec_write);
     // SAFETY: CLONE_PIDFD stored a new pidfd that we own.
@@ -642,18 +654,30 @@ unsafe fn child_exec(
         libc::write(handoff::STATUS_FD, line.as_ptr().cast(), line.len());
         libc::_exit(handoff::EXIT_CANNOT_EXEC);
     }
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut set);
-    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    for sig in [
+    // Signals are still blocked (the launcher blocked them around the clone): no
+    // handler of the launcher's may run on this stack in its memory. Handlers go
+    // back to the default before they are let through, and so do the signals a
+    // service must be stoppable by (SIGPIPE, which Rust ignores for itself, too);
+    // other ignored ones stay ignored across exec, as for any child.
+    let reset = [
         libc::SIGPIPE,
         libc::SIGINT,
         libc::SIGTERM,
         libc::SIGHUP,
         libc::SIGQUIT,
-    ] {
-        libc::signal(sig, libc::SIG_DFL);
+    ];
+    for sig in 1..libc::SIGRTMAX() {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+            && (old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN
+                || reset.contains(&sig))
+        {
+            libc::signal(sig, libc::SIG_DFL);
+        }
     }
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     libc::execve(p.shim.as_ptr(), argv.as_ptr(), envp.as_ptr());
     let line = b"E exec 2\n";
     libc::write(handoff::STATUS_FD, line.as_ptr().cast(), line.len());
