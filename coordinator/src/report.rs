@@ -80,8 +80,8 @@ struct EventJson<'a> {
     kind: &'a str,
     event_type: &'a str,
     partition_key: &'a str,
-    fields: &'a BTreeMap<String, String>,
-    vector_clock: &'a BTreeMap<String, u64>,
+    fields: &'a faultbox_spec::world::Fields,
+    vector_clock: &'a faultbox_spec::world::Clock,
 }
 
 /// `failure_type` as the reference lists it: `assertion`, `timeout`, `service_start`
@@ -239,7 +239,7 @@ pub fn human(spec_arg: &str, spec: &Spec, r: &TestReport, debug: bool) -> String
             continue;
         }
         let sc = e.fields.get("syscall").cloned().unwrap_or_default();
-        *decisions.entry((e.service.clone(), sc, d)).or_default() += 1;
+        *decisions.entry((e.service.to_string(), sc, d)).or_default() += 1;
     }
     for ((svc, sc, d), n) in decisions {
         let _ = writeln!(s, "    {svc} {sc} {d} ×{n}");
