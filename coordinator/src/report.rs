@@ -74,7 +74,7 @@ pub struct Document<'a> {
 #[derive(serde::Serialize)]
 struct EventJson<'a> {
     seq: u64,
-    timestamp: String,
+    timestamp: Stamp,
     service: &'a str,
     #[serde(rename = "type")]
     kind: &'a str,
@@ -108,6 +108,7 @@ pub fn test_json<'a>(spec_arg: &str, spec: &Spec, r: &'a TestReport) -> TestJson
                    "line": f.declared_at.as_ref().map(|a| a.line)})
         })
         .collect();
+    let mut stamps = Stamps::default();
     let events = r
         .events
         .iter()
@@ -115,8 +116,7 @@ pub fn test_json<'a>(spec_arg: &str, spec: &Spec, r: &'a TestReport) -> TestJson
             let at = r.started_at + std::time::Duration::from_nanos(e.timestamp_ns);
             EventJson {
                 seq: e.seq,
-                timestamp: chrono::DateTime::<chrono::Utc>::from(at)
-                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                timestamp: stamps.stamp(at),
                 service: &e.service,
                 kind: &e.kind,
                 event_type: &e.event_type,
@@ -166,6 +166,80 @@ pub fn test_json<'a>(spec_arg: &str, spec: &Spec, r: &'a TestReport) -> TestJson
         (None, None) => {}
     }
     TestJson { head, events }
+}
+
+/// An event's timestamp as chrono's `to_rfc3339_opts(SecondsFormat::Nanos, true)`
+/// writes it (`2026-11-29T06:40:00.123456789Z`), held inline: made for every event,
+/// it allocates nothing.
+struct Stamp {
+    text: [u8; STAMP_MAX],
+    len: u8,
+}
+
+/// Bytes of the longest stamp (chrono writes years up to six digits and a sign).
+const STAMP_MAX: usize = 40;
+
+impl Stamp {
+    fn as_str(&self) -> &str {
+        // Only ASCII is ever written into `text` (digits, '-', ':', 'T', '.', 'Z').
+        std::str::from_utf8(&self.text[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl serde::Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Makes [`Stamp`]s for times that are mostly within the same second: the date and
+/// time of day (chrono's text) once per second, the nanoseconds by hand.
+#[derive(Default)]
+struct Stamps {
+    /// The whole second last seen since the epoch, and chrono's text for it up to
+    /// the seconds (`2026-11-29T06:40:00`).
+    second: Option<(u64, Vec<u8>)>,
+}
+
+impl Stamps {
+    fn stamp(&mut self, at: std::time::SystemTime) -> Stamp {
+        let since = at.duration_since(std::time::UNIX_EPOCH).ok();
+        let mut text = [0u8; STAMP_MAX];
+        if let Some(since) = since {
+            let secs = since.as_secs();
+            if self.second.as_ref().is_none_or(|(s, _)| *s != secs) {
+                let whole = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+                let mut prefix = chrono::DateTime::<chrono::Utc>::from(whole)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    .into_bytes();
+                prefix.pop(); // its 'Z'
+                self.second = Some((secs, prefix));
+            }
+            let prefix = &self.second.as_ref().expect("set above").1;
+            // Then ".NNNNNNNNNZ".
+            let n = prefix.len();
+            if n + 11 <= STAMP_MAX {
+                text[..n].copy_from_slice(prefix);
+                text[n] = b'.';
+                let mut nanos = since.subsec_nanos();
+                for i in (0..9).rev() {
+                    text[n + 1 + i] = b'0' + (nanos % 10) as u8;
+                    nanos /= 10;
+                }
+                text[n + 10] = b'Z';
+                return Stamp {
+                    text,
+                    len: (n + 11) as u8,
+                };
+            }
+        }
+        // Before the epoch: chrono writes it whole.
+        let whole = chrono::DateTime::<chrono::Utc>::from(at)
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let n = whole.len().min(STAMP_MAX);
+        text[..n].copy_from_slice(&whole.as_bytes()[..n]);
+        Stamp { text, len: n as u8 }
+    }
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -337,4 +411,38 @@ pub fn matrices(spec: &faultbox_spec::Spec, reports: &[TestReport]) -> (String, 
         "failed": failed,
     });
     (text, Some(section))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn chrono_text(at: SystemTime) -> String {
+        chrono::DateTime::<chrono::Utc>::from(at)
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    }
+
+    /// Stamps are chrono's text, for times in and across seconds, days and years,
+    /// in order and out of it.
+    #[test]
+    fn stamps_are_chronos_text() {
+        let mut stamps = Stamps::default();
+        let base = UNIX_EPOCH + Duration::from_secs(1_796_000_000); // 2026-11-29
+        let mut times = vec![UNIX_EPOCH, base, base + Duration::from_nanos(1)];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            times.push(base + Duration::from_nanos(x % 3_000_000_000));
+            times.push(UNIX_EPOCH + Duration::from_nanos(x % (300 * 365 * 86_400 * 1_000_000_000)));
+        }
+        // Before the epoch, and past year 9999 (both written by chrono itself).
+        times.push(UNIX_EPOCH - Duration::from_nanos(1_500_000_001));
+        times.push(UNIX_EPOCH + Duration::from_secs(253_402_300_800 + 5));
+        for at in times {
+            assert_eq!(stamps.stamp(at).as_str(), chrono_text(at));
+        }
+    }
 }
