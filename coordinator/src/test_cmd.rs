@@ -343,11 +343,13 @@ pub fn run(args: TestArgs) -> i32 {
         tests: results,
     });
     if let (Some(doc), Some("json")) = (&doc, args.format.as_deref()) {
-        let text = match serde_json::to_string(doc) {
-            Ok(d) => d,
-            Err(e) => return error(format!("writing the JSON results: {e}")),
-        };
-        if let Err(e) = crate::stdout::write(&format!("{text}\n")) {
+        let mut text = Vec::new();
+        if let Err(e) = doc.write_to(&mut text) {
+            return error(format!("writing the JSON results: {e}"));
+        }
+        text.push(b'\n');
+        // The writer writes UTF-8 only.
+        if let Err(e) = crate::stdout::write(&String::from_utf8_lossy(&text)) {
             return error(format!("the JSON results: {e}"));
         }
     }
@@ -379,7 +381,7 @@ pub fn run(args: TestArgs) -> i32 {
         let written = std::fs::File::create(path).and_then(|f| {
             use std::io::Write as _;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-            serde_json::to_writer(&mut w, doc)?;
+            doc.write_to(&mut w)?;
             w.write_all(b"\n")?;
             w.flush()
         });
