@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One coordinator against 4 executors (4 local processes x 1 slot, QUIC on loopback),
-# for two builds side by side in one run: events/s and the coordinator's CPU per
-# event. Each run of soak/fleet/stream.star test_log_burst makes ~20,000 events (a
+# for two builds side by side in one run: events/s, the coordinator's CPU per
+# event, and the executors' (with their services', which they reap) per event. Each run of soak/fleet/stream.star test_log_burst makes ~20,000 events (a
 # service's JSON lines decoded by a stdout source), which stream to the coordinator
 # in acknowledged batches, are merged in plan order and written with --output.
 # Rounds alternate the builds so that a busier moment of the machine hits both.
@@ -50,24 +50,34 @@ start_executors() { # BINARY
     "$1" test "$spec" --executors "$addrs" --fleet "$tmp/fleet" >/dev/null 2>&1
 }
 
-measure() { # NAME BINARY: prints "wall cpu events"
+measure() { # NAME BINARY: prints "wall cpu events executor-cpu"
     local out=$tmp/$1.json
-    python3 - "$out" "$2" test "$spec" --runs "$runs" --executors "$addrs" \
+    EXECUTORS="${pids[*]}" python3 - "$out" "$2" test "$spec" --runs "$runs" --executors "$addrs" \
         --fleet "$tmp/fleet" --output "$out" <<'PY'
 import json, os, subprocess, sys, time
 out, cmd = sys.argv[1], sys.argv[2:]
+tick = os.sysconf("SC_CLK_TCK")
+def executors_cpu():
+    # The executors' own CPU and that of their reaped children (services, shims).
+    total = 0
+    for pid in os.environ["EXECUTORS"].split():
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in f[11:15])
+    return total / tick
+e0 = executors_cpu()
 t0 = time.monotonic()
 with open(out + ".err", "w") as e:
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=e)
     _, status, usage = os.wait4(child.pid, 0)
 wall = time.monotonic() - t0
+executors = executors_cpu() - e0
 if os.waitstatus_to_exitcode(status) != 0:
     sys.stderr.write(open(out + ".err").read())
     sys.exit(1)
 doc = json.load(open(out))
 assert all(t["result"] == "pass" for t in doc["tests"])
 events = sum(len(t["events"]) for t in doc["tests"])
-print(wall, usage.ru_utime + usage.ru_stime, events)
+print(wall, usage.ru_utime + usage.ru_stime, events, executors)
 PY
 }
 
@@ -88,18 +98,20 @@ python3 - "$tmp/results" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    which, wall, cpu, events = line.split()
-    rows.setdefault(which, []).append((float(wall), float(cpu), int(events)))
-print("| build | rounds | events a round | events/s (median, range) | coordinator CPU per event (median, range) | events per coordinator CPU-second |")
-print("|---|---|---|---|---|---|")
+    which, wall, cpu, events, executors = line.split()
+    rows.setdefault(which, []).append((float(wall), float(cpu), int(events), float(executors)))
+print("| build | rounds | events a round | events/s (median, range) | coordinator CPU per event (median, range) | events per coordinator CPU-second | executors' CPU per event, services included (median) |")
+print("|---|---|---|---|---|---|---|")
 med = {}
 for which in ("before", "after"):
     rs = rows[which]
-    rate = [e / w for w, c, e in rs]
-    per = [c / e * 1e6 for w, c, e in rs]
+    rate = [e / w for w, c, e, x in rs]
+    per = [c / e * 1e6 for w, c, e, x in rs]
+    exe = [x / e * 1e6 for w, c, e, x in rs]
     med[which] = (statistics.median(rate), statistics.median(per))
     print(f"| {which} | {len(rs)} | {rs[0][2]} | {statistics.median(rate):,.0f} ({min(rate):,.0f}-{max(rate):,.0f}) "
-          f"| {statistics.median(per):.2f} us ({min(per):.2f}-{max(per):.2f}) | {1e6 / statistics.median(per):,.0f} |")
+          f"| {statistics.median(per):.2f} us ({min(per):.2f}-{max(per):.2f}) | {1e6 / statistics.median(per):,.0f} "
+          f"| {statistics.median(exe):.1f} us |")
 b, a = med["before"], med["after"]
 print(f"\nafter/before: events/s x{a[0] / b[0]:.2f}, CPU per event x{a[1] / b[1]:.2f}")
 PY

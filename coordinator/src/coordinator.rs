@@ -597,7 +597,7 @@ mod tests {
                     service: "svc".into(),
                     kind: "syscall".into(),
                     event_type: "syscall.write".into(),
-                    partition_key: String::new(),
+                    partition_key: "".into(),
                     fields: Default::default(),
                     vector_clock: Default::default(),
                 })

@@ -258,7 +258,7 @@ fn fired_but_success(r: &TestReport) -> Vec<Diagnostic> {
             .find(|s| {
                 s.seq > e.seq
                     && s.kind == "step_recv"
-                    && s.fields.get("service") == Some(&e.service)
+                    && s.fields.get("service").is_some_and(|v| *v == e.service)
             })
             .filter(|s| s.fields.get("status").is_some_and(|st| st.starts_with('2')));
         let Some(ok) = later_ok else {

@@ -59,7 +59,7 @@ pub fn normalize(reports: &[TestReport]) -> String {
             if e.event_type == "proxy.close" {
                 continue;
             }
-            let mut line = e.event_type.clone();
+            let mut line = e.event_type.to_string();
             for (k, v) in &e.fields {
                 if !VOLATILE.contains(&k.as_str()) {
                     let _ = write!(line, " {k}={}", stable(v));
@@ -73,7 +73,9 @@ pub fn normalize(reports: &[TestReport]) -> String {
                 k if SOURCE_KINDS.contains(&k) => Group::Source(k),
                 _ => Group::Lifecycle,
             };
-            per.entry((&e.service, group)).or_default().push(line);
+            per.entry((e.service.as_str(), group))
+                .or_default()
+                .push(line);
         }
         for ((service, group), lines) in per {
             let what = match group {

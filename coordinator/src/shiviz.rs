@@ -19,7 +19,7 @@ pub fn shiviz(reports: &[TestReport]) -> String {
         }
         for e in &r.events {
             let clock = serde_json::to_string(&e.vector_clock).unwrap_or_else(|_| "{}".into());
-            let mut what = e.event_type.clone();
+            let mut what = e.event_type.to_string();
             for key in ["decision", "path", "method", "status", "peer", "rules"] {
                 if let Some(v) = e.fields.get(key) {
                     let _ = write!(what, " {v}");

@@ -338,20 +338,18 @@ pub fn run(args: TestArgs) -> i32 {
     }
     // The HTML report shows the summary too; the JSON document takes `head`.
     let html_head = args.report.is_some().then(|| head.clone());
-    let doc = if want_json {
-        let doc = report::Document {
-            head,
-            tests: results,
-        };
-        match serde_json::to_string(&doc) {
-            Ok(d) => d,
-            Err(e) => return error(format!("writing the JSON results: {e}")),
+    let doc = want_json.then_some(report::Document {
+        head,
+        tests: results,
+    });
+    if let (Some(doc), Some("json")) = (&doc, args.format.as_deref()) {
+        let mut text = Vec::new();
+        if let Err(e) = doc.write_to(&mut text) {
+            return error(format!("writing the JSON results: {e}"));
         }
-    } else {
-        String::new()
-    };
-    if args.format.as_deref() == Some("json") {
-        if let Err(e) = crate::stdout::write(&format!("{doc}\n")) {
+        text.push(b'\n');
+        // The writer writes UTF-8 only.
+        if let Err(e) = crate::stdout::write(&String::from_utf8_lossy(&text)) {
             return error(format!("the JSON results: {e}"));
         }
     }
@@ -377,8 +375,17 @@ pub fn run(args: TestArgs) -> i32 {
             return error(format!("--junit {}: {e}", path.display()));
         }
     }
-    if let Some(path) = &args.output {
-        if let Err(e) = std::fs::write(path, format!("{doc}\n")) {
+    if let (Some(path), Some(doc)) = (&args.output, &doc) {
+        // Written as it is made: the document (~400 bytes an event) is never held
+        // whole in memory, nor copied.
+        let written = std::fs::File::create(path).and_then(|f| {
+            use std::io::Write as _;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            doc.write_to(&mut w)?;
+            w.write_all(b"\n")?;
+            w.flush()
+        });
+        if let Err(e) = written {
             return error(format!("--output {}: {e}", path.display()));
         }
     }

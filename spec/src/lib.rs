@@ -5,6 +5,7 @@
 pub mod analysis;
 pub mod compose;
 pub mod decode;
+pub mod event;
 pub mod faults;
 pub mod limits;
 pub mod loader;

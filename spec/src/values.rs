@@ -362,7 +362,7 @@ impl<'v> StarlarkValue<'v> for EventValue {
         ]
         .map(String::from)
         .to_vec();
-        v.extend(self.0.fields.keys().cloned());
+        v.extend(self.0.fields.keys().map(|k| k.to_string()));
         v
     }
 
@@ -420,7 +420,7 @@ impl EventValue {
             let map: serde_json::Map<String, serde_json::Value> = e
                 .fields
                 .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
                 .collect();
             heap.alloc(map)
         };

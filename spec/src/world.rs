@@ -2,10 +2,9 @@
 //! reaches services, faults and the event log only through [`World`]; the executor
 //! implements it on real processes, and unit tests implement it in memory.
 
-use std::collections::BTreeMap;
-
 use faultbox_shim::rule::FaultRule;
 
+pub use crate::event::{Clock, Fields, Name, SmallMap};
 use crate::limits::memory::paused;
 
 /// The name the test driver goes by: its events' `service`, and the consumer of its
@@ -50,17 +49,17 @@ pub struct Event {
     pub seq: u64,
     /// Nanoseconds since the test started.
     pub timestamp_ns: u64,
-    pub service: String,
+    pub service: Name,
     /// `syscall`, `service_started` / `service_ready` / `service_stopped`,
     /// `step_send`, `step_recv`, `fault`.
-    pub kind: String,
+    pub kind: Name,
     /// Dotted: `syscall.write`, `lifecycle.started`, `step_send.api`.
-    pub event_type: String,
+    pub event_type: Name,
     /// The service the event concerns: its own name for a service's events, the
     /// target's for the driver's steps and fault changes.
-    pub partition_key: String,
-    pub fields: BTreeMap<String, String>,
-    pub vector_clock: BTreeMap<String, u64>,
+    pub partition_key: Name,
+    pub fields: Fields,
+    pub vector_clock: Clock,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! One run's trace as the page draws it: lanes, events in a compact row form, and
 //! the messages between lanes that the vector clocks record.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 
@@ -37,7 +37,7 @@ pub struct Row<'a> {
     event_type: usize,
     flags: u8,
     partition_key: Option<&'a str>,
-    fields: &'a BTreeMap<String, String>,
+    fields: &'a faultbox_spec::world::Fields,
     clock: Vec<u64>,
 }
 
@@ -150,7 +150,7 @@ pub fn trace<'a>(events: &'a [Event], services: &'a [String]) -> Trace<'a> {
 pub fn arrows(events: &[Event]) -> Vec<(u32, u32)> {
     // (service, its own count) -> event index.
     let mut by_count: HashMap<(&str, u64), usize> = HashMap::new();
-    let mut previous: HashMap<&str, &BTreeMap<String, u64>> = HashMap::new();
+    let mut previous: HashMap<&str, &faultbox_spec::world::Clock> = HashMap::new();
     let mut out = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let before = previous.get(e.service.as_str());

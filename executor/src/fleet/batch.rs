@@ -6,11 +6,11 @@
 //! name once per batch instead of once per event. Batches are independent of each
 //! other (a lost link or a rerun needs no shared state to be rebuilt).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use faultbox_spec::world::Event;
+use faultbox_spec::world::{Event, Name, SmallMap};
 
 /// Columns of a batch; the i-th event is spread over the i-th entries.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,8 +153,10 @@ impl EventBatch {
         // Checked once for the whole batch; each value is then cut at lengths that
         // must fall on character boundaries.
         let values = std::str::from_utf8(&self.values).map_err(|_| BatchError::NotUtf8)?;
-        let name = |i: u32| -> Result<&String, BatchError> {
-            self.names
+        // Each name once per batch; events share them.
+        let names: Vec<Name> = self.names.iter().map(Name::from).collect();
+        let name = |i: u32| -> Result<&Name, BatchError> {
+            names
                 .get(i as usize)
                 .ok_or(BatchError::OutOfRange("a name index"))
         };
@@ -172,14 +174,14 @@ impl EventBatch {
                 .ok_or(BatchError::OutOfRange("a field count"))?;
             let lens = &self.value_lens[field..field + nf];
             field += nf;
-            let mut fields = BTreeMap::new();
+            let mut fields = Vec::with_capacity(nf);
             for (&k, &len) in keys.iter().zip(lens) {
                 let end = at.saturating_add(len as usize);
                 let v = values
                     .get(at..end)
                     .ok_or(BatchError::OutOfRange("a field value's length"))?;
                 at = end;
-                fields.insert(name(k)?.clone(), v.to_owned());
+                fields.push((name(k)?.clone(), v.to_owned()));
             }
             let keys = self
                 .clock_keys
@@ -187,13 +189,13 @@ impl EventBatch {
                 .ok_or(BatchError::OutOfRange("a clock count"))?;
             let steps = &self.clock_steps[clock..clock + nc];
             clock += nc;
-            let mut vector_clock = BTreeMap::new();
+            let mut vector_clock = Vec::with_capacity(nc);
             for (&k, &step) in keys.iter().zip(steps) {
                 let prev = last
                     .get_mut(k as usize)
                     .ok_or(BatchError::OutOfRange("a name index"))?;
                 *prev = prev.wrapping_add(step as u64);
-                vector_clock.insert(name(k)?.clone(), *prev);
+                vector_clock.push((name(k)?.clone(), *prev));
             }
             out.push(Event {
                 seq,
@@ -202,8 +204,8 @@ impl EventBatch {
                 kind: name(head[1])?.clone(),
                 event_type: name(head[2])?.clone(),
                 partition_key: name(head[3])?.clone(),
-                fields,
-                vector_clock,
+                fields: SmallMap::from_vec(fields),
+                vector_clock: SmallMap::from_vec(vector_clock),
             });
         }
         if field != self.field_keys.len() || clock != self.clock_keys.len() {
@@ -251,6 +253,59 @@ mod tests {
         let bytes = rmp_serde::to_vec(&b).unwrap();
         let back: EventBatch = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back.decode().unwrap(), events);
+    }
+
+    /// The event as it was before names were shared and maps became sorted vectors.
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Plain {
+        seq: u64,
+        timestamp_ns: u64,
+        service: String,
+        kind: String,
+        event_type: String,
+        partition_key: String,
+        fields: std::collections::BTreeMap<String, String>,
+        vector_clock: std::collections::BTreeMap<String, u64>,
+    }
+
+    /// Events serialize byte for byte as before, in JSON and MessagePack, and come
+    /// back from what the old form wrote (older executors' reports, saved documents).
+    #[test]
+    fn the_compact_event_serializes_as_the_plain_one() {
+        let e = event(
+            3,
+            "db",
+            &[("path", "/tmp/\"é\"\n"), ("fd", "3"), ("a", "")],
+            &[("test", 2), ("db", 5)],
+        );
+        let plain = Plain {
+            seq: 3,
+            timestamp_ns: 3007,
+            service: "db".into(),
+            kind: "syscall".into(),
+            event_type: "syscall.write".into(),
+            partition_key: "db".into(),
+            fields: [("path", "/tmp/\"é\"\n"), ("fd", "3"), ("a", "")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            vector_clock: [("test".to_string(), 2), ("db".to_string(), 5)].into(),
+        };
+        let json = serde_json::to_string(&plain).unwrap();
+        assert_eq!(serde_json::to_string(&e).unwrap(), json);
+        assert_eq!(
+            serde_json::to_string_pretty(&e).unwrap(),
+            serde_json::to_string_pretty(&plain).unwrap()
+        );
+        let packed = rmp_serde::to_vec(&plain).unwrap();
+        assert_eq!(rmp_serde::to_vec(&e).unwrap(), packed);
+        assert_eq!(
+            rmp_serde::to_vec_named(&e).unwrap(),
+            rmp_serde::to_vec_named(&plain).unwrap()
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+        assert_eq!(rmp_serde::from_slice::<Event>(&packed).unwrap(), e);
+        assert!(e.fields == plain.fields && e.vector_clock == plain.vector_clock);
     }
 
     #[test]
@@ -310,12 +365,12 @@ mod tests {
             .prop_map(|(seq, ts, (s, k, t, p), fields, clock)| Event {
                 seq,
                 timestamp_ns: ts,
-                service: s,
-                kind: k,
-                event_type: t,
-                partition_key: p,
-                fields,
-                vector_clock: clock,
+                service: s.into(),
+                kind: k.into(),
+                event_type: t.into(),
+                partition_key: p.into(),
+                fields: fields.into(),
+                vector_clock: clock.into(),
             })
     }
 

@@ -157,7 +157,6 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     fn event(seq: u64) -> Event {
@@ -167,9 +166,9 @@ mod tests {
             service: "db".into(),
             kind: "syscall".into(),
             event_type: "syscall.write".into(),
-            partition_key: String::new(),
-            fields: BTreeMap::new(),
-            vector_clock: BTreeMap::new(),
+            partition_key: "".into(),
+            fields: Default::default(),
+            vector_clock: Default::default(),
         }
     }
 

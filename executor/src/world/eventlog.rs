@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use faultbox_spec::world::Event;
+use faultbox_spec::world::{Clock as VectorClock, Event, Name, SmallMap};
 
 use crate::fleet::stream::EventStream;
 
@@ -32,25 +32,27 @@ pub struct EventLog {
 struct Inner {
     events: Vec<Stored>,
     clocks: BTreeMap<String, Clock>,
+    /// Field keys seen so far, shared by the events that use them.
+    keys: std::collections::BTreeSet<Name>,
 }
 
 /// A service's vector clock, split so that an event shares it instead of copying
 /// it: the service's own count, and what it has learnt of the others, which only a
 /// merge changes (copy on write).
 struct Clock {
-    name: Arc<str>,
+    name: Name,
     own: u64,
-    others: Arc<BTreeMap<String, u64>>,
+    others: Arc<BTreeMap<Name, u64>>,
     /// The kinds of event the service recorded, shared by their events.
-    kinds: Vec<Arc<str>>,
+    kinds: Vec<Name>,
 }
 
 impl Clock {
-    fn kind(&mut self, kind: &str) -> Arc<str> {
-        if let Some(k) = self.kinds.iter().find(|k| ***k == *kind) {
+    fn kind(&mut self, kind: &str) -> Name {
+        if let Some(k) = self.kinds.iter().find(|k| **k == *kind) {
             return k.clone();
         }
-        let k: Arc<str> = kind.into();
+        let k: Name = kind.into();
         self.kinds.push(k.clone());
         k
     }
@@ -59,38 +61,44 @@ impl Clock {
 /// One event as kept; [`Stored::event`] makes the [`Event`].
 struct Stored {
     timestamp_ns: u64,
-    service: Arc<str>,
-    kind: Arc<str>,
+    service: Name,
+    kind: Name,
     /// `None`: the same as `kind`.
-    event_type: Option<String>,
+    event_type: Option<Name>,
     /// `None`: the same as `service`.
-    partition_key: Option<String>,
-    /// In key order: a few entries take a tenth of a map's node.
-    fields: Box<[(String, String)]>,
+    partition_key: Option<Name>,
+    fields: faultbox_spec::world::Fields,
     /// The service's own entry of its vector clock.
     own: u64,
     /// The rest of its vector clock.
-    others: Arc<BTreeMap<String, u64>>,
+    others: Arc<BTreeMap<Name, u64>>,
 }
 
 impl Stored {
     fn event(&self, seq: u64) -> Event {
-        let mut vector_clock = (*self.others).clone();
-        vector_clock.insert(self.service.to_string(), self.own);
+        // The others' keys and the service's own, in key order.
+        let mut entries = Vec::with_capacity(self.others.len() + 1);
+        let mut own = Some((self.service.clone(), self.own));
+        for (k, &v) in self.others.iter() {
+            if own.as_ref().is_some_and(|(s, _)| s < k) {
+                entries.extend(own.take());
+            }
+            entries.push((k.clone(), v));
+        }
+        entries.extend(own);
+        let vector_clock: VectorClock =
+            SmallMap::from_sorted(entries).expect("a service is not among its others");
         Event {
             seq,
             timestamp_ns: self.timestamp_ns,
-            service: self.service.to_string(),
-            kind: self.kind.to_string(),
-            event_type: match &self.event_type {
-                Some(t) => t.clone(),
-                None => self.kind.to_string(),
-            },
-            partition_key: match &self.partition_key {
-                Some(p) => p.clone(),
-                None => self.service.to_string(),
-            },
-            fields: self.fields.iter().cloned().collect(),
+            service: self.service.clone(),
+            kind: self.kind.clone(),
+            event_type: self.event_type.clone().unwrap_or_else(|| self.kind.clone()),
+            partition_key: self
+                .partition_key
+                .clone()
+                .unwrap_or_else(|| self.service.clone()),
+            fields: self.fields.clone(),
             vector_clock,
         }
     }
@@ -122,16 +130,34 @@ impl Inner {
         partition_key: Option<String>,
         fields: BTreeMap<String, String>,
     ) -> u64 {
+        let keys = &mut self.keys;
+        let fields = SmallMap::from_sorted(
+            fields
+                .into_iter()
+                .map(|(k, v)| {
+                    let name = match keys.get(k.as_str()) {
+                        Some(n) => n.clone(),
+                        None => {
+                            let n = Name::from(k);
+                            keys.insert(n.clone());
+                            n
+                        }
+                    };
+                    (name, v)
+                })
+                .collect(),
+        )
+        .expect("a BTreeMap's keys are sorted");
         let clock = self.clock(service);
         clock.own += 1;
         let kind = clock.kind(kind);
         let stored = Stored {
             timestamp_ns,
             service: clock.name.clone(),
-            event_type: event_type.filter(|t| **t != *kind),
+            event_type: event_type.filter(|t| **t != *kind).map(Name::from),
             kind,
-            partition_key: partition_key.filter(|p| p != service),
-            fields: fields.into_iter().collect(),
+            partition_key: partition_key.filter(|p| p != service).map(Name::from),
+            fields,
             own: clock.own,
             others: clock.others.clone(),
         };
@@ -222,18 +248,14 @@ impl EventLog {
         let Some(source) = inner.clocks.get(from) else {
             return;
         };
-        let (own, others) = (source.own, source.others.clone());
+        let (own, others, name) = (source.own, source.others.clone(), source.name.clone());
         let target = inner.clock(into);
-        let own_entry = (own > 0).then_some((from, own));
-        for (k, v) in others
-            .iter()
-            .map(|(k, v)| (k.as_str(), *v))
-            .chain(own_entry)
-        {
-            if k == into {
+        let own_entry = (own > 0).then_some((&name, own));
+        for (k, v) in others.iter().map(|(k, v)| (k, *v)).chain(own_entry) {
+            if *k == *into {
                 target.own = target.own.max(v);
             } else if target.others.get(k).is_none_or(|e| *e < v) {
-                Arc::make_mut(&mut target.others).insert(k.to_string(), v);
+                Arc::make_mut(&mut target.others).insert(k.clone(), v);
             }
         }
     }
