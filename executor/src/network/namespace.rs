@@ -144,17 +144,22 @@ fn scrub(fd: &OwnedFd, home: &File) -> bool {
         return false;
     }
     let clean = (|| -> Result<bool, crate::network::sockdiag::DiagError> {
-        use crate::network::sockdiag::{Diag, TIME_WAIT};
-        let mut diag = Diag::open()?;
-        let left = diag.sockets()?;
-        // Anything but TIME_WAIT has an owner still (or is closing): not ours to end.
-        if left.iter().any(|e| e.state != TIME_WAIT) {
+        use crate::network::sockdiag::{counts, Diag};
+        let c = counts()?;
+        tracing::debug!(target: "netns", in_use = c.in_use, time_wait = c.time_wait, "sockets left");
+        // A socket with an owner, or one closing: not ours to end.
+        if c.in_use > 0 {
             return Ok(false);
         }
-        for e in &left {
+        if c.time_wait == 0 {
+            return Ok(true);
+        }
+        // Found in the namespace's own TCP table (see [`Nursery`]).
+        let mut diag = Diag::open()?;
+        for e in &diag.time_wait()? {
             diag.destroy(e)?;
         }
-        Ok(diag.sockets()?.is_empty())
+        Ok(counts()? == Default::default())
     })()
     .unwrap_or(false);
     go_home(home);
@@ -174,16 +179,80 @@ fn ns_name(fd: &OwnedFd) -> Option<std::ffi::OsString> {
 /// A new namespace with `lo` up, made by the calling thread, which is home again
 /// afterwards.
 fn fresh(home: &File) -> std::io::Result<OwnedFd> {
+    let parent = nursery();
+    if let Some(n) = parent {
+        // SAFETY: setns(2) on a namespace descriptor; it moves only this thread.
+        if unsafe { libc::setns(n.ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     // SAFETY: unshare(2) of the network namespace moves only this thread.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
+        let e = std::io::Error::last_os_error();
+        go_home(home);
+        return Err(e);
     }
     let made = faultbox_shim::net::loopback_up()
         .map_err(std::io::Error::from_raw_os_error)
-        .and_then(|()| File::open("/proc/thread-self/ns/net"))
+        .and_then(|()| {
+            // What the kernel derives from the table's size, set back to the host's.
+            if let Some(n) = parent {
+                for (name, value) in &n.host_limits {
+                    std::fs::write(format!("/proc/sys/net/ipv4/{name}"), value)?;
+                }
+            }
+            File::open("/proc/thread-self/ns/net")
+        })
         .map(OwnedFd::from);
     go_home(home);
     made
+}
+
+/// The namespace test namespaces are made from. It only sets the size of their
+/// TCP tables (`tcp_child_ehash_entries`): each gets one of its own instead of
+/// sharing the host's, so looking for what a test left in its namespace walks a
+/// few thousand buckets rather than the host's hundreds of thousands.
+struct Nursery {
+    ns: File,
+    /// The host's limits that the kernel sizes by the table in a new namespace.
+    host_limits: Vec<(&'static str, String)>,
+}
+
+/// Buckets of a test namespace's TCP table (the kernel rounds to a power of two).
+const EHASH_ENTRIES: u32 = 4096;
+
+/// The nursery, made once; `None` where the kernel has no per-namespace tables
+/// (before 6.1), and namespaces are then made from the host's.
+fn nursery() -> Option<&'static Nursery> {
+    static NURSERY: OnceLock<Option<Nursery>> = OnceLock::new();
+    NURSERY
+        .get_or_init(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let mut host_limits = Vec::new();
+                    for name in ["tcp_max_tw_buckets", "tcp_max_syn_backlog"] {
+                        let v =
+                            std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok()?;
+                        host_limits.push((name, v.trim().to_string()));
+                    }
+                    // SAFETY: unshare(2) moves only this thread, which ends here.
+                    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                        return None;
+                    }
+                    std::fs::write(
+                        "/proc/sys/net/ipv4/tcp_child_ehash_entries",
+                        EHASH_ENTRIES.to_string(),
+                    )
+                    .ok()?;
+                    let ns = File::open("/proc/thread-self/ns/net").ok()?;
+                    Some(Nursery { ns, host_limits })
+                })
+                .join()
+                .ok()
+                .flatten()
+            })
+        })
+        .as_ref()
 }
 
 fn go_home(home: &File) {
