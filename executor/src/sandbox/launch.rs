@@ -636,7 +636,10 @@ unsafe fn child_exec(
                 if n == 1 {
                     break true;
                 }
-                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                // errno is the launcher thread's too (shared memory, same thread
+                // pointer), so it is not read here: a blocking read of a pipe we
+                // hold can only be interrupted, and is tried again.
+                if n < 0 {
                     continue;
                 }
                 // The launcher closed the pipe without mapping us.
