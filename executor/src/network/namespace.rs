@@ -189,7 +189,11 @@ fn fresh(home: &File) -> std::io::Result<OwnedFd> {
     // SAFETY: unshare(2) of the network namespace moves only this thread.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         let e = std::io::Error::last_os_error();
-        go_home(home);
+        // Still home unless the nursery was entered (a caller without the
+        // privilege for namespaces gets here with none, and could not go back).
+        if parent.is_some() {
+            go_home(home);
+        }
         return Err(e);
     }
     let made = faultbox_shim::net::loopback_up()
