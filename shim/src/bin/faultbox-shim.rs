@@ -9,7 +9,8 @@
 //! the socket, and the listener is sent over it by a helper thread (see
 //! [`socket_handoff`]).
 
-#![no_main]
+// The unit tests keep the test harness's own entry point.
+#![cfg_attr(not(test), no_main)]
 
 use std::ffi::{CString, OsString};
 use std::io::Write;
@@ -24,6 +25,7 @@ use faultbox_shim::{fdpass, filter};
 /// main thread's stack guard reads all of /proc/self/maps) cost more than the rest of
 /// the shim, which runs for microseconds on every service start and then execs.
 /// Arguments still come from `std::env` (glibc hands them to Rust at load).
+#[cfg(not(test))]
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     // SAFETY: ignoring a signal installs no handler; this is what the standard
@@ -35,6 +37,7 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
     0
 }
 
+#[cfg_attr(test, allow(dead_code))]
 fn shim_main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let args = match ShimArgs::parse(&args) {
